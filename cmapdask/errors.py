@@ -1,0 +1,55 @@
+"""One error hierarchy: every failure a user can cause is a ``CmapdaskError``.
+
+The CLI turns these into a single line and exit code 2; anything else is a bug.
+Messages name the file (or store) and the problem.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CmapdaskError",
+    "FormatError",
+    "GCTxFormatError",
+    "GCTFormatError",
+    "GeneSetFormatError",
+    "MetadataError",
+    "StoreError",
+    "QueryError",
+    "InputError",
+]
+
+
+class CmapdaskError(Exception):
+    """Base class of every error cmapdask raises on purpose."""
+
+
+class FormatError(CmapdaskError):
+    """A file is not in the format it claims to be."""
+
+
+class GCTxFormatError(FormatError):
+    """A GCTx (HDF5) file is corrupt, truncated, or breaks the layout of ALGORITHMS.md §10."""
+
+
+class GCTFormatError(FormatError):
+    """A GCT text file (v1.2 or v1.3) is malformed."""
+
+
+class GeneSetFormatError(FormatError):
+    """A GMT or GRP gene-set file is malformed."""
+
+
+class MetadataError(CmapdaskError):
+    """Metadata tables or ids disagree: duplicates, missing or extra ids, bad fields."""
+
+
+class StoreError(CmapdaskError):
+    """A Zarr signature store is missing, incomplete, or lacks a member that was asked for."""
+
+
+class QueryError(CmapdaskError):
+    """A connectivity query is invalid: empty sets, overlapping up/down sets, bad options."""
+
+
+class InputError(CmapdaskError):
+    """Any other invalid argument or data (NaN where not allowed, k too large, ...)."""
