@@ -1,0 +1,5 @@
+import sys
+
+from cmapdask.cli import main
+
+sys.exit(main())
