@@ -1,0 +1,103 @@
+"""Write elsewhere, then publish: no reader ever sees half an output.
+
+Local paths are written beside the destination and renamed into place (a rename is atomic
+on POSIX). Object stores have no rename: a single file is uploaded in one PUT (atomic per
+object), and a directory tree is written under a temporary prefix, copied server-side to
+its destination, and only then marked complete by the caller (see ``cmapdask.io.store``,
+whose readers refuse a store without that mark).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from cmapdask.errors import StoreError
+
+__all__ = ["url_to_fs", "is_local", "publish_file", "publish_dir", "join"]
+
+
+def url_to_fs(url: str, storage_options: dict | None = None):
+    """(filesystem, path inside it) for a local path or any fsspec URL."""
+    return fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+
+
+def is_local(fs) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def join(url: str, *parts: str) -> str:
+    return "/".join([str(url).rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def _tmp_name(path: str) -> str:
+    head, _, tail = path.rstrip("/").rpartition("/")
+    name = f".{tail}.tmp-{uuid.uuid4().hex[:12]}"
+    return f"{head}/{name}" if head else name
+
+
+@contextlib.contextmanager
+def publish_file(dest, *, storage_options: dict | None = None) -> Iterator[str]:
+    """Yield a local temporary path; on success it becomes ``dest`` in one step."""
+    fs, path = url_to_fs(dest, storage_options)
+    if is_local(fs):
+        parent = os.path.dirname(os.path.abspath(path)) or "."
+        os.makedirs(parent, exist_ok=True)
+        tmp = _tmp_name(os.path.abspath(path))
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        return
+    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        yield tmp
+        fs.put_file(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def publish_dir(dest, *, storage_options: dict | None = None, overwrite: bool = False) -> Iterator[str]:
+    """Yield a temporary URL beside ``dest`` to write a directory tree into.
+
+    On success the tree becomes ``dest`` (renamed locally, copied server-side remotely);
+    on failure the temporary tree is removed and ``dest`` is untouched.
+    """
+    fs, path = url_to_fs(dest, storage_options)
+    path = path.rstrip("/")
+    if fs.exists(path) and not overwrite:
+        raise StoreError(f"{dest}: already exists (choose another destination or remove it)")
+    tmp = _tmp_name(path)
+    local = is_local(fs)
+    tmp_url = tmp if local else fs.unstrip_protocol(tmp)
+    try:
+        yield tmp_url
+        if local:
+            if os.path.exists(path):
+                trash = _tmp_name(path) + ".old"
+                os.replace(path, trash)
+                os.replace(tmp, path)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                os.replace(tmp, path)
+        else:
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+            fs.copy(tmp, path, recursive=True)
+            fs.invalidate_cache()
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp, recursive=True)
