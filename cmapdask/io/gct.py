@@ -1,0 +1,459 @@
+"""GCT text files, v1.3 and v1.2 (ALGORITHMS.md §10): read and atomic write.
+
+GCT text lists genes as rows and signatures as columns; ``expr`` is signatures x genes
+(DEVELOPERS.md), so reading transposes. Metadata goes through ``cmapdask.io.meta`` exactly
+as the GCTx reader's does, so a ``.gct`` and a ``.gctx`` of the same content give equal
+datasets.
+
+v1.3::
+
+    #1.3
+    nrow  ncol  n_rowmeta  n_colmeta
+    id    <row fields...>       <column ids...>
+    <col field>  -666 ...       <values...>        (n_colmeta lines)
+    <row id>     <row values>   <data...>          (nrow lines)
+
+v1.2 is v1.3 with one row field (``Description``) and no column metadata::
+
+    #1.2
+    nrow  ncol
+    Name  Description  <column ids...>
+    <row id>  <description>  <data...>
+
+The data block is parsed by pandas' C reader straight from the file's bytes; field counts
+are checked per line with numpy first, so a ragged line is reported by its line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import warnings
+from typing import Literal
+
+import dask
+import dask.array as da
+import fsspec
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cmapdask.errors import GCTFormatError, InputError
+from cmapdask.io.atomic import publish_file
+from cmapdask.io.meta import encode_for_text, merge_coords, normalise_column
+
+__all__ = ["read_gct", "write_gct"]
+
+# Text that means "no value" in the data block (missing data is written as NaN).
+_DATA_NA = ["NaN", "nan", "-NaN", "-nan", "NA", "N/A", "#N/A", "NULL", "null", "na", ""]
+_RESERVED = ("sig", "gene", "expr")
+# Bytes of formatted output per write block: bounds memory when writing large matrices.
+_WRITE_BLOCK_BYTES = 64 * 2**20
+
+
+# ----------------------------------------------------------------------------- shared text I/O
+
+
+def read_bytes(path, *, storage_options: dict | None, error: type[Exception]) -> bytes:
+    """The whole file (local path or fsspec URL, ``.gz`` and friends decompressed)."""
+    try:
+        with fsspec.open(
+            os.fspath(path), "rb", compression="infer", **(storage_options or {})
+        ) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a file") from None
+    except OSError as e:  # corrupt gzip, permission denied, ...
+        raise error(f"{path}: cannot read: {e}") from None
+
+
+def text_encoding(raw: bytes) -> str:
+    """UTF-8 unless the bytes are not valid UTF-8; then latin-1 (older tools wrote µ so)."""
+    if raw.isascii():
+        return "utf-8"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf-8"
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class _Lines:
+    """Walks the header lines of a byte buffer, remembering 1-based line numbers."""
+
+    def __init__(self, raw: bytes, encoding: str, path: str):
+        self.raw, self.encoding, self.path = raw, encoding, path
+        self.pos, self.lineno = 0, 0
+
+    def next(self, what: str) -> list[str]:
+        if self.pos >= len(self.raw):
+            raise GCTFormatError(f"{self.path}: file ends before the {what} (line {self.lineno + 1})")
+        end = self.raw.find(b"\n", self.pos)
+        end = len(self.raw) if end < 0 else end
+        line = self.raw[self.pos : end].decode(self.encoding).rstrip("\r")
+        self.pos, self.lineno = end + 1, self.lineno + 1
+        return line.split("\t")
+
+
+def _counts(fields: list[str], n: int, path: str, line: int) -> list[int]:
+    values = [f.strip() for f in fields]
+    while values and values[-1] == "":  # spreadsheets pad short lines with tabs
+        values.pop()
+    try:
+        counts = [int(v) for v in values]
+    except ValueError:
+        counts = []
+    if len(counts) != n or min(counts, default=0) < 0:
+        want = "nrow ncol n_rowmeta n_colmeta" if n == 4 else "nrow ncol"
+        raise GCTFormatError(
+            f"{path}: line {line} should hold the {n} counts '{want}', found {values!r}"
+        )
+    return counts
+
+
+def _check_unique(names: list[str] | np.ndarray, path: str, what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise GCTFormatError(f"{path}: duplicate {what} {name!r}")
+        seen.add(name)
+
+
+def _data_line_fields(raw: bytes, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """(line index of each non-blank line from ``start``, its number of tab-separated fields)."""
+    buf = np.frombuffer(raw, dtype=np.uint8, offset=start)
+    if len(buf) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ends = np.flatnonzero(buf == 10)
+    if buf[-1] != 10:
+        ends = np.append(ends, len(buf))
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    lengths = ends - starts
+    blank = (lengths == 0) | ((lengths == 1) & (buf[starts] == 13))
+    # reduceat gives the element at the start for an empty segment: blank lines are dropped.
+    per_line = np.add.reduceat((buf == 9).view(np.uint8), starts, dtype=np.int64)
+    keep = ~blank
+    return np.flatnonzero(keep), per_line[keep] + 1
+
+
+def _first_bad_cell(raw, start, encoding, n_lead, names, path, header_lines) -> str:
+    """Locate the first non-numeric data cell (only called once parsing has failed)."""
+    df = pd.read_csv(
+        io.BytesIO(raw[start:]), sep="\t", header=None, dtype=str, encoding=encoding,
+        keep_default_na=False, quoting=csv.QUOTE_NONE,
+    )
+    lines, _ = _data_line_fields(raw, start)
+    na = set(_DATA_NA)
+    for j in range(n_lead, df.shape[1]):
+        col = df.iloc[:, j]
+        bad = pd.to_numeric(col.where(~col.isin(na)), errors="coerce").isna() & ~col.isin(na)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            return (
+                f"{path}: line {header_lines + int(lines[i]) + 1}: non-numeric value "
+                f"{col.iloc[i]!r} in column {names[j - n_lead]!r}"
+            )
+    return f"{path}: the data block holds a value that is not a number"
+
+
+def read_gct(
+    path,
+    *,
+    chunks: int | None = None,
+    storage_options: dict | None = None,
+) -> xr.Dataset:
+    """Read a GCT text file (v1.3 or v1.2) as an ``xr.Dataset``.
+
+    Parameters
+    ----------
+    path
+        Local path or fsspec URL; ``.gz``/``.bz2`` compression is inferred from the name.
+    chunks
+        ``None`` (default): ``expr`` is an in-memory numpy array (the text had to be parsed
+        whole anyway). An int: ``expr`` is a dask array with that many signatures per chunk
+        and all genes in each chunk, the layout of a signature store.
+    storage_options
+        Passed to fsspec for remote paths.
+
+    Returns
+    -------
+    xr.Dataset
+        ``expr`` float32 ``("sig", "gene")`` (the file's columns are signatures, its rows
+        genes); ``sig`` and ``gene`` ids as ``str`` coordinates; column metadata as
+        coordinates along ``sig``, row metadata along ``gene`` (a row field whose name is
+        also a column field becomes ``gene_<field>``). Metadata: ``-666`` and empty are
+        missing; a field whose values are all numbers becomes int64 (or float64 with NaN
+        for missing), others stay ``str`` with ``None`` for missing. In v1.2 files the
+        description column is the gene field named by the header (``Description``).
+
+    Raises
+    ------
+    GCTFormatError
+        Unknown version line, bad counts line, header or metadata lines of the wrong
+        length, ragged or missing data lines, non-numeric data, duplicate ids or fields.
+
+    Notes
+    -----
+    Reads the whole file and holds its bytes plus the parsed matrix (4 bytes per value)
+    in memory, so memory is about twice the file size; time is linear in the file size
+    (pandas' C parser). Bytes that are not valid UTF-8 are decoded as latin-1.
+    GCT cannot be read in part: use GCTx or a store for large data.
+
+    Examples
+    --------
+    >>> ds = read_gct("../shared/fixtures/cmappy/test_parse_gct_int_ids.gct")
+    >>> ds.expr.dims, ds.expr.shape
+    (('sig', 'gene'), (2, 3))
+    >>> ds.sig.values.tolist(), ds.chd1.values.tolist()
+    (['1', '2'], ['a', 'b'])
+    """
+    path_s = str(path)
+    raw = read_bytes(path, storage_options=storage_options, error=GCTFormatError)
+    encoding = text_encoding(raw)
+    lines = _Lines(raw, encoding, path_s)
+
+    first = [f.strip() for f in lines.next("version line")]
+    version = first[0] if first else ""
+    if version not in ("#1.3", "#1.2") or any(first[1:]):
+        raise GCTFormatError(
+            f"{path_s}: line 1 should be '#1.3' or '#1.2', found {lines.raw[:40]!r}"
+        )
+    if version == "#1.3":
+        nrow, ncol, n_rowmeta, n_colmeta = _counts(lines.next("counts line"), 4, path_s, 2)
+    else:
+        (nrow, ncol), n_rowmeta, n_colmeta = _counts(lines.next("counts line"), 2, path_s, 2), 1, 0
+
+    header = lines.next("header line")
+    if len(header) != 1 + n_rowmeta + ncol:
+        raise GCTFormatError(
+            f"{path_s}: line 3 (header) has {len(header)} fields; the counts line implies "
+            f"1 + {n_rowmeta} row fields + {ncol} column ids = {1 + n_rowmeta + ncol}"
+        )
+    row_fields = [h.strip() for h in header[1 : 1 + n_rowmeta]]
+    sig_ids = np.array([h.strip() for h in header[1 + n_rowmeta :]], dtype=object)
+    _check_unique(sig_ids, path_s, "column id")
+    _check_unique(row_fields, path_s, "row metadata field")
+
+    sig_fields: dict[str, np.ndarray] = {}
+    for _ in range(n_colmeta):
+        fields = lines.next("column metadata lines")
+        if len(fields) != 1 + n_rowmeta + ncol:
+            raise GCTFormatError(
+                f"{path_s}: line {lines.lineno} (column metadata) has {len(fields)} fields, "
+                f"expected {1 + n_rowmeta + ncol}"
+            )
+        name = fields[0].strip()
+        if name in sig_fields:
+            raise GCTFormatError(f"{path_s}: duplicate column metadata field {name!r}")
+        sig_fields[name] = normalise_column(np.array(fields[1 + n_rowmeta :], dtype=object))
+
+    header_lines, start = lines.lineno, lines.pos
+    line_idx, nfields = _data_line_fields(raw, start)
+    want = 1 + n_rowmeta + ncol
+    if len(nfields) != nrow:
+        raise GCTFormatError(
+            f"{path_s}: the counts line says {nrow} data lines, the file has {len(nfields)}"
+        )
+    bad = np.flatnonzero(nfields != want)
+    if len(bad):
+        i = int(bad[0])
+        raise GCTFormatError(
+            f"{path_s}: line {header_lines + int(line_idx[i]) + 1} has {int(nfields[i])} "
+            f"fields, expected {want} (ragged data line)"
+        )
+
+    n_lead = 1 + n_rowmeta
+    if nrow:
+        try:
+            df = pd.read_csv(
+                io.BytesIO(raw[start:]), sep="\t", header=None, encoding=encoding,
+                quoting=csv.QUOTE_NONE, keep_default_na=False, engine="c",
+                dtype={j: (str if j < n_lead else np.float32) for j in range(want)},
+                na_values={j: _DATA_NA for j in range(n_lead, want)},
+            )
+        except ValueError:
+            raise GCTFormatError(
+                _first_bad_cell(raw, start, encoding, n_lead, sig_ids, path_s, header_lines)
+            ) from None
+        gene_ids = np.array([s.strip() for s in df.iloc[:, 0].tolist()], dtype=object)
+        gene_fields = {
+            name: normalise_column(df.iloc[:, 1 + k].to_numpy(dtype=object))
+            for k, name in enumerate(row_fields)
+        }
+        matrix = df.iloc[:, n_lead:].to_numpy(dtype=np.float32)
+    else:
+        gene_ids = np.zeros(0, dtype=object)
+        gene_fields = {name: normalise_column(np.zeros(0, object)) for name in row_fields}
+        matrix = np.zeros((0, ncol), np.float32)
+    del raw
+    _check_unique(gene_ids, path_s, "row id")
+
+    sig_fields, gene_fields = merge_coords(sig_fields, gene_fields)
+    expr = np.ascontiguousarray(matrix.T)  # genes x signatures on disk -> sig x gene
+    data = expr if chunks is None else da.from_array(expr, chunks=(chunks, -1))
+    coords: dict = {"sig": ("sig", sig_ids), "gene": ("gene", gene_ids)}
+    coords.update({k: ("sig", v) for k, v in sig_fields.items()})
+    coords.update({k: ("gene", v) for k, v in gene_fields.items()})
+    ds = xr.Dataset({"expr": (("sig", "gene"), data)}, coords=coords)
+    ds.attrs["cmapdask"] = {
+        "source": os.path.basename(path_s),
+        "source_format": "gct",
+        "gct_version": version[1:],
+        "encoding": encoding,
+    }
+    return ds
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _text_fields(obj: xr.Dataset, dim: str) -> dict[str, np.ndarray]:
+    return {
+        str(name): np.asarray(c.values)
+        for name, c in obj.coords.items()
+        if c.dims == (dim,) and name != dim
+    }
+
+
+def _unmerge(sig_fields: dict, gene_fields: dict) -> tuple[dict, dict]:
+    """Undo ``merge_coords``' renames so the file carries the original field names."""
+    # a coordinate along "sig" cannot be called "gene" or "expr", so these never clash
+    sig_out = {(k[4:] if k.startswith("sig_") and k[4:] in _RESERVED else k): v
+               for k, v in sig_fields.items()}
+    gene_out = {}
+    for k, v in gene_fields.items():
+        base = k[5:]
+        clash = k.startswith("gene_") and (base in sig_out or base in _RESERVED)
+        gene_out[base if clash and base not in gene_fields else k] = v
+    return sig_out, gene_out
+
+
+def _check_text(values, what: str) -> None:
+    for v in values:
+        if isinstance(v, str) and ("\t" in v or "\n" in v or "\r" in v):
+            raise InputError(f"write_gct: {what} {v!r} contains a tab or line break")
+
+
+def _join(values) -> str:
+    return "\t".join(values)
+
+
+def write_gct(
+    obj,
+    path,
+    *,
+    version: Literal["1.3", "1.2"] = "1.3",
+    storage_options: dict | None = None,
+) -> str:
+    """Write a dataset (or an ``expr``-like DataArray) as GCT text, atomically.
+
+    Parameters
+    ----------
+    obj
+        ``xr.Dataset`` with ``expr`` ``("sig", "gene")`` and metadata coordinates, or an
+        ``xr.DataArray`` with those dims. Dask-backed inputs are computed here.
+    path
+        Destination, local path or fsspec URL. Written beside it and moved into place
+        (locally) or uploaded in one piece (object stores), so no reader sees half a file.
+    version
+        ``"1.3"`` (default): ids, all row (gene) and column (signature) metadata.
+        ``"1.2"``: ids, one description column (the gene field named ``Description``,
+        case-insensitively; ``-666`` if there is none) and the data; every other
+        metadata field is dropped with a warning, as v1.2 has no place for it.
+    storage_options
+        Passed to fsspec for remote paths.
+
+    Returns
+    -------
+    str
+        The destination path.
+
+    Raises
+    ------
+    InputError
+        ``expr`` missing or with other dims, duplicate ids, tabs or line breaks in ids,
+        field names or text values (they would corrupt the file).
+
+    Notes
+    -----
+    Values are written as the shortest text that reads back to the same float32 (so a
+    write/read round trip is exact); missing data as ``NaN``, missing metadata as
+    ``-666``. A gene field renamed ``gene_<field>`` on reading is written as ``<field>``.
+    Text cannot tell a string field of numbers from a numeric field: such a field reads
+    back as numbers, and a field with no value at all reads back as float64 NaN.
+
+    Memory: the metadata plus one block of genes (about 64 MB of float32 across all
+    signatures) and its text at a time. A dask-backed ``expr`` is computed once per gene
+    block; for ``expr`` chunked along signatures each block reads every chunk, so GCT text
+    suits matrices up to a few GB: write GCTx or a store for more.
+    """
+    if isinstance(obj, xr.DataArray):
+        obj = obj.to_dataset(name="expr")
+    if not isinstance(obj, xr.Dataset) or "expr" not in obj or obj["expr"].dims != ("sig", "gene"):
+        raise InputError("write_gct: need a Dataset with expr dims ('sig', 'gene')")
+    if version not in ("1.3", "1.2"):
+        raise InputError(f"write_gct: version must be '1.3' or '1.2', not {version!r}")
+    expr = obj["expr"]
+    n_sig, n_gene = expr.shape
+    sig_ids = [str(s) for s in obj["sig"].values.tolist()]
+    gene_ids = [str(g) for g in obj["gene"].values.tolist()]
+    for ids, axis in ((sig_ids, "sig"), (gene_ids, "gene")):
+        if len(set(ids)) != len(ids):
+            raise InputError(f"write_gct: duplicate {axis} ids")
+        _check_text(ids, f"{axis} id")
+
+    sig_fields, gene_fields = _unmerge(_text_fields(obj, "sig"), _text_fields(obj, "gene"))
+    if version == "1.2":
+        desc = next((k for k in gene_fields if k.lower() == "description"), None)
+        dropped = [k for k in sig_fields] + [k for k in gene_fields if k != desc]
+        if dropped:
+            warnings.warn(
+                f"write_gct: GCT v1.2 has no place for metadata fields {dropped}; dropped",
+                UserWarning,
+                stacklevel=2,
+            )
+        desc_values = gene_fields[desc] if desc else np.full(n_gene, None, dtype=object)
+        sig_fields, gene_fields = {}, {"Description": desc_values}
+    for fields, axis in ((sig_fields, "sig"), (gene_fields, "gene")):
+        _check_text(fields, f"{axis} field name")
+    sig_text = {k: encode_for_text(v) for k, v in sig_fields.items()}
+    gene_text = {k: encode_for_text(v) for k, v in gene_fields.items()}
+    for k, v in {**sig_text, **gene_text}.items():
+        _check_text(v, f"value of field {k!r}:")
+
+    n_rowmeta = len(gene_text)
+    if version == "1.3":
+        head = ["#1.3", _join(map(str, (n_gene, n_sig, n_rowmeta, len(sig_text))))]
+        head.append(_join(["id", *gene_text, *sig_ids]))
+        filler = ["-666"] * n_rowmeta
+        head += [_join([k, *filler, *v.tolist()]) for k, v in sig_text.items()]
+    else:
+        head = ["#1.2", f"{n_gene}\t{n_sig}", _join(["Name", "Description", *sig_ids])]
+
+    lead = pd.DataFrame({"id": gene_ids, **{f"m{i}": v for i, v in enumerate(gene_text.values())}})
+    block = max(1, _WRITE_BLOCK_BYTES // max(1, 4 * n_sig))
+    with publish_file(path, storage_options=storage_options) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write("\n".join(head) + "\n")
+            for g0 in range(0, n_gene, block):
+                values = expr.data[:, g0 : g0 + block]
+                if isinstance(values, da.Array):
+                    (values,) = dask.compute(values)
+                part = pd.concat(
+                    [
+                        lead.iloc[g0 : g0 + block].reset_index(drop=True),
+                        pd.DataFrame(np.asarray(values, dtype=np.float32).T),
+                    ],
+                    axis=1,
+                )
+                part.to_csv(
+                    f, sep="\t", header=False, index=False, na_rep="NaN",
+                    quoting=csv.QUOTE_NONE, lineterminator="\n",
+                )
+    return str(path)
