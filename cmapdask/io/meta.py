@@ -76,14 +76,19 @@ def normalise_column(values) -> np.ndarray:
         out[out == MISSING] = np.nan
         return out
     # text (object or unicode)
-    s = pd.Series(arr, dtype=object)
-    is_str = s.map(lambda v: isinstance(v, str))
-    s = s.where(~is_str, s[is_str].str.strip() if is_str.any() else s)
-    s = s.map(lambda v: v.decode("utf-8", "replace").strip() if isinstance(v, bytes) else v)
-    missing = s.isna() | s.isin(_MISSING_TEXT)
-    obj = np.array(s.tolist(), dtype=object)
-    obj[missing.to_numpy()] = None
-    present = ~missing.to_numpy()
+    obj = np.empty(len(arr), dtype=object)
+    for i, v in enumerate(arr.tolist()):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                v = v.decode("latin-1")
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            obj[i] = None
+        else:
+            v = str(v).strip()
+            obj[i] = None if v in _MISSING_TEXT else v
+    present = np.fromiter((v is not None for v in obj), dtype=bool, count=len(obj))
     if not present.any():
         return obj
     numbers = pd.to_numeric(pd.Series(obj[present], dtype=object), errors="coerce")
@@ -92,7 +97,7 @@ def normalise_column(values) -> np.ndarray:
         out[present] = numbers.to_numpy(dtype=np.float64)
         out[out == MISSING] = np.nan
         return _maybe_int(out)
-    return np.array([None if v is None else str(v) for v in obj.tolist()], dtype=object)
+    return obj
 
 
 def _looks_like_text(values: np.ndarray) -> bool:

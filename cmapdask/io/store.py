@@ -1,0 +1,568 @@
+"""The Zarr signature store: one Zarr v3 group per collection of signatures.
+
+Layout::
+
+    STORE/                      root group; attrs["cmapdask"] holds provenance and "complete"
+      expr                      float32 (sig, gene), chunks of whole signatures (all genes),
+                                blosc-zstd; written once, never rewritten
+      sig, gene                 ids (variable-length UTF-8)
+      <field>                   metadata coordinates along sig or gene
+      index/<space>/            query index (cmapdask.connectivity)      } members, each a
+      similarity/<name>/        top-k neighbours (cmapdask.similarity)   } group written by
+      clusters/<name>/          labels (cmapdask.clustering)             } write_member
+
+Writers never expose a partial result: a new store is written beside its destination and
+published in one step (cmapdask.io.atomic), and ``attrs["cmapdask"]["complete"]`` is set
+last; :func:`open_store` refuses a store without it. Members are published the same way,
+so adding one never touches ``expr``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import os
+import threading
+import warnings
+from typing import Literal
+
+import dask
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from cmapdask import __version__, config
+from cmapdask.errors import StoreError
+from cmapdask.io.atomic import is_local, join, publish_dir, url_to_fs
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "convert",
+    "open_store",
+    "write_store",
+    "write_member",
+    "open_member",
+    "has_member",
+    "list_members",
+    "store_chunk_rows",
+    "store_info",
+]
+
+SCHEMA_VERSION = 1
+_STRING_KINDS = "OUT"
+
+
+@contextlib.contextmanager
+def _quiet():
+    with warnings.catch_warnings():
+        # zarr v3 variable-length strings are not in the v3 core spec yet; xarray and
+        # zarr both read them, which is all we need.
+        warnings.filterwarnings("ignore", category=zarr.errors.UnstableSpecificationWarning)
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        yield
+
+
+def store_chunk_rows(n_gene: int, *, file_rows: int | None = None, chunk_mb: float | None = None) -> int:
+    """Signatures per ``expr`` chunk: about ``chunk_mb`` MiB of float32 with every gene,
+    rounded to a multiple of the source's own chunk rows so no source chunk is read twice."""
+    chunk_mb = chunk_mb or float(config.get("store.chunk_mb", 32))
+    rows = max(1, int(chunk_mb * 2**20) // max(1, 4 * n_gene))
+    if file_rows:
+        rows = max(file_rows, rows // file_rows * file_rows)
+    return rows
+
+
+def _expr_encoding(rows: int, n_gene: int) -> dict:
+    clevel = int(config.get("store.clevel", 3))
+    return {
+        "chunks": (rows, n_gene),
+        "compressors": (BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle"),),
+    }
+
+
+def _provenance(**extra) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "package": "cmapdask",
+        "package_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def _strings_to_str(ds: xr.Dataset) -> xr.Dataset:
+    """Object (str/None) coordinates -> plain ``str`` arrays ('' for missing) for Zarr."""
+    out = {}
+    for name, c in ds.coords.items():
+        if c.dtype.kind == "O":
+            vals = np.array(["" if _missing(v) else str(v) for v in c.values.tolist()], dtype=object)
+            out[name] = (c.dims, vals)
+    return ds.assign_coords(out) if out else ds
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def write_store(
+    ds: xr.Dataset,
+    dest,
+    *,
+    storage_options: dict | None = None,
+    provenance: dict | None = None,
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> str:
+    """Write ``ds`` (``expr`` plus metadata coordinates) as a new, complete store.
+
+    Parameters
+    ----------
+    ds
+        Dataset following the data model of DEVELOPERS.md; dask-backed ``expr`` is
+        computed in parallel on the active scheduler, one chunk per task.
+    dest
+        Local path or fsspec URL (``memory://``, ``s3://``).
+    provenance
+        Extra entries for ``attrs["cmapdask"]`` (source file, parameters, ...).
+    chunk_rows
+        Signatures per chunk (default :func:`store_chunk_rows`).
+    overwrite
+        Replace an existing store (atomically) instead of refusing.
+
+    Notes
+    -----
+    Memory: one input block plus one output chunk per running task; nothing scales with
+    the number of signatures except the metadata (O(n_sig) strings, held by the client).
+    """
+    return _write_dataset(
+        ds, dest, storage_options=storage_options, rows=chunk_rows, overwrite=overwrite,
+        progress=progress, provenance=lambda: dict(provenance or {}),
+    )
+
+
+def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, provenance) -> str:
+    """Write ``expr`` + coordinates beside ``dest``; add ``provenance()`` (called after the
+    data are written, so it may wait for a checksum) and the complete flag; publish."""
+    n_sig, n_gene = ds["expr"].shape
+    rows = rows or store_chunk_rows(n_gene)
+    rows = max(1, min(rows, n_sig or 1))
+    expr = ds["expr"].astype(np.float32)
+    if n_sig:
+        expr = expr.chunk({"sig": rows, "gene": n_gene})
+    out = _strings_to_str(ds.drop_vars([v for v in ds.data_vars if v != "expr"]).assign(expr=expr))
+    out.attrs = {}
+    with publish_dir(dest, storage_options=storage_options, overwrite=overwrite) as tmp, _quiet():
+        job = out.to_zarr(
+            tmp,
+            mode="w",
+            zarr_format=3,
+            consolidated=False,
+            encoding={"expr": _expr_encoding(rows, n_gene)},
+            compute=False,
+            storage_options=_opts(tmp, storage_options),
+        )
+        _compute(job, progress=progress, label="write store")
+        g = zarr.open_group(tmp, mode="r+", storage_options=_opts(tmp, storage_options))
+        # locally the rename publishes a complete store; remotely the flag is set only
+        # after the server-side copy (a copied "complete" could precede copied chunks)
+        g.attrs["cmapdask"] = _provenance(
+            **provenance(), chunk_rows=rows, complete=_is_local_url(dest, storage_options)
+        )
+    _mark_complete_remote(dest, storage_options)
+    return str(dest)
+
+
+def _opts(url, storage_options):
+    # xarray passes storage_options only for fsspec URLs; local paths must not get them
+    return None if _is_local_url(url, storage_options) else storage_options
+
+
+def _compute(job, *, progress: bool, label: str) -> None:
+    if progress:
+        try:
+            from distributed import get_client, progress as dprogress
+
+            client = get_client()
+            fut = client.compute(job)
+            dprogress(fut)
+            fut.result()
+            return
+        except ValueError:  # no distributed client: the local progress bar
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar():
+                dask.compute(job)
+            return
+    dask.compute(job)
+
+
+def _set_complete(url, storage_options, value: bool) -> None:
+    with _quiet():
+        g = zarr.open_group(url, mode="r+", storage_options=_opts(url, storage_options))
+        meta = dict(g.attrs.get("cmapdask", {}))
+        meta["complete"] = value
+        g.attrs["cmapdask"] = meta
+
+
+def _is_local_url(url, storage_options) -> bool:
+    return is_local(url_to_fs(url, storage_options)[0])
+
+
+def _mark_complete_remote(dest, storage_options) -> None:
+    # the last object written at a remote destination, after every chunk was copied
+    if not _is_local_url(dest, storage_options):
+        _set_complete(dest, storage_options, True)
+
+
+def _check_complete(url, storage_options, what: str) -> dict:
+    with _quiet():
+        try:
+            g = zarr.open_group(url, mode="r", storage_options=_opts(url, storage_options))
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+            raise StoreError(f"{url}: no {what} here") from None
+        except Exception as e:  # corrupt metadata, bad URL, unreachable server
+            raise StoreError(f"{url}: cannot open {what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        meta = dict(g.attrs.get("cmapdask", {}))
+    if not meta:
+        raise StoreError(f"{url}: not a cmapdask {what} (no cmapdask attributes)")
+    if not meta.get("complete"):
+        raise StoreError(f"{url}: incomplete {what} (the job that wrote it did not finish); write it again")
+    return meta
+
+
+def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Open a store lazily: ``expr`` dask-backed in its own chunks, metadata in memory.
+
+    Parameters
+    ----------
+    url
+        Local path, ``memory://...`` or ``s3://bucket/path`` (pass endpoint and
+        credentials for S3-compatible servers in ``storage_options``, e.g.
+        ``{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}``).
+
+    Notes
+    -----
+    Reads the group metadata and the 1-D coordinates (ids and metadata: O(n_sig +
+    n_gene)); the matrix is read only when computed, one chunk per task.
+    """
+    meta = _check_complete(url, storage_options, "store")
+    with _quiet():
+        ds = xr.open_zarr(
+            url,
+            consolidated=False,
+            zarr_format=3,
+            chunks={},
+            storage_options=_opts(url, storage_options),
+        )
+    ds = _coords_to_memory(ds)
+    ds.attrs = {"cmapdask": meta, "store_url": str(url)}
+    return ds
+
+
+def _coords_to_memory(ds: xr.Dataset) -> xr.Dataset:
+    """Load 1-D coordinates; strings back to object arrays with None for missing."""
+    new = {}
+    for name, c in ds.coords.items():
+        vals = np.asarray(c.values)
+        if vals.dtype.kind in _STRING_KINDS or vals.dtype.kind == "T":
+            obj = vals.astype(object)
+            obj = np.array([None if v == "" else str(v) for v in obj.tolist()], dtype=object)
+            new[name] = (c.dims, obj)
+        else:
+            new[name] = (c.dims, vals)
+    idx = {k: v for k, v in new.items() if k in ds.dims}
+    rest = {k: v for k, v in new.items() if k not in ds.dims}
+    ds = ds.drop_vars(list(new)).assign_coords(idx).assign_coords(rest)
+    return ds
+
+
+# ------------------------------------------------------------------------------ members
+
+
+def write_member(
+    store_url,
+    name: str,
+    ds: xr.Dataset,
+    *,
+    storage_options: dict | None = None,
+    provenance: dict | None = None,
+    encoding: dict | None = None,
+    progress: bool = False,
+) -> str:
+    """Add or replace the member group ``name`` (e.g. ``"index/bing"``) of a store.
+
+    The member is written beside its final place and published in one step; readers of
+    the store never see it half-written, and ``expr`` is never touched.
+
+    Notes
+    -----
+    Dask-backed variables are computed in parallel on the active scheduler, one chunk per
+    task; nothing else is held in memory.
+    """
+    _check_complete(store_url, storage_options, "store")
+    name = name.strip("/")
+    if not name or any(p in ("", ".", "..") or p.startswith(".") for p in name.split("/")):
+        raise StoreError(f"{store_url}: invalid member name {name!r}")
+    _ensure_parent_groups(store_url, name, storage_options)
+    dest = join(store_url, name)
+    out = _strings_to_str(ds)
+    out.attrs = {
+        **{k: v for k, v in ds.attrs.items() if k != "cmapdask"},
+        "cmapdask": _provenance(member=name, **(provenance or {}), complete=False),
+    }
+    with publish_dir(dest, storage_options=storage_options, overwrite=True) as tmp, _quiet():
+        job = out.to_zarr(
+            tmp,
+            mode="w",
+            zarr_format=3,
+            consolidated=False,
+            encoding=encoding or {},
+            compute=False,
+            storage_options=_opts(tmp, storage_options),
+        )
+        _compute(job, progress=progress, label=f"write {name}")
+        if _is_local_url(dest, storage_options):
+            _set_complete(tmp, storage_options, True)
+    _mark_complete_remote(dest, storage_options)
+    return dest
+
+
+def _ensure_parent_groups(store_url, name, storage_options) -> None:
+    parts = name.split("/")[:-1]
+    with _quiet():
+        root = zarr.open_group(store_url, mode="r+", storage_options=_opts(store_url, storage_options))
+        g = root
+        for p in parts:
+            g = g.require_group(p)
+
+
+def open_member(store_url, name: str, *, storage_options: dict | None = None) -> xr.Dataset:
+    """Open member ``name`` of a store lazily (``StoreError`` if absent or incomplete)."""
+    dest = join(store_url, name.strip("/"))
+    try:
+        meta = _check_complete(dest, storage_options, f"member {name!r}")
+    except StoreError as e:
+        raise StoreError(f"{store_url}: {str(e).split(': ', 1)[-1]}") from None
+    with _quiet():
+        ds = xr.open_zarr(
+            dest, consolidated=False, zarr_format=3, chunks={}, storage_options=_opts(dest, storage_options)
+        )
+    ds = _coords_to_memory(ds)
+    ds.attrs = {**ds.attrs, "cmapdask": meta}
+    return ds
+
+
+def has_member(store_url, name: str, *, storage_options: dict | None = None) -> bool:
+    try:
+        _check_complete(join(store_url, name.strip("/")), storage_options, "member")
+        return True
+    except StoreError:
+        return False
+
+
+def list_members(store_url, *, storage_options: dict | None = None) -> list[str]:
+    """Names of the complete member groups of a store (``index/bing``, ...)."""
+    found = []
+    with _quiet():
+        root = zarr.open_group(store_url, mode="r", storage_options=_opts(store_url, storage_options))
+
+        def walk(g, prefix):
+            for key, sub in g.groups():
+                path = f"{prefix}{key}"
+                if dict(sub.attrs.get("cmapdask", {})).get("complete"):
+                    found.append(path)
+                else:
+                    walk(sub, path + "/")
+
+        walk(root, "")
+    return sorted(found)
+
+
+def store_info(url, *, storage_options: dict | None = None) -> dict:
+    """Shape, fields, chunking, compression and provenance of a store (for ``cmapdask info``)."""
+    ds = open_store(url, storage_options=storage_options)
+    with _quiet():
+        g = zarr.open_group(url, mode="r", storage_options=_opts(url, storage_options))
+        arr = g["expr"]
+        codecs = [type(c).__name__ for c in arr.metadata.codecs]
+        nbytes_stored = _stored_bytes(url, storage_options)
+    return {
+        "kind": "store",
+        "url": str(url),
+        "shape": {"sig": ds.sizes["sig"], "gene": ds.sizes["gene"]},
+        "chunks": list(arr.chunks),
+        "dtype": str(arr.dtype),
+        "codecs": codecs,
+        "stored_bytes": nbytes_stored,
+        "sig_fields": sorted(k for k, c in ds.coords.items() if c.dims == ("sig",) and k != "sig"),
+        "gene_fields": sorted(k for k, c in ds.coords.items() if c.dims == ("gene",) and k != "gene"),
+        "members": list_members(url, storage_options=storage_options),
+        "provenance": ds.attrs["cmapdask"],
+    }
+
+
+def _stored_bytes(url, storage_options) -> int | None:
+    try:
+        fs, p = url_to_fs(url, storage_options)
+        return int(fs.du(p))
+    except Exception:  # size is informative only
+        return None
+
+
+# ------------------------------------------------------------------------------ convert
+
+
+def _sha256(url, storage_options, out: dict) -> None:
+    fs, p = url_to_fs(url, storage_options)
+    h = hashlib.sha256()
+    with fs.open(p, "rb") as f:
+        while chunk := f.read(16 * 2**20):
+            h.update(chunk)
+    out["sha256"] = h.hexdigest()
+
+
+def convert(
+    src,
+    dest,
+    sig_info=None,
+    gene_info=None,
+    compound_info=None,
+    *,
+    storage_options: dict | None = None,
+    src_storage_options: dict | None = None,
+    extra_ids: Literal["error", "ignore"] = "error",
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+    checksum: bool = True,
+    progress: bool = False,
+) -> str:
+    """Convert a GCTx (or GCT) file into a new signature store, with metadata joined.
+
+    Parameters
+    ----------
+    src
+        ``.gctx`` (HDF5, sniffed) or ``.gct`` text file, local or fsspec URL.
+    dest
+        Store URL: local path, ``memory://...``, ``s3://...``. Must not exist unless
+        ``overwrite``.
+    sig_info, gene_info, compound_info
+        Optional release tables (TSV or Parquet): ``siginfo`` (one row per signature,
+        id column ``sig_id``), ``geneinfo`` (``gene_id``), ``compoundinfo`` (``pert_id``,
+        joined through the signatures' ``pert_id``; several rows of a compound fold into
+        ``|``-separated values). Table fields override same-named fields of the file.
+    extra_ids
+        ``"error"``: a table row whose id is not in the matrix is an error;
+        ``"ignore"``: such rows are skipped (release-wide tables with a subset matrix).
+    chunk_rows
+        Signatures per ``expr`` chunk (default: about ``cmapdask.store.chunk_mb`` MiB,
+        a multiple of the source's chunk rows).
+    checksum
+        Record the SHA-256 of the source (read once more, in a thread beside the
+        conversion).
+
+    Returns
+    -------
+    str
+        ``dest``.
+
+    Notes
+    -----
+    Runs on the active Dask scheduler: each task reads one block of whole signatures
+    from the source (opening the file itself) and writes one compressed chunk, so memory
+    per worker is a few chunks (tens of MB) whatever the input size. The client holds
+    the metadata (O(n_sig + n_gene)). Nothing is visible at ``dest`` until the store is
+    complete.
+    """
+    from cmapdask.io.gctx import is_gctx, read_gctx
+
+    src_name = os.path.basename(str(src).rstrip("/"))
+    fs, p = url_to_fs(src, src_storage_options)
+    if not fs.exists(p):
+        raise StoreError(f"{src}: no such file")
+    size = int(fs.size(p))
+    if is_gctx(src, src_storage_options):
+        probe = read_gctx(src, storage_options=src_storage_options)
+        n_gene = probe.sizes["gene"]
+        file_chunks = probe.attrs["cmapdask"].get("file_chunks")
+        rows = chunk_rows or store_chunk_rows(n_gene, file_rows=file_chunks[0] if file_chunks else None)
+        ds = read_gctx(src, chunks=(rows, n_gene), storage_options=src_storage_options)
+        fmt = "gctx"
+    elif str(src).endswith(".gct") or str(src).endswith(".gct.gz"):
+        from cmapdask.io.gct import read_gct
+
+        ds = read_gct(src, storage_options=src_storage_options)
+        rows = chunk_rows
+        fmt = "gct"
+    else:
+        from cmapdask.errors import GCTxFormatError
+
+        raise GCTxFormatError(f"{src}: neither a GCTx (HDF5 with /0/DATA/0/matrix) nor a .gct file")
+    ds, tables = _join_tables(ds, src_name, sig_info, gene_info, compound_info, extra_ids)
+    source = {"name": src_name, "url": str(src), "format": fmt, "size": size}
+    digest: dict = {}
+    hasher = None
+    if checksum:
+        hasher = threading.Thread(target=_sha256, args=(src, src_storage_options, digest), daemon=True)
+        hasher.start()
+
+    def provenance():
+        if hasher is not None:  # the hash runs beside the conversion; wait for it here
+            hasher.join()
+            source["sha256"] = digest.get("sha256")
+        return {"source": source, "tables": tables}
+
+    return _write_dataset(
+        ds, dest, storage_options=storage_options, rows=rows, overwrite=overwrite,
+        progress=progress, provenance=provenance,
+    )
+
+
+def _join_tables(ds, src_name, sig_info, gene_info, compound_info, extra_ids):
+    from cmapdask.io.tables import join_compounds, join_table, read_table
+
+    tables = {}
+    sig_fields, gene_fields = {}, {}
+    if sig_info is not None:
+        t = read_table(sig_info)
+        tables["sig_info"] = _table_prov(sig_info)
+        sig_fields = join_table(ds["sig"].values, t, kind="sig", source=src_name, extra_ids=extra_ids)
+    if gene_info is not None:
+        t = read_table(gene_info)
+        tables["gene_info"] = _table_prov(gene_info)
+        gene_fields = join_table(ds["gene"].values, t, kind="gene", source=src_name, extra_ids=extra_ids)
+    if compound_info is not None:
+        t = read_table(compound_info)
+        tables["compound_info"] = _table_prov(compound_info)
+        if "pert_id" in sig_fields:
+            pert = sig_fields["pert_id"]
+        elif "pert_id" in ds.coords:
+            pert = ds["pert_id"].values
+        else:
+            from cmapdask.errors import MetadataError
+
+            raise MetadataError(
+                f"{os.path.basename(str(compound_info))}: cannot join compounds: the signatures "
+                "have no pert_id field (give --sig-info)"
+            )
+        for k, v in join_compounds(pert, t).items():
+            sig_fields.setdefault(k, v)
+    # a field may exist on the other axis already (from the file or the other table)
+    taken_sig = set(sig_fields) | {k for k, c in ds.coords.items() if c.dims == ("sig",)}
+    gene_fields = {(f"gene_{k}" if k in taken_sig else k): v for k, v in gene_fields.items()}
+    taken_gene = {k for k, c in ds.coords.items() if c.dims == ("gene",)}
+    sig_fields = {(f"sig_{k}" if k in taken_gene else k): v for k, v in sig_fields.items()}
+    ds = ds.assign_coords({k: ("sig", v) for k, v in sig_fields.items()})
+    ds = ds.assign_coords({k: ("gene", v) for k, v in gene_fields.items()})
+    return ds, tables
+
+
+def _table_prov(path) -> dict:
+    fs, p = url_to_fs(path)
+    h = hashlib.sha256()
+    with fs.open(p, "rb") as f:
+        while chunk := f.read(16 * 2**20):
+            h.update(chunk)
+    return {"name": os.path.basename(str(path)), "size": int(fs.size(p)), "sha256": h.hexdigest()}
