@@ -1,0 +1,20 @@
+"""All-by-all signature similarity: exact blockwise top-k neighbours and full matrices.
+
+Layers: :mod:`.plan` (pure block-pair planning), :mod:`.kernels` (numpy maths on blocks),
+:mod:`.engine` (the dask task graph), :mod:`.api` (xarray labels, checks, provenance),
+:mod:`.pert` (perturbagen-level aggregation) and :mod:`.write` (store members, Zarr, GCTx).
+"""
+
+from __future__ import annotations
+
+from cmapdask.similarity.api import count_invalid, feature_genes, similarity, similarity_matrix
+from cmapdask.similarity.plan import BlockPlan, plan_blocks
+
+__all__ = [
+    "similarity",
+    "similarity_matrix",
+    "feature_genes",
+    "count_invalid",
+    "plan_blocks",
+    "BlockPlan",
+]

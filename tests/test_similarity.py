@@ -1,0 +1,283 @@
+"""Similarity engine against brute-force numpy, over chunk layouts, metrics and modes."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.stats
+import xarray as xr
+
+from cmapdask.errors import InputError, MetadataError
+from cmapdask.similarity import plan_blocks, similarity, similarity_matrix
+from cmapdask.similarity.kernels import merge_topk, standardize
+from cmapdask.similarity.plan import merge_tree
+
+METRICS = ["pearson", "spearman", "cosine"]
+LAYOUTS = [(120,), (50, 50, 20), (7, 33, 1, 40, 39)]  # whole, even-ish, uneven with a tiny block
+SPACE = {"landmark": slice(0, 25), "bing": slice(0, 35), "all": slice(0, 40)}
+
+
+def make_ds(n=120, g=40, seed=0, chunks=None, bad=True):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, g)).astype(np.float32)
+    x[:, :10] += rng.standard_normal((n, 1)).astype(np.float32)  # some shared structure
+    if bad:
+        x[10] = x[3]  # an exact duplicate: ties that only the index can break
+        x[11] = x[4] * 2 + 1  # same ranks as row 4: Spearman ties too
+        x[20, :] = 1.5  # zero variance
+        x[30, 5] = np.nan  # a non-finite value
+        x[40, :] = np.nan  # all NaN
+    fs = np.array(["landmark"] * 25 + ["best inferred"] * 10 + ["inferred"] * 5, dtype=object)
+    expr = da.from_array(x, chunks=(chunks or (n,), g)) if chunks else x
+    return xr.Dataset(
+        {"expr": (("sig", "gene"), expr)},
+        coords={
+            "sig": np.array([f"s{i}" for i in range(n)], dtype=object),
+            "gene": np.array([f"g{j}" for j in range(g)], dtype=object),
+            "feature_space": ("gene", fs),
+        },
+    )
+
+
+def reference(x, y, metric):
+    """float64 brute force: full similarity, NaN for invalid rows/columns."""
+
+    def std(a):
+        a = a.astype(np.float64)
+        ok = np.isfinite(a).all(1)
+        a = np.where(ok[:, None], a, 0)
+        if metric == "spearman":
+            a = scipy.stats.rankdata(a, axis=1)
+        if metric != "cosine":
+            ok &= a.max(1) > a.min(1)
+            a = a - a.mean(1, keepdims=True)
+        nrm = np.linalg.norm(a, axis=1)
+        ok &= nrm > 0
+        return np.where(ok[:, None], a / np.where(nrm > 0, nrm, 1)[:, None], np.nan)
+
+    return std(x) @ std(y).T
+
+
+def check_topk(full, got_idx, got_score, k, largest, self_mode, tol=1e-5):
+    n = full.shape[0]
+    for i in range(n):
+        row = full[i].copy()
+        if self_mode:
+            row[i] = np.nan
+        cand = np.flatnonzero(np.isfinite(row))
+        gi, gs = got_idx[i], got_score[i]
+        if not np.isfinite(full[i]).any():  # invalid row: nothing at all
+            assert (gi == -1).all() and np.isnan(gs).all()
+            continue
+        order = cand[np.lexsort((cand, -row[cand] if largest else row[cand]))][:k]
+        m = len(order)
+        assert (gi[m:] == -1).all() and np.isnan(gs[m:]).all()
+        gi, gs = gi[:m], gs[:m]
+        assert len(set(gi.tolist())) == m and np.isfinite(row[gi]).all()
+        np.testing.assert_allclose(gs, row[gi], atol=tol)  # score is the true score
+        np.testing.assert_allclose(gs, row[order], atol=tol)  # and the k best scores
+        diff = gi != order
+        assert np.all(np.abs(row[gi[diff]] - row[order[diff]]) < tol), (i, gi, order)
+        ties = gs[1:] == gs[:-1]
+        assert np.all(gi[1:][ties] > gi[:-1][ties]), "exact ties not broken by index"
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("chunks", LAYOUTS)
+def test_self_topk_matches_bruteforce(metric, chunks):
+    ds = make_ds(chunks=chunks)
+    k = 10
+    res = similarity(ds, metric=metric, k=k, space="landmark", split_every=2)
+    assert res["top_score"].chunks[0] == chunks  # blocks follow storage chunks
+    res = res.compute()
+    x = ds["expr"].values[:, SPACE["landmark"]]
+    full = reference(x, x, metric)
+    for largest, pre in ((True, "top"), (False, "bottom")):
+        check_topk(full, res[f"{pre}_index"].values, res[f"{pre}_score"].values, k, largest, True)
+        ids = res[f"{pre}_id"].values
+        idx = res[f"{pre}_index"].values
+        assert all((ids[a, b] == "") == (idx[a, b] < 0) for a in range(0, 120, 7) for b in range(k))
+        assert ids[0, 0] == f"s{idx[0, 0]}"
+    bad = [30, 40] if metric == "cosine" else [20, 30, 40]  # a constant row has a direction
+    assert res["valid"].values.sum() == 120 - len(bad)
+    assert not res["valid"].values[bad].any()
+    # invalid signatures are nobody's neighbour
+    assert not np.isin(res["top_index"].values, bad).any()
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_symmetric_in_both_directions(metric):
+    res = similarity(make_ds(chunks=(7, 33, 1, 40, 39)), metric=metric, k=15, space="bing")
+    res = res.compute()
+    seen = 0
+    for pre in ("top", "bottom"):
+        idx, sc = res[f"{pre}_index"].values, res[f"{pre}_score"].values
+        lookup = {(i, j): s for i in range(120) for j, s in zip(idx[i], sc[i]) if j >= 0}
+        for (i, j), s in lookup.items():
+            if (j, i) in lookup:
+                assert lookup[(j, i)] == s
+                seen += 1
+    assert seen > 100
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_chunk_layouts_agree(metric):
+    outs = [similarity(make_ds(chunks=c), metric=metric, k=12, space="all").compute() for c in LAYOUTS]
+    outs.append(similarity(make_ds(), metric=metric, k=12, space="all", block_size=16).compute())
+    # BLAS may round a product differently at another place in a block, so only neighbours
+    # whose true scores tie within float32 rounding (duplicates, affine copies) may swap
+    x = make_ds()["expr"].values
+    full = reference(x, x, metric)
+    for o in outs[1:]:
+        for pre in ("top", "bottom"):
+            a, b = o[f"{pre}_index"].values, outs[0][f"{pre}_index"].values
+            sa, sb = o[f"{pre}_score"].values, outs[0][f"{pre}_score"].values
+            np.testing.assert_allclose(sa, sb, atol=1e-6)
+            rows, cols = np.nonzero(a != b)
+            assert rows.size < 0.02 * a.size
+            np.testing.assert_allclose(full[rows, a[rows, cols]], full[rows, b[rows, cols]], atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("qchunks,rchunks", [((45,), (75,)), ((20, 25), (8, 60, 7)), ((1, 44), (75,))])
+def test_query_vs_reference(metric, qchunks, rchunks):
+    ds = make_ds(chunks=(120,))
+    q = ds.isel(sig=slice(0, 45)).chunk({"sig": qchunks})
+    r = ds.isel(sig=slice(45, 120)).chunk({"sig": rchunks})
+    res = similarity(q, r, metric=metric, k=20, space="bing").compute()
+    x = ds["expr"].values[:, SPACE["bing"]]
+    full = reference(x[:45], x[45:], metric)
+    check_topk(full, res["top_index"].values, res["top_score"].values, 20, True, False)
+    check_topk(full, res["bottom_index"].values, res["bottom_score"].values, 20, False, False)
+    assert res["top_id"].values[0, 0] == f"s{45 + res['top_index'].values[0, 0]}"
+    assert res["ref_valid"].sizes["sig_ref"] == 75
+
+
+def test_query_uses_reference_gene_ids():
+    ds = make_ds(bad=False)
+    ref = ds.isel(gene=np.random.default_rng(1).permutation(40))  # genes in another order
+    a = similarity(ds, ref, k=5, space="landmark").compute()
+    b = similarity(ds, ds, k=5, space="landmark").compute()
+    np.testing.assert_array_equal(a["top_index"].values, b["top_index"].values)
+    with pytest.raises(MetadataError, match="lacks 25 gene"):
+        similarity(ds, ds.isel(gene=slice(25, 40)), k=5)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("chunks", LAYOUTS)
+def test_full_matrix(metric, chunks):
+    ds = make_ds(chunks=chunks)
+    m = similarity_matrix(ds, metric=metric, space="landmark")
+    assert m.dims == ("sig", "sig_ref") and m.chunks[0] == chunks
+    x = ds["expr"].values[:, :25]
+    np.testing.assert_allclose(m.values, reference(x, x, metric), atol=1e-5)
+    q = similarity_matrix(ds.isel(sig=slice(0, 30)), ds, metric=metric, space="landmark")
+    np.testing.assert_allclose(q.values, reference(x[:30], x, metric), atol=1e-5)
+
+
+def test_lazy_until_asked():
+    def boom(*args, **kwargs):
+        raise AssertionError("computed while building the graph")
+
+    ds = make_ds(chunks=(50, 50, 20))
+    with dask.config.set(scheduler=boom):
+        res = similarity(ds, k=5)
+        m = similarity_matrix(ds)
+    assert all(isinstance(v.data, da.Array) for v in res.data_vars.values())
+    assert isinstance(m.data, da.Array)
+    assert res["top_index"].compute().shape == (120, 5)
+
+
+def test_no_nxn_in_graph():
+    """Every task output is bounded by the block, never by N x N."""
+    res = similarity(make_ds(n=120, bad=False), k=3, block_size=10)
+    plan_pairs = res.attrs["cmapdask"]["n_block_pairs"]
+    assert plan_pairs == 12 * 13 // 2
+    assert max(res["top_score"].chunks[0]) == 10
+
+
+def test_bad_input_errors():
+    ds = make_ds()
+    with pytest.raises(InputError, match="k=120 is larger than the 119"):
+        similarity(ds, k=120)
+    similarity(ds, k=119)  # the largest allowed
+    with pytest.raises(InputError, match="k=76"):
+        similarity(ds.isel(sig=slice(0, 10)), ds.isel(sig=slice(45, 120)), k=76)
+    with pytest.raises(InputError, match="positive integer"):
+        similarity(ds, k=0)
+    with pytest.raises(InputError, match="unknown metric"):
+        similarity(ds, metric="kendall", k=3)
+    with pytest.raises(InputError, match="unknown feature space"):
+        similarity(ds, space="genome", k=3)
+    with pytest.raises(MetadataError, match="feature_space"):
+        similarity(ds.drop_vars("feature_space"), k=3)
+    similarity(ds.drop_vars("feature_space"), k=3, space="all")
+    dup = ds.assign_coords(sig=np.array(["s0"] * 2 + [f"s{i}" for i in range(2, 120)], dtype=object))
+    with pytest.raises(MetadataError, match="duplicate sig id 's0'"):
+        similarity(dup, k=3)
+    with pytest.raises(InputError, match="no signatures"):
+        similarity(ds.isel(sig=slice(0, 0)), k=1)
+
+
+def test_invalid_rows_get_missing_scores():
+    res = similarity(make_ds(), k=4).compute()
+    for i in (20, 30, 40):
+        assert np.isnan(res["top_score"].values[i]).all()
+        assert (res["top_index"].values[i] == -1).all()
+        assert all(v == "" for v in res["bottom_id"].values[i])
+
+
+def test_fewer_candidates_than_k_are_padded():
+    ds = make_ds(n=6, bad=False)
+    ds["expr"][2:] = np.nan
+    res = similarity(ds, k=5, space="all").compute()
+    assert res["top_index"].values[0].tolist() == [1, -1, -1, -1, -1]
+
+
+def test_standardize_matches_scipy():
+    x = np.random.default_rng(3).standard_normal((5, 30)).astype(np.float32)
+    x[1, :4] = x[1, 4]  # ties in ranks
+    for metric, ref in (("pearson", np.corrcoef(x)), ("spearman", scipy.stats.spearmanr(x.T)[0])):
+        z, ok = standardize(x, metric)
+        assert ok.all() and z.dtype == np.float32
+        np.testing.assert_allclose(z @ z.T, ref, atol=1e-6)
+    z, ok = standardize(np.zeros((2, 3)), "cosine")
+    assert not ok.any() and (z == 0).all()
+
+
+def test_merge_is_order_free():
+    rng = np.random.default_rng(5)
+    m, k = 7, 6
+    scores = np.round(rng.standard_normal((m, 30)), 1).astype(np.float32)  # many ties
+    idx = np.tile(rng.permutation(30), (m, 1))
+    parts = [
+        (scores[:, s], idx[:, s], scores[:, s], idx[:, s]) for s in (slice(0, 10), slice(10, 25), slice(25, 30))
+    ]
+    a = merge_topk(parts, k)
+    b = merge_topk([merge_topk(parts[::-1][:2], k), parts[0]], k)
+    for q in range(4):
+        np.testing.assert_array_equal(a[q], b[q])
+    for r in range(m):
+        order = np.lexsort((idx[r], -scores[r]))[:k]
+        np.testing.assert_array_equal(a[1][r], idx[r][order])
+
+
+def test_plan_covers_every_pair_once():
+    chunks = (3, 0, 5, 1, 4)
+    p = plan_blocks(chunks)
+    assert len(p.pairs) == 15 and p.flops == sum(
+        2 * chunks[i] * chunks[j] for i in range(5) for j in range(i, 5)
+    )
+    for r, src in enumerate(p.sources):
+        partners = sorted(j if side == "row" else i for i, j, side in src)
+        assert partners == list(range(5))
+        assert all((i == r) if side == "row" else (j == r) for i, j, side in src)
+    q = plan_blocks((2, 2), (3, 3, 3))
+    assert q.mode == "query" and len(q.pairs) == 6 and len(q.sources[1]) == 3
+    for n in (1, 2, 7, 64, 65):
+        levels = merge_tree(n, 8)
+        assert levels[0][-1][1] == n and len(levels[-1]) == 1
+        for prev, lvl in zip(levels, levels[1:]):
+            assert lvl[-1][1] == len(prev)
