@@ -281,3 +281,50 @@ def test_plan_covers_every_pair_once():
         assert levels[0][-1][1] == n and len(levels[-1]) == 1
         for prev, lvl in zip(levels, levels[1:]):
             assert lvl[-1][1] == len(prev)
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def counting_scheduler():
+    calls = []
+
+    def get(dsk, keys, **kwargs):
+        calls.append(keys)
+        return dask.get(dsk, keys, **kwargs)
+
+    return get, calls
+
+
+def test_write_member_and_zarr(tmp_path):
+    from cmapdask.io.store import open_member, open_store, write_store
+    from cmapdask.similarity.write import write_similarity
+
+    ds = make_ds(chunks=(50, 50, 20))
+    write_store(ds, tmp_path / "s.zarr")
+    st = open_store(str(tmp_path / "s.zarr"))
+    res = similarity(st, metric="spearman", k=6, block_size=32)
+    get, calls = counting_scheduler()
+    with dask.config.set(scheduler=get):
+        dest = write_similarity(res, str(tmp_path / "s.zarr"))
+    assert len(calls) == 1  # one pass over the graph, nothing computed to guess dtypes
+    assert dest.endswith("similarity/spearman_landmark")
+    back = open_member(str(tmp_path / "s.zarr"), "similarity/spearman_landmark").compute()
+    direct = similarity(ds, metric="spearman", k=6, block_size=32).compute()
+    np.testing.assert_array_equal(back["top_index"].values, direct["top_index"].values)
+    np.testing.assert_array_equal(back["top_score"].values, direct["top_score"].values)
+    assert [str(v) for v in back["bottom_id"].values[0]] == [str(v) for v in direct["bottom_id"].values[0]]
+    prov = back.attrs["cmapdask"]
+    assert prov["metric"] == "spearman" and prov["k"] == 6 and prov["member"].startswith("similarity/")
+
+    m = similarity_matrix(st, metric="cosine", space="all")
+    write_similarity(m, out=str(tmp_path / "full.zarr"), gctx=str(tmp_path / "full.gctx"))
+    z = xr.open_zarr(tmp_path / "full.zarr", consolidated=False)["similarity"].values
+    x = ds["expr"].values
+    np.testing.assert_allclose(z, reference(x, x, "cosine"), atol=1e-5, equal_nan=True)
+    import h5py
+
+    with h5py.File(tmp_path / "full.gctx") as f:
+        np.testing.assert_allclose(f["0/DATA/0/matrix"][:], z, atol=0, equal_nan=True)
+    with pytest.raises(InputError, match="exactly one"):
+        write_similarity(res)

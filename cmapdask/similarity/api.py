@@ -85,12 +85,12 @@ def _ids(ds: xr.Dataset) -> np.ndarray:
     return np.array([str(s) for s in ds.indexes["sig"]], dtype=object)
 
 
+_STR = np.dtypes.StringDType()
+
+
 def _lookup(idx: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    # "" rather than None: xarray turns None into NaN and Zarr writes it back as ""
-    out = np.full(idx.shape, "", dtype=object)
-    ok = idx >= 0
-    out[ok] = ids[idx[ok]]
-    return out
+    # ids ends with "": index -1 (no neighbour) picks it
+    return ids[idx]
 
 
 def _check_metric(metric: str) -> None:
@@ -206,10 +206,12 @@ def similarity(
         )
     res = topk_arrays(x, xr_, metric=metric, k=int(k), split_every=split_every)
     ids_src = _ids(ds if ref is None else ref)
-    ids = da.from_array(ids_src, chunks=-1)
+    # variable-width strings keep the dtype known without computing (Zarr writes them
+    # lazily) and "" marks a missing neighbour (xarray would turn None into NaN)
+    ids = da.from_array(np.array([*ids_src, ""], dtype=_STR), chunks=-1)
 
     def idcol(index):
-        return da.blockwise(_lookup, "ij", index, "ij", ids, "k", dtype=object, concatenate=True)
+        return da.blockwise(_lookup, "ij", index, "ij", ids, "k", dtype=_STR, concatenate=True)
 
     dims = ("sig", "rank")
     out = xr.Dataset(
