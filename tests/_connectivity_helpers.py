@@ -63,10 +63,13 @@ def reference_es(scores: np.ndarray, genes_in_set: np.ndarray, *, weighted: bool
     w = np.abs(scores[order]) if weighted else np.ones(n)
     if weighted and w[hit].sum() == 0:
         w = np.ones(n)
-    step = np.where(hit, w / w[hit].sum(), -1.0 / (n - g if n > g else 1))
-    run = np.cumsum(step)
-    path = np.concatenate([[0.0], run])  # include the start, so "just before" is covered
-    k = int(np.argmax(np.abs(path)))
+    # hits so far / misses so far at every position, not a float cumsum of steps, so
+    # mathematically equal deviations stay equal and "first maximum" is well defined
+    hits_w = np.cumsum(np.where(hit, w, 0.0)) / w[hit].sum()
+    misses = np.cumsum(~hit) / (n - g if n > g else 1)
+    path = np.concatenate([[0.0], hits_w - misses])
+    dev = np.abs(path)
+    k = int(np.flatnonzero(dev >= dev.max() - 1e-12)[0])
     es = path[k]
     if es >= 0:
         lead = hit[:k].sum() / g

@@ -45,7 +45,9 @@ def _walk(keys, weights, shift, mask, n_genes, weighted, es, lead):  # pragma: n
             after = cum / total - (rank - (j + 1)) / miss
             before = after - w / total
             e = before if abs(after) < abs(before) else after
-            if abs(e) > best_abs:
+            # a rounding-level gain does not displace an earlier maximum: "first" must
+            # not depend on summation order
+            if abs(e) > best_abs + 1e-12:
                 best_abs = abs(e)
                 best = e
                 jstar = j + 1
