@@ -74,25 +74,23 @@ def _robust_z_group(x, flags, *, mad_floor):
     return kernels.robust_z(x, reference=flags, mad_floor=mad_floor)
 
 
-def _checked(fn):
-    @functools.wraps(fn)
-    def run(x, *args, **kwargs):
-        kernels.check_finite(x)
-        return fn(x, *args, **kwargs)
-
-    return run
-
-
-_sorted_rows = _checked(kernels.quantile_target_rows)
+def _sorted_rows(x, ids):
+    kernels.check_finite(x, ids[:, 0])
+    return kernels.quantile_target_rows(x)
 
 
 def _qnorm_apply(x, target):
     return kernels.quantile_apply(x, target[0])
 
 
-def _robust_apply(x, med, mad, *, mad_floor):
-    kernels.check_finite(x)
+def _robust_apply(x, ids, med, mad, *, mad_floor):
+    kernels.check_finite(x, ids[:, 0])
     return kernels.robust_z_apply(x, med[0], mad[0], mad_floor)
+
+
+def _row_ids(ds: xr.Dataset, x: da.Array) -> da.Array:
+    """Signature ids aligned with ``x``'s chunks, so a task can name a bad signature."""
+    return da.from_array(ds["sig"].values.astype(object)[:, None], chunks=(x.chunks[0], 1))
 
 
 # -- Level 3 ------------------------------------------------------------------------------
@@ -136,7 +134,8 @@ def quantile_normalize(
     """
     x = _expr(ds)
     if plate_field is None:
-        target = da.median(x.map_blocks(_sorted_rows, dtype=np.float64), axis=0)
+        sorted_rows = da.map_blocks(_sorted_rows, x, _row_ids(ds, x), dtype=np.float64)
+        target = da.median(sorted_rows, axis=0)
         out = da.map_blocks(_qnorm_apply, x, target[None, :], dtype=np.float32)
     else:
         codes = plate_codes(ds, plate_field)
@@ -224,7 +223,8 @@ def robust_zscore(
         med = da.median(ref, axis=0)
         mad = da.median(abs(ref - med), axis=0)
         out = da.map_blocks(
-            _robust_apply, x, med[None, :], mad[None, :], mad_floor=mad_floor, dtype=np.float32
+            _robust_apply, x, _row_ids(ds, x), med[None, :], mad[None, :],
+            mad_floor=mad_floor, dtype=np.float32,
         )
     else:
         plan = groups.plan_groups(codes, target_rows=_target_rows(x, chunk_rows))
