@@ -386,7 +386,8 @@ def write_gct(
     write/read round trip is exact); missing data as ``NaN``, missing metadata as
     ``-666``. A gene field renamed ``gene_<field>`` on reading is written as ``<field>``.
     Text cannot tell a string field of numbers from a numeric field: such a field reads
-    back as numbers, and a field with no value at all reads back as float64 NaN.
+    back as numbers; a float field of whole numbers with nothing missing reads back as
+    int64, and a field with no value at all as text with every value missing.
 
     Memory: the metadata plus one block of genes (about 64 MB of float32 across all
     signatures) and its text at a time. A dask-backed ``expr`` is computed once per gene
