@@ -328,3 +328,55 @@ def test_write_member_and_zarr(tmp_path):
         np.testing.assert_allclose(f["0/DATA/0/matrix"][:], z, atol=0, equal_nan=True)
     with pytest.raises(InputError, match="exactly one"):
         write_similarity(res)
+
+
+# --------------------------------------------------------------------------- perturbagens
+
+
+def test_pert_similarity_matches_bruteforce():
+    from cmapdask.connectivity.summaries import maxq
+    from cmapdask.similarity import pert_similarity
+
+    ds = make_ds(n=60, bad=False, chunks=(13, 47))
+    rng = np.random.default_rng(7)
+    pert = rng.choice(["pA", "pB", "pC", "pD", "pE"], 60).astype(object)
+    cell = rng.choice(["c1", "c2", "c3"], 60).astype(object)
+    pert[5], cell[6] = None, None  # left out
+    ds = ds.assign_coords(pert_id=("sig", pert), cell_id=("sig", cell))
+    res = pert_similarity(ds, metric="spearman", space="bing")
+    assert isinstance(res["pert_summary"].data, da.Array)
+    res = res.compute()
+    x = ds["expr"].values[:, :35]
+    full = reference(x, x, "spearman")
+    for ci, c in enumerate(res["cell"].values):
+        for ai, a in enumerate(res["pert"].values):
+            for bi, b in enumerate(res["pert_ref"].values):
+                vals = [full[i, j] for i in range(60) for j in range(60) if i != j
+                        and cell[i] == cell[j] == c and pert[i] == a and pert[j] == b]
+                exp = maxq(np.array(vals)) if vals else np.nan
+                np.testing.assert_allclose(res["pert_cell"].values[ci, ai, bi], exp, atol=1e-5)
+    exp_sum = maxq(res["pert_cell"].values.astype(float), axis=0)
+    np.testing.assert_allclose(res["pert_summary"].values, exp_sum, atol=1e-6)
+    with pytest.raises(MetadataError, match="pert_id"):
+        pert_similarity(ds.drop_vars("pert_id"))
+
+
+# ------------------------------------------------------------------------------- biology
+
+
+def test_neighbours_share_moa_on_synthetic_release():
+    synthetic = pytest.importorskip("cmapdask.synthetic")
+    design = synthetic.synth_design(3000, seed=1)
+    ds = synthetic.synth_dataset(design, metadata="tables", chunks=(700, 1300, 1000))
+    moa_of = dict(zip(*synthetic.synth_compoundinfo(design)[["pert_id", "moa"]].T.values))
+    moa = np.array([moa_of.get(p) for p in ds["pert_id"].values], dtype=object)
+    res = similarity(ds, k=10, metric="pearson").compute()
+    has = np.array([m is not None for m in moa])
+    nb = res["top_index"].values[has]
+    same = (moa[nb] == moa[has][:, None]).mean()
+    labels = moa[has]
+    _, counts = np.unique(labels.astype(str), return_counts=True)
+    chance = ((counts / counts.sum()) ** 2).sum()
+    assert same > 3 * chance, (same, chance)
+    # opposites are not enriched for the same MoA
+    assert (moa[res["bottom_index"].values[has]] == moa[has][:, None]).mean() < 2 * chance

@@ -8,11 +8,15 @@ Layers: :mod:`.plan` (pure block-pair planning), :mod:`.kernels` (numpy maths on
 from __future__ import annotations
 
 from cmapdask.similarity.api import count_invalid, feature_genes, similarity, similarity_matrix
+from cmapdask.similarity.pert import pert_similarity
 from cmapdask.similarity.plan import BlockPlan, plan_blocks
+from cmapdask.similarity.write import write_similarity
 
 __all__ = [
     "similarity",
     "similarity_matrix",
+    "pert_similarity",
+    "write_similarity",
     "feature_genes",
     "count_invalid",
     "plan_blocks",
