@@ -364,3 +364,39 @@ def test_missing_group_value_is_its_own_group(rng):
     out = modz(ds, group_by=["pert_id", "pert_dose"], landmarks=list(ds.gene.values))
     assert out.sig.values.tolist() == ["p:1", "p:-666"]
     assert out.distil_nsample.values.tolist() == [2, 2]
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def test_cli_level4_level5_store_to_store(fixtures, tmp_path, capsys):
+    from cmapdask.cli import main
+    from cmapdask.io.store import open_store, write_store
+
+    src = tmp_path / "l3.zarr"
+    write_store(read_gctx(fixtures / "cmapm" / "gctv13_01.gctx"), str(src))
+    l4 = tmp_path / "l4.zarr"
+    assert main(["level4", str(src), str(l4), "--cluster", "none", "--quiet"]) == 0
+    want = read_gctx(fixtures / "cmapm" / "gctv13_01_zs.gctx").expr.values
+    np.testing.assert_allclose(open_store(str(l4)).expr.values, want, rtol=5e-7, atol=5e-6)
+
+    src = tmp_path / "distil.zarr"
+    distil = read_gctx(fixtures / "cmapm" / "distil" / "distil_gct_n6x978.gctx")
+    write_store(distil, str(src))
+    grp = tmp_path / "lm.grp"  # this file's genes are Affymetrix probe ids, all landmarks
+    grp.write_text("\n".join(distil.gene.values) + "\n")
+    l5 = tmp_path / "l5.zarr"
+    rc = main(["level5", str(src), str(l5), "--cluster", "none", "--quiet", "--landmarks", str(grp)])
+    assert rc == 0
+    got = open_store(str(l5))
+    want = read_gctx(fixtures / "cmapm" / "distil" / "modzs_gct_n3x978.gctx")
+    np.testing.assert_allclose(got.expr.values, want.expr.values, rtol=0, atol=1.2e-6)
+    assert got.distil_ss_ngene.values.tolist() == [138, 303, 306]
+    assert got.distil_wt.values.tolist() == ["1.00", "0.33,0.45,0.22", "0.50,0.50"]
+    assert got.attrs["cmapdask"]["levels"]["step"] == "level5"
+
+    rc = main(["level5", str(src), str(tmp_path / "bad.zarr"), "--cluster", "none",
+               "--quiet", "--group-by", "pert_id,nope"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "nope" in err[0]
+    assert not (tmp_path / "bad.zarr").exists()

@@ -14,7 +14,6 @@ from typing import Literal
 
 import dask.array as da
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from cmapdask.errors import InputError, MetadataError
@@ -30,12 +29,17 @@ from cmapdask.levels.metadata import (
 
 __all__ = [
     "DEFAULT_GROUP_BY",
+    "STAT_COORDS",
     "quantile_normalize",
     "robust_zscore",
     "level4",
     "modz",
     "level5",
 ]
+
+
+# Level 5 coordinates computed lazily from the data (the rest is metadata, in memory)
+STAT_COORDS = (*kernels.STAT_FIELDS[1:], "distil_wt")
 
 
 def _expr(ds: xr.Dataset) -> da.Array:
