@@ -125,10 +125,12 @@ def s3_server(tmp_path_factory):
             "secret": "testing",
             "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
         }
-        import s3fs
+        import boto3
 
-        fs = s3fs.S3FileSystem(**opts)
-        fs.mkdir("cmapdask-test")
+        boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        ).create_bucket(Bucket="cmapdask-test")
         yield opts
     finally:
         _stop([proc])

@@ -257,26 +257,25 @@ def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
             chunks={},
             storage_options=_opts(url, storage_options),
         )
-    ds = _coords_to_memory(ds)
+    ds = _coords_to_memory(ds, url, storage_options)
     ds.attrs = {"cmapdask": meta, "store_url": str(url)}
     return ds
 
 
-def _coords_to_memory(ds: xr.Dataset) -> xr.Dataset:
-    """Load 1-D coordinates; strings back to object arrays with None for missing."""
-    new = {}
-    for name, c in ds.coords.items():
-        vals = np.asarray(c.values)
-        if vals.dtype.kind in _STRING_KINDS or vals.dtype.kind == "T":
-            obj = vals.astype(object)
-            obj = np.array([None if v == "" else str(v) for v in obj.tolist()], dtype=object)
-            new[name] = (c.dims, obj)
-        else:
+def _coords_to_memory(ds: xr.Dataset, url, storage_options) -> xr.Dataset:
+    """Load 1-D coordinates straight from Zarr (no dask compute); strings back to object
+    arrays with None for missing."""
+    with _quiet():
+        g = zarr.open_group(url, mode="r", storage_options=_opts(url, storage_options))
+        new = {}
+        for name, c in ds.coords.items():
+            vals = np.asarray(g[name][:]) if name in g else np.asarray(c.values)
+            if vals.dtype.kind in _STRING_KINDS or vals.dtype.kind == "T":
+                vals = np.array([None if v == "" else str(v) for v in vals.tolist()], dtype=object)
             new[name] = (c.dims, vals)
     idx = {k: v for k, v in new.items() if k in ds.dims}
     rest = {k: v for k, v in new.items() if k not in ds.dims}
-    ds = ds.drop_vars(list(new)).assign_coords(idx).assign_coords(rest)
-    return ds
+    return ds.drop_vars(list(new)).assign_coords(idx).assign_coords(rest)
 
 
 # ------------------------------------------------------------------------------ members
@@ -350,7 +349,7 @@ def open_member(store_url, name: str, *, storage_options: dict | None = None) ->
         ds = xr.open_zarr(
             dest, consolidated=False, zarr_format=3, chunks={}, storage_options=_opts(dest, storage_options)
         )
-    ds = _coords_to_memory(ds)
+    ds = _coords_to_memory(ds, dest, storage_options)
     ds.attrs = {**ds.attrs, "cmapdask": meta}
     return ds
 
