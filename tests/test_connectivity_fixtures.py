@@ -8,7 +8,7 @@ import pytest
 from cmapdask.connectivity.es import combine_wtcs, enrichment_scores
 from cmapdask.connectivity.ranks import rank_descending
 
-from _connectivity_helpers import read_gct_matrix, read_gctx, read_set_file
+from tests._connectivity_helpers import read_gct_matrix, read_gctx, read_set_file
 
 
 def _es_of(scores, ids, members, metric):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from _connectivity_helpers import read_gctx, reference_es
+from tests._connectivity_helpers import read_gctx, reference_es
 from scipy.stats import false_discovery_control
 
 from cmapdask.connectivity.es import combine_wtcs, enrichment_scores

@@ -68,8 +68,9 @@ def enrichment_scores(
     ----------
     ranks : numpy.ndarray
         ``(sig, G)`` ranks (1 = top, within a space of ``n_genes``) of the set's genes.
-    scores : numpy.ndarray
-        ``(sig, G)`` scores of the same genes (their absolute values are the hit weights).
+    scores : numpy.ndarray or None
+        ``(sig, G)`` scores of the same genes (their absolute values are the hit weights);
+        may be ``None`` for ``metric="cs"``.
     n_genes : int
         N, the size of the feature space the ranks were taken in.
     metric : {"wtcs", "cs"}
@@ -88,6 +89,11 @@ def enrichment_scores(
     signature, done by numpy's vectorised sort).
     """
     ranks = np.asarray(ranks)
+    if scores is None:  # unweighted: the weights are never read
+        if metric == "wtcs":
+            raise InputError("the weighted metric 'wtcs' needs the scores")
+        scores = np.zeros((ranks.shape[0], 1), dtype=np.float32) if ranks.ndim == 2 else ranks
+        scores = np.broadcast_to(scores[:, :1], ranks.shape) if ranks.ndim == 2 else scores
     scores = np.asarray(scores)
     if ranks.shape != scores.shape or ranks.ndim != 2:
         raise InputError(f"ranks {ranks.shape} and scores {scores.shape} must be equal 2-D")
@@ -104,7 +110,9 @@ def enrichment_scores(
     kdt = np.int32 if fits32 else np.int64
     keys = (ranks.astype(kdt) << kdt(shift)) | np.arange(g, dtype=kdt)
     keys.sort(axis=1)
-    _walk(keys, np.ascontiguousarray(scores, dtype=np.float32), kdt(shift),
+    w = scores if metric == "cs" and scores.strides[1] == 0 else np.ascontiguousarray(
+        scores, dtype=np.float32)
+    _walk(keys, w.astype(np.float32, copy=False), kdt(shift),
           kdt((1 << shift) - 1), int(n_genes), metric == "wtcs", es, lead)
     return es, lead
 

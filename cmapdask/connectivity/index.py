@@ -1,0 +1,218 @@
+"""The query index: each signature's rank and score of every gene, stored gene-major.
+
+A query needs, for every signature, only the ranks and scores of its own genes. Stored as
+``(gene, sig)`` with one gene per Zarr chunk (grouped into shards of all genes of a block
+of signatures, so the store holds one object per block), a query reads exactly its genes'
+rows across all signatures and never re-sorts a signature (ALGORITHMS.md §2).
+
+Layout of member ``index/<space>``::
+
+    rank    int16/int32 (gene, sig)  stable descending rank within the space (1 = top)
+    score   float32     (gene, sig)  the signature's score (|score| is the hit weight)
+    gene    the space's gene ids (in store order); gene_symbol where the store has it
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from cmapdask import config
+from cmapdask.connectivity.ranks import rank_descending, rank_dtype
+from cmapdask.errors import InputError, MetadataError, StoreError
+from cmapdask.io.atomic import is_local, join, url_to_fs
+from cmapdask.io.store import has_member, open_member, open_store, write_member
+
+__all__ = ["Space", "space_genes", "build_index", "open_index", "index_name", "IndexHandle"]
+
+Space = Literal["landmark", "bing", "all"]
+_SPACE_CLASSES = {"landmark": {"landmark"}, "bing": {"landmark", "best inferred"}}
+
+
+def index_name(space: Space) -> str:
+    """The member name of a space's index (``index/<space>``)."""
+    return f"index/{space}"
+
+
+def space_genes(ds: xr.Dataset, space: Space) -> np.ndarray:
+    """Positions (in store gene order) of the genes of a feature space.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The store; ``landmark`` and ``bing`` need a gene field ``feature_space``
+        (``landmark`` / ``best inferred`` / ``inferred``), or boolean ``pr_is_lm`` /
+        ``pr_is_bing`` as in older gene tables.
+    space : {"landmark", "bing", "all"}
+        ``"landmark"``: the 978 measured genes. ``"bing"``: landmarks and best inferred
+        genes (CLUE's default). ``"all"``: every gene of the store.
+    """
+    n = ds.sizes["gene"]
+    if space == "all":
+        return np.arange(n)
+    if space not in _SPACE_CLASSES:
+        raise InputError(f"space must be 'landmark', 'bing' or 'all', not {space!r}")
+    for name in ("feature_space", "gene_feature_space"):
+        if name in ds.coords and ds[name].dims == ("gene",):
+            fs = np.array([str(v).strip().lower() for v in ds[name].values.tolist()])
+            sel = np.flatnonzero(np.isin(fs, list(_SPACE_CLASSES[space])))
+            break
+    else:
+        flag = {"landmark": "pr_is_lm", "bing": "pr_is_bing"}[space]
+        if flag not in ds.coords:
+            raise MetadataError(
+                f"{ds.attrs.get('store_url', 'store')}: no gene field 'feature_space' "
+                f"(or {flag!r}) to select the {space} space; use --space all")
+        sel = np.flatnonzero(np.asarray(ds[flag].values).astype(float) == 1)
+    if sel.size == 0:
+        raise MetadataError(f"{ds.attrs.get('store_url', 'store')}: no {space} genes")
+    return sel
+
+
+def index_chunk_rows(n_genes: int, *, chunk_mb: float | None = None) -> int:
+    """Signatures per index block: about ``chunk_mb`` MiB of rank + score for all genes."""
+    chunk_mb = chunk_mb or float(config.get("connectivity.index_chunk_mb", 256))
+    return max(1, int(chunk_mb * 2**20) // (6 * max(1, n_genes)))
+
+
+def build_index(
+    store_url,
+    *,
+    space: Space = "bing",
+    storage_options: dict | None = None,
+    chunk_rows: int | None = None,
+    progress: bool = False,
+) -> str:
+    """Compute and add the query index ``index/<space>`` to a store.
+
+    Parameters
+    ----------
+    store_url : str
+        The store (local path or fsspec URL).
+    space : {"landmark", "bing", "all"}
+        Feature space (see :func:`space_genes`); ranks are taken within it, so N is its
+        number of genes.
+    chunk_rows : int, optional
+        Signatures per index block (default from :func:`index_chunk_rows`).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    str
+        The member's URL.
+
+    Notes
+    -----
+    Reads ``expr`` once, one block of whole signatures per task; each task holds that
+    block's space genes three times (scores, ranks, transposes): about
+    ``3 * 6 * N * chunk_rows`` bytes, 256 MiB of output per block by default. Time is
+    ``n_sig * N log N`` spread over the workers; the output is ``6 * N * n_sig`` bytes.
+    Writing goes through ``write_member`` (atomic; ``expr`` is never rewritten).
+    """
+    ds = open_store(store_url, storage_options=storage_options)
+    sel = space_genes(ds, space)
+    n = sel.size
+    rows = int(chunk_rows or index_chunk_rows(n))
+    expr = ds["expr"].data
+    if sel.size != ds.sizes["gene"] or not np.array_equal(sel, np.arange(n)):
+        expr = expr[:, sel]
+    expr = expr.rechunk((rows, -1))
+    ranks = expr.map_blocks(_rank_block, dtype=rank_dtype(n), url=str(store_url))
+    out = xr.Dataset(
+        {"rank": (("gene", "sig"), ranks.T), "score": (("gene", "sig"), expr.T.astype(np.float32))},
+        coords={"gene": ds["gene"].values[sel]},
+    )
+    for f in ("gene_symbol", "pr_gene_symbol"):
+        if f in ds.coords and ds[f].dims == ("gene",):
+            out = out.assign_coords(gene_symbol=("gene", ds[f].values[sel]))
+            break
+    comp = (BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),)
+    enc = {v: {"chunks": (1, rows), "shards": (n, rows), "compressors": comp}
+           for v in ("rank", "score")}
+    sig = ds["sig"].values
+    prov = {
+        "kind": "query_index",
+        "space": space,
+        "n_genes": int(n),
+        "n_sig": int(ds.sizes["sig"]),
+        "sig_first": str(sig[0]) if sig.size else "",
+        "sig_last": str(sig[-1]) if sig.size else "",
+        "chunk_rows": rows,
+        "rank_convention": "stable descending (ALGORITHMS.md §1)",
+        "store_provenance": {k: v for k, v in ds.attrs.get("cmapdask", {}).items()
+                             if k in ("created", "package_version", "source")},
+    }
+    return write_member(store_url, index_name(space), out, storage_options=storage_options,
+                        provenance=prov, encoding=enc, progress=progress)
+
+
+def _rank_block(block, url):
+    if np.isnan(block).any():
+        raise InputError(f"{url}: a signature has NaN scores; it cannot be ranked")
+    return rank_descending(block)
+
+
+class IndexHandle:
+    """What a query needs to read an index: small, picklable, opens Zarr inside tasks."""
+
+    def __init__(self, store_url, space: Space, *, storage_options: dict | None = None):
+        name = index_name(space)
+        if not has_member(store_url, name, storage_options=storage_options):
+            raise StoreError(
+                f"{store_url}: no query index for space {space!r}; build it with "
+                f"`cmapdask index {store_url} --space {space}`")
+        meta = open_member(store_url, name, storage_options=storage_options)
+        self.store_url = str(store_url)
+        self.space = space
+        self.url = join(str(store_url), name)
+        self.storage_options = storage_options
+        self.genes = meta["gene"].values
+        self.symbols = meta["gene_symbol"].values if "gene_symbol" in meta.coords else None
+        self.n_genes = int(meta.sizes["gene"])
+        self.n_sig = int(meta.sizes["sig"])
+        self.provenance = dict(meta.attrs.get("cmapdask", {}))
+        self.chunk_rows = int(self.provenance.get("chunk_rows") or meta["rank"].encoding.get(
+            "preferred_chunks", {}).get("sig", self.n_sig))
+
+    def sig_chunks(self, target_rows: int | None = None) -> tuple[int, ...]:
+        """Signature blocks aligned with the index's own blocks."""
+        rows = self.chunk_rows
+        if target_rows and target_rows > rows:
+            rows = max(rows, target_rows // rows * rows)
+        full, rest = divmod(self.n_sig, rows)
+        return (rows,) * full + ((rest,) if rest else ())
+
+    def _arrays(self):
+        fs, _ = url_to_fs(self.url, self.storage_options)
+        opts = None if is_local(fs) else self.storage_options
+        g = zarr.open_group(self.url, mode="r", storage_options=opts)
+        return g["rank"], g["score"]
+
+    def read(self, genes: np.ndarray, start: int, stop: int, *, scores: bool = True):
+        """``(rank, score)`` of ``genes`` (sorted positions) for signatures [start, stop).
+
+        Returned signature-major, ``(stop - start, len(genes))``.
+        """
+        rank, score = self._arrays()
+        sel = (np.asarray(genes, dtype=np.int64), slice(start, stop))
+        r = np.ascontiguousarray(rank.get_orthogonal_selection(sel).T)
+        s = np.ascontiguousarray(score.get_orthogonal_selection(sel).T) if scores else None
+        return r, s
+
+    def read_sigs(self, sig_pos: np.ndarray):
+        """All genes' ``(rank, score)`` of chosen signatures, ``(len(sig_pos), N)``."""
+        rank, score = self._arrays()
+        sel = (slice(None), np.asarray(sig_pos, dtype=np.int64))
+        return (np.ascontiguousarray(rank.get_orthogonal_selection(sel).T),
+                np.ascontiguousarray(score.get_orthogonal_selection(sel).T))
+
+
+def open_index(store_url, *, space: Space = "bing", storage_options: dict | None = None):
+    """The index of a space (``StoreError`` saying how to build it when absent)."""
+    return IndexHandle(store_url, space, storage_options=storage_options)
