@@ -44,9 +44,10 @@ Values (per signature, per gene; clipped to [-10, 10])
   ``potency = 3 * exp(N(0, 0.25))``: a Hill dose response and a weaker early time point;
 - vehicle controls have ``s = 0``: no MoA or compound effect.
 
-So at 10 µM two signatures of different compounds of one MoA correlate at about 0.3-0.4
-over the landmarks, signatures of different MoAs at about 0 (plus the cell-line term
-when they share a cell line), and replicates of one condition more than either.
+So at 3.33-10 µM two signatures of different compounds of one MoA correlate at about
+0.25-0.3 over the landmarks (also across cell lines), signatures of different MoAs at
+about 0 (plus about 0.08 from the cell-line term when they share a cell line), and
+signatures of one compound more than either (tests/test_synthetic.py checks this).
 :func:`synth_truth` gives the ground truth per signature (``moa``, strength ``s * r``) and
 :func:`synth_moa_directions` the directions ``u``.
 
@@ -103,6 +104,7 @@ __all__ = [
     "synth_expr",
     "synth_dataset",
     "write_synthetic",
+    "pcl_name",
     "SIGINFO_COLUMNS",
     "GENEINFO_COLUMNS",
     "COMPOUNDINFO_COLUMNS",
@@ -205,6 +207,12 @@ def synth_design(
         Cell lines, 1 to 16 (the first 9 are the Touchstone core lines).
     n_replicates
         Plate sets per group: how often each condition is repeated with fresh noise.
+
+    Examples
+    --------
+    >>> d = synth_design(1000, seed=1)
+    >>> d.n_genes, d.n_moas, d.n_compounds
+    (978, 4, 25)
     """
     for name, value in (("n_sigs", n_sigs), ("seed", seed), ("n_cells", n_cells),
                         ("n_replicates", n_replicates)):
@@ -217,7 +225,9 @@ def synth_design(
     if genes not in N_SEGMENTS:
         raise InputError(f"synthetic: genes must be one of landmark, bing, all; got {genes!r}")
     if not 1 <= n_cells <= len(CELL_LINES):
-        raise InputError(f"synthetic: n_cells must be between 1 and {len(CELL_LINES)}, got {n_cells}")
+        raise InputError(
+            f"synthetic: n_cells must be between 1 and {len(CELL_LINES)}, got {n_cells}"
+        )
     if n_replicates < 1:
         raise InputError(f"synthetic: n_replicates must be at least 1, got {n_replicates}")
     n_moas = int(np.clip(n_sigs // 5000, 4, 171)) if n_moas is None else n_moas
@@ -705,6 +715,14 @@ def synth_dataset(
     ``expr`` is lazy. ``"ids"`` builds the id arrays now (about 100 bytes per signature);
     ``"tables"`` computes siginfo now, which generates the landmark values of every
     signature once (about 1 KB memory per signature): use it for small data.
+
+    Examples
+    --------
+    >>> ds = synth_dataset(synth_design(500, genes="bing", seed=3))
+    >>> ds.expr.dims, ds.expr.shape, ds.expr.dtype
+    (('sig', 'gene'), (500, 10174), dtype('float32'))
+    >>> str(ds.sig.values[0]), str(ds.gene.values[0])
+    ('SYN000000_HT29_24H:A01', '780')
     """
     if metadata not in ("ids", "tables"):
         raise InputError(f"synthetic: metadata must be 'ids' or 'tables', got {metadata!r}")

@@ -191,11 +191,13 @@ def test_siginfo_columns_ids_and_derived_fields():
     assert set(sig["pert_type"]) == {"trt_cp", "ctl_vehicle"}
     vehicle = sig["pert_type"] == "ctl_vehicle"
     assert (sig.loc[vehicle, "pert_id"] == "DMSO").all()
-    assert sig.loc[vehicle, "pert_dose"].isna().all() and sig.loc[vehicle, "pert_idose"].isna().all()
+    assert sig.loc[vehicle, "pert_dose"].isna().all()
+    assert sig.loc[vehicle, "pert_idose"].isna().all()
     assert vehicle.sum() == 24 * (SMALL.n_sigs // S.TILE) + -(-(SMALL.n_sigs % S.TILE) // 16)
     assert set(sig.loc[~vehicle, "pert_dose"]) == set(S.DOSES_UM)
     assert set(sig.loc[~vehicle, "pert_dose_unit"]) == {"uM"}
-    assert (sig["pert_idose"].dropna() == sig["pert_dose"].dropna().map(lambda d: f"{d:g} uM")).all()
+    idose = sig["pert_dose"].dropna().map(lambda d: f"{d:g} uM")
+    assert (sig["pert_idose"].dropna() == idose).all()
     assert (sig["pert_itime"] == sig["pert_time"].astype(str) + " h").all()
     assert set(sig["cell_iname"]) <= set(S.CELL_LINES[: SMALL.n_cells])
     assert (sig["is_null_sig"] == vehicle.astype(int)).all()
@@ -203,7 +205,8 @@ def test_siginfo_columns_ids_and_derived_fields():
     # ss_ngene is the count of landmarks with |x| >= 2 in the matrix; tas follows §9
     values = S.synth_block(SMALL, 0, SMALL.n_sigs)
     np.testing.assert_array_equal(sig["ss_ngene"], (np.abs(values) >= 2).sum(axis=1))
-    tas = np.sqrt(np.maximum(sig["ss_ngene"], 0.001) * np.maximum(sig["cc_q75"].clip(0, 1), 0.001) / 978)
+    cc = np.maximum(sig["cc_q75"].clip(0, 1), 0.001)
+    tas = np.sqrt(np.maximum(sig["ss_ngene"], 0.001) * cc / 978)
     np.testing.assert_allclose(sig["tas"], tas, atol=6e-5)
     assert sig["nsample"].between(2, 4).all()
     dets = sig["det_plate"].str.split("|")
@@ -246,7 +249,8 @@ def test_compoundinfo_and_pcl_agree():
     assert pd.isna(moa_of["DMSO"])
     truth = S.synth_truth(SMALL)
     treated = truth["pert_type"] == "trt_cp"
-    assert (truth.loc[treated, "moa"].to_numpy() == truth.loc[treated, "pert_id"].map(moa_of).to_numpy()).all()
+    expected = truth.loc[treated, "pert_id"].map(moa_of).to_numpy()
+    assert (truth.loc[treated, "moa"].to_numpy() == expected).all()
 
 
 @pytest.mark.parametrize("kwargs,match", [
