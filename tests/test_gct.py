@@ -343,6 +343,15 @@ def test_failed_write_leaves_nothing(fixtures, tmp_path, monkeypatch):
     assert dest.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_quotes_in_text_round_trip(tmp_path):
+    # Arrow will not write a double quote unquoted: that block goes through pandas
+    ds = read_gct_text(tmp_path, GOOD)
+    quoted = ds.assign_coords(sym=("gene", np.array(['5" UTR', "3' UTR"], dtype=object)))
+    write_gct(quoted, tmp_path / "q.gct")
+    assert (tmp_path / "q.gct").read_text().splitlines()[4].startswith('g1\t5" UTR\t1')
+    assert_same_dataset(read_gct(tmp_path / "q.gct"), quoted)
+
+
 def test_latin1_and_utf8_metadata(tmp_path):
     body = "#1.3\n1\t1\t1\t1\nid\tunit\ts1\nconc\t-666\t10 µM\ng1\tµg\t0.5\n"
     (tmp_path / "latin1.gct").write_bytes(body.encode("latin-1"))
@@ -430,7 +439,7 @@ def read_gct_text(tmp_path, text: str) -> xr.Dataset:
 # ----------------------------------------------------------------------------- property test
 
 _id = st.text(alphabet="abcXYZ019:_-.", min_size=1, max_size=6)
-_word = st.text(alphabet="abc xyzµ|:-.0123", min_size=1, max_size=8).map(str.strip).filter(bool)
+_word = st.text(alphabet="abc xyzµ|:-.0123'\"", min_size=1, max_size=8).map(str.strip).filter(bool)
 
 
 @st.composite

@@ -37,6 +37,9 @@ import dask.array as da
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import xarray as xr
 
 from cmapdask.errors import GCTFormatError, InputError
@@ -45,7 +48,8 @@ from cmapdask.io.meta import encode_for_text, merge_coords, normalise_column
 
 __all__ = ["read_gct", "write_gct"]
 
-# Text that means "no value" in the data block (missing data is written as NaN).
+# Text that means "no value" (missing data is written as NaN). In the row metadata these
+# are missing too, as in cmapPy.
 _DATA_NA = ["NaN", "nan", "-NaN", "-nan", "NA", "N/A", "#N/A", "NULL", "null", "na", ""]
 _RESERVED = ("sig", "gene", "expr")
 # Bytes of formatted output per write block: bounds memory when writing large matrices.
@@ -136,8 +140,8 @@ def _data_line_fields(raw: bytes, start: int) -> tuple[np.ndarray, np.ndarray]:
     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
     lengths = ends - starts
     blank = (lengths == 0) | ((lengths == 1) & (buf[starts] == 13))
-    # reduceat gives the element at the start for an empty segment: blank lines are dropped.
-    per_line = np.add.reduceat((buf == 9).view(np.uint8), starts, dtype=np.int64)
+    tabs = np.flatnonzero(buf == 9)
+    per_line = np.searchsorted(tabs, ends) - np.searchsorted(tabs, starts)
     keep = ~blank
     return np.flatnonzero(keep), per_line[keep] + 1
 
@@ -270,17 +274,17 @@ def read_gct(
 
     n_lead = 1 + n_rowmeta
     if nrow:
-        try:
-            df = pd.read_csv(
-                io.BytesIO(raw[start:]), sep="\t", header=None, encoding=encoding,
-                quoting=csv.QUOTE_NONE, keep_default_na=False, engine="c",
-                dtype={j: (str if j < n_lead else np.float32) for j in range(want)},
-                na_values={j: _DATA_NA for j in range(n_lead, want)},
-            )
-        except ValueError:
+        # Data columns are left to pandas' float inference (per-column dtypes and NA lists
+        # cost more than the parse for wide files); anything not numeric is caught below.
+        df = pd.read_csv(
+            io.BytesIO(raw[start:]), sep="\t", header=None, encoding=encoding,
+            quoting=csv.QUOTE_NONE, keep_default_na=False, na_values=_DATA_NA, engine="c",
+            dtype={j: str for j in range(n_lead)},
+        )
+        if any(d.kind not in "fiu" for d in df.dtypes.tolist()[n_lead:]):
             raise GCTFormatError(
                 _first_bad_cell(raw, start, encoding, n_lead, sig_ids, path_s, header_lines)
-            ) from None
+            )
         gene_ids = np.array([s.strip() for s in df.iloc[:, 0].tolist()], dtype=object)
         gene_fields = {
             name: normalise_column(df.iloc[:, 1 + k].to_numpy(dtype=object))
@@ -342,6 +346,37 @@ def _check_text(values, what: str) -> None:
 
 def _join(values) -> str:
     return "\t".join(values)
+
+
+def _format_rows(lead: list[list[str]], values: np.ndarray) -> bytes:
+    """Data lines for a block of genes: ids and row metadata, then ``values.T`` (sig x gene).
+
+    Floats are written as the shortest text that reads back to the same float32, by
+    Arrow's vectorised formatter; pandas (per-value Python formatting, ~4x slower) is the
+    fallback for the rare block whose text holds a double quote, which Arrow refuses
+    to write unquoted.
+    """
+    n_gene = values.shape[1]
+    flat = pa.array(np.ascontiguousarray(values).ravel())  # signature-major: one column per sig
+    text = pc.if_else(pc.is_nan(flat), "NaN", pc.cast(flat, pa.string()))
+    cols = [pa.array(c, type=pa.string()) for c in lead]
+    cols += [text.slice(j * n_gene, n_gene) for j in range(values.shape[0])]
+    out = io.BytesIO()
+    try:
+        pa_csv.write_csv(
+            pa.Table.from_arrays(cols, names=[str(i) for i in range(len(cols))]),
+            out,
+            pa_csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"),
+        )
+        return out.getvalue()
+    except pa.ArrowInvalid:
+        frame = pd.concat(
+            [pd.DataFrame({i: c for i, c in enumerate(lead)}), pd.DataFrame(values.T)], axis=1
+        )
+        return frame.to_csv(
+            sep="\t", header=False, index=False, na_rep="NaN",
+            quoting=csv.QUOTE_NONE, lineterminator="\n",
+        ).encode("utf-8")
 
 
 def write_gct(
@@ -437,24 +472,15 @@ def write_gct(
     else:
         head = ["#1.2", f"{n_gene}\t{n_sig}", _join(["Name", "Description", *sig_ids])]
 
-    lead = pd.DataFrame({"id": gene_ids, **{f"m{i}": v for i, v in enumerate(gene_text.values())}})
+    lead = [gene_ids, *(v.tolist() for v in gene_text.values())]
     block = max(1, _WRITE_BLOCK_BYTES // max(1, 4 * n_sig))
     with publish_file(path, storage_options=storage_options) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write("\n".join(head) + "\n")
+        with open(tmp, "wb") as f:
+            f.write(("\n".join(head) + "\n").encode("utf-8"))
             for g0 in range(0, n_gene, block):
                 values = expr.data[:, g0 : g0 + block]
                 if isinstance(values, da.Array):
                     (values,) = dask.compute(values)
-                part = pd.concat(
-                    [
-                        lead.iloc[g0 : g0 + block].reset_index(drop=True),
-                        pd.DataFrame(np.asarray(values, dtype=np.float32).T),
-                    ],
-                    axis=1,
-                )
-                part.to_csv(
-                    f, sep="\t", header=False, index=False, na_rep="NaN",
-                    quoting=csv.QUOTE_NONE, lineterminator="\n",
-                )
+                values = np.asarray(values, dtype=np.float32)
+                f.write(_format_rows([c[g0 : g0 + block] for c in lead], values))
     return str(path)
