@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import rankdata, spearmanr
 
 from cmapdask.errors import InputError, MetadataError
@@ -400,3 +402,25 @@ def test_cli_level4_level5_store_to_store(fixtures, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "nope" in err[0]
     assert not (tmp_path / "bad.zarr").exists()
+
+
+@given(st.integers(1, 6), st.integers(1, 40), st.integers(1, 8), st.integers(0, 2**31))
+@settings(max_examples=60, deadline=None)
+def test_average_ranks_equals_scipy(n, m, levels, seed):
+    x = np.random.default_rng(seed).integers(0, levels, size=(n, m)).astype(np.float32)
+    np.testing.assert_array_equal(kernels.average_ranks(x), rankdata(x, axis=1))
+
+
+@given(st.integers(0, 2**31))
+@settings(max_examples=15, deadline=None)
+def test_modz_invariant_to_signature_order(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 3, size=(12, 8)).astype(np.float32)
+    pert = np.repeat(["a", "b", "c", "d"], [3, 2, 1, 6])
+    ds = _dataset(x, chunks=5, pert_id=pert)
+    perm = rng.permutation(12)
+    a = modz(ds, group_by=["pert_id"], landmarks=list(ds.gene.values)).compute()
+    b = modz(ds.isel(sig=perm), group_by=["pert_id"], landmarks=list(ds.gene.values)).compute()
+    b = b.sel(sig=a.sig.values)
+    np.testing.assert_allclose(b.expr.values, a.expr.values, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.distil_cc_q75.values, a.distil_cc_q75.values, atol=1e-12)

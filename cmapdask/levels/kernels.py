@@ -10,8 +10,6 @@ and the tests call them directly as the numpy reference.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
-
 from cmapdask.errors import InputError
 
 __all__ = [
@@ -53,6 +51,39 @@ def check_finite(x: np.ndarray, ids=None) -> None:
         )
 
 
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks within each row, ties sharing their average rank (float64).
+
+    Equal to ``scipy.stats.rankdata(x, axis=1, method="average")`` for finite input, but
+    vectorized over rows (scipy loops over them in Python, ~30x slower on 978 genes).
+    """
+    x = np.asarray(x)
+    n, m = x.shape
+    order = np.argsort(x, axis=1)
+    s = np.take_along_axis(x, order, axis=1)
+    ranks = np.empty((n, m), dtype=np.float64)
+    ranks[np.arange(n)[:, None], order] = np.arange(1.0, m + 1.0)
+    tied = np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1))
+    if tied.size:  # rare for real scores, except values clipped at +-10
+        ranks[tied] = _tied_ranks(x[tied])
+    return ranks
+
+
+def _tied_ranks(x: np.ndarray) -> np.ndarray:
+    n, m = x.shape
+    order = np.argsort(x, axis=1)
+    s = np.take_along_axis(x, order, axis=1)
+    new = np.ones((n, m), dtype=bool)  # True where a run of equal values starts
+    new[:, 1:] = s[:, 1:] != s[:, :-1]
+    flat = new.ravel()
+    run = np.cumsum(flat) - 1
+    start = np.tile(np.arange(m, dtype=np.float64), n)[flat]
+    avg = start + (np.bincount(run) - 1) / 2.0 + 1.0
+    ranks = np.empty((n, m), dtype=np.float64)
+    np.put_along_axis(ranks, order, avg[run].reshape(n, m), axis=1)
+    return ranks
+
+
 # -- quantile normalization -------------------------------------------------------------
 
 
@@ -63,7 +94,7 @@ def quantile_target_rows(x: np.ndarray) -> np.ndarray:
 
 def quantile_apply(x: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Give each value the target at its average (tie-aware) rank, interpolating halves."""
-    ranks = rankdata(np.asarray(x, dtype=np.float64), axis=1, method="average")
+    ranks = average_ranks(x)
     return np.interp(ranks - 1.0, np.arange(target.shape[0]), target).astype(np.float32)
 
 
@@ -102,7 +133,7 @@ def robust_z(x: np.ndarray, *, reference=None, mad_floor: float = 0.1) -> np.nda
 
 def _standardized_ranks(z_lm: np.ndarray) -> np.ndarray:
     """Rows of average ranks, centred and scaled to unit norm: their dot product is Spearman."""
-    r = rankdata(z_lm, axis=1, method="average")
+    r = average_ranks(z_lm)
     r -= r.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(r, axis=1, keepdims=True)
     # a constant replicate has no rank order; correlation 0 rather than NaN (weight floors)
@@ -155,7 +186,7 @@ def modz_groups(
             w = np.ones((len(sel), 1))
         else:
             r = ranks[rows]  # (G, k, L)
-            cc = r @ r.transpose(0, 2, 1)  # Spearman between the replicates of each group
+            cc = np.einsum("gkl,gjl->gkj", r, r)  # Spearman between the replicates of each group
             iu = np.triu_indices(k, 1)
             pairs = np.clip(cc[:, iu[0], iu[1]], 0.0, None)
             stats[sel, 1] = np.percentile(pairs, 75, axis=1, method="hazen")
