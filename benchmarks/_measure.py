@@ -1,0 +1,56 @@
+"""Shared measuring tools for the benchmark scripts: wall time and peak memory of a
+process tree (this process and every child, e.g. Dask worker processes)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import psutil
+
+__all__ = ["PeakRSS", "timed"]
+
+
+class PeakRSS:
+    """Sample the summed resident memory of this process and its children."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak / 2**30
+
+
+@contextlib.contextmanager
+def timed(result: dict, key: str):
+    t0 = time.perf_counter()
+    yield
+    result[key] = time.perf_counter() - t0
