@@ -53,7 +53,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         n_gene = 978
         synth = xr.Dataset(
-            {"expr": (("sig", "gene"), rng.standard_normal((args.sigs, n_gene)).astype(np.float32))},
+            {"expr": (("sig", "gene"), rng.standard_normal((args.sigs, n_gene), np.float32))},
             coords={
                 "sig": [f"SIG{i:07d}" for i in range(args.sigs)],
                 "gene": [str(1000 + i) for i in range(n_gene)],

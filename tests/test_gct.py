@@ -289,7 +289,9 @@ def test_dataarray_and_dask_input_write_the_same_bytes(fixtures, tmp_path, monke
         lazy["expr"] = (("sig", "gene"), da.from_array(ds.expr.values, chunks=chunks))
         write_gct(lazy, tmp_path / "dask.gct")
         assert (tmp_path / "dask.gct").read_bytes() == ref, chunks
-    bare = xr.DataArray(ds.expr.values, dims=("sig", "gene"), coords={"sig": ds.sig, "gene": ds.gene})
+    bare = xr.DataArray(
+        ds.expr.values, dims=("sig", "gene"), coords={"sig": ds.sig, "gene": ds.gene}
+    )
     write_gct(bare, tmp_path / "bare.gct")
     assert_same_dataset(read_gct(tmp_path / "bare.gct"), ds[["expr"]].drop_vars(
         [k for k in ds.coords if k not in ("sig", "gene")]))
@@ -332,7 +334,8 @@ def test_failed_write_leaves_nothing(fixtures, tmp_path, monkeypatch):
         return block
 
     lazy = ds.copy()
-    lazy["expr"] = (("sig", "gene"), da.from_array(ds.expr.values, chunks=(6, 2)).map_blocks(boom, meta=np.empty((0, 0), np.float32)))
+    blocks = da.from_array(ds.expr.values, chunks=(6, 2))
+    lazy["expr"] = (("sig", "gene"), blocks.map_blocks(boom, meta=np.empty((0, 0), np.float32)))
     dest = tmp_path / "x.gct"
     with pytest.raises(RuntimeError, match="disk full"):
         write_gct(lazy, dest)
@@ -421,7 +424,8 @@ def test_missing_file_and_bad_write_input(tmp_path):
     with pytest.raises(InputError, match="duplicate gene ids"):
         write_gct(ds.assign_coords(gene=["g", "g"]), tmp_path / "x.gct")
     with pytest.raises(InputError, match="tab or line break"):
-        write_gct(ds.assign_coords(sym=("gene", np.array(["a\tb", "c"], dtype=object))), tmp_path / "x.gct")
+        tabbed = np.array(["a\tb", "c"], dtype=object)
+        write_gct(ds.assign_coords(sym=("gene", tabbed)), tmp_path / "x.gct")
     with pytest.raises(InputError, match="expr dims"):
         write_gct(ds.transpose(), tmp_path / "x.gct")
     with pytest.raises(InputError, match="version"):
@@ -456,7 +460,8 @@ def datasets(draw):
     )
     coords = {"sig": sig, "gene": gene}
     # "shared" on both axes exercises the gene_<field> rename
-    for dim, n, names in (("sig", n_sig, ["shared", "dose"]), ("gene", n_gene, ["gene_shared", "sym"])):
+    axes = (("sig", n_sig, ["shared", "dose"]), ("gene", n_gene, ["gene_shared", "sym"]))
+    for dim, n, names in axes:
         for name in draw(st.lists(st.sampled_from(names), unique=True)):
             coords[name] = (dim, draw(_column(n)))
     expr = np.array(values, dtype=np.float32).reshape(n_sig, n_gene)
@@ -464,7 +469,9 @@ def datasets(draw):
 
 
 def _column(n):
-    ints = st.lists(st.integers(-(2**40), 2**40).filter(lambda v: v != -666), min_size=n, max_size=n)
+    ints = st.lists(
+        st.integers(-(2**40), 2**40).filter(lambda v: v != -666), min_size=n, max_size=n
+    )
     floats = st.lists(
         st.one_of(st.just(math.nan), st.floats(-1e6, 1e6).filter(lambda v: v != -666)),
         min_size=n, max_size=n,
@@ -488,6 +495,9 @@ def _is_number(s: str) -> bool:
     return True
 
 
+_FIXTURE_OK = [HealthCheck.function_scoped_fixture]  # tmp_path is reused; each write replaces
+
+
 def _expected_after_text(ds: xr.Dataset) -> xr.Dataset:
     """What text can carry: a float field of whole numbers and no NaN reads back as int64;
     a field with no value at all (every value -666) cannot show its kind and reads as text."""
@@ -501,7 +511,7 @@ def _expected_after_text(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=_FIXTURE_OK)
 @given(ds=datasets(), version=st.sampled_from(["1.3"]))
 def test_round_trip_property(tmp_path, ds, version):
     path = tmp_path / "rt.gct"
@@ -509,11 +519,12 @@ def test_round_trip_property(tmp_path, ds, version):
     assert_same_dataset(read_gct(path), _expected_after_text(ds))
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=_FIXTURE_OK)
 @given(ds=datasets())
 def test_round_trip_property_v12(tmp_path, ds):
     keep = ds[["expr"]].drop_vars([k for k in ds.coords if k not in ("sig", "gene")])
-    keep = keep.assign_coords(Description=("gene", np.array([f"d{i}" for i in range(ds.sizes["gene"])], dtype=object)))
+    desc = np.array([f"d{i}" for i in range(ds.sizes["gene"])], dtype=object)
+    keep = keep.assign_coords(Description=("gene", desc))
     path = tmp_path / "rt12.gct"
     write_gct(keep, path, version="1.2")
     assert_same_dataset(read_gct(path), keep)

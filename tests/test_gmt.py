@@ -213,7 +213,9 @@ _sets = st.dictionaries(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(sets=_sets)
 def test_gmt_round_trip_property(tmp_path, sets):
     write_gmt(sets, tmp_path / "p.gmt")

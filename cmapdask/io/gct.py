@@ -97,7 +97,9 @@ class _Lines:
 
     def next(self, what: str) -> list[str]:
         if self.pos >= len(self.raw):
-            raise GCTFormatError(f"{self.path}: file ends before the {what} (line {self.lineno + 1})")
+            raise GCTFormatError(
+                f"{self.path}: file ends before the {what} (line {self.lineno + 1})"
+            )
         end = self.raw.find(b"\n", self.pos)
         end = len(self.raw) if end < 0 else end
         line = self.raw[self.pos : end].decode(self.encoding).rstrip("\r")
@@ -192,8 +194,10 @@ def read_gct(
         genes); ``sig`` and ``gene`` ids as ``str`` coordinates; column metadata as
         coordinates along ``sig``, row metadata along ``gene`` (a row field whose name is
         also a column field becomes ``gene_<field>``). Metadata: ``-666`` and empty are
-        missing; a field whose values are all numbers becomes int64 (or float64 with NaN
-        for missing), others stay ``str`` with ``None`` for missing. In v1.2 files the
+        missing (in row metadata also ``NaN``, ``NA``, ``N/A``, ``NULL``, as cmapPy
+        reads them); a field whose values are all numbers becomes int64 (or float64 with
+        NaN for missing), others stay ``str`` with missing as ``None`` (xarray may show
+        it as NaN). Missing data (``NaN``, ``NA``, empty) is NaN. In v1.2 files the
         description column is the gene field named by the header (``Description``).
 
     Raises

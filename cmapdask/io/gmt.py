@@ -157,7 +157,9 @@ def _check_ids(ids, what: str, fn: str) -> list[str]:
     out = [str(i) for i in ids]
     for i in out:
         if not i.strip() or i != i.strip() or any(c in i for c in "\t\n\r"):
-            raise InputError(f"{fn}: {what} has an empty id, surrounding spaces or a tab/line break: {i!r}")
+            raise InputError(
+                f"{fn}: {what} has an empty id, surrounding spaces or a tab/line break: {i!r}"
+            )
     dup = _first_duplicate(out)
     if dup is not None:
         raise InputError(f"{fn}: {what} lists {dup!r} more than once")
