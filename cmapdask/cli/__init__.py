@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "cmapdask.cli.connectivity",
     "cmapdask.cli.similarity",
     "cmapdask.cli.levels",
+    "cmapdask.cli.moa",
+    "cmapdask.cli.rebuild",
     "cmapdask.cli.demo",
 ]
 
