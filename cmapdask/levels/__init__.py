@@ -365,12 +365,12 @@ def modz(
         groups.map_groups_reduce, x, plan, ids=ds["sig"].values, landmarks=lm,
         clip=clip, weight_floor=weight_floor,
     )
-    expr, stats, wt = run(part="modz"), run(part="stats"), run(part="weights")
+    expr, stats = run(part="modz"), run(part="stats")
     coords = level5_coords(ds, fields, plan)
     for i, name in enumerate(kernels.STAT_FIELDS[1:], start=1):
-        col = stats[:, i]
-        coords[name] = ("sig", col.astype(np.int64) if name == "distil_ss_ngene" else col)
-    coords["distil_wt"] = ("sig", wt[:, 0])
+        dtype = np.int64 if name == "distil_ss_ngene" else np.float64
+        coords[name] = ("sig", stats[:, i].astype(dtype))
+    coords["distil_wt"] = ("sig", stats[:, -1])
     out = xr.Dataset({"expr": (("sig", "gene"), expr)}, coords=coords)
     out = out.assign_coords({k: v for k, v in ds.coords.items() if v.dims == ("gene",)})
     params = dict(group_by=list(fields), n_landmarks=int(len(lm)), clip=clip, weight_floor=weight_floor)

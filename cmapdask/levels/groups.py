@@ -129,14 +129,14 @@ def _reduce_block(x, codes, ids, *, landmarks, columns, part, clip, weight_floor
     )
     if part == "modz":
         return modz
-    if part == "stats":
-        return stats
-    # "weights": CMap's distil_wt text, one string per group
+    # "stats": the statistics and CMap's distil_wt text (last column), one row per group;
+    # one object array so that ranks are computed once for both
+    packed = np.empty((len(sizes), stats.shape[1] + 1), dtype=object)
+    packed[:, :-1] = stats
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    text = np.empty((len(sizes), 1), dtype=object)
     for g, (s, n) in enumerate(zip(starts.tolist(), sizes.tolist())):
-        text[g, 0] = ",".join(f"{w:.2f}" for w in weights[s : s + n])
-    return text
+        packed[g, -1] = ",".join(f"{w:.2f}" for w in weights[s : s + n])
+    return packed
 
 
 def map_groups_reduce(
@@ -149,18 +149,17 @@ def map_groups_reduce(
     clip: float,
     weight_floor: float,
 ) -> da.Array:
-    """Lazily reduce each replicate group to one row (MODZ, statistics or weight text).
+    """Lazily reduce each replicate group to one row (MODZ, or statistics and weights).
 
     ``part="modz"``: (n_groups, n_gene) float32 from all genes; ``"stats"``: (n_groups,
-    len(STAT_FIELDS)) float64 and ``"weights"``: (n_groups, 1) str, both from the landmark
-    columns alone (so they read only those).
+    len(STAT_FIELDS) + 1) object, the statistics then the ``distil_wt`` text, from the
+    landmark columns alone (so only those are read).
     """
     if part == "modz":
         xs, lm, columns, width, dtype = _grouped(x, plan), landmarks, slice(None), x.shape[1], np.float32
     else:  # select the landmarks before the reorder so only they are read
         xs, lm, columns = _grouped(x[:, landmarks], plan), slice(None), None
-        width = len(kernels.STAT_FIELDS) if part == "stats" else 1
-        dtype = np.float64 if part == "stats" else object
+        width, dtype = len(kernels.STAT_FIELDS) + 1, object
     return da.map_blocks(
         _reduce_block,
         xs,
