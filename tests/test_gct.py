@@ -297,6 +297,17 @@ def test_dataarray_and_dask_input_write_the_same_bytes(fixtures, tmp_path, monke
         [k for k in ds.coords if k not in ("sig", "gene")]))
 
 
+def test_write_computes_each_gene_block_once(fixtures, tmp_path, monkeypatch):
+    from dask.callbacks import Callback
+
+    ds = read_gct(fixtures / "cmappy" / "col_meta_only_example_n355x355.gct", chunks=50)
+    monkeypatch.setattr(gct_mod, "_WRITE_BLOCK_BYTES", 355 * 4 * 100)  # 100 genes a block
+    starts = []
+    with Callback(start=lambda dsk: starts.append(1)):
+        write_gct(ds, tmp_path / "x.gct")
+    assert len(starts) == 4  # ceil(355 / 100) computes, nothing more
+
+
 @pytest.mark.parametrize("chunks", [1, 2, 4, 6])
 def test_chunks_option_is_dask_and_equal(fixtures, chunks):
     ref = read_gct(fixtures / "cmappy" / "mini_gctoo_for_testing.gct")
