@@ -12,7 +12,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from cmapdask.connectivity.es import Metric, Tail, combine_wtcs, enrichment_scores
+from cmapdask.connectivity.es import Metric, Tail, combine_wtcs, es_of_members
 from cmapdask.connectivity.index import IndexHandle
 from cmapdask.connectivity.validation import QuerySet
 from cmapdask.errors import QueryError
@@ -52,8 +52,7 @@ def score_block(ranks, scores, qs: QuerySet, tails, n_genes: int, metric: Metric
                 es[label] = np.zeros(n)
                 continue
             cols = np.searchsorted(union, genes)
-            w = scores[:, cols] if scores is not None else None
-            es[label], lead = enrichment_scores(ranks[:, cols], w, n_genes, metric=metric)
+            es[label], lead = es_of_members(ranks, scores, cols, n_genes, metric=metric)
             out[3 + k, q] = lead
         out[0, q] = combine_wtcs(es["up"], es["down"], tail=tail)
         out[1, q] = es["up"]

@@ -15,44 +15,106 @@ import numpy as np
 
 from cmapdask.errors import InputError
 
-__all__ = ["enrichment_scores", "combine_wtcs", "Metric", "Tail"]
+__all__ = ["enrichment_scores", "es_of_members", "combine_wtcs", "Metric", "Tail"]
 
 Metric = Literal["wtcs", "cs"]
 Tail = Literal["both", "up", "down"]
 
 
-@numba.njit(nogil=True, cache=True)
-def _walk(keys, weights, shift, mask, n_genes, weighted, es, lead):  # pragma: no cover - jit
-    n_sig, g = keys.shape
+_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_DEBRUIJN_TABLE = np.array([
+    0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43,
+    22, 45, 39, 33, 30, 24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44,
+    32, 23, 11, 46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _es_kernel(ranks, scores, members, n_genes, weighted, es, lead):  # pragma: no cover
+    """ES of the set ``ranks[:, members]`` in every row, hits visited in rank order.
+
+    Ranks are distinct integers in [1, N], so instead of a comparison sort each row marks
+    its hits in a bitset and reads them back word by word (lowest set bit by a de Bruijn
+    multiply): O(G + N/64) per signature.
+    """
+    n_sig = ranks.shape[0]
+    g = members.shape[0]
     miss = float(n_genes - g) if n_genes > g else 1.0
+    bits = np.zeros((n_genes >> 6) + 1, dtype=np.uint64)
+    wbuf = np.zeros(n_genes + 1, dtype=np.float64)
+    one = np.uint64(1)
     for i in range(n_sig):
         total = 0.0
-        if weighted:
-            for j in range(g):
-                total += abs(weights[i, j])
+        lo = n_genes + 1
+        hi = 0
+        for j in range(g):
+            r = np.int64(ranks[i, members[j]])
+            bits[r >> 6] |= one << np.uint64(r & 63)
+            w = abs(np.float64(scores[i, members[j]])) if weighted else 1.0
+            wbuf[r] = w
+            total += w
+            lo = min(lo, r)
+            hi = max(hi, r)
         use_w = weighted and total > 0.0
         if not use_w:
             total = float(g)
+        inv_total = 1.0 / total
+        inv_miss = 1.0 / miss
         cum = 0.0
-        best = 0.0
-        best_abs = -1.0
-        jstar = 0
-        for j in range(g):
-            key = keys[i, j]
-            rank = key >> shift
-            w = abs(weights[i, key & mask]) if use_w else 1.0
-            cum += w
-            after = cum / total - (rank - (j + 1)) / miss
-            before = after - w / total
-            e = before if abs(after) < abs(before) else after
-            # a rounding-level gain does not displace an earlier maximum: "first" must
-            # not depend on summation order
-            if abs(e) > best_abs + 1e-12:
-                best_abs = abs(e)
-                best = e
-                jstar = j + 1
+        # the largest positive deviation is some A_j (after a hit), the largest negative
+        # some B_j (before a hit): track both extremes and their first indices
+        max_a = -2.0
+        min_b = 2.0
+        ja = 0
+        jb = 0
+        j = 0
+        for word in range(lo >> 6, (hi >> 6) + 1):
+            x = bits[word]
+            bits[word] = np.uint64(0)
+            while x:
+                low = x & (~x + one)
+                r = (word << 6) + _DEBRUIJN_TABLE[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
+                x ^= low
+                j += 1
+                w = wbuf[r] if use_w else 1.0
+                cum += w
+                after = cum * inv_total - (r - j) * inv_miss
+                before = after - w * inv_total
+                # rounding-level gains do not displace an earlier extreme: "first" must
+                # not depend on summation order
+                if after > max_a + 1e-12:
+                    max_a = after
+                    ja = j
+                if before < min_b - 1e-12:
+                    min_b = before
+                    jb = j
+        pos, neg = abs(max_a), abs(min_b)
+        # E_j prefers A_j when |A_j| == |B_j|; otherwise the first index wins a tie
+        if pos > neg + 1e-12 or (abs(pos - neg) <= 1e-12 and ja <= jb):
+            best, jstar = max_a, ja
+        else:
+            best, jstar = min_b, jb
         es[i] = best
         lead[i] = jstar / g if best >= 0 else (g - jstar + 1) / g
+
+
+def es_of_members(ranks, scores, members, n_genes: int, *, metric: Metric = "wtcs"):
+    """ES and leading edge of the set ``members`` (columns) of ``(sig, U)`` blocks.
+
+    ``scores`` may be ``None`` for ``metric="cs"``. Ranks must be distinct within a row.
+    """
+    members = np.ascontiguousarray(members, dtype=np.int64)
+    n_sig = ranks.shape[0]
+    es = np.zeros(n_sig)
+    lead = np.zeros(n_sig)
+    if members.size == 0 or n_sig == 0:
+        return es, lead
+    weighted = metric == "wtcs"
+    if scores is None:
+        scores = np.zeros((1, 1), dtype=np.float32)
+        if weighted:
+            raise InputError("the weighted metric 'wtcs' needs the scores")
+    _es_kernel(ranks, scores, members, int(n_genes), weighted, es, lead)
+    return es, lead
 
 
 def enrichment_scores(
@@ -85,36 +147,20 @@ def enrichment_scores(
 
     Notes
     -----
-    Holds a few ``(sig, G)`` arrays; time ``O(sig * G log G)`` (one sort of G keys per
-    signature, done by numpy's vectorised sort).
+    Holds the inputs and two scratch arrays of N; time ``O(sig * (G + N / 64))``.
     """
-    ranks = np.asarray(ranks)
-    if scores is None:  # unweighted: the weights are never read
-        if metric == "wtcs":
-            raise InputError("the weighted metric 'wtcs' needs the scores")
-        scores = np.zeros((ranks.shape[0], 1), dtype=np.float32) if ranks.ndim == 2 else ranks
-        scores = np.broadcast_to(scores[:, :1], ranks.shape) if ranks.ndim == 2 else scores
-    scores = np.asarray(scores)
-    if ranks.shape != scores.shape or ranks.ndim != 2:
-        raise InputError(f"ranks {ranks.shape} and scores {scores.shape} must be equal 2-D")
+    ranks = np.ascontiguousarray(ranks)
     if metric not in ("wtcs", "cs"):
         raise InputError(f"metric must be 'wtcs' or 'cs', not {metric!r}")
-    n_sig, g = ranks.shape
-    es = np.zeros(n_sig)
-    lead = np.zeros(n_sig)
-    if g == 0 or n_sig == 0:
-        return es, lead
-    # pack (rank, position in set) into one integer so a plain sort carries the weights
-    shift = max(int(g - 1).bit_length(), 1)
-    fits32 = (int(n_genes) + 1) << shift < np.iinfo(np.int32).max
-    kdt = np.int32 if fits32 else np.int64
-    keys = (ranks.astype(kdt) << kdt(shift)) | np.arange(g, dtype=kdt)
-    keys.sort(axis=1)
-    w = scores if metric == "cs" and scores.strides[1] == 0 else np.ascontiguousarray(
-        scores, dtype=np.float32)
-    _walk(keys, w.astype(np.float32, copy=False), kdt(shift),
-          kdt((1 << shift) - 1), int(n_genes), metric == "wtcs", es, lead)
-    return es, lead
+    if scores is not None:
+        scores = np.ascontiguousarray(scores)
+        if ranks.shape != scores.shape:
+            raise InputError(f"ranks {ranks.shape} and scores {scores.shape} differ in shape")
+    if ranks.ndim != 2:
+        raise InputError(f"ranks must be 2-D (sig, gene), not {ranks.ndim}-D")
+    if ranks.size and (ranks.min() < 1 or ranks.max() > n_genes):
+        raise InputError(f"ranks must lie in 1..{n_genes}")
+    return es_of_members(ranks, scores, np.arange(ranks.shape[1]), n_genes, metric=metric)
 
 
 def combine_wtcs(es_up: np.ndarray, es_dn: np.ndarray, *, tail: Tail = "both") -> np.ndarray:
