@@ -6,7 +6,7 @@ import numpy as np
 
 from cmapdask.errors import InputError
 
-__all__ = ["maxq", "aggregate_maxq", "pcl_members"]
+__all__ = ["maxq", "aggregate_maxq", "aggregate_sets", "pcl_members", "SummaryPlan", "LEVELS"]
 
 
 def _hazen(sorted_vals: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
@@ -82,3 +82,97 @@ def pcl_members(pcls: dict[str, list[str]], pert_ids) -> dict[str, np.ndarray]:
         pos.setdefault(str(p), []).append(i)
     return {name: np.array(sorted(i for m in set(members) for i in pos.get(m, [])), dtype=int)
             for name, members in pcls.items()}
+
+
+def aggregate_sets(scores: np.ndarray, members: list[np.ndarray]) -> np.ndarray:
+    """maxq of ``scores`` (``(query, item)``) over each list of item indices.
+
+    Sets may overlap (a perturbagen in two PCLs); sets of equal size are done together.
+    """
+    scores = np.asarray(scores, dtype=float)
+    out = np.full((scores.shape[0], len(members)), np.nan)
+    sizes = np.array([m.size for m in members], dtype=int)
+    for k in np.unique(sizes):
+        if k == 0:
+            continue
+        gs = np.flatnonzero(sizes == k)
+        idx = np.stack([members[g] for g in gs])
+        out[:, gs] = maxq(scores[:, idx], axis=-1)
+    return out
+
+
+LEVELS = ("pert_cell", "pert_summary", "pcl_cell", "pcl_summary")
+
+
+class SummaryPlan:
+    """Which signatures feed which (pert, cell), pert and PCL rows; pure metadata.
+
+    Parameters
+    ----------
+    pert_id, cell_id : array-like ``(sig,)``; signatures with a missing pert_id are left out.
+    pcls : mapping of PCL name to pert_ids, optional.
+    min_pcl_members : int
+        A PCL (per cell line, or overall) needs this many members present (2 in CMap).
+    """
+
+    def __init__(self, pert_id, cell_id, pcls=None, *, min_pcl_members: int = 2):
+        pert = np.array(["" if p is None else str(p) for p in pert_id], dtype=object)
+        cell = np.array(["" if c is None else str(c) for c in cell_id], dtype=object)
+        ok = pert != ""
+        pc = np.array([f"{p}:{c}" for p, c in zip(pert, cell)], dtype=object)
+        self.pc_labels, pc_inv = np.unique(pc[ok].astype(str), return_inverse=True)
+        self.pc_labels = self.pc_labels.astype(object)
+        sig_idx = np.flatnonzero(ok)
+        self.pc_members = [sig_idx[pc_inv == k] for k in range(self.pc_labels.size)]
+        first = [m[0] for m in self.pc_members]
+        self.pc_pert = pert[first] if first else np.zeros(0, dtype=object)
+        self.pc_cell = cell[first] if first else np.zeros(0, dtype=object)
+        self.pert_labels, pert_inv = np.unique(self.pc_pert.astype(str), return_inverse=True)
+        self.pert_labels = self.pert_labels.astype(object)
+        self.pert_members = [np.flatnonzero(pert_inv == k) for k in range(self.pert_labels.size)]
+        self.pcl_cell_labels, self.pcl_cell_members = [], []
+        self.pcl_labels, self.pcl_members = [], []
+        pert_pos = {p: i for i, p in enumerate(self.pert_labels)}
+        for name, perts in (pcls or {}).items():
+            ps = {str(p) for p in perts}
+            pidx = np.array(sorted(pert_pos[p] for p in ps if p in pert_pos), dtype=int)
+            if pidx.size >= min_pcl_members:
+                self.pcl_labels.append(str(name))
+                self.pcl_members.append(pidx)
+            in_pcl = np.isin(self.pc_pert.astype(str), list(ps))
+            for c in np.unique(self.pc_cell[in_pcl].astype(str)):
+                m = np.flatnonzero(in_pcl & (self.pc_cell.astype(str) == c))
+                if m.size >= min_pcl_members:
+                    self.pcl_cell_labels.append(f"{name}:{c}")
+                    self.pcl_cell_members.append(m)
+        self.pcl_labels = np.array(self.pcl_labels, dtype=object)
+        self.pcl_cell_labels = np.array(self.pcl_cell_labels, dtype=object)
+
+    def sizes(self) -> dict[str, int]:
+        return {"pert_cell": self.pc_labels.size, "pert_summary": self.pert_labels.size,
+                "pcl_cell": self.pcl_cell_labels.size, "pcl_summary": self.pcl_labels.size}
+
+    def labels(self, level: str) -> np.ndarray:
+        return {"pert_cell": self.pc_labels, "pert_summary": self.pert_labels,
+                "pcl_cell": self.pcl_cell_labels, "pcl_summary": self.pcl_labels}[level]
+
+    def cells(self, level: str):
+        """Cell line of each row of a per-cell level (None for the summary levels)."""
+        if level == "pert_cell":
+            return self.pc_cell
+        if level == "pcl_cell":
+            return np.array([lab.rsplit(":", 1)[1] for lab in self.pcl_cell_labels],
+                            dtype=object)
+        return None
+
+    def apply(self, ncs: np.ndarray) -> dict[str, np.ndarray]:
+        """Every level of ``(query, sig)`` NCS, in numpy."""
+        pc = aggregate_sets(ncs, self.pc_members)
+        pert = aggregate_sets(pc, self.pert_members)
+        return {"pert_cell": pc, "pert_summary": pert,
+                "pcl_cell": aggregate_sets(pc, self.pcl_cell_members),
+                "pcl_summary": aggregate_sets(pert, self.pcl_members)}
+
+    def apply_concat(self, ncs: np.ndarray) -> np.ndarray:
+        levels = self.apply(ncs)
+        return np.concatenate([levels[k] for k in LEVELS], axis=1)
