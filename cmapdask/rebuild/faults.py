@@ -1,0 +1,36 @@
+"""Fault injection for the kill-and-resume tests: a process SIGKILLs itself at a checkpoint.
+
+``CMAPDASK_FAULT_KILL="block:3"`` kills the process (the CLI, or the worker that ran the
+task) right after its third completed similarity block; ``"stage:2"`` after the second
+completed pipeline stage. With ``CMAPDASK_FAULT_ONCE=PATH`` only the first process to get
+there dies (the file records that it happened), so a restarted worker carries on. Unset
+(the default), :func:`checkpoint` does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+__all__ = ["checkpoint"]
+
+_seen: Counter = Counter()
+
+
+def checkpoint(event: str) -> None:
+    spec = os.environ.get("CMAPDASK_FAULT_KILL")
+    if not spec:
+        return
+    _seen[event] += 1
+    name, _, n = spec.partition(":")
+    if name != event or _seen[event] != int(n or 1):
+        return
+    once = os.environ.get("CMAPDASK_FAULT_ONCE")
+    if once:
+        try:
+            fd = os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)

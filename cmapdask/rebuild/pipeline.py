@@ -1,0 +1,234 @@
+"""The nightly job: plan, similarity, members, index, manifest, switch.
+
+Stages, each idempotent so that a killed run started again ends where an uninterrupted
+one would:
+
+1. **plan** -- the target is the newest version after ``CURRENT`` (made by ``append``);
+   nothing newer means nothing to do (a no-op) unless ``full``.
+2. **similarity** -- top-k of the target's signatures, incrementally from the published
+   version's lists when it has the same product (:mod:`.incremental`), else in full;
+   every row block is saved in ``ROOT/work/<version>/`` as soon as it is done and skipped
+   by a rerun.
+3. **members** -- the top-k written into the target as ``similarity/<metric>_<space>``.
+4. **index** -- query indexes (``index/<space>``) rebuilt where the published version had
+   them. τ backgrounds and clusters are rebuilt where their builders exist (recorded in the
+   manifest as ``not_refreshed`` otherwise).
+5. **manifest** and **switch** -- the manifest gets parameters, inputs, timings; then
+   ``CURRENT`` moves to the target in one atomic step (retried on transient errors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Literal
+
+import dask
+
+from cmapdask import __version__
+from cmapdask.errors import InputError, StoreError
+from cmapdask.io.atomic import join, url_to_fs
+from cmapdask.io.store import has_member, list_members, open_member, open_store, write_member
+from cmapdask.rebuild.faults import checkpoint
+from cmapdask.rebuild.incremental import assemble, topk_full, topk_incremental
+from cmapdask.rebuild.versions import (
+    current_version,
+    list_versions,
+    read_manifest,
+    switch_current,
+    version_url,
+    work_url,
+    write_manifest,
+)
+
+__all__ = ["rebuild", "RebuildResult", "plan_rebuild"]
+
+Metric = Literal["pearson", "spearman", "cosine"]
+Space = Literal["landmark", "bing", "all"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RebuildResult:
+    """What a rebuild did: ``status`` is ``"published"`` or ``"nothing-new"``."""
+
+    status: str
+    version: str | None
+    mode: str | None = None
+    n_sig: int = 0
+    n_new: int = 0
+    timings: dict = dataclasses.field(default_factory=dict)
+
+
+def plan_rebuild(root, *, full: bool = False, storage_options: dict | None = None) -> dict:
+    """Which version to build on which: ``{"target", "base"}`` (ids or None). Reads only
+    manifests and the pointer."""
+    versions = list_versions(root, storage_options=storage_options)
+    if not versions:
+        raise StoreError(f"{root}: no versions (add signatures with `cmapdask append {root} NEW.gctx`)")
+    cur = current_version(root, storage_options=storage_options)
+    newer = [m["version"] for m in versions if cur is None or m["version"] > cur]
+    return {"base": cur, "target": newer[-1] if newer else None}
+
+
+class _Timer:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    def stage(self, name: str, t0: float) -> None:
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+        checkpoint("stage")
+
+
+def _compute(tasks, progress: bool) -> None:
+    if not tasks:
+        return
+    if progress:
+        try:
+            from distributed import get_client, progress as dprogress
+
+            futs = get_client().compute(tasks)
+            dprogress(futs)
+            [f.result() for f in futs]
+            return
+        except ValueError:  # no distributed client
+            from dask.diagnostics import ProgressBar
+
+            with ProgressBar():
+                dask.compute(*tasks)
+            return
+    dask.compute(*tasks)
+
+
+def _remove(url, storage_options) -> None:
+    fs, p = url_to_fs(url, storage_options)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
+def rebuild(
+    root,
+    *,
+    full: bool = False,
+    metric: Metric = "pearson",
+    k: int = 100,
+    space: Space = "landmark",
+    block_size: int | None = None,
+    storage_options: dict | None = None,
+    progress: bool = False,
+) -> RebuildResult:
+    """Build the products of the newest appended version and publish it.
+
+    Parameters
+    ----------
+    root
+        Collection URL (see :mod:`cmapdask.rebuild.versions`).
+    full
+        ``False``: fold the new signatures into the published version's top-k lists
+        (time proportional to what is new); nothing new is a no-op. ``True``: recompute
+        every product from scratch and publish (a new version sharing the data when
+        nothing was appended).
+    metric, space
+        Similarity metric and feature space (see :func:`cmapdask.similarity.similarity`).
+    k
+        Neighbours per tail (at most the number of signatures minus one).
+    block_size
+        Signatures per similarity block (default: the store's chunks).
+
+    Returns
+    -------
+    RebuildResult
+
+    Notes
+    -----
+    Reads the new signatures' blocks against every block of the collection once
+    (incremental: ``2 n_new N G`` multiply-adds; full: ``N^2 G``), the previous top-k
+    lists (``N k``), and writes one block file per row block, then the member. Memory per
+    task is that of :func:`cmapdask.similarity.similarity`; the client holds metadata only.
+    Runs on the active Dask scheduler and never creates a cluster.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"k must be a positive integer, got {k!r}")
+    timer = _Timer()
+    t0 = time.perf_counter()
+    plan = plan_rebuild(root, full=full, storage_options=storage_options)
+    base, target = plan["base"], plan["target"]
+    if target is None and not full:
+        return RebuildResult("nothing-new", base)
+    if target is None:
+        from cmapdask.rebuild.append import clone_version
+
+        target = clone_version(root, base, storage_options=storage_options)
+    tman = read_manifest(root, target, storage_options=storage_options)
+    turl = version_url(root, target)
+    ds = open_store(turl, storage_options=storage_options)
+    n = ds.sizes["sig"]
+    if n < 2:
+        raise InputError(f"{root}: version {target} has {n} signature(s); similarity needs 2")
+    k_eff = min(k, n - 1)
+    name = f"similarity/{metric}_{space}"
+    burl = None if base is None else version_url(root, base)
+    n_old, prev = 0, None
+    if not full and burl is not None and has_member(burl, name, storage_options=storage_options):
+        prev = open_member(burl, name, storage_options=storage_options)
+        p = prev.attrs.get("cmapdask", {})
+        n_old = prev.sizes["sig"]
+        same = (p.get("k") == k_eff and p.get("metric") == metric and p.get("space") == space
+                and n_old < n and list(map(str, ds.indexes["sig"][:n_old])) == list(map(str, prev.indexes["sig"])))
+        if not same:
+            prev, n_old = None, 0
+    mode = "incremental" if prev is not None else "full"
+    timer.stage("plan", t0)
+
+    t0 = time.perf_counter()
+    tag = f"{metric}_{space}_k{k_eff}_b{block_size or 0}_{mode}"
+    workdir = join(work_url(root, target), tag)
+    opts = {"metric": metric, "k": k_eff, "space": space, "block_size": block_size,
+            "storage_options": storage_options}
+    if prev is not None:
+        tasks, layout = topk_incremental(ds, prev, n_old, workdir, **opts)
+    else:
+        tasks, layout = topk_full(ds, workdir, **opts)
+    _compute(tasks, progress)
+    timer.stage("similarity", t0)
+
+    t0 = time.perf_counter()
+    result = assemble(ds, workdir, layout, k_eff, storage_options)
+    params = {"method": "similarity", "metric": metric, "k": k_eff, "space": space,
+              "block_size": block_size, "mode": "self", "rebuild": mode,
+              "base_version": base, "n_old": n_old}
+    write_member(turl, name, result, storage_options=storage_options, provenance=params,
+                 progress=progress)
+    timer.stage("members", t0)
+
+    t0 = time.perf_counter()
+    refreshed, not_refreshed = [name], []
+    if burl is not None:
+        for member in list_members(burl, storage_options=storage_options):
+            if member == name:
+                continue
+            if member.startswith("index/"):
+                from cmapdask.connectivity.index import build_index
+
+                build_index(turl, space=member.split("/", 1)[1], storage_options=storage_options,
+                            progress=progress)
+                refreshed.append(member)
+            else:  # backgrounds, clusters, other similarity products: no builder here yet
+                not_refreshed.append(member)
+    timer.stage("index", t0)
+
+    t0 = time.perf_counter()
+    manifest = {
+        **tman, "status": "published", "base_version": base, "mode": mode,
+        "parameters": {"metric": metric, "k": k_eff, "space": space, "block_size": block_size,
+                       "full": full},
+        "package_version": __version__, "products": refreshed, "not_refreshed": not_refreshed,
+        "n_old": n_old, "timings": {**tman.get("timings", {}), **timer.timings},
+        "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_manifest(root, manifest, storage_options=storage_options)
+    timer.stage("manifest", t0)
+    t0 = time.perf_counter()
+    switch_current(root, target, storage_options=storage_options)
+    timer.stage("switch", t0)
+    _remove(work_url(root, target), storage_options)
+    return RebuildResult("published", target, mode, n, n - n_old, dict(timer.timings))
