@@ -765,8 +765,9 @@ def write_synthetic(
     block_size: int | None = None,
     compression: Literal["none", "gzip"] = "none",
     progress: bool = False,
+    storage_options: dict | None = None,
 ) -> dict[str, str]:
-    """Write a release-shaped data set into the local folder ``outdir``.
+    """Write a release-shaped data set into the folder ``outdir`` (path or fsspec URL).
 
     Files: ``synth_<genes>_n<sigs>x<genes>.gctx`` (ids only), ``siginfo.txt``,
     ``geneinfo.txt``, ``compoundinfo.txt`` (tab separated, header, missing as ``-666``),
@@ -781,6 +782,8 @@ def write_synthetic(
         ``"none"``: the reference GCTx layout; ``"gzip"``: gzip the matrix chunks too.
     progress
         Show tqdm progress bars on stderr.
+    storage_options
+        Passed to fsspec when ``outdir`` is a URL (``s3://bucket/prefix``).
 
     Returns
     -------
@@ -797,30 +800,36 @@ def write_synthetic(
     ``n_sigs x n_genes``; the output is ``4 x n_sigs x n_genes`` bytes (4 GB for
     1,000,000 x 978).
     """
-    from cmapdask.io.atomic import publish_file
+    from cmapdask.io.atomic import is_local, join, publish_file, url_to_fs
     from cmapdask.io.gctx import gctx_filename, write_gctx
 
-    os.makedirs(outdir, exist_ok=True)
     rows = _default_rows(design) if block_size is None else int(block_size)
     if rows < 1:
         raise InputError(f"synthetic: block_size must be at least 1, got {block_size}")
-    paths = {
-        "gctx": os.path.join(outdir, gctx_filename(f"synth_{design.genes}", design.n_sigs,
-                                                   design.n_genes)),
-        "siginfo": os.path.join(outdir, "siginfo.txt"),
-        "geneinfo": os.path.join(outdir, "geneinfo.txt"),
-        "compoundinfo": os.path.join(outdir, "compoundinfo.txt"),
-        "pcl": os.path.join(outdir, "pcl.gmt"),
-        "design": os.path.join(outdir, "synth.json"),
+    outdir = os.fspath(outdir)
+    fs, path = url_to_fs(outdir, storage_options)
+    if fs.exists(path) and not fs.isdir(path):
+        raise InputError(f"{outdir}: exists and is not a folder")
+    if is_local(fs):
+        os.makedirs(path, exist_ok=True)
+    names = {
+        "gctx": gctx_filename(f"synth_{design.genes}", design.n_sigs, design.n_genes),
+        "siginfo": "siginfo.txt",
+        "geneinfo": "geneinfo.txt",
+        "compoundinfo": "compoundinfo.txt",
+        "pcl": "pcl.gmt",
+        "design": "synth.json",
     }
+    paths = {kind: join(outdir, name) for kind, name in names.items()}
+    so = {"storage_options": storage_options}
     for kind, table in (("geneinfo", synth_geneinfo(design)),
                         ("compoundinfo", synth_compoundinfo(design))):
-        with publish_file(paths[kind]) as tmp:
+        with publish_file(paths[kind], **so) as tmp:
             _write_table(table, tmp, header=True)
-    with publish_file(paths["pcl"]) as tmp, open(tmp, "w") as f:
+    with publish_file(paths["pcl"], **so) as tmp, open(tmp, "w") as f:
         for name, (desc, members) in synth_pcl(design).items():
             f.write("\t".join([name, desc, *members]) + "\n")
-    with publish_file(paths["siginfo"]) as tmp:
+    with publish_file(paths["siginfo"], **so) as tmp:
         bar = _bar(progress, design.n_sigs, "siginfo")
         ranges = [(lo, min(design.n_sigs, lo + rows)) for lo in range(0, design.n_sigs, rows)]
         batch = _parallelism()
@@ -833,8 +842,8 @@ def write_synthetic(
                 bar.update(len(part))
         bar.close()
     write_gctx(synth_dataset(design, chunks=rows), paths["gctx"], compression=compression,
-               progress=progress)
-    with publish_file(paths["design"]) as tmp, open(tmp, "w") as f:
+               progress=progress, **so)
+    with publish_file(paths["design"], **so) as tmp, open(tmp, "w") as f:
         json.dump(_provenance(design), f, indent=2)
     return paths
 

@@ -387,3 +387,23 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["synth", str(out), "--n-sigs", "5", "--force", "--genes", "bing",
                  "--cluster", "none", "--quiet"]) == 0
     assert (out / "synth_bing_n5x10174.gctx").exists() and (out / "keep.txt").exists()
+
+
+def test_write_to_an_fsspec_url_and_refuse_a_file(tmp_path):
+    import fsspec
+
+    design = S.synth_design(300, seed=1, n_moas=2, n_compounds=4)
+    with dask.config.set(scheduler="threads"):
+        paths = S.write_synthetic("memory://synth-test/out", design, block_size=128)
+    fs = fsspec.filesystem("memory")
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls("/synth-test/out", detail=False)) == sorted(
+        p.rsplit("/", 1)[1] for p in paths.values())
+    np.testing.assert_array_equal(read_gctx(paths["gctx"]).expr.values,
+                                  S.synth_block(design, 0, 300))
+    text = fs.cat(paths["siginfo"]).decode()
+    assert text.count("\n") == 301 and text.startswith("sig_id\tpert_id\t")
+    fs.rm("/synth-test", recursive=True)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(InputError, match="not a folder"):
+        S.write_synthetic(afile, design)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.errors import InputError
 
@@ -19,7 +17,8 @@ def register(subparsers) -> None:
         "memory is bounded by --block-size. The planted structure is documented in "
         "cmapdask.synthetic.",
     )
-    p.add_argument("outdir", metavar="OUTDIR", help="folder to write (created if missing)")
+    p.add_argument("outdir", metavar="OUTDIR",
+                   help="folder to write, a path or fsspec URL (created if missing)")
     p.add_argument("--n-sigs", type=int, required=True, help="number of signatures")
     p.add_argument("--genes", choices=["landmark", "bing", "all"], default="landmark",
                    help="gene space: 978 landmarks, 10,174 BING or all 12,328 (default landmark)")
@@ -40,15 +39,17 @@ def register(subparsers) -> None:
 
 
 def run_synth(args) -> int:
+    from cmapdask.io.atomic import url_to_fs
     from cmapdask.synthetic import synth_design, write_synthetic
 
     design = synth_design(
         args.n_sigs, genes=args.genes, seed=args.seed, n_moas=args.n_moas,
         n_compounds=args.n_compounds, n_cells=args.n_cells, n_replicates=args.n_replicates,
     )
-    if os.path.exists(args.outdir) and not os.path.isdir(args.outdir):
+    fs, path = url_to_fs(args.outdir)
+    if fs.exists(path) and not fs.isdir(path):
         raise InputError(f"{args.outdir}: exists and is not a folder")
-    if os.path.isdir(args.outdir) and os.listdir(args.outdir) and not args.force:
+    if fs.isdir(path) and fs.ls(path) and not args.force:
         raise InputError(f"{args.outdir}: folder is not empty (use --force to write into it)")
     say(args, f"cmapdask: synthetic {design.n_sigs} x {design.n_genes} ({design.genes}), "
               f"{design.n_moas} MoAs, {design.n_compounds} compounds, seed {design.seed}")
