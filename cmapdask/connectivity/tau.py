@@ -83,7 +83,10 @@ def background_tables(ncs_ref, *, query_cell=None, ref_cell=None) -> np.ndarray:
         qc = np.asarray(query_cell, dtype=object)[:, None]
         rc = np.asarray(ref_cell, dtype=object)[None, :]
         m[qc != rc] = np.nan
-    return np.stack([background_table(m[:, j]) for j in range(m.shape[1])]).astype(np.float32)
+    out = np.empty((m.shape[1], GRID.size), dtype=np.float32)
+    for j in range(m.shape[1]):
+        out[j] = background_table(m[:, j])
+    return out
 
 
 def _interp_block(ncs, tables):
