@@ -503,3 +503,31 @@ def test_real_multiprocess_cluster(real_cluster, small_store):
                  "30", "--cluster", real_cluster, "--quiet"]) == 0
     back = open_member(small_store, "similarity/spearman_landmark").compute()
     np.testing.assert_array_equal(back["top_index"].values, expected["top_index"].values)
+
+
+@pytest.mark.parametrize("shape,k", [((37, 53), 5), ((20, 20), 19), ((6, 4), 10), ((50, 300), 40)])
+def test_block_topk_exact_with_many_ties(shape, k):
+    from cmapdask.similarity.topk import block_topk
+
+    rng = np.random.default_rng(shape[0])
+    c = np.round(rng.standard_normal(shape), 1).astype(np.float32)  # heavy ties
+    c[0, :3] = -0.0
+    cols, rows = np.arange(shape[1]) * 3 + 7, np.arange(shape[0]) * 2
+    for diagonal in ([False, True] if shape[0] == shape[1] else [False]):
+        cc = c.copy()
+        (ts, ti, bs, bi), col = block_topk(cc, cols, rows, k, diagonal=diagonal, both=not diagonal)
+        np.testing.assert_array_equal(cc, c)  # the block is left as it was
+        for r in range(shape[0]):
+            j = np.array([q for q in range(shape[1]) if not (diagonal and q == r)])
+            s = c[r, j] + np.float32(0)
+            top = j[np.lexsort((j, -s))][:k]
+            bot = j[np.lexsort((j, s))][:k]
+            np.testing.assert_array_equal(ti[r], cols[top])
+            np.testing.assert_array_equal(bi[r], cols[bot])
+            np.testing.assert_array_equal(ts[r], c[r, top])
+        if col is not None:
+            for q in range(shape[1]):
+                s = c[:, q] + np.float32(0)
+                i = np.arange(shape[0])
+                np.testing.assert_array_equal(col[1][q], rows[i[np.lexsort((i, -s))][:k]])
+                np.testing.assert_array_equal(col[3][q], rows[i[np.lexsort((i, s))][:k]])

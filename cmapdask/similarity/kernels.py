@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 import scipy.stats
 
+from cmapdask.similarity.topk import block_topk
+
 __all__ = ["standardize", "pair_topk", "merge_topk", "gram"]
 
 Metric = Literal["pearson", "spearman", "cosine"]
@@ -66,69 +68,11 @@ def _empty(m: int, k: int) -> Partial:
     )
 
 
-def _fix_ties(c: np.ndarray, sel: np.ndarray, kk: int, largest: bool) -> np.ndarray:
-    """Make a selection of ``kk`` positions per row exact where the boundary value is tied."""
-    vals = np.take_along_axis(c, sel, axis=1)
-    if largest:
-        thr = vals.min(axis=1)
-        tied = np.count_nonzero(c >= thr[:, None], axis=1) > kk
-    else:
-        thr = vals.max(axis=1)
-        tied = np.count_nonzero(c <= thr[:, None], axis=1) > kk
-    for r in np.flatnonzero(tied):
-        row = c[r]
-        pos = np.flatnonzero(row >= thr[r] if largest else row <= thr[r])
-        score = row[pos]
-        order = np.lexsort((pos, -score if largest else score))
-        sel[r] = pos[order[:kk]]
-    return sel
-
-
-def _sort_selected(c: np.ndarray, sel: np.ndarray, largest: bool) -> tuple[np.ndarray, np.ndarray]:
-    vals = np.take_along_axis(c, sel, axis=1)
-    # positions are ascending in the global index, so they break ties the same way
-    order = np.lexsort((sel, -vals if largest else vals), axis=1)
-    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(sel, order, axis=1)
-
-
-def _select(c: np.ndarray, k: int, diagonal: bool) -> tuple[np.ndarray, ...]:
-    """Top and bottom ``min(k, n)`` local column positions per row of ``c`` (sorted)."""
-    m, n = c.shape
-    kk = min(k, n - 1 if diagonal else n)
-    if m == 0 or kk <= 0:
-        z = np.zeros((m, 0))
-        return z.astype(np.float32), z.astype(np.int64), z.astype(np.float32), z.astype(np.int64)
-    if diagonal:
-        # a signature is not its own neighbour: hide it from each tail separately
-        hi, lo = c.copy(), c.copy()
-        np.fill_diagonal(hi, -np.inf)
-        np.fill_diagonal(lo, np.inf)
-        top = np.argpartition(hi, n - kk, axis=1)[:, n - kk :]
-        bot = np.argpartition(lo, kk - 1, axis=1)[:, :kk]
-        top = _fix_ties(hi, top, kk, True)
-        bot = _fix_ties(lo, bot, kk, False)
-        ts, ti = _sort_selected(hi, top, True)
-        bs, bi = _sort_selected(lo, bot, False)
-        return ts, ti, bs, bi
-    if kk == n:
-        allpos = np.broadcast_to(np.arange(n), (m, n)).copy()
-        top, bot = allpos, allpos.copy()
-    else:
-        # one partition finds both tails
-        part = np.argpartition(c, (kk - 1, n - kk), axis=1)
-        bot, top = part[:, :kk].copy(), part[:, n - kk :].copy()
-        top = _fix_ties(c, top, kk, True)
-        bot = _fix_ties(c, bot, kk, False)
-    ts, ti = _sort_selected(c, top, True)
-    bs, bi = _sort_selected(c, bot, False)
-    return ts, ti, bs, bi
-
-
-def _expand(sel: tuple[np.ndarray, ...], rows: np.ndarray, m: int, cols: np.ndarray) -> Partial:
+def _expand(sel: tuple[np.ndarray, ...], rows: np.ndarray, m: int) -> Partial:
     """Put the selection of the valid rows back at their place in a block of ``m`` rows."""
     out = _empty(m, sel[0].shape[1])
-    out[0][rows], out[1][rows] = sel[0], cols[sel[1]]
-    out[2][rows], out[3][rows] = sel[2], cols[sel[3]]
+    for q in range(4):
+        out[q][rows] = sel[q]
     return out
 
 
@@ -153,11 +97,9 @@ def pair_topk(
     """
     ia, ib = np.flatnonzero(va), np.flatnonzero(vb)
     c = za[ia] @ zb[ib].T
-    row = _expand(_select(c, k, diagonal), ia, len(va), ib + b_offset)
-    if not both:
-        return row, None
-    col = _expand(_select(np.ascontiguousarray(c.T), k, False), ib, len(vb), ia + a_offset)
-    return row, col
+    rsel, csel = block_topk(c, ib + b_offset, ia + a_offset, k, diagonal=diagonal, both=both)
+    row = _expand(rsel, ia, len(va))
+    return row, (_expand(csel, ib, len(vb)) if both else None)
 
 
 def _ordered_bits(score: np.ndarray) -> np.ndarray:
