@@ -802,6 +802,7 @@ def write_synthetic(
     """
     from cmapdask.io.atomic import is_local, join, publish_file, url_to_fs
     from cmapdask.io.gctx import gctx_filename, write_gctx
+    from cmapdask.io.gmt import write_gmt
 
     rows = _default_rows(design) if block_size is None else int(block_size)
     if rows < 1:
@@ -826,9 +827,9 @@ def write_synthetic(
                         ("compoundinfo", synth_compoundinfo(design))):
         with publish_file(paths[kind], **so) as tmp:
             _write_table(table, tmp, header=True)
-    with publish_file(paths["pcl"], **so) as tmp, open(tmp, "w") as f:
-        for name, (desc, members) in synth_pcl(design).items():
-            f.write("\t".join([name, desc, *members]) + "\n")
+    pcl = synth_pcl(design)
+    write_gmt({k: members for k, (_, members) in pcl.items()}, paths["pcl"],
+              descriptions={k: desc for k, (desc, _) in pcl.items()}, **so)
     with publish_file(paths["siginfo"], **so) as tmp:
         bar = _bar(progress, design.n_sigs, "siginfo")
         ranges = [(lo, min(design.n_sigs, lo + rows)) for lo in range(0, design.n_sigs, rows)]

@@ -16,6 +16,8 @@ from cmapdask import synthetic as S
 from cmapdask.cli import main
 from cmapdask.errors import InputError
 from cmapdask.io.gctx import read_gctx
+from cmapdask.io.gmt import read_gmt
+from cmapdask.io.tables import read_table
 
 SMALL = S.synth_design(900, seed=7, n_moas=4, n_compounds=12, n_cells=3)
 
@@ -372,6 +374,17 @@ def test_cli_writes_a_release_shaped_folder(tmp_path, capsys):
         assert name == S.pcl_name(desc)
         assert set(cpd.loc[cpd["pert_id"].isin(perts), "moa"]) == {desc}
     assert json.loads((out / "synth.json").read_text())["parameters"]["n_compounds"] == 9
+    # the project's own readers take the files back
+    back = read_table(out / "siginfo.txt")
+    for col in S.SIGINFO_COLUMNS:
+        a, b = back[col].to_numpy(dtype=object), expected[col].to_numpy(dtype=object)
+        assert (pd.isna(a) == pd.isna(b)).all(), col
+        ok = ~pd.isna(a)
+        if pd.api.types.is_float_dtype(expected[col]):
+            np.testing.assert_allclose(a[ok].astype(float), b[ok].astype(float), rtol=1e-6)
+        else:
+            assert (a[ok] == b[ok]).all(), col
+    assert read_gmt(out / "pcl.gmt") == {k: v for k, (_, v) in S.synth_pcl(design).items()}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
