@@ -424,3 +424,16 @@ def test_modz_invariant_to_signature_order(seed):
     b = b.sel(sig=a.sig.values)
     np.testing.assert_allclose(b.expr.values, a.expr.values, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(b.distil_cc_q75.values, a.distil_cc_q75.values, atol=1e-12)
+
+
+@pytest.mark.parametrize("in_chunks, out_chunks", [
+    ((10, 3, 17), (30,)), ((30,), (1,) * 30), ((4, 4, 4, 18), (7, 13, 10)),
+])
+def test_gather_rows_equals_numpy(rng, in_chunks, out_chunks):
+    from cmapdask.levels.groups import gather_rows
+
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    order = rng.permutation(30)
+    got = gather_rows(da.from_array(x, chunks=(in_chunks, 4)), order, out_chunks)
+    assert got.chunks[0] == out_chunks
+    np.testing.assert_array_equal(got.compute(), x[order])

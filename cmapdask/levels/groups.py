@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from cmapdask.levels import kernels
 
@@ -68,11 +70,43 @@ def plan_groups(codes: np.ndarray, *, target_rows: int) -> GroupPlan:
     return GroupPlan(order, sizes, tuple(chunks), tuple(per_chunk))
 
 
+def gather_rows(x: da.Array, order: np.ndarray, chunks: tuple[int, ...]) -> da.Array:
+    """``x[order]`` with row chunks ``chunks``; each output chunk is one task that reads
+    only the input blocks holding its rows.
+
+    Dask's generic fancy indexing may route rows through intermediate chunks; here a
+    task's memory is its output chunk plus the input blocks it touches, however the rows
+    are scattered (replicates on three plates touch about three blocks).
+    """
+    x = x.rechunk({1: -1})
+    bounds = np.cumsum((0,) + x.chunks[0])
+    name = "cmapdask-gather-" + tokenize(x.name, order, chunks)
+    dsk, start = {}, 0
+    for j, n in enumerate(chunks):
+        rows = order[start : start + n]
+        start += n
+        block = np.searchsorted(bounds, rows, side="right") - 1
+        parts = []
+        for b in np.unique(block):
+            at = np.flatnonzero(block == b)
+            parts.append(((x.name, int(b), 0), at, rows[at] - bounds[b]))
+        dsk[(name, j, 0)] = (_take_rows, [p[0] for p in parts], [p[1:] for p in parts], n)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x])
+    return da.Array(graph, name, chunks=(tuple(chunks), (x.shape[1],)), meta=x._meta)
+
+
+def _take_rows(blocks, where, n):
+    out = np.empty((n, blocks[0].shape[1]), dtype=blocks[0].dtype)
+    for block, (dest, src) in zip(blocks, where):
+        out[dest] = block[src]
+    return out
+
+
 def _grouped(x: da.Array, plan: GroupPlan) -> da.Array:
     """``x`` in grouped order, chunked by the plan with all genes in each chunk."""
-    if not plan.is_identity:
-        x = x[plan.order]
-    return x.rechunk((plan.chunks, x.shape[1]))
+    if plan.is_identity:
+        return x.rechunk((plan.chunks, x.shape[1]))
+    return gather_rows(x, plan.order, plan.chunks)
 
 
 def _rowwise(values: np.ndarray, plan: GroupPlan) -> da.Array:
@@ -114,8 +148,8 @@ def map_groups_same(
         dtype=np.float32,
         meta=np.empty((0, 0), np.float32),
     )
-    if not plan.is_identity:  # back to the input order of the signatures
-        out = out[np.argsort(plan.order)]
+    if not plan.is_identity:  # back to the input order (and chunks) of the signatures
+        out = gather_rows(out, np.argsort(plan.order), x.chunks[0])
     return out
 
 
@@ -158,7 +192,8 @@ def map_groups_reduce(
     if part == "modz":
         xs, lm, columns, width, dtype = _grouped(x, plan), landmarks, slice(None), x.shape[1], np.float32
     else:  # select the landmarks before the reorder so only they are read
-        xs, lm, columns = _grouped(x[:, landmarks], plan), slice(None), None
+        every = np.array_equal(landmarks, np.arange(x.shape[1]))
+        xs, lm, columns = _grouped(x if every else x[:, landmarks], plan), slice(None), None
         width, dtype = len(kernels.STAT_FIELDS) + 1, object
     return da.map_blocks(
         _reduce_block,
