@@ -420,3 +420,37 @@ def test_write_to_an_fsspec_url_and_refuse_a_file(tmp_path):
     afile.write_text("x")
     with pytest.raises(InputError, match="not a folder"):
         S.write_synthetic(afile, design)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    n_sigs=st.integers(1, 800),
+    seed=st.integers(0, 2**63),
+    n_moas=st.integers(1, 8),
+    extra=st.integers(0, 70),
+    n_cells=st.integers(1, 16),
+    n_replicates=st.integers(1, 4),
+    chunk=st.integers(1, 700),
+)
+def test_invariants_hold_for_any_design(n_sigs, seed, n_moas, extra, n_cells, n_replicates,
+                                        chunk):
+    design = S.synth_design(n_sigs, seed=seed, n_moas=n_moas, n_compounds=n_moas + extra,
+                            n_cells=n_cells, n_replicates=n_replicates)
+    sig = S.synth_siginfo(design)
+    truth = S.synth_truth(design)
+    assert len(sig) == n_sigs and sig["sig_id"].is_unique
+    assert truth.index.tolist() == sig["sig_id"].tolist()
+    cpd = S.synth_compoundinfo(design)
+    assert set(sig["pert_id"]) <= set(cpd["pert_id"])
+    moa_of = dict(zip(cpd["pert_id"], cpd["moa"]))
+    treated = truth["pert_type"] == "trt_cp"
+    assert (truth.loc[treated, "moa"] == truth.loc[treated, "pert_id"].map(moa_of)).all()
+    assert (truth.loc[~treated, "strength"] == 0).all()
+    assert (truth.loc[treated, "strength"] > 0).all()
+    sig["group"] = truth["group"].to_numpy()
+    per = sig.fillna({"pert_idose": "-"}).groupby(["group", "pert_id", "pert_idose"])
+    assert (per["is_exemplar_sig"].sum() == 1).all()
+    ref = S.synth_block(design, 0, n_sigs)
+    got = S.synth_expr(design, chunks=chunk).compute(scheduler="sync")
+    np.testing.assert_array_equal(got, ref)
+    assert np.isfinite(ref).all() and ref.dtype == np.float32
