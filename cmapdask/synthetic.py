@@ -451,32 +451,50 @@ def _strength(design: SynthDesign, tile: _Tile) -> np.ndarray:
     return s * r, s
 
 
-def _tile_values(design: SynthDesign, tile: _Tile, segs: range, *, with_signal: bool = False):
-    """Values of one plate set over gene segments ``segs``: (values, landmark signal or None)."""
+def _tile_values(
+    design: SynthDesign,
+    tile: _Tile,
+    segs: range,
+    rows: tuple[int, int] | None = None,
+    *,
+    out: np.ndarray | None = None,
+    with_signal: bool = False,
+):
+    """Values of rows ``lo:hi`` of one plate set over gene segments ``segs``, written into
+    ``out`` when given: (values, landmark signal or None)."""
+    lo, hi = rows or (0, len(tile.well))
     moa_s, cpd_s = _strength(design, tile)
-    treated = np.flatnonzero(tile.compound >= 0)
-    moa = tile.compound[treated] % design.n_moas
-    slot = (tile.well[treated] - tile.well[treated] // 16 - 1) // len(DOSES_UM)
-    a = moa_s[treated, None].astype(np.float32)
-    b = (BETA * cpd_s[treated, None]).astype(np.float32)
+    treated = np.flatnonzero(tile.compound[lo:hi] >= 0)  # positions within lo:hi
+    wells = tile.well[lo:hi][treated]
+    compound = tile.compound[lo:hi][treated]
+    moa = compound % design.n_moas
+    slot = (wells - wells // 16 - 1) // len(DOSES_UM)
+    a = moa_s[lo:hi][treated, None].astype(np.float32)
+    b = (BETA * cpd_s[lo:hi][treated, None]).astype(np.float32)
     m = tile.group % design.n_maps
-    vals, signal = [], None
+    if out is None:
+        out = np.empty((hi - lo, sum(SEGMENTS[g][1] for g in segs)), np.float32)
+    signal, col = None, 0
     for seg in segs:
+        n = SEGMENTS[seg][1]
         cell = GAMMA * _cell_effects(design.seed, design.n_cells, seg)[tile.cell]
         effect = a * _moa_dirs(design.seed, design.n_moas, seg)[moa]
         effect += b * _map_dirs(design.seed, design.n_compounds, m, seg)[slot]
-        # the whole plate set's noise is drawn even for a partial last plate set, so a
-        # signature's values never depend on n_sigs
-        x = _rng(design.seed, _NOISE, tile.t, seg).standard_normal(
-            (TILE, SEGMENTS[seg][1]), dtype=np.float32)[: len(tile.well)]
+        # Noise is drawn in row order from the plate set's own stream, so rows lo:hi are
+        # the same whether the first hi rows or the whole plate set are drawn.
+        rng = _rng(design.seed, _NOISE, tile.t, seg)
+        if lo == 0 and len(segs) == 1:
+            x = rng.standard_normal(dtype=np.float32, out=out)  # no copy: the common case
+        else:
+            x = rng.standard_normal((hi, n), dtype=np.float32)[lo:]
         x += cell
         x[treated] += effect
-        vals.append(np.clip(x, -CLIP, CLIP, out=x))
+        np.clip(x, -CLIP, CLIP, out=out[:, col : col + n])
+        col += n
         if with_signal and seg == 0:
             signal = np.broadcast_to(cell, x.shape).copy()
             signal[treated] += effect
-    values = vals[0] if len(vals) == 1 else np.concatenate(vals, axis=1)
-    return values, signal
+    return out, signal
 
 
 def synth_block(design: SynthDesign, start: int, stop: int) -> np.ndarray:
@@ -487,8 +505,9 @@ def synth_block(design: SynthDesign, start: int, stop: int) -> np.ndarray:
 
     Notes
     -----
-    Holds the output plus one plate set (384 x n_genes float32) and the direction tables
-    of the MoAs (n_moas x n_genes), cell lines and one plate map (60 x n_genes).
+    Holds the output plus at most one plate set of noise (384 x n_genes float32) and the
+    direction tables of the MoAs (n_moas x n_genes), cell lines and a few plate maps
+    (60 x n_genes each).
     """
     if not 0 <= start <= stop <= design.n_sigs:
         raise InputError(f"synthetic: block {start}:{stop} outside 0:{design.n_sigs}")
@@ -496,8 +515,8 @@ def synth_block(design: SynthDesign, start: int, stop: int) -> np.ndarray:
     segs = range(N_SEGMENTS[design.genes])
     for t in _tiles(design, start, stop):
         lo, hi = max(start, t * TILE), min(stop, (t + 1) * TILE)
-        values, _ = _tile_values(design, _tile(design, t), segs)
-        out[lo - start : hi - start] = values[lo - t * TILE : hi - t * TILE]
+        _tile_values(design, _tile(design, t), segs, (lo - t * TILE, hi - t * TILE),
+                     out=out[lo - start : hi - start])
     return out
 
 
