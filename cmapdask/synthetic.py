@@ -379,9 +379,9 @@ class _Tile:
 
 
 @functools.lru_cache(maxsize=64)
-def _tile(design: SynthDesign, t: int) -> _Tile:
-    start = t * TILE
-    well = np.arange(min(TILE, design.n_sigs - start))
+def _tile(design: SynthDesign, t: int, *, full: bool = False) -> _Tile:
+    """Layout of plate set ``t``; ``full``: all 384 wells even past ``n_sigs``."""
+    well = np.arange(TILE if full else min(TILE, design.n_sigs - t * TILE))
     g, rep = divmod(t, design.n_replicates)
     grng = _rng(design.seed, _GROUP, g)
     cell = int(grng.integers(design.n_cells))
@@ -451,6 +451,27 @@ def _strength(design: SynthDesign, tile: _Tile) -> np.ndarray:
     return s * r, s
 
 
+@functools.lru_cache(maxsize=8)
+def _group_signal(design: SynthDesign, g: int, seg: int) -> np.ndarray:
+    """Everything but the noise, for every well of group ``g``'s plate sets over gene
+    segment ``seg`` (read-only, 384 x n). The plate sets of a group differ only in noise,
+    so this is computed once per group (hence cached)."""
+    tile = _tile(design, g * design.n_replicates, full=True)
+    moa_s, cpd_s = _strength(design, tile)
+    treated = np.flatnonzero(tile.compound >= 0)
+    slot = (tile.well[treated] - tile.well[treated] // 16 - 1) // len(DOSES_UM)
+    moa = tile.compound[treated] % design.n_moas
+    signal = np.empty((TILE, SEGMENTS[seg][1]), np.float32)
+    signal[:] = GAMMA * _cell_effects(design.seed, design.n_cells, seg)[tile.cell]
+    effect = moa_s[treated, None].astype(np.float32) * _moa_dirs(design.seed, design.n_moas,
+                                                                  seg)[moa]
+    effect += (BETA * cpd_s[treated, None]).astype(np.float32) * _map_dirs(
+        design.seed, design.n_compounds, tile.group % design.n_maps, seg)[slot]
+    signal[treated] += effect
+    signal.setflags(write=False)
+    return signal
+
+
 def _tile_values(
     design: SynthDesign,
     tile: _Tile,
@@ -463,23 +484,11 @@ def _tile_values(
     """Values of rows ``lo:hi`` of one plate set over gene segments ``segs``, written into
     ``out`` when given: (values, landmark signal or None)."""
     lo, hi = rows or (0, len(tile.well))
-    moa_s, cpd_s = _strength(design, tile)
-    treated = np.flatnonzero(tile.compound[lo:hi] >= 0)  # positions within lo:hi
-    wells = tile.well[lo:hi][treated]
-    compound = tile.compound[lo:hi][treated]
-    moa = compound % design.n_moas
-    slot = (wells - wells // 16 - 1) // len(DOSES_UM)
-    a = moa_s[lo:hi][treated, None].astype(np.float32)
-    b = (BETA * cpd_s[lo:hi][treated, None]).astype(np.float32)
-    m = tile.group % design.n_maps
     if out is None:
         out = np.empty((hi - lo, sum(SEGMENTS[g][1] for g in segs)), np.float32)
     signal, col = None, 0
     for seg in segs:
         n = SEGMENTS[seg][1]
-        cell = GAMMA * _cell_effects(design.seed, design.n_cells, seg)[tile.cell]
-        effect = a * _moa_dirs(design.seed, design.n_moas, seg)[moa]
-        effect += b * _map_dirs(design.seed, design.n_compounds, m, seg)[slot]
         # Noise is drawn in row order from the plate set's own stream, so rows lo:hi are
         # the same whether the first hi rows or the whole plate set are drawn.
         rng = _rng(design.seed, _NOISE, tile.t, seg)
@@ -487,13 +496,11 @@ def _tile_values(
             x = rng.standard_normal(dtype=np.float32, out=out)  # no copy: the common case
         else:
             x = rng.standard_normal((hi, n), dtype=np.float32)[lo:]
-        x += cell
-        x[treated] += effect
+        x += _group_signal(design, tile.group, seg)[lo:hi]
         np.clip(x, -CLIP, CLIP, out=out[:, col : col + n])
         col += n
         if with_signal and seg == 0:
-            signal = np.broadcast_to(cell, x.shape).copy()
-            signal[treated] += effect
+            signal = _group_signal(design, tile.group, seg)[lo:hi]
     return out, signal
 
 
@@ -505,9 +512,10 @@ def synth_block(design: SynthDesign, start: int, stop: int) -> np.ndarray:
 
     Notes
     -----
-    Holds the output plus at most one plate set of noise (384 x n_genes float32) and the
-    direction tables of the MoAs (n_moas x n_genes), cell lines and a few plate maps
-    (60 x n_genes each).
+    Holds the output plus at most one plate set of noise (384 x n_genes float32), the
+    noise-free values of the last few plate-set groups (8 x 384 x segment genes, at most
+    113 MB for ``"all"``, 12 MB for landmarks) and the direction tables of the MoAs
+    (n_moas x n_genes), cell lines and a few plate maps (60 x n_genes each).
     """
     if not 0 <= start <= stop <= design.n_sigs:
         raise InputError(f"synthetic: block {start}:{stop} outside 0:{design.n_sigs}")
