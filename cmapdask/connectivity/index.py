@@ -1,9 +1,11 @@
 """The query index: each signature's rank and score of every gene, stored gene-major.
 
 A query needs, for every signature, only the ranks and scores of its own genes. Stored as
-``(gene, sig)`` with one gene per Zarr chunk (grouped into shards of all genes of a block
-of signatures, so the store holds one object per block), a query reads exactly its genes'
-rows across all signatures and never re-sorts a signature (ALGORITHMS.md §2).
+``(gene, sig)`` with one gene of one block of signatures per (uncompressed) Zarr chunk, a
+query reads exactly its genes' rows across all signatures and never re-sorts a signature
+(ALGORITHMS.md §2). A block holds about ``connectivity.index_chunk_mb`` (256 MiB) of all
+genes, because ranking needs whole signatures: 45,000 signatures per block in landmark
+space, 4,400 in BING space (more chunk objects; raise the setting on big-memory workers).
 
 Layout of member ``index/<space>``::
 
@@ -14,13 +16,17 @@ Layout of member ``index/<space>``::
 
 from __future__ import annotations
 
+import asyncio
+import sys
+
 from typing import Literal
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from cmapdask import config
 from cmapdask.connectivity.ranks import rank_descending, rank_dtype
@@ -132,9 +138,9 @@ def build_index(
         if f in ds.coords and ds[f].dims == ("gene",):
             out = out.assign_coords(gene_symbol=("gene", ds[f].values[sel]))
             break
-    comp = (BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),)
-    enc = {v: {"chunks": (1, rows), "shards": (n, rows), "compressors": comp}
-           for v in ("rank", "score")}
+    # Uncompressed: ranks and scores hardly compress, and a query then reads each gene
+    # row's chunk as raw bytes (see IndexHandle.read), without per-chunk decoding work.
+    enc = {v: {"chunks": (1, rows), "compressors": None} for v in ("rank", "score")}
     sig = ds["sig"].values
     prov = {
         "kind": "query_index",
@@ -197,12 +203,15 @@ class IndexHandle:
     def read(self, genes: np.ndarray, start: int, stop: int, *, scores: bool = True):
         """``(rank, score)`` of ``genes`` (sorted positions) for signatures [start, stop).
 
-        Returned signature-major, ``(stop - start, len(genes))``.
+        Returned signature-major, ``(stop - start, len(genes))``. Each gene row of each
+        index block is one uncompressed chunk: fetched concurrently as raw bytes through
+        the Zarr store, which is ~20x faster than Zarr's orthogonal indexing for a few
+        hundred scattered rows.
         """
         rank, score = self._arrays()
-        sel = (np.asarray(genes, dtype=np.int64), slice(start, stop))
-        r = np.ascontiguousarray(rank.get_orthogonal_selection(sel).T)
-        s = np.ascontiguousarray(score.get_orthogonal_selection(sel).T) if scores else None
+        genes = np.asarray(genes, dtype=np.int64)
+        r = _read_rows(rank, genes, start, stop)
+        s = _read_rows(score, genes, start, stop) if scores else None
         return r, s
 
     def read_sigs(self, sig_pos: np.ndarray):
@@ -216,3 +225,43 @@ class IndexHandle:
 def open_index(store_url, *, space: Space = "bing", storage_options: dict | None = None):
     """The index of a space (``StoreError`` saying how to build it when absent)."""
     return IndexHandle(store_url, space, storage_options=storage_options)
+
+
+def _raw_ok(arr) -> bool:
+    codecs = arr.metadata.codecs
+    return (len(codecs) == 1 and type(codecs[0]).__name__ == "BytesCodec"
+            and getattr(codecs[0], "endian", None) is not None
+            and str(getattr(codecs[0].endian, "value", codecs[0].endian)) == sys.byteorder
+            and arr.chunks[0] == 1 and getattr(arr, "shards", None) is None)
+
+
+def _read_rows(arr, genes: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """``arr[genes, start:stop].T`` for a ``(gene, sig)`` array chunked ``(1, rows)``."""
+    n = stop - start
+    if n == 0 or genes.size == 0:
+        return np.empty((n, genes.size), dtype=arr.dtype)
+    if not _raw_ok(arr):
+        return np.ascontiguousarray(arr.get_orthogonal_selection((genes, slice(start, stop))).T)
+    rows = arr.chunks[1]
+    first, last = start // rows, (stop - 1) // rows
+    keys, where = [], []
+    for c in range(first, last + 1):
+        lo, hi = max(start, c * rows), min(stop, (c + 1) * rows)
+        for k, g in enumerate(genes):
+            keys.append(arr.metadata.encode_chunk_key((int(g), c)))
+            where.append((k, lo - c * rows, hi - c * rows, lo - start))
+    path = arr.store_path
+
+    async def fetch():
+        return await asyncio.gather(*[(path / k).get(prototype=default_buffer_prototype())
+                                      for k in keys])
+
+    gene_major = np.empty((genes.size, n), dtype=arr.dtype)
+    fill = arr.metadata.fill_value
+    for buf, (k, a, b, o) in zip(sync(fetch()), where):
+        if buf is None:  # chunks equal to the fill value are not stored
+            gene_major[k, o:o + b - a] = fill
+        else:
+            gene_major[k, o:o + b - a] = np.frombuffer(buf.as_buffer_like(), dtype=arr.dtype)[a:b]
+    # one blocked transpose: the kernels walk each signature's genes contiguously
+    return np.ascontiguousarray(gene_major.T)
