@@ -25,7 +25,10 @@ Wells ``w % 16 == 0`` (24 per plate set) are vehicle controls (``pert_id`` ``DMS
 ``pert_type`` ``ctl_vehicle``, dose fields missing). The other 360 wells hold 60 compound
 slots x 6 doses (0.04 ... 10 µM); slot ``k`` of map ``m`` holds compound
 ``(60 m + k) % n_compounds``. Compound ``c`` has MoA ``c % n_moas`` (every MoA has
-compounds, and any plate map holds every MoA when ``n_moas <= 60``).
+compounds, and any plate map holds every MoA when ``n_moas <= 60``). Ids:
+``sig_id = SYN<t, 6 digits>_<cell>_<time>H:<well>`` (``rna_plate`` is the part before
+``:``), ``pert_id = SYN-K<c, 8 digits>``, MoA ``a`` is ``SYN<a, 3 digits> inhibitor``
+(or ``agonist``, ``antagonist``) with target ``SYNT<a>``.
 
 Values (per signature, per gene; clipped to [-10, 10])
 ------------------------------------------------------
