@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -352,7 +353,7 @@ def enrich_ranked(
     elif item_field in scores.coords and scores[item_field].dims == (idim,):
         item_labels = _labels(scores[item_field].values)
     else:
-        raise InputError(f"enrich_ranked: no coordinate {item_field!r} along {idim!r}")
+        raise InputError(f"enrich_ranked: item_field {item_field!r} is not a coordinate along {idim!r}")
     names, item_idx, set_idx = membership(sets, item_labels)
     if item_idx.size == 0:
         raise InputError("enrich_ranked: no item belongs to any annotation set (wrong item_field?)")
@@ -555,6 +556,17 @@ def _recall_block(ti, ts, bi, bs, *, lo, code, share, cell, valid, n_cand, k, cn
     return hist[None]
 
 
+def _recall_counts(valid, code, cell, n_cells, n_combos) -> dict:
+    """Per label combination: valid annotated signatures overall and per cell line."""
+    valid = np.asarray(valid, dtype=bool)
+    counted = valid & (code >= 0)
+    cnt_all = np.bincount(code[counted], minlength=n_combos).astype(np.float64)
+    cnt_cell = np.zeros((max(n_cells, 1), n_combos))
+    has_cell = counted & (cell >= 0)
+    np.add.at(cnt_cell, (cell[has_cell], code[has_cell]), 1)
+    return {"valid": valid, "n_cand": int(valid.sum()) - 1, "cnt_all": cnt_all, "cnt_cell": cnt_cell}
+
+
 def _auroc(hist: np.ndarray) -> np.ndarray:
     """``(..., 4)`` from ``(..., 2, bins)``: AUROC, its binning error bound, positives, negatives."""
     neg, pos = hist[..., 0, :], hist[..., 1, :]
@@ -638,7 +650,6 @@ def moa_recall(
     code, share = _combos(labels)
     if code.max(initial=-1) < 0:
         raise InputError("moa_recall: no signature has a MoA label")
-    valid = np.asarray(neighbours["valid"].values, dtype=bool)
     if cells is None:
         cell_names, cell = np.array([], dtype=object), np.full(n, -1, np.int64)
     else:
@@ -649,28 +660,24 @@ def moa_recall(
         cell_names = np.asarray(cell_names, dtype=object)
     n_groups = 1 + cell_names.size
     k = neighbours.sizes["rank"]
-    counted = valid & (code >= 0)
-    cnt_all = np.bincount(code[counted], minlength=share.shape[0]).astype(np.float64)
-    cnt_cell = np.zeros((max(cell_names.size, 1), share.shape[0]))
-    has_cell = counted & (cell >= 0)
-    np.add.at(cnt_cell, (cell[has_cell], code[has_cell]), 1)
-    n_cand = int(valid.sum()) - 1
+    # valid is lazy: the pair counts it implies are one small task every block depends on
+    valid = neighbours["valid"].data
+    counts = dask.delayed(_recall_counts, pure=True)(valid, code, cell, cell_names.size, share.shape[0])
     arrs = [neighbours[v].data for v in need[:4]]
     arrs = [a if isinstance(a, da.Array) else da.from_array(np.asarray(a), chunks=(4096, -1)) for a in arrs]
     rows = arrs[0].chunks[0]
     arrs = [a.rechunk({0: rows, 1: -1}) for a in arrs]
     starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
 
-    def block(ti, ts, bi, bs, block_info=None):
+    def block(ti, ts, bi, bs, counts, block_info=None):
         lo = int(starts[block_info[0]["chunk-location"][0]])
         return _recall_block(
-            ti, ts, bi, bs, lo=lo, code=code, share=share, cell=cell, valid=valid,
-            n_cand=n_cand, k=k, cnt_all=cnt_all, cnt_cell=cnt_cell, n_groups=n_groups,
-            bins=int(bins), score_range=score_range, unseen=unseen,
+            ti, ts, bi, bs, lo=lo, code=code, share=share, cell=cell, **counts, k=k,
+            n_groups=n_groups, bins=int(bins), score_range=score_range, unseen=unseen,
         )
 
     parts = da.map_blocks(
-        block, *arrs, chunks=((1,) * len(rows), (3,), (n_groups,), (2,), (int(bins),)),
+        block, *arrs, counts, chunks=((1,) * len(rows), (3,), (n_groups,), (2,), (int(bins),)),
         new_axis=[2, 3, 4], dtype=np.float64, meta=np.empty((0, 0, 0, 0, 0)),
     )
     hist = parts.sum(axis=0)
