@@ -77,6 +77,7 @@ def kmeans_signatures(
     solver: Solver = "randomized",
     init: Init = "k-means||",
     init_sample: int = 20000,
+    n_init: int = 3,
     max_iter: int = 100,
     tol: float = 1e-4,
     seed: int = 0,
@@ -106,6 +107,9 @@ def kmeans_signatures(
         ``init_sample`` signatures drawn at random (one read of the sample).
     init_sample
         Signatures drawn for ``"sample-k-means++"``.
+    n_init
+        Initialisations (seeds ``seed, seed + 1, ...``); the fit with the lowest inertia
+        is kept, as in scikit-learn (one unlucky start can merge two classes).
     max_iter, tol
         Lloyd iterations and convergence tolerance (dask-ml).
     seed
@@ -128,7 +132,6 @@ def kmeans_signatures(
     ``k x n_components`` centres and ``n_components x G`` loadings. Work
     ``O(n G n_components + iterations x n k n_components)``; scales with workers.
     """
-    from dask_ml.cluster import KMeans
     from dask_ml.decomposition import PCA
 
     from cmapdask.similarity.api import _check_dataset, _name, feature_genes
@@ -137,6 +140,7 @@ def kmeans_signatures(
     _check_int("n_clusters", n_clusters, 2)
     _check_int("n_components", n_components)
     _check_int("max_iter", max_iter)
+    _check_int("n_init", n_init)
     for name, v, ok in (("scale", scale, ("zscore", "none")), ("solver", solver, ("randomized", "full")),
                         ("init", init, ("k-means||", "sample-k-means++"))):
         if v not in ok:
@@ -166,18 +170,11 @@ def kmeans_signatures(
     z = (x - mean) @ comps.T
     # small (n x n_components) and read once per Lloyd iteration: keep it in memory
     z = z.persist()
-    if init == "sample-k-means++":
-        from sklearn.cluster import kmeans_plusplus
-
-        rng = np.random.default_rng(seed)
-        take = np.sort(rng.choice(n, min(init_sample, n), replace=False))
-        (zs,) = dask.compute(z[take])
-        init_arg, _ = kmeans_plusplus(np.asarray(zs, np.float64), n_clusters, random_state=seed)
-    else:
-        init_arg = "k-means||"
-    km = KMeans(n_clusters=n_clusters, init=init_arg, max_iter=max_iter, tol=tol,
-                random_state=seed, oversampling_factor=2, init_max_iter=None)
-    km.fit(z)
+    km = None
+    for trial in range(n_init):
+        fit = _fit_kmeans(z, n, n_clusters, init, init_sample, max_iter, tol, seed + trial)
+        if km is None or fit.inertia_ < km.inertia_:
+            km = fit
     centers = np.asarray(km.cluster_centers_, dtype=np.float32)
     labels, dist = _assign(z, centers)
     cid = np.arange(n_clusters)
@@ -193,11 +190,28 @@ def kmeans_signatures(
     )
     out.attrs["cmapdask"] = _provenance(
         method="kmeans", n_clusters=int(n_clusters), n_components=int(n_components), space=space,
-        scale=scale, solver=solver, init=init, max_iter=int(max_iter), tol=float(tol), seed=int(seed),
+        scale=scale, solver=solver, init=init, n_init=int(n_init), max_iter=int(max_iter), tol=float(tol), seed=int(seed),
         n_iter=int(getattr(km, "n_iter_", -1)), inertia=float(getattr(km, "inertia_", np.nan)),
         input=str(ds.attrs.get("store_url", ds.attrs.get("cmapdask", {}).get("source", ""))),
     )
     return out
+
+
+def _fit_kmeans(z, n, n_clusters, init, init_sample, max_iter, tol, seed):
+    from dask_ml.cluster import KMeans
+
+    if init == "sample-k-means++":
+        from sklearn.cluster import kmeans_plusplus
+
+        rng = np.random.default_rng(seed)
+        take = np.sort(rng.choice(n, min(init_sample, n), replace=False))
+        (zs,) = dask.compute(z[take])
+        init_arg, _ = kmeans_plusplus(np.asarray(zs, np.float64), n_clusters, random_state=seed)
+    else:
+        init_arg = "k-means||"
+    km = KMeans(n_clusters=n_clusters, init=init_arg, max_iter=max_iter, tol=tol,
+                random_state=seed, oversampling_factor=2, init_max_iter=None)
+    return km.fit(z)
 
 
 def _nearest(z: np.ndarray, centers: np.ndarray) -> np.ndarray:
