@@ -111,3 +111,33 @@ def test_background_tau_and_summaries(store, tmp_path):
     t = pd.read_parquet(os.path.join(out, "arfs/a/query_result.parquet"))
     assert {"sig_id", "tau", "ncs", "fdr_q_nlog10", "pert_id", "cell_id"} <= set(t.columns)
     assert len(t) == ds.sizes["sig"]
+
+
+def test_random_query_fdr_and_lazy_summaries(store):
+    import dask
+
+    url, ds = store
+    genes = list(ds["gene"].values)
+    up, dn = {"a": genes[:6]}, {"a": genes[20:26]}
+
+    def boom(*a, **k):
+        raise AssertionError("computed while building")
+
+    with warnings.catch_warnings(), dask.config.set(scheduler=boom):
+        warnings.simplefilter("ignore")
+        res = query(url, up, dn, space="all", fdr="random", n_random=15, tau="none")
+        summ = summarize(res, pcls=PCLS)
+        lazy_null = query(url, up, dn, space="all", fdr="null")
+    assert all(dask.is_dask_collection(v.data) for v in lazy_null.data_vars.values())
+    assert all(dask.is_dask_collection(v.data) for v in summ.data_vars.values())
+    q = res["fdr_q_nlog10"].values
+    assert np.all(np.isfinite(q)) and np.all(q >= -1e-12)  # -log10(1 + eps) < 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = query(url, up, dn, space="all", fdr="random", n_random=15, tau="none")
+        other = query(url, up, dn, space="all", fdr="random", n_random=15, tau="none", seed=9)
+    np.testing.assert_array_equal(again["fdr_q_nlog10"].values, q)
+    assert not np.array_equal(other["fdr_q_nlog10"].values, q)
+    assert "random queries" in res.attrs["cmapdask"]["fdr"]
+    np.testing.assert_allclose(summ["ns_pert_summary"].values,
+                               summarize(res.compute(), pcls=PCLS)["ns_pert_summary"].values)

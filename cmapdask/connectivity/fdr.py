@@ -108,5 +108,7 @@ def fdr_bh(p) -> np.ndarray:
 
 
 def nlog10(q) -> np.ndarray:
-    """``-log10(q + eps)``, the ``fdr_q_nlog10`` field."""
-    return -np.log10(np.asarray(q, dtype=float) + EPS)
+    """``-log10(q + eps)``, the ``fdr_q_nlog10`` field (lazy for dask input)."""
+    if not hasattr(q, "dask"):
+        q = np.asarray(q, dtype=float)
+    return -np.log10(q + EPS)

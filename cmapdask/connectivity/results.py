@@ -80,7 +80,7 @@ def summarize(result: xr.Dataset, *, pcls: dict[str, list[str]] | None = None,
     plan = SummaryPlan(pert, cell, pcls)
     sizes = plan.sizes()
     total = sum(sizes.values())
-    ncs = result["ncs"].data.rechunk({0: 1, 1: -1})
+    ncs = da.asarray(result["ncs"].data).rechunk({0: 1, 1: -1})
     agg = ncs.map_blocks(plan.apply_concat, chunks=(ncs.chunks[0], (total,)), dtype=float)
     if background == "auto":
         meta = result.attrs.get("cmapdask", {})
