@@ -3,6 +3,9 @@ calibration, and the planted MoA classes of the synthetic release."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import dask
 import dask.array as da
 import numpy as np
@@ -437,3 +440,52 @@ def test_candidate_pcls_recover_planted_classes(planted, tmp_path):
     path = write_pcl_gmt(cand, tmp_path / "cand.gmt")
     back = read_gmt(path)
     assert sorted(map(sorted, back.values())) == sorted(map(sorted, sets.values()))
+
+
+# ----------------------------------------------------------------------------- CLI and plots
+
+
+def test_cli_cluster_enrich_recall_and_plots(planted, tmp_path, capsys):
+    from cmapdask.cli import main
+    from cmapdask.io.store import write_store
+    from cmapdask.similarity import pert_similarity, similarity, write_similarity
+
+    design, strong, sets, ps = planted
+    st = strong.isel(sig=slice(0, 300))
+    url = str(tmp_path / "s.zarr")
+    write_store(st, url)
+    write_similarity(similarity(st, k=100), url)
+    write_similarity(pert_similarity(st), url)
+    ann = tmp_path / "compoundinfo.txt"
+    sy.synth_compoundinfo(design).fillna("-666").to_csv(ann, sep="\t", index=False)
+    common = ["--annotations", str(ann), "--cluster", "none", "--quiet"]
+    assert main(["cluster", url, "--method", "hierarchical", "--k", "8", "--matrix",
+                 "similarity/pearson_landmark_pert", "--name", "h8", "--heatmap",
+                 str(tmp_path / "h.png"), *common]) == 0
+    q = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert q["adjusted_rand"] > 0.9
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    assert main(["recall", url, "--out", str(tmp_path / "r.tsv"), "--roc", str(tmp_path / "roc.svg"),
+                 *common]) == 0
+    rec = pd.read_csv(tmp_path / "r.tsv", sep="\t")
+    assert (rec["auroc"] > 0.9).all() and (tmp_path / "roc.svg").read_text().startswith("<?xml")
+    assert main(["enrich", url, "--member", "similarity/pearson_landmark_pert", "--n-top", "10",
+                 "--permutations", "200", "--out", str(tmp_path / "e.tsv"), *common]) == 0
+    assert len(pd.read_csv(tmp_path / "e.tsv", sep="\t")) > 0
+    assert main(["enrich", url, "--clusters", "clusters/h8", "--member",
+                 "similarity/pearson_landmark_pert", "--pcl-gmt", str(tmp_path / "c.gmt"),
+                 "--out", str(tmp_path / "c.tsv"), *common]) == 0
+    assert len(read_gmt(tmp_path / "c.gmt")) >= 6
+    # bad input: one line, exit code 2
+    assert main(["cluster", url, "--method", "kmeans", "--name", "x", *common]) == 2
+    assert "needs --k" in capsys.readouterr().err
+
+
+def test_running_sum_plot(tmp_path):
+    from cmapdask.plots import plot_running_sum
+
+    s = np.random.default_rng(0).standard_normal(100)
+    out = plot_running_sum(s, np.argsort(-s)[:5], tmp_path / "rs.png", title="top 5")
+    assert os.path.getsize(out) > 1000
+    with pytest.raises(InputError, match="png or .svg"):
+        plot_running_sum(s, [1], tmp_path / "rs.pdf")

@@ -1,0 +1,260 @@
+"""``cmapdask cluster``, ``cmapdask enrich``, ``cmapdask recall``: clustering and MoA enrichment."""
+
+from __future__ import annotations
+
+import json
+
+from cmapdask.cli.runtime import add_cluster_args, dask_client, say
+from cmapdask.errors import InputError
+
+__all__ = ["register", "run_cluster", "run_enrich", "run_recall"]
+
+
+def _annotation_args(p, required=True) -> None:
+    p.add_argument("--annotations", required=required, metavar="FILE",
+                   help="compoundinfo table, Repurposing-Hub TSV or GMT of MoAs/PCLs")
+    p.add_argument("--format", choices=["auto", "compoundinfo", "repurposing", "gmt"], default="auto")
+    p.add_argument("--field", choices=["moa", "target"], default="moa",
+                   help="table annotations: moa or target (multi-valued with '|')")
+
+
+def register(subparsers) -> None:
+    c = subparsers.add_parser(
+        "cluster", help="cluster signatures (k-means on PCA) or perturbagens (hierarchical, graph)",
+        description="Cluster the signatures of STORE (--method kmeans), the perturbagens of a "
+        "pert x pert member (--method hierarchical, --matrix similarity/<name>_pert) or the "
+        "kNN graph of a neighbour member (--method louvain|leiden, --neighbours). Labels "
+        "become the member clusters/<NAME> (and --table).",
+    )
+    c.add_argument("store", metavar="STORE")
+    c.add_argument("--method", choices=["kmeans", "hierarchical", "louvain", "leiden"], default="kmeans")
+    c.add_argument("--k", type=int, default=None, help="clusters (kmeans, hierarchical)")
+    c.add_argument("--components", type=int, default=50, help="kmeans: principal components")
+    c.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
+    c.add_argument("--init", choices=["k-means||", "sample-k-means++"], default="k-means||")
+    c.add_argument("--matrix", default=None, metavar="MEMBER", help="hierarchical: pert x pert member")
+    c.add_argument("--variable", default="pert_summary", help="hierarchical: variable of --matrix")
+    c.add_argument("--linkage", choices=["average", "complete", "single", "ward"], default="average")
+    c.add_argument("--neighbours", default=None, metavar="MEMBER", help="graph: top-k neighbour member")
+    c.add_argument("--resolution", type=float, default=1.0)
+    c.add_argument("--name", required=True, help="member name below clusters/")
+    c.add_argument("--table", default=None, metavar="PATH", help="also write labels (TSV/.parquet)")
+    c.add_argument("--heatmap", default=None, metavar="PNG|SVG", help="hierarchical: clustered heatmap")
+    c.add_argument("--seed", type=int, default=0)
+    _annotation_args(c, required=False)
+    c.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
+    add_cluster_args(c)
+    c.set_defaults(func=run_cluster)
+
+    e = subparsers.add_parser(
+        "enrich", help="MoA/PCL enrichment of ranked lists or of clusters",
+        description="Ranked lists: every row of VARIABLE in SOURCE (a Zarr query result, or a "
+        "store member given with --member) is a list; each annotation set is tested at the "
+        "top and bottom (KS running sum with permutation p, Fisher top-N, BH). Clusters: "
+        "--clusters MEMBER tests over-representation per cluster (hypergeometric, BH).",
+    )
+    e.add_argument("source", metavar="SOURCE", help="store URL (with --member/--clusters) or Zarr URL")
+    e.add_argument("--member", default=None, help="store member holding the lists")
+    e.add_argument("--variable", default=None, help="variable of lists (default ps, else pert_summary)")
+    e.add_argument("--clusters", default=None, metavar="MEMBER", help="cluster member (clusters/NAME)")
+    e.add_argument("--item-field", default=None, help="coordinate matched to set members (pert_id)")
+    e.add_argument("--n-top", type=int, default=100)
+    e.add_argument("--permutations", type=int, default=1000)
+    e.add_argument("--pvalue", choices=["permutation", "analytic"], default="permutation")
+    e.add_argument("--weight", choices=["unweighted", "weighted"], default="unweighted")
+    e.add_argument("--max-q", type=float, default=1.0, help="keep rows with some q at most this")
+    e.add_argument("--out", required=True, metavar="TSV", help="result table (TSV or .parquet)")
+    e.add_argument("--pcl-gmt", default=None, metavar="GMT",
+                   help="with --clusters on a pert matrix member (--member): write candidate PCLs")
+    _annotation_args(e)
+    e.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
+    add_cluster_args(e)
+    e.set_defaults(func=run_enrich)
+
+    r = subparsers.add_parser(
+        "recall", help="MoA recall: AUROC of same- vs different-MoA pairs from neighbour lists",
+        description="For each top-k neighbour member of STORE (default: every similarity/* "
+        "member with neighbour lists), the AUROC with which similarity separates same-MoA "
+        "from different-MoA signature pairs, overall and per cell line.",
+    )
+    r.add_argument("store", metavar="STORE")
+    r.add_argument("--member", action="append", default=None, help="neighbour member (repeatable)")
+    r.add_argument("--pert-field", default="pert_id")
+    r.add_argument("--cell-field", default=None, help="default cell_id, else cell_iname")
+    r.add_argument("--out", default=None, metavar="TSV", help="table of AUROCs (default stdout)")
+    r.add_argument("--roc", default=None, metavar="PNG|SVG", help="ROC plot of the first member")
+    _annotation_args(r)
+    r.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
+    add_cluster_args(r)
+    r.set_defaults(func=run_recall)
+
+
+def _sets(args):
+    from cmapdask.annotations import read_annotations
+
+    return read_annotations(args.annotations, format=args.format, field=args.field)
+
+
+def _write_table(df, path) -> None:
+    from cmapdask.io.atomic import publish_file
+
+    with publish_file(path) as tmp:
+        if str(path).endswith(".parquet"):
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, sep="\t", index=False)
+
+
+def run_cluster(args) -> int:
+    from cmapdask import clustering
+    from cmapdask.io.store import open_member, open_store
+
+    so = args.storage_options
+    with dask_client(args):
+        if args.method == "kmeans":
+            if not args.k:
+                raise InputError("--method kmeans needs --k")
+            ds = open_store(args.store, storage_options=so)
+            res = clustering.kmeans_signatures(ds, n_clusters=args.k, n_components=args.components,
+                                               space=args.space, init=args.init, seed=args.seed)
+            truth_ids = ds["pert_id"].values if "pert_id" in ds.coords else None
+        elif args.method == "hierarchical":
+            if not (args.k and args.matrix):
+                raise InputError("--method hierarchical needs --k and --matrix MEMBER")
+            mat = open_member(args.store, args.matrix, storage_options=so)
+            if args.variable not in mat:
+                raise InputError(f"{args.store}: member {args.matrix!r} has no variable {args.variable!r}")
+            mat = mat[args.variable]
+            res = clustering.hierarchical_perts(mat, method=args.linkage, n_clusters=args.k)
+            truth_ids = res["pert"].values
+        else:
+            if not args.neighbours:
+                raise InputError(f"--method {args.method} needs --neighbours MEMBER")
+            nb = open_member(args.store, args.neighbours, storage_options=so)
+            res = clustering.graph_clusters(nb, method=args.method, resolution=args.resolution,
+                                            seed=args.seed)
+            ds = open_store(args.store, storage_options=so)
+            truth_ids = ds["pert_id"].values if "pert_id" in ds.coords else None
+        out = clustering.write_clusters(res, args.store, name=args.name, table=args.table,
+                                        storage_options=so)
+        quality = {}
+        if args.annotations and truth_ids is not None:
+            from cmapdask.annotations import labels_from_sets
+
+            sets = _sets(args)
+            quality = clustering.cluster_quality(res["cluster"], labels_from_sets(sets, truth_ids))
+            if args.heatmap and args.method == "hierarchical":
+                from cmapdask.plots import plot_clustered_heatmap
+
+                plot_clustered_heatmap(mat, res, args.heatmap, moa=labels_from_sets(sets, truth_ids))
+    say(args, f"cmapdask: wrote {out.get('member')}" + (f" and {out['table']}" if "table" in out else ""))
+    if quality:
+        print(json.dumps(quality))
+    return 0
+
+
+def _open_lists(args):
+    import xarray as xr
+
+    from cmapdask.io.store import open_member
+
+    if args.member:
+        return open_member(args.source, args.member, storage_options=args.storage_options)
+    try:
+        return xr.open_zarr(args.source, consolidated=False, storage_options=args.storage_options
+                            if "://" in str(args.source) else None)
+    except Exception as e:  # not a Zarr group, missing path
+        raise InputError(f"{args.source}: cannot open as a Zarr result: {str(e).splitlines()[0]}") from None
+
+
+def run_enrich(args) -> int:
+    from cmapdask import enrich
+
+    sets = _sets(args)
+    with dask_client(args):
+        if args.clusters:
+            from cmapdask.io.store import open_member, open_store
+
+            cl = open_member(args.source, args.clusters, storage_options=args.storage_options)
+            dim = cl["cluster"].dims[0]
+            if dim == "sig":
+                ds = open_store(args.source, storage_options=args.storage_options)
+                field = args.item_field or "pert_id"
+                if field not in ds.coords:
+                    raise InputError(f"{args.source}: no signature field {field!r}")
+                items = ds[field].sel(sig=cl["sig"].values).values
+            else:
+                items = cl[dim].values
+            df = enrich.cluster_enrichment(cl["cluster"].values, items, sets)
+            if args.pcl_gmt:
+                if not args.member:
+                    raise InputError("--pcl-gmt needs --member (the pert x pert matrix member)")
+                mat = open_member(args.source, args.member, storage_options=args.storage_options)
+                var = args.variable or "pert_summary"
+                cand = enrich.candidate_pcls(mat[var], cl["cluster"].sel({dim: mat[mat[var].dims[0]].values}).values, sets)
+                enrich.write_pcl_gmt(cand, args.pcl_gmt)
+                say(args, f"cmapdask: {len(cand)} candidate PCLs in {args.pcl_gmt}")
+        else:
+            lists = _open_lists(args)
+            var = args.variable or next((v for v in ("ps", "pert_summary", "ncs") if v in lists), None)
+            if var is None or var not in lists:
+                raise InputError(f"{args.source}: no list variable {args.variable or 'ps/pert_summary/ncs'!r}")
+            item_field = args.item_field
+            if item_field is None and "pert_id" in lists.coords:
+                item_field = "pert_id"
+            res = enrich.enrich_ranked(lists[var], sets, item_field=item_field, n_top=args.n_top,
+                                       permutations=args.permutations, pvalue=args.pvalue,
+                                       weight=args.weight)
+            df = enrich.enrichment_table(res, max_q=args.max_q)
+    _write_table(df, args.out)
+    say(args, f"cmapdask: wrote {len(df)} rows to {args.out}")
+    return 0
+
+
+def run_recall(args) -> int:
+    import pandas as pd
+
+    from cmapdask.annotations import labels_from_sets
+    from cmapdask.enrich import moa_recall
+    from cmapdask.io.store import list_members, open_member, open_store
+
+    so = args.storage_options
+    sets = _sets(args)
+    ds = open_store(args.store, storage_options=so)
+    if args.pert_field not in ds.coords:
+        raise InputError(f"{args.store}: no signature field {args.pert_field!r}")
+    cell_field = args.cell_field or ("cell_id" if "cell_id" in ds.coords else "cell_iname")
+    cells = ds[cell_field].values if cell_field in ds.coords else None
+    members = args.member or [m for m in list_members(args.store, storage_options=so)
+                              if m.startswith("similarity/")]
+    rows, first = [], None
+    with dask_client(args):
+        for name in members:
+            nb = open_member(args.store, name, storage_options=so)
+            if "top_index" not in nb or "ref_valid" in nb:
+                if args.member:
+                    raise InputError(f"{args.store}: member {name!r} is not a self-similarity neighbour list")
+                continue
+            ids = ds[args.pert_field].sel(sig=nb["sig"].values).values
+            c = None if cells is None else ds[cell_field].sel(sig=nb["sig"].values).values
+            res = moa_recall(nb, labels_from_sets(sets, ids), cells=c).compute()
+            first = first if first is not None else (name, res)
+            prov = nb.attrs.get("cmapdask", {})
+            for g in res["group"].values:
+                r = res.sel(group=g)
+                rows.append({"member": name, "metric": prov.get("metric"), "space": prov.get("space"),
+                             "group": g, "auroc": float(r["auroc"]), "auroc_min": float(r["auroc_min"]),
+                             "auroc_max": float(r["auroc_max"]), "n_pos": int(r["n_pos"]),
+                             "n_neg": int(r["n_neg"])})
+    if not rows:
+        raise InputError(f"{args.store}: no self-similarity neighbour member (run cmapdask similarity)")
+    df = pd.DataFrame(rows)
+    if args.out:
+        _write_table(df, args.out)
+    else:
+        print(df.to_csv(sep="\t", index=False), end="")
+    if args.roc and first is not None:
+        from cmapdask.plots import plot_roc
+
+        plot_roc(first[1], args.roc, title=first[0])
+    return 0
