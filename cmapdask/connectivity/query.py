@@ -33,6 +33,60 @@ FDRMethod = Literal["auto", "null", "random", "none"]
 GeneSets = Mapping[str, Sequence[str]] | Sequence[str] | str | None
 
 
+_CACHE: dict = {}
+_CACHE_SIZE = 8  # stores and their NCS group labels
+
+
+def _store_key(store, storage_options):
+    """Identity of a store version: its URL and creation stamp (``expr`` is immutable)."""
+    import json
+
+    import zarr
+
+    from cmapdask.io.atomic import is_local, url_to_fs
+
+    fs, _ = url_to_fs(str(store), storage_options)
+    opts = None if is_local(fs) else storage_options
+    try:
+        meta = dict(zarr.open_group(str(store), mode="r", storage_options=opts)
+                    .attrs.get("cmapdask", {}))
+    except Exception:  # let open_store raise its own clear error
+        return None
+    if not meta.get("created"):
+        return None
+    return (str(store), meta["created"], json.dumps(storage_options, sort_keys=True,
+                                                     default=str))
+
+
+def open_store_cached(store, *, storage_options: dict | None = None) -> xr.Dataset:
+    """:func:`open_store`, remembered per store version for repeated queries.
+
+    Loading a million signatures' metadata takes seconds; a store's ``expr`` and
+    metadata never change after it is written, so warm queries reuse them.
+    """
+    key = _store_key(store, storage_options)
+    if key is not None and key in _CACHE:
+        return _CACHE[key]
+    ds = open_store(store, storage_options=storage_options)
+    if key is not None:
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        ds.attrs["_cache_key"] = key
+        _CACHE[key] = ds
+    return ds
+
+
+def _groups_cached(ds, grouping):
+    # labels are a Python loop over every signature: remember them with the store
+    key = (ds.attrs.get("_cache_key"), grouping if isinstance(grouping, str) else
+           tuple(grouping))
+    if key[0] is None:
+        return sig_groups(ds, grouping)
+    if key not in _CACHE:
+        _CACHE[key] = sig_groups(ds, grouping)
+    return _CACHE[key]
+
+
 def background_name(space: Space) -> str:
     """The member holding the τ backgrounds of a space."""
     return f"background/{space}"
@@ -249,13 +303,13 @@ def query(
                                  ("fdr", fdr, ("auto", "null", "random", "none"))):
         if value not in allowed:
             raise InputError(f"{name} must be one of {allowed}, not {value!r}")
-    ds = open_store(store, storage_options=storage_options)
+    ds = open_store_cached(store, storage_options=storage_options)
     handle = open_index(store, space=space, storage_options=storage_options)
     _check_index(handle, ds)
     pairs = _pair(_as_sets(up, "up"), _as_sets(down, "down"))
     qs = prepare_queries(pairs, handle.genes, gene_symbols=handle.symbols, space=space)
     raw = score_index(handle, qs, metric=metric, tail=tail, chunk_rows=chunk_rows)
-    groups, codes = sig_groups(ds, grouping)
+    groups, codes = _groups_cached(ds, grouping)
     is_ref = select_signatures(ds, reference)
     if not is_ref.any():
         raise InputError(f"reference {reference!r} selects no signature")
