@@ -70,10 +70,6 @@ def _pair_task(sa, sb, k, a_offset, b_offset, diagonal, both):
     )
 
 
-def _merge_leaves(results, sides, k):
-    return merge_topk([r[s] for r, s in zip(results, sides)], k)
-
-
 def _merge_parts(parts, k):
     return merge_topk(list(parts), k)
 
@@ -103,7 +99,9 @@ def topk_arrays(
         plan = plan_blocks(x.chunks[0], ref.chunks[0])
     rb, cb = block_bounds(plan.row_chunks), block_bounds(plan.col_chunks)
     tok = tokenize(sname, rname, k, split_every, plan.mode)
-    pname, mname, oname = (f"similarity-{s}-{tok}" for s in ("pair", "merge", "topk"))
+    pname, xname, mname, oname = (
+        f"similarity-{s}-{tok}" for s in ("pair", "side", "merge", "topk")
+    )
     selfmode = plan.mode == "self"
     dsk: dict = {}
     for i, j in plan.pairs:
@@ -111,14 +109,17 @@ def topk_arrays(
         dsk[(pname, i, j)] = (
             _pair_task, (sname, i), (rname, j), k, int(rb[i]), int(cb[j]), diagonal, both,
         )
+        # each side its own key, so the row side is freed once merged even while the
+        # column side still waits for its row block's merge
+        for side in (0, 1) if both else (0,):
+            dsk[(xname, i, j, side)] = (operator.getitem, (pname, i, j), side)
     for r, sources in enumerate(plan.sources):
         levels = merge_tree(len(sources), split_every)
         for lvl, ranges in enumerate(levels):
             for g, (s0, s1) in enumerate(ranges):
                 if lvl == 0:
-                    res = [(pname, i, j) for i, j, _ in sources[s0:s1]]
-                    sides = [0 if side == "row" else 1 for _, _, side in sources[s0:s1]]
-                    task = (_merge_leaves, res, sides, k)
+                    res = [(xname, i, j, 0 if side == "row" else 1) for i, j, side in sources[s0:s1]]
+                    task = (_merge_parts, res, k)
                 else:
                     task = (_merge_parts, [(mname, r, lvl - 1, q) for q in range(s0, s1)], k)
                 dsk[(mname, r, lvl, g)] = task

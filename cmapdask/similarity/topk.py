@@ -29,85 +29,146 @@ def _ordered(b):
 
 
 @numba.njit(cache=True, inline="always")
-def _emit(row, cols, keys, kk, top, out_s, out_i, r):
+def _key(b, pos, top):
+    # one unique int64 per candidate; ascending keys = best first (score, then position)
+    o = _ordered(b)
+    return ~((o << 32) + (_LOW - pos)) if top else (o << 32) + pos
+
+
+@numba.njit(cache=True, inline="always")
+def _pos(key, top):
+    return (_LOW - (~key & _LOW)) if top else (key & _LOW)
+
+
+@numba.njit(cache=True, inline="always")
+def _best(keys, kk):
     if keys.shape[0] > kk:  # a linear-time partition, then sort only the kept
         keys = np.partition(keys, kk - 1)[:kk]
-    keys = np.sort(keys)
-    for q in range(kk):
-        j = (_LOW - (~keys[q] & _LOW)) if top else (keys[q] & _LOW)
-        out_s[r, q] = row[j]
-        out_i[r, q] = cols[j]
+    return np.sort(keys)
+
+
+@numba.njit(cache=True, inline="always")
+def _kth_largest(vals, kk):
+    return np.partition(vals, vals.shape[0] - kk)[vals.shape[0] - kk]
 
 
 @numba.njit(cache=True)
-def _rows_topk(c, bits, cols, diagonal, ts, ti, bs, bi):
+def _topk_kernel(c, bits, rows, cols, diagonal, ts, ti, bs, bi, cts, cti, cbs, cbi):
+    """Row side into ts/ti/bs/bi, column side (if cts has columns) into cts/cti/cbs/cbi.
+
+    Thresholds that at least kk scores reach: the kk-th largest of the maxima of
+    ng >= kk disjoint groups (the kk-th smallest of the minima for the bottom). Rows use
+    groups of columns, found while the row is in cache; columns use groups of rows,
+    accumulated in the same row-major pass, so no transpose of the block is needed.
+    """
     m, n = c.shape
-    kk = ts.shape[1]
-    if kk == 0:
-        return
+    kr, kc = ts.shape[1], cts.shape[1]
+    ngr = max(kr, min(2 * kr, n // 8))
+    ngc = max(kc, min(2 * kc, m // 8))
     cand_t = np.empty(n, np.int64)
     cand_b = np.empty(n, np.int64)
-    ng = max(kk, min(GROUPS_PER_K * kk, n // 8))
-    gmaxs = np.empty(ng, np.float32)
-    gmins = np.empty(ng, np.float32)
+    gmaxs = np.empty(max(ngr, 1), np.float32)
+    gmins = np.empty(max(ngr, 1), np.float32)
+    colmax = np.full((max(ngc, 1), n if kc else 0), -np.inf, np.float32)
+    colmin = np.full((max(ngc, 1), n if kc else 0), np.inf, np.float32)
     for r in range(m):
         row = c[r]
-        if diagonal:  # hide the signature itself from both tails
+        if diagonal:  # hide the signature itself: NaN fails every comparison
             saved = row[r]
             row[r] = np.nan
-        # thresholds that at least kk scores reach: the kk-th largest of the maxima of
-        # ng >= kk disjoint groups (kk-th smallest of the minima for the bottom); more
-        # groups than kk give a tighter threshold and fewer survivors to sort
-        for g in range(ng):
-            gmax = np.float32(-np.inf)
-            gmin = np.float32(np.inf)
-            for j in range(g * n // ng, (g + 1) * n // ng):
+        if kc:
+            cm = colmax[r * ngc // m]
+            cn = colmin[r * ngc // m]
+            for j in range(n):
                 s = row[j]
-                gmax = max(gmax, s)
-                gmin = min(gmin, s)
-            gmaxs[g] = gmax
-            gmins[g] = -gmin
-        t_top = np.partition(gmaxs, ng - kk)[ng - kk]
-        t_bot = -np.partition(gmins, ng - kk)[ng - kk]
-        nt = 0
-        nb = 0
-        for j in range(n):
-            s = row[j]
-            if s >= t_top:
-                # one unique key per candidate: score, then the smaller column first
-                cand_t[nt] = ~((_ordered(bits[r, j]) << 32) + (_LOW - j))
-                nt += 1
-            if s <= t_bot:
-                cand_b[nb] = (_ordered(bits[r, j]) << 32) + j
-                nb += 1
-        _emit(row, cols, cand_t[:nt], kk, True, ts, ti, r)
-        _emit(row, cols, cand_b[:nb], kk, False, bs, bi, r)
+                cm[j] = s if s > cm[j] else cm[j]
+                cn[j] = s if s < cn[j] else cn[j]
+        if kr:
+            for g in range(ngr):
+                gmax = np.float32(-np.inf)
+                gmin = np.float32(np.inf)
+                for j in range(g * n // ngr, (g + 1) * n // ngr):
+                    s = row[j]
+                    gmax = s if s > gmax else gmax
+                    gmin = s if s < gmin else gmin
+                gmaxs[g] = gmax
+                gmins[g] = -gmin
+            t_top = _kth_largest(gmaxs, kr)
+            t_bot = -_kth_largest(gmins, kr)
+            nt = 0
+            nb = 0
+            for j in range(n):
+                s = row[j]
+                if s >= t_top:
+                    cand_t[nt] = _key(bits[r, j], j, True)
+                    nt += 1
+                if s <= t_bot:
+                    cand_b[nb] = _key(bits[r, j], j, False)
+                    nb += 1
+            kt = _best(cand_t[:nt], kr)
+            kb = _best(cand_b[:nb], kr)
+            for q in range(kr):
+                j = _pos(kt[q], True)
+                ts[r, q], ti[r, q] = row[j], cols[j]
+                j = _pos(kb[q], False)
+                bs[r, q], bi[r, q] = row[j], cols[j]
         if diagonal:
             row[r] = saved
+    if not kc:
+        return
+    tct = np.empty(n, np.float32)
+    tcb = np.empty(n, np.float32)
+    tmp = np.empty(ngc, np.float32)
+    for j in range(n):
+        for g in range(ngc):
+            tmp[g] = colmax[g, j]
+        tct[j] = _kth_largest(tmp, kc)
+        for g in range(ngc):
+            tmp[g] = -colmin[g, j]
+        tcb[j] = -_kth_largest(tmp, kc)
+    cap = 4 * kc + 64
+    buf_t = np.empty((n, cap), np.int64)
+    buf_b = np.empty((n, cap), np.int64)
+    nt_c = np.zeros(n, np.int64)
+    nb_c = np.zeros(n, np.int64)
+    for r in range(m):
+        row = c[r]
+        for j in range(n):
+            s = row[j]
+            if s >= tct[j]:
+                if nt_c[j] < cap:
+                    buf_t[j, nt_c[j]] = _key(bits[r, j], r, True)
+                nt_c[j] += 1
+            if s <= tcb[j]:
+                if nb_c[j] < cap:
+                    buf_b[j, nb_c[j]] = _key(bits[r, j], r, False)
+                nb_c[j] += 1
+    col_keys = np.empty(m, np.int64)
+    for j in range(n):
+        for top in (True, False):
+            cnt = nt_c[j] if top else nb_c[j]
+            if cnt <= cap:
+                keys = buf_t[j, :cnt] if top else buf_b[j, :cnt]
+            else:  # many ties at the threshold overflowed the buffer: rescan the column
+                cnt = 0
+                for r in range(m):
+                    s = c[r, j]
+                    if (top and s >= tct[j]) or (not top and s <= tcb[j]):
+                        col_keys[cnt] = _key(bits[r, j], r, top)
+                        cnt += 1
+                keys = col_keys[:cnt]
+            best = _best(keys, kc)
+            for q in range(kc):
+                i = _pos(best[q], top)
+                if top:
+                    cts[j, q], cti[j, q] = c[i, j], rows[i]
+                else:
+                    cbs[j, q], cbi[j, q] = c[i, j], rows[i]
 
 
-@numba.njit(cache=True)
-def _transpose(c):
-    # cache-blocked: numpy's strided copy of a large block is several times slower
-    m, n = c.shape
-    out = np.empty((n, m), c.dtype)
-    t = 64
-    for i0 in range(0, m, t):
-        for j0 in range(0, n, t):
-            for i in range(i0, min(i0 + t, m)):
-                for j in range(j0, min(j0 + t, n)):
-                    out[j, i] = c[i, j]
-    return out
-
-
-def _side(c: np.ndarray, cols: np.ndarray, k: int, diagonal: bool):
-    m, n = c.shape
-    kk = max(0, min(k, n - 1 if diagonal else n))
-    out = (np.empty((m, kk), np.float32), np.empty((m, kk), np.int64),
-           np.empty((m, kk), np.float32), np.empty((m, kk), np.int64))
-    if m and kk:
-        _rows_topk(c, c.view(np.int32), cols.astype(np.int64), diagonal, *out)
-    return out
+def _alloc(m: int, k: int):
+    return (np.empty((m, k), np.float32), np.empty((m, k), np.int64),
+            np.empty((m, k), np.float32), np.empty((m, k), np.int64))
 
 
 def block_topk(
@@ -116,13 +177,15 @@ def block_topk(
     """Top/bottom-k per row of ``c`` (candidates ``cols``) and, with ``both``, per column.
 
     ``cols``/``rows`` are the global indices (ascending) of the columns/rows of ``c``;
-    ``diagonal`` leaves out ``c[i, i]`` (a signature and itself). Returns ``(row side,
-    column side or None)``, each ``(top_s, top_i, bottom_s, bottom_i)`` with
-    ``min(k, candidates)`` sorted columns.
+    ``diagonal`` leaves out ``c[i, i]`` (a signature and itself; not with ``both``).
+    Returns ``(row side, column side or None)``, each ``(top_s, top_i, bottom_s,
+    bottom_i)`` with ``min(k, candidates)`` sorted columns.
     """
     c = np.ascontiguousarray(c, dtype=np.float32)
-    row = _side(c, cols, k, diagonal)
-    if not both:
-        return row, None
-    ct = _transpose(c) if c.size else np.ascontiguousarray(c.T)
-    return row, _side(ct, rows, k, False)
+    m, n = c.shape
+    row = _alloc(m, max(0, min(k, n - 1 if diagonal else n)))
+    col = _alloc(n, max(0, min(k, m)) if both else 0)
+    if m and n:
+        _topk_kernel(c, c.view(np.int32), rows.astype(np.int64), cols.astype(np.int64),
+                     diagonal, *row, *col)
+    return row, (col if both else None)
