@@ -12,7 +12,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from cmapdask.connectivity.es import Metric, Tail, combine_wtcs, es_of_members
+from cmapdask.connectivity.es import Metric, Tail, combine_wtcs, es_of_sets
 from cmapdask.connectivity.index import IndexHandle
 from cmapdask.connectivity.validation import QuerySet
 from cmapdask.errors import QueryError
@@ -43,20 +43,24 @@ def score_block(ranks, scores, qs: QuerySet, tails, n_genes: int, metric: Metric
     """
     union = qs.union
     n = ranks.shape[0]
-    out = np.zeros((5, len(qs.names), n), dtype=np.float32)
+    nq = len(qs.names)
+    out = np.zeros((5, nq, n), dtype=np.float32)
     out[3:] = np.nan
+    sets, slots = [], []
     for q, (u, d, tail) in enumerate(zip(qs.up, qs.down, tails)):
-        es = {}
         for k, (label, genes) in enumerate((("up", u), ("down", d))):
-            if genes.size == 0 or tail == ("down" if label == "up" else "up"):
-                es[label] = np.zeros(n)
-                continue
-            cols = np.searchsorted(union, genes)
-            es[label], lead = es_of_members(ranks, scores, cols, n_genes, metric=metric)
-            out[3 + k, q] = lead
-        out[0, q] = combine_wtcs(es["up"], es["down"], tail=tail)
-        out[1, q] = es["up"]
-        out[2, q] = es["down"]
+            if genes.size and tail != ("down" if label == "up" else "up"):
+                sets.append(np.searchsorted(union, genes))
+                slots.append((q, k))
+    # all sets in one pass over the block: each signature's row is fetched once
+    es, lead = es_of_sets(ranks, scores, sets, n_genes, metric=metric)
+    es_up, es_dn = np.zeros((nq, n)), np.zeros((nq, n))
+    for (q, k), e, lf in zip(slots, es, lead):
+        (es_up if k == 0 else es_dn)[q] = e
+        out[3 + k, q] = lf
+    for q, tail in enumerate(tails):
+        out[0, q] = combine_wtcs(es_up[q], es_dn[q], tail=tail)
+    out[1], out[2] = es_up, es_dn
     return out
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from cmapdask.errors import InputError
 
-__all__ = ["enrichment_scores", "es_of_members", "combine_wtcs", "Metric", "Tail"]
+__all__ = ["enrichment_scores", "es_of_members", "es_of_sets", "combine_wtcs", "Metric", "Tail"]
 
 Metric = Literal["wtcs", "cs"]
 Tail = Literal["both", "up", "down"]
@@ -28,93 +28,113 @@ _DEBRUIJN_TABLE = np.array([
     32, 23, 11, 46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy")
-def _es_kernel(ranks, scores, members, n_genes, weighted, es, lead):  # pragma: no cover
-    """ES of the set ``ranks[:, members]`` in every row, hits visited in rank order.
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+def _es_kernel(ranks, scores, members, sizes, n_genes, weighted, es, lead):  # pragma: no cover
+    """ES of every set ``ranks[:, members[k, :sizes[k]]]`` in every row.
 
     Ranks are distinct integers in [1, N], so instead of a comparison sort each row marks
-    its hits in a bitset and reads them back word by word (lowest set bit by a de Bruijn
-    multiply): O(G + N/64) per signature.
+    a set's hits in a bitset and reads them back word by word (lowest set bit by a de
+    Bruijn multiply): O(G + N/64) per signature and set. Rows are the outer loop, so a
+    signature's ranks and scores are fetched from memory once for all sets of a batch.
     """
     n_sig = ranks.shape[0]
-    g = members.shape[0]
-    miss = float(n_genes - g) if n_genes > g else 1.0
+    n_sets = members.shape[0]
     bits = np.zeros((n_genes >> 6) + 1, dtype=np.uint64)
     wbuf = np.zeros(n_genes + 1, dtype=np.float64)
     one = np.uint64(1)
     for i in range(n_sig):
-        total = 0.0
-        lo = n_genes + 1
-        hi = 0
-        for j in range(g):
-            r = np.int64(ranks[i, members[j]])
-            bits[r >> 6] |= one << np.uint64(r & 63)
-            w = abs(np.float64(scores[i, members[j]])) if weighted else 1.0
-            wbuf[r] = w
-            total += w
-            lo = min(lo, r)
-            hi = max(hi, r)
-        use_w = weighted and total > 0.0
-        if not use_w:
-            total = float(g)
-        inv_total = 1.0 / total
-        inv_miss = 1.0 / miss
-        cum = 0.0
-        # the largest positive deviation is some A_j (after a hit), the largest negative
-        # some B_j (before a hit): track both extremes and their first indices
-        max_a = -2.0
-        min_b = 2.0
-        ja = 0
-        jb = 0
-        j = 0
-        for word in range(lo >> 6, (hi >> 6) + 1):
-            x = bits[word]
-            bits[word] = np.uint64(0)
-            while x:
-                low = x & (~x + one)
-                r = (word << 6) + _DEBRUIJN_TABLE[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
-                x ^= low
-                j += 1
-                w = wbuf[r] if use_w else 1.0
-                cum += w
-                after = cum * inv_total - (r - j) * inv_miss
-                before = after - w * inv_total
-                # rounding-level gains do not displace an earlier extreme: "first" must
-                # not depend on summation order
-                if after > max_a + 1e-12:
-                    max_a = after
-                    ja = j
-                if before < min_b - 1e-12:
-                    min_b = before
-                    jb = j
-        pos, neg = abs(max_a), abs(min_b)
-        # E_j prefers A_j when |A_j| == |B_j|; otherwise the first index wins a tie
-        if pos > neg + 1e-12 or (abs(pos - neg) <= 1e-12 and ja <= jb):
-            best, jstar = max_a, ja
-        else:
-            best, jstar = min_b, jb
-        es[i] = best
-        lead[i] = jstar / g if best >= 0 else (g - jstar + 1) / g
+        for k in range(n_sets):
+            g = sizes[k]
+            if g == 0:
+                es[k, i] = 0.0
+                lead[k, i] = 0.0
+                continue
+            miss = float(n_genes - g) if n_genes > g else 1.0
+            total = 0.0
+            lo = n_genes + 1
+            hi = 0
+            for j in range(g):
+                m = members[k, j]
+                r = np.int64(ranks[i, m])
+                bits[r >> 6] |= one << np.uint64(r & 63)
+                w = abs(np.float64(scores[i, m])) if weighted else 1.0
+                wbuf[r] = w
+                total += w
+                lo = min(lo, r)
+                hi = max(hi, r)
+            use_w = weighted and total > 0.0
+            if not use_w:
+                total = float(g)
+            inv_total = 1.0 / total
+            inv_miss = 1.0 / miss
+            cum = 0.0
+            # the largest positive deviation is some A_j (after a hit), the largest
+            # negative some B_j (before a hit): track both extremes and first indices
+            max_a = -2.0
+            min_b = 2.0
+            ja = 0
+            jb = 0
+            j = 0
+            for word in range(lo >> 6, (hi >> 6) + 1):
+                x = bits[word]
+                bits[word] = np.uint64(0)
+                base = word << 6
+                while x:
+                    low = x & (~x + one)
+                    r = base + _DEBRUIJN_TABLE[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
+                    x ^= low
+                    j += 1
+                    w = wbuf[r] if use_w else 1.0
+                    cum += w
+                    after = cum * inv_total - (r - j) * inv_miss
+                    before = after - w * inv_total
+                    # rounding-level gains do not displace an earlier extreme: "first"
+                    # must not depend on summation order
+                    ca = after > max_a + 1e-12
+                    cb = before < min_b - 1e-12
+                    max_a = after if ca else max_a
+                    ja = j if ca else ja
+                    min_b = before if cb else min_b
+                    jb = j if cb else jb
+            pos, neg = abs(max_a), abs(min_b)
+            # E_j prefers A_j when |A_j| == |B_j|; otherwise the first index wins a tie
+            if pos > neg + 1e-12 or (abs(pos - neg) <= 1e-12 and ja <= jb):
+                best, jstar = max_a, ja
+            else:
+                best, jstar = min_b, jb
+            es[k, i] = best
+            lead[k, i] = jstar / g if best >= 0 else (g - jstar + 1) / g
 
 
-def es_of_members(ranks, scores, members, n_genes: int, *, metric: Metric = "wtcs"):
-    """ES and leading edge of the set ``members`` (columns) of ``(sig, U)`` blocks.
+def es_of_sets(ranks, scores, sets, n_genes: int, *, metric: Metric = "wtcs"):
+    """ES and leading edge of several sets (lists of columns) of ``(sig, U)`` blocks.
 
-    ``scores`` may be ``None`` for ``metric="cs"``. Ranks must be distinct within a row.
+    Returns ``(es, leadf)``, each ``(len(sets), sig)``. ``scores`` may be ``None`` for
+    ``metric="cs"``. Ranks must be distinct within a row.
     """
-    members = np.ascontiguousarray(members, dtype=np.int64)
     n_sig = ranks.shape[0]
-    es = np.zeros(n_sig)
-    lead = np.zeros(n_sig)
-    if members.size == 0 or n_sig == 0:
+    sizes = np.array([len(m) for m in sets], dtype=np.int64)
+    members = np.zeros((len(sets), max(1, int(sizes.max(initial=0)))), dtype=np.int64)
+    for k, m in enumerate(sets):
+        members[k, :len(m)] = m
+    es = np.zeros((len(sets), n_sig))
+    lead = np.zeros((len(sets), n_sig))
+    if n_sig == 0 or not len(sets):
         return es, lead
     weighted = metric == "wtcs"
     if scores is None:
-        scores = np.zeros((1, 1), dtype=np.float32)
         if weighted:
             raise InputError("the weighted metric 'wtcs' needs the scores")
-    _es_kernel(ranks, scores, members, int(n_genes), weighted, es, lead)
+        scores = np.zeros((1, 1), dtype=np.float32)
+    _es_kernel(ranks, scores, members, sizes, int(n_genes), weighted, es, lead)
     return es, lead
+
+
+def es_of_members(ranks, scores, members, n_genes: int, *, metric: Metric = "wtcs"):
+    """ES and leading edge of one set (``members``: columns) of ``(sig, U)`` blocks."""
+    es, lead = es_of_sets(ranks, scores, [np.asarray(members, dtype=np.int64)], n_genes,
+                          metric=metric)
+    return es[0], lead[0]
 
 
 def enrichment_scores(
