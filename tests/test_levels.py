@@ -437,3 +437,19 @@ def test_gather_rows_equals_numpy(rng, in_chunks, out_chunks):
     got = gather_rows(da.from_array(x, chunks=(in_chunks, 4)), order, out_chunks)
     assert got.chunks[0] == out_chunks
     np.testing.assert_array_equal(got.compute(), x[order])
+
+
+def test_persisted_statistics_are_not_recomputed(rng, monkeypatch):
+    x = rng.normal(size=(12, 6)).astype(np.float32)
+    ds = _dataset(x, chunks=4, pert_id=np.repeat(["a", "b", "c", "d"], 3))
+    calls = []
+    real = kernels.modz_groups
+    monkeypatch.setattr(kernels, "modz_groups", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with dask.config.set(scheduler="sync"):
+        out = modz(ds, group_by=["pert_id"], landmarks=list(ds.gene.values), statistics="persist")
+        n = len(calls)
+        assert n > 0
+        lazy = modz(ds, group_by=["pert_id"], landmarks=list(ds.gene.values)).expr.values
+        np.testing.assert_array_equal(out.expr.values, lazy)
+        out.distil_cc_q75.values
+    assert len(calls) == 2 * n  # only the lazy call ranked again

@@ -128,10 +128,10 @@ def run_level5(args) -> int:
     with dask_client(args):
         ds = level5(
             _open(args), group_by=group_by, landmarks=landmarks, clip=args.clip,
-            weight_floor=args.weight_floor, chunk_rows=args.chunk_rows,
+            weight_floor=args.weight_floor, chunk_rows=args.chunk_rows, statistics="persist",
         )
-        # the replicate statistics read only landmark columns: compute them first, so the
-        # store writer streams expr alone and finds plain in-memory metadata
+        # persisted above (one pass over the landmark columns); bring the small results
+        # here so the store writer streams expr alone and finds plain metadata
         stats = dask.compute(*(ds[k].data for k in STAT_COORDS))
         ds = ds.assign_coords({k: ("sig", v) for k, v in zip(STAT_COORDS, stats)})
         say(args, f"cmapdask: replicate statistics for {ds.sizes['sig']} groups in "

@@ -301,6 +301,7 @@ def modz(
     clip: float = 10.0,
     weight_floor: float = 0.01,
     chunk_rows: int | None = None,
+    statistics: Literal["lazy", "persist"] = "lazy",
 ) -> xr.Dataset:
     """MODZ consensus of each replicate group, with replicate statistics: Level 4 -> 5.
 
@@ -326,6 +327,11 @@ def modz(
         CMap's defaults 10 and 0.01.
     chunk_rows : int, optional
         Target Level 4 signatures per task (default: the input chunk size).
+    statistics : {"lazy", "persist"}
+        ``"lazy"`` (default): nothing is computed. ``"persist"``: compute the replicate
+        statistics and weights now (one pass over the landmark columns, kept in memory or
+        on the cluster: O(n_sig) numbers) so that computing or writing ``expr`` later is a
+        plain weighted sum and the statistics are not computed twice.
 
     Returns
     -------
@@ -347,9 +353,10 @@ def modz(
 
     Notes
     -----
-    ``expr`` reads every value once and each task holds the groups of one block (about
-    ``chunk_rows`` signatures x all genes; a group never spans two tasks). The statistics
-    read only the landmark columns. Signatures of a group that are not contiguous in the
+    Two passes, each task holding the groups of one block (about ``chunk_rows``
+    signatures x all genes; a group never spans two tasks): the statistics and weights
+    read only the landmark columns (ranks, Spearman); ``expr`` reads every value once and
+    takes the weights from the first pass. Signatures of a group that are not contiguous in the
     input are gathered lazily (a dask shuffle). Group metadata is built eagerly from the
     in-memory coordinates (pandas, linear in the number of signatures).
     """
@@ -357,20 +364,24 @@ def modz(
         raise InputError(f"clip must be a positive number, got {clip!r}")
     if not (np.isfinite(weight_floor) and weight_floor >= 0):
         raise InputError(f"weight_floor must be a number >= 0, got {weight_floor!r}")
+    if statistics not in ("lazy", "persist"):
+        raise InputError(f"statistics must be 'lazy' or 'persist', got {statistics!r}")
     x = _expr(ds)
     fields, codes = group_codes(ds, group_by)
     lm = landmark_index(ds, landmarks)
     plan = groups.plan_groups(codes, target_rows=_target_rows(x, chunk_rows))
-    run = functools.partial(
-        groups.map_groups_reduce, x, plan, ids=ds["sig"].values, landmarks=lm,
-        clip=clip, weight_floor=weight_floor,
+    ids = ds["sig"].values
+    stats = groups.replicate_statistics(
+        x, plan, ids=ids, landmarks=lm, clip=clip, weight_floor=weight_floor
     )
-    expr, stats = run(part="modz"), run(part="stats")
+    if statistics == "persist":
+        stats = stats.persist()
+    expr = groups.modz_from_statistics(x, plan, stats, ids=ids, clip=clip)
     coords = level5_coords(ds, fields, plan)
     for i, name in enumerate(kernels.STAT_FIELDS[1:], start=1):
         dtype = np.int64 if name == "distil_ss_ngene" else np.float64
         coords[name] = ("sig", stats[:, i].astype(dtype))
-    coords["distil_wt"] = ("sig", stats[:, -1])
+    coords["distil_wt"] = ("sig", stats[:, -2])
     out = xr.Dataset({"expr": (("sig", "gene"), expr)}, coords=coords)
     out = out.assign_coords({k: v for k, v in ds.coords.items() if v.dims == ("gene",)})
     params = dict(group_by=list(fields), n_landmarks=int(len(lm)), clip=clip, weight_floor=weight_floor)

@@ -19,7 +19,14 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cmapdask.levels import kernels
 
-__all__ = ["GroupPlan", "plan_groups", "map_groups_same", "map_groups_reduce"]
+__all__ = [
+    "GroupPlan",
+    "plan_groups",
+    "gather_rows",
+    "map_groups_same",
+    "replicate_statistics",
+    "modz_from_statistics",
+]
 
 
 @dataclass(frozen=True)
@@ -153,59 +160,71 @@ def map_groups_same(
     return out
 
 
-def _reduce_block(x, codes, ids, *, landmarks, columns, part, clip, weight_floor):
+def _sizes(codes: np.ndarray) -> np.ndarray:
+    """Rows per group of a block whose group codes change at each group boundary."""
+    return np.diff(np.r_[0, np.flatnonzero(np.diff(codes)) + 1, len(codes)])
+
+
+def _stats_block(x, codes, ids, *, clip, weight_floor):
     kernels.check_finite(x, ids[:, 0])
-    codes = codes[:, 0]
-    sizes = np.diff(np.r_[0, np.flatnonzero(np.diff(codes)) + 1, len(codes)])
-    modz, weights, stats = kernels.modz_groups(
-        x, sizes, landmarks, clip=clip, weight_floor=weight_floor,
-        columns=columns if part == "modz" else None,
+    sizes = _sizes(codes[:, 0])
+    _, weights, stats = kernels.modz_groups(
+        x, sizes, slice(None), clip=clip, weight_floor=weight_floor, columns=None
     )
-    if part == "modz":
-        return modz
-    # "stats": the statistics and CMap's distil_wt text (last column), one row per group;
-    # one object array so that ranks are computed once for both
-    packed = np.empty((len(sizes), stats.shape[1] + 1), dtype=object)
-    packed[:, :-1] = stats
+    # per group: the statistics, CMap's distil_wt text, and the weights themselves (for
+    # the MODZ pass), in one object array so ranks are computed once for all three
+    packed = np.empty((len(sizes), stats.shape[1] + 2), dtype=object)
+    packed[:, : stats.shape[1]] = stats
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
     for g, (s, n) in enumerate(zip(starts.tolist(), sizes.tolist())):
-        packed[g, -1] = ",".join(f"{w:.2f}" for w in weights[s : s + n])
+        w = weights[s : s + n]
+        packed[g, -2] = ",".join(f"{v:.2f}" for v in w)
+        packed[g, -1] = w
     return packed
 
 
-def map_groups_reduce(
-    x: da.Array,
-    plan: GroupPlan,
-    *,
-    ids: np.ndarray,
-    landmarks: np.ndarray,
-    part: str,
-    clip: float,
+def _row_weights(packed):
+    return np.concatenate(packed[:, -1])[:, None]
+
+
+def _modz_block(x, codes, ids, weights, *, clip):
+    kernels.check_finite(x, ids[:, 0])
+    return kernels.weighted_group_sums(x, _sizes(codes[:, 0]), weights[:, 0], clip=clip)
+
+
+def replicate_statistics(
+    x: da.Array, plan: GroupPlan, *, ids: np.ndarray, landmarks: np.ndarray, clip: float,
     weight_floor: float,
 ) -> da.Array:
-    """Lazily reduce each replicate group to one row (MODZ, or statistics and weights).
+    """Lazy (n_groups, len(STAT_FIELDS) + 2) object array: statistics, weight text, weights.
 
-    ``part="modz"``: (n_groups, n_gene) float32 from all genes; ``"stats"``: (n_groups,
-    len(STAT_FIELDS) + 1) object, the statistics then the ``distil_wt`` text, from the
-    landmark columns alone (so only those are read).
+    Reads only the landmark columns of ``x``.
     """
-    if part == "modz":
-        xs, lm, columns, width, dtype = _grouped(x, plan), landmarks, slice(None), x.shape[1], np.float32
-    else:  # select the landmarks before the reorder so only they are read
-        every = np.array_equal(landmarks, np.arange(x.shape[1]))
-        xs, lm, columns = _grouped(x if every else x[:, landmarks], plan), slice(None), None
-        width, dtype = len(kernels.STAT_FIELDS) + 1, object
+    every = np.array_equal(landmarks, np.arange(x.shape[1]))
+    xs = _grouped(x if every else x[:, landmarks], plan)
     return da.map_blocks(
-        _reduce_block,
-        xs,
-        _rowwise(plan.codes, plan),
+        _stats_block, xs, _rowwise(plan.codes, plan),
         _rowwise(np.asarray(ids, dtype=object)[plan.order], plan),
-        landmarks=lm,
-        columns=columns,
-        part=part,
-        clip=clip,
-        weight_floor=weight_floor,
-        chunks=(plan.groups_per_chunk, (width,)),
-        dtype=dtype,
-        meta=np.empty((0, 0), dtype),
+        clip=clip, weight_floor=weight_floor,
+        chunks=(plan.groups_per_chunk, (len(kernels.STAT_FIELDS) + 2,)),
+        dtype=object, meta=np.empty((0, 0), object),
+    )
+
+
+def modz_from_statistics(
+    x: da.Array, plan: GroupPlan, stats: da.Array, *, ids: np.ndarray, clip: float
+) -> da.Array:
+    """Lazy (n_groups, n_gene) float32 MODZ from the weights inside ``stats``.
+
+    ``stats`` (from :func:`replicate_statistics`, possibly persisted) supplies the weights,
+    so this pass is a weighted sum: no ranks are computed again.
+    """
+    weights = stats.map_blocks(
+        _row_weights, chunks=(plan.chunks, (1,)), dtype=np.float64, meta=np.empty((0, 0))
+    )
+    return da.map_blocks(
+        _modz_block, _grouped(x, plan), _rowwise(plan.codes, plan),
+        _rowwise(np.asarray(ids, dtype=object)[plan.order], plan), weights, clip=clip,
+        chunks=(plan.groups_per_chunk, (x.shape[1],)), dtype=np.float32,
+        meta=np.empty((0, 0), np.float32),
     )
