@@ -382,6 +382,14 @@ def test_cli_level4_level5_store_to_store(fixtures, tmp_path, capsys):
     want = read_gctx(fixtures / "cmapm" / "gctv13_01_zs.gctx").expr.values
     np.testing.assert_allclose(open_store(str(l4)).expr.values, want, rtol=5e-7, atol=5e-6)
 
+    l4q = tmp_path / "l4q.zarr"
+    rc = main(["level4", str(src), str(l4q), "--cluster", "none", "--quiet",
+               "--plate-field", "none", "--normalize", "quantile", "--chunk-rows", "50"])
+    assert rc == 0
+    x = read_gctx(fixtures / "cmapm" / "gctv13_01.gctx").expr.values
+    want = _ref_robust_z(_ref_qnorm(x), np.zeros(len(x)))
+    np.testing.assert_array_equal(open_store(str(l4q)).expr.values, want)
+
     src = tmp_path / "distil.zarr"
     distil = read_gctx(fixtures / "cmapm" / "distil" / "distil_gct_n6x978.gctx")
     write_store(distil, str(src))
