@@ -175,3 +175,19 @@ def test_errors(store, tmp_path):
             query(url, {"a": ["nope"]}, {"a": g[:5]}, space="all")
     with pytest.warns(UserWarning, match="10-150"):
         query(url, {"a": g[:5]}, {"a": g[5:10]}, space="all")
+
+
+def test_fsspec_store_same_as_local(store):
+    # memory:// goes through Zarr's async store (the remote path), local through pread
+    url, ds = store
+    mem = "memory://conn_query/s.zarr"
+    write_store(ds, mem, chunk_rows=10)
+    build_index(url, space="all", chunk_rows=16)
+    build_index(mem, space="all", chunk_rows=16)
+    up, dn = _queries(ds, space_genes(ds, "all"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = query(url, up, dn, space="all", chunk_rows=16)
+        b = query(mem, up, dn, space="all", chunk_rows=16)
+    np.testing.assert_array_equal(a["cs"].values, b["cs"].values)
+    np.testing.assert_array_equal(a["leadf_dn"].values, b["leadf_dn"].values)

@@ -17,6 +17,7 @@ Layout of member ``index/<space>``::
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from typing import Literal
@@ -250,6 +251,9 @@ def _read_rows(arr, genes: np.ndarray, start: int, stop: int) -> np.ndarray:
         for k, g in enumerate(genes):
             keys.append(arr.metadata.encode_chunk_key((int(g), c)))
             where.append((k, lo - c * rows, hi - c * rows, lo - start))
+    local = _local_dir(arr)
+    if local is not None:
+        return _read_local(arr, local, keys, where, genes.size, n)
     path = arr.store_path
 
     async def fetch():
@@ -264,4 +268,34 @@ def _read_rows(arr, genes: np.ndarray, start: int, stop: int) -> np.ndarray:
         else:
             gene_major[k, o:o + b - a] = np.frombuffer(buf.as_buffer_like(), dtype=arr.dtype)[a:b]
     # one blocked transpose: the kernels walk each signature's genes contiguously
+    return np.ascontiguousarray(gene_major.T)
+
+
+def _local_dir(arr):
+    """The array's folder when it lives in a local directory store, else None."""
+    store = arr.store_path.store
+    root = getattr(store, "root", None)
+    if type(store).__name__ != "LocalStore" or root is None:
+        return None
+    return os.path.join(str(root), arr.store_path.path)
+
+
+def _read_local(arr, folder, keys, where, n_genes, n):
+    # pread only the bytes of [start, stop) of each gene row: no whole-chunk reads, no
+    # event loop; ~20 us per row instead of ~1 ms through the async store
+    item = arr.dtype.itemsize
+    gene_major = np.empty((n_genes, n), dtype=arr.dtype)
+    fill = arr.metadata.fill_value
+    for key, (k, a, b, o) in zip(keys, where):
+        fn = os.path.join(folder, *key.split("/"))
+        try:
+            fd = os.open(fn, os.O_RDONLY)
+        except FileNotFoundError:  # chunks equal to the fill value are not stored
+            gene_major[k, o:o + b - a] = fill
+            continue
+        try:
+            raw = os.pread(fd, (b - a) * item, a * item)
+        finally:
+            os.close(fd)
+        gene_major[k, o:o + b - a] = np.frombuffer(raw, dtype=arr.dtype)
     return np.ascontiguousarray(gene_major.T)
