@@ -70,6 +70,8 @@ def _empty(m: int, k: int) -> Partial:
 
 def _expand(sel: tuple[np.ndarray, ...], rows: np.ndarray, m: int) -> Partial:
     """Put the selection of the valid rows back at their place in a block of ``m`` rows."""
+    if rows.size == m:
+        return tuple(sel)
     out = _empty(m, sel[0].shape[1])
     for q in range(4):
         out[q][rows] = sel[q]
@@ -96,7 +98,8 @@ def pair_topk(
     among ``za``'s (the transposed side, used for the upper triangle of self-similarity).
     """
     ia, ib = np.flatnonzero(va), np.flatnonzero(vb)
-    c = za[ia] @ zb[ib].T
+    # the usual case, every signature valid, needs no gathered copies
+    c = (za if ia.size == len(va) else za[ia]) @ (zb if ib.size == len(vb) else zb[ib]).T
     rsel, csel = block_topk(c, ib + b_offset, ia + a_offset, k, diagonal=diagonal, both=both)
     row = _expand(rsel, ia, len(va))
     return row, (_expand(csel, ib, len(vb)) if both else None)
