@@ -52,6 +52,28 @@ def _kth_largest(vals, kk):
     return np.partition(vals, vals.shape[0] - kk)[vals.shape[0] - kk]
 
 
+@numba.njit(cache=True, fastmath={"nnan", "nsz", "reassoc"})
+def _group_extrema(row, ng, gmaxs, gmins):
+    # no NaN can occur (invalid signatures are compacted out), so the min/max reductions
+    # may be vectorised; infinities stay allowed (the initial values)
+    n = row.shape[0]
+    for g in range(ng):
+        gmax = np.float32(-np.inf)
+        gmin = np.float32(np.inf)
+        for j in range(g * n // ng, (g + 1) * n // ng):
+            gmax = max(gmax, row[j])
+            gmin = min(gmin, row[j])
+        gmaxs[g] = gmax
+        gmins[g] = -gmin
+
+
+@numba.njit(cache=True, fastmath={"nnan", "nsz", "reassoc"})
+def _col_update(row, cm, cn):
+    for j in range(row.shape[0]):
+        cm[j] = max(cm[j], row[j])
+        cn[j] = min(cn[j], row[j])
+
+
 @numba.njit(cache=True)
 def _topk_kernel(c, bits, rows, cols, diagonal, ts, ti, bs, bi, cts, cti, cbs, cbi):
     """Row side into ts/ti/bs/bi, column side (if cts has columns) into cts/cti/cbs/cbi.
@@ -73,24 +95,20 @@ def _topk_kernel(c, bits, rows, cols, diagonal, ts, ti, bs, bi, cts, cti, cbs, c
     colmin = np.full((max(ngc, 1), n if kc else 0), np.inf, np.float32)
     for r in range(m):
         row = c[r]
-        if diagonal:  # hide the signature itself: NaN fails every comparison
-            saved = row[r]
-            row[r] = np.nan
         if kc:
-            cm = colmax[r * ngc // m]
-            cn = colmin[r * ngc // m]
-            for j in range(n):
-                s = row[j]
-                cm[j] = s if s > cm[j] else cm[j]
-                cn[j] = s if s < cn[j] else cn[j]
+            _col_update(row, colmax[r * ngc // m], colmin[r * ngc // m])
         if kr:
-            for g in range(ngr):
+            _group_extrema(row, ngr, gmaxs, gmins)
+            if diagonal:  # redo the group holding the signature itself, without it
+                g = r * ngr // n
+                while not (g * n // ngr <= r < (g + 1) * n // ngr):
+                    g += 1 if r >= (g + 1) * n // ngr else -1
                 gmax = np.float32(-np.inf)
                 gmin = np.float32(np.inf)
                 for j in range(g * n // ngr, (g + 1) * n // ngr):
-                    s = row[j]
-                    gmax = s if s > gmax else gmax
-                    gmin = s if s < gmin else gmin
+                    if j != r:
+                        gmax = max(gmax, row[j])
+                        gmin = min(gmin, row[j])
                 gmaxs[g] = gmax
                 gmins[g] = -gmin
             t_top = _kth_largest(gmaxs, kr)
@@ -99,10 +117,10 @@ def _topk_kernel(c, bits, rows, cols, diagonal, ts, ti, bs, bi, cts, cti, cbs, c
             nb = 0
             for j in range(n):
                 s = row[j]
-                if s >= t_top:
+                if s >= t_top and not (diagonal and j == r):
                     cand_t[nt] = _key(bits[r, j], j, True)
                     nt += 1
-                if s <= t_bot:
+                if s <= t_bot and not (diagonal and j == r):
                     cand_b[nb] = _key(bits[r, j], j, False)
                     nb += 1
             kt = _best(cand_t[:nt], kr)
@@ -112,8 +130,6 @@ def _topk_kernel(c, bits, rows, cols, diagonal, ts, ti, bs, bi, cts, cti, cbs, c
                 ts[r, q], ti[r, q] = row[j], cols[j]
                 j = _pos(kb[q], False)
                 bs[r, q], bi[r, q] = row[j], cols[j]
-        if diagonal:
-            row[r] = saved
     if not kc:
         return
     tct = np.empty(n, np.float32)
