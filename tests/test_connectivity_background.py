@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmapdask.connectivity.index import build_index, space_genes
+from cmapdask.connectivity.index import build_index
 from cmapdask.connectivity.introspect import build_background, introspect
 from cmapdask.connectivity.query import query
 from cmapdask.connectivity.results import summarize, write_result

@@ -59,7 +59,7 @@ def test_cli_index_query_introspect_background(store, tmp_path, capsys):
                  "--cluster", "none", "--quiet"]) == 2
 
 
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_identical_on_multiprocess_cluster(store):
     from distributed import Client, LocalCluster
 

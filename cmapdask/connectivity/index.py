@@ -22,7 +22,6 @@ import sys
 
 from typing import Literal
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr

@@ -7,7 +7,6 @@ symmetric as (M + Mᵀ)/2. The backgrounds CLUE's τ needs are built from it.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 import dask.array as da

@@ -22,7 +22,7 @@ from cmapdask.connectivity.fdr import fdr_bh, fdr_null, nlog10, random_query_pva
 from cmapdask.connectivity.index import IndexHandle, Space, open_index
 from cmapdask.connectivity.ncs import Grouping, _normalize_block, fit_ncs, group_labels, group_stats
 from cmapdask.connectivity.tau import tau_binned, tau_exact
-from cmapdask.connectivity.validation import QuerySet, prepare_queries
+from cmapdask.connectivity.validation import prepare_queries
 from cmapdask.errors import InputError, MetadataError, StoreError
 from cmapdask.io.store import has_member, open_member, open_store
 
