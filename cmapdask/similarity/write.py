@@ -10,9 +10,11 @@ __all__ = ["write_similarity", "default_member_name"]
 
 
 def default_member_name(result: xr.Dataset | xr.DataArray) -> str:
-    """``similarity/<metric>_<space>[_full|_pert]`` from the result's provenance."""
+    """``similarity/<metric>_<space>[_query][_full|_pert]`` from the result's provenance."""
     prov = result.attrs.get("cmapdask", {})
     name = f"similarity/{prov.get('metric', 'unknown')}_{prov.get('space', 'unknown')}"
+    if prov.get("mode") == "query":  # never overwrite the self-similarity member
+        name += "_query"
     if prov.get("full"):
         name += "_full"
     if prov.get("level"):
@@ -50,7 +52,8 @@ def write_similarity(
     store
         Signature store URL: the result becomes its member ``name`` (default
         ``similarity/<metric>_<space>``, ``..._full`` for a full matrix), published
-        atomically with provenance; ``expr`` is never rewritten.
+        atomically with provenance; ``expr`` is never rewritten. Queries-vs-reference
+        results get ``..._query``.
     out
         Instead of a member, a stand-alone Zarr URL (published atomically; replaced if it
         exists).
