@@ -74,7 +74,8 @@ def _col_update(row, cm, cn):
         cn[j] = min(cn[j], row[j])
 
 
-@numba.njit(cache=True)
+# nogil: the threaded scheduler runs several pair tasks at once in one process
+@numba.njit(cache=True, nogil=True)
 def _topk_kernel(c, bits, rows, cols, diagonal, ts, ti, bs, bi, cts, cti, cbs, cbi):
     """Row side into ts/ti/bs/bi, column side (if cts has columns) into cts/cti/cbs/cbi.
 
