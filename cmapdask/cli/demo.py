@@ -1,6 +1,7 @@
 """``cmapdask demo``: the whole pipeline on a synthetic release, on a local cluster.
 
-synth -> convert -> info -> query index -> a connectivity query -> similarity top-k,
+synth -> convert -> info -> query index and τ background -> a query with the planted
+response of one MoA -> similarity top-k,
 printing what a user would look at after each step. Every step is the public API.
 """
 
@@ -69,6 +70,70 @@ def run_demo(args) -> int:
     return 0
 
 
-# Stages added by later capabilities (query index and query, similarity): each takes
-# (args, client, store, paths, out) and prints its own results.
-_LATER_STAGES: list = []
+def _stage_query(args, client, store, paths, out) -> None:
+    """Index, τ background, then the planted direction of one MoA as a query."""
+    import numpy as np
+    import pandas as pd
+
+    from cmapdask.connectivity import build_background, build_index, query, summarize, write_result
+    from cmapdask.io.gmt import read_gene_sets
+    from cmapdask.io.store import open_store
+    from cmapdask.synthetic import synth_design, synth_moa_directions
+
+    space = "landmark"
+    t = _step(args, f"4. query index ({space} space) and τ background from Touchstone signatures")
+    build_index(store, space=space, progress=not args.quiet)
+    pcls = read_gene_sets(paths["pcl"])
+    build_background(store, space=space, pcls=pcls, progress=not args.quiet)
+    say(args, f"   added index/{space} and background/{space} in {time.perf_counter() - t:.1f} s")
+
+    # The planted response of the first MoA: its 50 most up and 50 most down genes.
+    design = synth_design(args.n_sigs, genes=args.genes, seed=args.seed)
+    u = synth_moa_directions(design).isel(moa=0)
+    moa = str(u["moa"].values)
+    order = np.argsort(-u.values, kind="stable")
+    up, down = list(u["gene"].values[order[:50]]), list(u["gene"].values[order[-50:]])
+    t = _step(args, f"5. query: the planted signature of {moa!r} (50 up, 50 down genes)")
+    res = query(store, {"demo": up}, {"demo": down}, space=space)
+    summ = summarize(res, pcls=pcls)
+    folder = write_result(res, os.path.join(out, "query"), summaries=summ)
+    say(args, f"   wrote {folder} in {time.perf_counter() - t:.1f} s")
+
+    sig = open_store(store)
+    moa_of = pd.Series(sig["moa"].values, index=sig["pert_id"].values).groupby(level=0).first()
+    tau = summ["ps_pert_summary"].isel(query=0).to_series().dropna().sort_values(ascending=False)
+    top = tau.head(10)
+    say(args, "   top perturbagens by τ (pert summary):")
+    for pert, value in top.items():
+        say(args, f"     {pert:<16} τ = {value:6.1f}   moa = {moa_of.get(pert)}")
+    hits = int((moa_of.reindex(top.index) == moa).sum())
+    base = float((moa_of.reindex(tau.index) == moa).mean())
+    say(args, f"   {hits}/10 of the top perturbagens have the planted MoA (chance {base:.0%})")
+
+
+def _stage_similarity(args, client, store, paths, out) -> None:
+    """Top-k Pearson neighbours of every signature, and how often they share a MoA."""
+    import numpy as np
+
+    from cmapdask.io.store import open_member, open_store
+    from cmapdask.similarity import similarity, write_similarity
+
+    k, name = 20, "similarity/pearson_landmark"
+    t = _step(args, f"6. similarity: top and bottom {k} Pearson neighbours of every signature")
+    ds = open_store(store)
+    res = similarity(ds, k=k, metric="pearson", space="landmark")
+    dest = write_similarity(res, store, name=name, progress=not args.quiet)
+    say(args, f"   wrote {dest} in {time.perf_counter() - t:.1f} s")
+
+    nb = open_member(store, name)
+    moa = np.asarray(ds["moa"].values, dtype=object)
+    known = np.array([isinstance(m, str) and m != "" for m in moa])
+    top = nb["top_index"].values[known]
+    same = (moa[top] == moa[known][:, None]).mean()
+    _, counts = np.unique(moa[known].astype(str), return_counts=True)
+    chance = float(((counts / counts.sum()) ** 2).sum())
+    say(args, f"   top-{k} neighbours sharing the signature's MoA: {same:.0%} (chance {chance:.0%})")
+
+
+# Stages after convert and info: each takes (args, client, store, paths, out).
+_LATER_STAGES: list = [_stage_query, _stage_similarity]
