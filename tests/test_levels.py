@@ -294,18 +294,19 @@ def test_public_functions_are_lazy(rng):
 
 
 @pytest.mark.cluster
-def test_on_multiprocess_cluster(rng):
-    distributed = pytest.importorskip("distributed")
+def test_on_multiprocess_cluster(rng, cluster_client):
+    # a real `dask scheduler` and two `dask worker` processes (tests/conftest.py)
     x = rng.normal(0, 3, size=(48, 16)).astype(np.float32)
     plates = rng.permutation(np.repeat(["p1", "p2", "p3"], [20, 12, 16]))
     pert = np.repeat([f"k{i}" for i in range(16)], 3)
     ds = _dataset(x, chunks=10, rna_plate=plates, pert_id=pert)
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster, distributed.Client(cluster):
+    from distributed import get_task_stream
+
+    with get_task_stream(cluster_client) as ts:
         z = robust_zscore(ds, chunk_rows=16).expr.values
         out = modz(ds, group_by=["pert_id"], landmarks=list(ds.gene.values), chunk_rows=7)
         out = out.compute()
+    assert len({t["worker"] for t in ts.data}) == 2  # both worker processes did work
     np.testing.assert_array_equal(z, _ref_robust_z(x, plates))
     ref = _ref_modz(x, pert, np.arange(16))
     np.testing.assert_allclose(out.expr.values, np.stack([ref[k][0] for k in pd.unique(pert)]),
