@@ -9,7 +9,19 @@ import time
 
 import psutil
 
-__all__ = ["PeakRSS", "timed"]
+__all__ = ["PeakRSS", "timed", "tree_cpu_seconds"]
+
+
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds used so far by this process and its live children
+    (take the difference of two calls while the children are still running)."""
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
 
 
 class PeakRSS:
@@ -18,13 +30,16 @@ class PeakRSS:
     def __init__(self, interval: float = 0.05):
         self.interval = interval
         self.peak = 0
+        self.peak_procs = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
         me = psutil.Process()
+        procs = [me, *me.children(recursive=True)]
+        self.peak_procs = max(self.peak_procs, len(procs))
         total = 0
-        for p in [me, *me.children(recursive=True)]:
+        for p in procs:
             with contextlib.suppress(psutil.Error):
                 total += p.memory_info().rss
         return total

@@ -91,6 +91,16 @@ def test_default_chunks_are_multiples_of_file_chunks(fixtures):
     assert ds["expr"].chunks[1] == (978,)
 
 
+def test_matrix_layout_matches_read(fixtures, tmp_path):
+    f = fixtures / "cmapm/gctv13_01.gctx"
+    shape, chunks = gctx_mod.matrix_layout(f)
+    ds = read_gctx(f)
+    assert shape == ds["expr"].shape and list(chunks) == ds.attrs["cmapdask"]["file_chunks"]
+    (tmp_path / "junk.gctx").write_bytes(b"not hdf5")
+    with pytest.raises(GCTxFormatError, match="junk.gctx"):
+        gctx_mod.matrix_layout(tmp_path / "junk.gctx")
+
+
 def test_subset_by_ids_and_positions(fixtures):
     f = fixtures / "cmapm/gctv13_01.gctx"
     full = read_gctx(f)

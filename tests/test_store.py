@@ -85,6 +85,31 @@ def test_convert_gctx_fixture_equals_source(tmp_path, fixtures):
     assert prov["source"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
 
 
+def test_checksum_failure_fails_the_conversion(tmp_path, fixtures, monkeypatch):
+    import cmapdask.io.store as store_mod
+
+    def broken():
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(store_mod.hashlib, "sha256", broken)
+    with pytest.raises(StoreError, match="SHA-256.*disk on fire"):
+        convert(fixtures / "cmapm/gctv13_01.gctx", tmp_path / "s.zarr")
+    assert not list(tmp_path.iterdir())
+    prov = open_store(convert(fixtures / "cmapm/gctv13_01.gctx", tmp_path / "n.zarr", checksum=False)).attrs
+    assert "sha256" not in prov["cmapdask"]["source"]
+
+
+def test_all_nan_signatures_are_stored_as_chunks(tmp_path):
+    x = np.random.default_rng(0).normal(size=(10, 5)).astype(np.float32)
+    x[4:8] = np.nan  # one whole chunk of missing signatures
+    ds = xr.Dataset({"expr": (("sig", "gene"), x)},
+                    coords={"sig": np.array([f"s{i}" for i in range(10)], dtype=object),
+                            "gene": np.array([f"g{i}" for i in range(5)], dtype=object)})
+    dest = convert(write_gctx(ds, tmp_path / "nan_n10x5.gctx"), tmp_path / "s.zarr", chunk_rows=4)
+    np.testing.assert_array_equal(open_store(dest)["expr"].values, x)
+    assert len([p for p in (tmp_path / "s.zarr/expr").rglob("*") if p.is_file() and p.name != "zarr.json"]) == 3
+
+
 def test_default_chunks_whole_genes_multiple_of_file_chunks(tmp_path, fixtures):
     dest = convert(fixtures / "cmapm/gctv13_01.gctx", tmp_path / "s.zarr")
     expr = zarr.open_group(str(dest))["expr"]

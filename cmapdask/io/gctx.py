@@ -29,7 +29,7 @@ from cmapdask.errors import GCTxFormatError, InputError
 from cmapdask.io.atomic import publish_file, url_to_fs, is_local
 from cmapdask.io.meta import MISSING, merge_coords, normalise_column
 
-__all__ = ["read_gctx", "write_gctx", "gctx_filename", "is_gctx", "MATRIX_PATH"]
+__all__ = ["read_gctx", "write_gctx", "gctx_filename", "is_gctx", "matrix_layout", "MATRIX_PATH"]
 
 MATRIX_PATH = "/0/DATA/0/matrix"
 ROW_META = "/0/META/ROW"
@@ -153,6 +153,19 @@ def _check_unique(ids: np.ndarray, path: str, axis: str) -> None:
             f"{path}: {len(dup)} duplicate {axis} id(s), e.g. {dup[0]!r} appears "
             f"{counts[counts > 1][0]} times"
         )
+
+
+def matrix_layout(path, *, storage_options: dict | None = None) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """``(shape, file_chunks)`` of the GCTx matrix, stored (n_sig, n_gene), without
+    reading any metadata (for choosing chunks before :func:`read_gctx`)."""
+    path = os.fspath(path) if not isinstance(path, str) else path
+    with _open(path, storage_options) as f:
+        if MATRIX_PATH not in f or not isinstance(f[MATRIX_PATH], h5py.Dataset):
+            raise GCTxFormatError(f"{path}: no {MATRIX_PATH} dataset; this is not a GCTx file")
+        m = f[MATRIX_PATH]
+        if m.ndim != 2:
+            raise GCTxFormatError(f"{path}: {MATRIX_PATH} has {m.ndim} dimensions, expected 2")
+        return tuple(m.shape), (tuple(m.chunks) if m.chunks else None)
 
 
 def read_gctx(

@@ -163,6 +163,10 @@ def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, prov
             encoding={"expr": _expr_encoding(rows, n_gene)},
             compute=False,
             storage_options=_opts(tmp, storage_options),
+            # every chunk is written: no pass over each chunk comparing it with the
+            # fill value (a tenth of the conversion's CPU), and the store holds what
+            # the source holds, all-NaN signatures included
+            write_empty_chunks=True,
         )
         _compute(job, progress=progress, label="write store")
         g = zarr.open_group(tmp, mode="r+", storage_options=_opts(tmp, storage_options))
@@ -414,13 +418,26 @@ def _stored_bytes(url, storage_options) -> int | None:
 # ------------------------------------------------------------------------------ convert
 
 
-def _sha256(url, storage_options, out: dict) -> None:
-    fs, p = url_to_fs(url, storage_options)
-    h = hashlib.sha256()
-    with fs.open(p, "rb") as f:
-        while chunk := f.read(16 * 2**20):
-            h.update(chunk)
-    out["sha256"] = h.hexdigest()
+def _sha256(url, storage_options, out: dict, stop: threading.Event) -> None:
+    """SHA-256 of the file at ``url`` into ``out["sha256"]`` (or its error into
+    ``out["error"]``). Local files are read into one reused buffer (no fresh 8 MiB per
+    read); hashlib and the reads release the GIL, so this runs beside the conversion."""
+    try:
+        fs, p = url_to_fs(url, storage_options)
+        h = hashlib.sha256()
+        if is_local(fs):
+            buf = bytearray(8 * 2**20)
+            view = memoryview(buf)
+            with open(p, "rb", buffering=0) as f:
+                while not stop.is_set() and (n := f.readinto(buf)):
+                    h.update(view[:n])
+        else:
+            with fs.open(p, "rb", block_size=8 * 2**20) as f:
+                while not stop.is_set() and (chunk := f.read(8 * 2**20)):
+                    h.update(chunk)
+        out["sha256"] = h.hexdigest()
+    except Exception as e:  # reported by convert, which then fails
+        out["error"] = e
 
 
 def convert(
@@ -459,8 +476,8 @@ def convert(
         Signatures per ``expr`` chunk (default: about ``cmapdask.store.chunk_mb`` MiB,
         a multiple of the source's chunk rows).
     checksum
-        Record the SHA-256 of the source (read once more, in a thread beside the
-        conversion).
+        Record the SHA-256 of the source (read once more, sequentially, in a thread of
+        the calling process beside the conversion; ``convert`` fails if it cannot).
 
     Returns
     -------
@@ -472,20 +489,39 @@ def convert(
     Runs on the active Dask scheduler: each task reads one block of whole signatures
     from the source (opening the file itself) and writes one compressed chunk, so memory
     per worker is a few chunks (tens of MB) whatever the input size. The client holds
-    the metadata (O(n_sig + n_gene)). Nothing is visible at ``dest`` until the store is
-    complete.
+    the metadata (O(n_sig + n_gene)) and one 8 MiB buffer for the checksum. Every chunk
+    is compressed once and written once; the metadata are read once. Nothing is visible
+    at ``dest`` until the store is complete.
     """
-    from cmapdask.io.gctx import is_gctx, read_gctx
-
     src_name = os.path.basename(str(src).rstrip("/"))
     fs, p = url_to_fs(src, src_storage_options)
     if not fs.exists(p):
         raise StoreError(f"{src}: no such file")
     size = int(fs.size(p))
+    digest: dict = {}
+    hasher = None
+    stop = threading.Event()
+    if checksum:
+        # started first, so the one sequential pass over the source overlaps the
+        # metadata reads and joins as well as the chunk writes
+        hasher = threading.Thread(target=_sha256, args=(src, src_storage_options, digest, stop), daemon=True)
+        hasher.start()
+    try:
+        return _convert(
+            src, dest, src_name, size, digest, hasher, sig_info, gene_info, compound_info,
+            storage_options=storage_options, src_storage_options=src_storage_options,
+            extra_ids=extra_ids, chunk_rows=chunk_rows, overwrite=overwrite, progress=progress,
+        )
+    finally:
+        stop.set()  # a failed conversion does not leave a hash reading on
+
+
+def _convert(src, dest, src_name, size, digest, hasher, sig_info, gene_info, compound_info, *,
+             storage_options, src_storage_options, extra_ids, chunk_rows, overwrite, progress) -> str:
+    from cmapdask.io.gctx import is_gctx, matrix_layout, read_gctx
+
     if is_gctx(src, src_storage_options):
-        probe = read_gctx(src, storage_options=src_storage_options)
-        n_gene = probe.sizes["gene"]
-        file_chunks = probe.attrs["cmapdask"].get("file_chunks")
+        (_, n_gene), file_chunks = matrix_layout(src, storage_options=src_storage_options)
         rows = chunk_rows or store_chunk_rows(n_gene, file_rows=file_chunks[0] if file_chunks else None)
         ds = read_gctx(src, chunks=(rows, n_gene), storage_options=src_storage_options)
         fmt = "gctx"
@@ -501,16 +537,14 @@ def convert(
         raise GCTxFormatError(f"{src}: neither a GCTx (HDF5 with /0/DATA/0/matrix) nor a .gct file")
     ds, tables = _join_tables(ds, src_name, sig_info, gene_info, compound_info, extra_ids)
     source = {"name": src_name, "url": str(src), "format": fmt, "size": size}
-    digest: dict = {}
-    hasher = None
-    if checksum:
-        hasher = threading.Thread(target=_sha256, args=(src, src_storage_options, digest), daemon=True)
-        hasher.start()
 
     def provenance():
         if hasher is not None:  # the hash runs beside the conversion; wait for it here
             hasher.join()
-            source["sha256"] = digest.get("sha256")
+            if "error" in digest:
+                e = digest["error"]
+                raise StoreError(f"{src}: cannot read it for its SHA-256: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            source["sha256"] = digest["sha256"]
         return {"source": source, "tables": tables}
 
     return _write_dataset(
