@@ -1,12 +1,13 @@
 """Clustering of signatures and perturbagens.
 
-- :func:`kmeans_signatures`: PCA (dask-ml, randomized or exact) then k-means (dask-ml,
-  scalable ``k-means||`` initialisation, or k-means++ on a sample) over signatures.
+- :func:`kmeans_signatures`: PCA (exact from a one-pass covariance, or dask-ml's
+  randomized/TSQR) then k-means (dask-ml, scalable ``k-means||`` initialisation, or
+  k-means++ on a sample) over signatures.
 - :func:`hierarchical_perts`: average/complete/single/Ward linkage (scipy) of a
   perturbagen x perturbagen similarity or connectivity matrix.
-- :func:`graph_clusters`: Louvain or Leiden communities (networkx) of the k-nearest-
-  neighbour graph built from :func:`cmapdask.similarity.similarity` results or from a
-  dense perturbagen matrix.
+- :func:`graph_clusters`: Leiden (igraph/leidenalg) or Louvain (networkx) communities
+  of the k-nearest-neighbour graph built from :func:`cmapdask.similarity.similarity`
+  results or from a dense perturbagen matrix.
 - :func:`cluster_quality`: silhouette on a sample, adjusted Rand index and purity against
   annotations; :func:`write_clusters`: labels as a store member and as a table.
 
@@ -30,6 +31,7 @@ from cmapdask.errors import InputError
 
 __all__ = [
     "kmeans_signatures",
+    "covariance_pca",
     "hierarchical_perts",
     "graph_clusters",
     "knn_from_matrix",
@@ -39,10 +41,10 @@ __all__ = [
 ]
 
 Init = Literal["k-means||", "sample-k-means++"]
-Solver = Literal["randomized", "full"]
+Solver = Literal["auto", "covariance", "randomized", "full"]
 Scale = Literal["zscore", "none"]
 Linkage = Literal["average", "complete", "single", "ward"]
-Community = Literal["louvain", "leiden"]
+Community = Literal["auto", "leiden", "louvain"]
 
 
 def _provenance(**params) -> dict:
@@ -56,6 +58,23 @@ def _check_int(name, v, lo=1):
         raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
+def _name(ds: xr.Dataset) -> str:
+    src = ds.attrs.get("cmapdask", {})
+    return str(src.get("source", "signature dataset")) if isinstance(src, dict) else "signature dataset"
+
+
+def _check_signatures(ds) -> None:
+    what = _name(ds) if isinstance(ds, xr.Dataset) else "kmeans_signatures"
+    if not isinstance(ds, xr.Dataset) or "expr" not in ds.data_vars:
+        raise InputError(f"{what}: expected an xarray Dataset with an 'expr' variable")
+    if ds["expr"].dims != ("sig", "gene"):
+        raise InputError(f"{what}: 'expr' must have dims ('sig', 'gene'), not {ds['expr'].dims}")
+    if ds.sizes["sig"] == 0 or ds.sizes["gene"] == 0:
+        raise InputError(f"{what}: no signatures or no genes")
+    if "sig" not in ds.indexes or not ds.indexes["sig"].is_unique:
+        raise InputError(f"{what}: signature ids ('sig') missing or not unique")
+
+
 def _zscore_rows(x: np.ndarray) -> np.ndarray:
     # per signature: Euclidean k-means on z-scored rows follows Pearson correlation
     x = x.astype(np.float64)
@@ -67,6 +86,62 @@ def _zscore_rows(x: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- k-means
 
 
+_COVARIANCE_MAX_GENES = 4096  # Gram partials of (G + 1) x G float64: 134 MB at this size
+
+
+def _gram_block(x: np.ndarray) -> np.ndarray:
+    """``(1, G + 1, G)``: column sums, then ``x^T x``, in float64, of one block of rows."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.concatenate([x.sum(axis=0)[None, :], x.T @ x], axis=0)[None]
+
+
+def covariance_pca(x: da.Array, n_components: int) -> dict:
+    """Exact PCA of a tall matrix from its Gram matrix, in one pass over the rows.
+
+    Parameters
+    ----------
+    x
+        ``(n, G)`` dask array, chunks of whole rows (G columns in each block).
+    n_components
+        Components kept.
+
+    Returns
+    -------
+    dict
+        ``mean`` (G), ``components`` (``n_components x G``, unit rows, each signed so its
+        largest absolute loading is positive), ``explained_variance`` and
+        ``explained_variance_ratio`` (``n_components``; variance with ``n - 1``
+        denominator, ratio of the total), ``finite`` (False when ``x`` holds a non-finite
+        value).
+
+    Notes
+    -----
+    One task per block computes that block's column sums and ``x^T x`` in float64
+    (``8 (G + 1) G`` bytes: 7.6 MB for the 978 landmarks); the partials are summed in a
+    tree and the ``G x G`` covariance is diagonalised in this process (``O(G^3)``).
+    Meant for ``G`` up to a few thousand; randomized PCA suits wider data.
+    """
+    n, g = x.shape
+    x = x.rechunk({1: -1})
+    parts = x.map_blocks(_gram_block, chunks=((1,) * x.numblocks[0], (g + 1,), (g,)),
+                         new_axis=[1], dtype=np.float64, meta=np.empty((0, 0, 0)))
+    (tot,) = dask.compute(parts.sum(axis=0))
+    if not np.isfinite(tot).all():
+        return {"finite": False}
+    mean = tot[0] / n
+    cov = (tot[1:] - n * np.outer(mean, mean)) / max(n - 1, 1)
+    cov = (cov + cov.T) / 2
+    val, vec = np.linalg.eigh(cov)
+    val, vec = np.maximum(val[::-1], 0.0), vec[:, ::-1]
+    comps = vec[:, :n_components].T
+    flip = np.sign(comps[np.arange(comps.shape[0]), np.abs(comps).argmax(axis=1)])
+    comps = comps * np.where(flip == 0, 1.0, flip)[:, None]
+    total = float(np.trace(cov))
+    ev = val[:n_components]
+    return {"finite": True, "mean": mean, "components": comps, "explained_variance": ev,
+            "explained_variance_ratio": ev / total if total > 0 else np.zeros_like(ev)}
+
+
 def kmeans_signatures(
     ds: xr.Dataset,
     *,
@@ -74,7 +149,7 @@ def kmeans_signatures(
     n_components: int = 50,
     space: Literal["landmark", "bing", "all"] = "landmark",
     scale: Scale = "zscore",
-    solver: Solver = "randomized",
+    solver: Solver = "auto",
     init: Init = "k-means||",
     init_sample: int = 20000,
     n_init: int = 3,
@@ -99,12 +174,16 @@ def kmeans_signatures(
         ``"zscore"``: centre and scale each signature first, so distances follow Pearson
         correlation (CMap's similarity); ``"none"``: the raw values.
     solver
-        PCA: ``"randomized"`` (a few passes, for large data) or ``"full"`` (exact, TSQR).
+        PCA: ``"covariance"``: exact, from the ``G x G`` covariance accumulated in one
+        pass over the signatures (for up to 4,096 genes); ``"randomized"``: dask-ml's
+        randomized SVD (about ten passes, any width); ``"full"``: exact, dask-ml's TSQR.
+        ``"auto"`` (default): ``"covariance"`` up to 4,096 genes, else ``"randomized"``.
     init
         ``"k-means||"``: dask-ml's scalable k-means++ (Bahmani et al. 2012), a few
         passes that each sample O(k) candidates, so the scheduler sees a handful of tasks
         per pass at any k. ``"sample-k-means++"``: scikit-learn's k-means++ on
-        ``init_sample`` signatures drawn at random (one read of the sample).
+        ``max(init_sample, 20 k)`` signatures drawn at random from the in-memory
+        projection (one gather; ``O(sample x k x n_components)`` work in this process).
     init_sample
         Signatures drawn for ``"sample-k-means++"``.
     n_init
@@ -122,26 +201,32 @@ def kmeans_signatures(
         computed when asked), ``distance`` (``sig``, lazy), ``centers`` (``cluster_id``,
         ``component``), ``components`` (``component``, ``gene``),
         ``explained_variance_ratio`` (``component``); ``sig`` metadata kept as
-        coordinates; parameters and inertia in ``attrs["cmapdask"]``.
+        coordinates; parameters, inertia and the seconds of each stage (``timing_s``) in
+        ``attrs["cmapdask"]``.
 
     Notes
     -----
-    Runs the fit now on the active scheduler: PCA reads ``expr`` two to a few times,
-    k-means reads the ``n x n_components`` projection (held in worker memory, 4 bytes per
-    value: 40 MB for 200,000 x 50) once per Lloyd iteration. The client holds
-    ``k x n_components`` centres and ``n_components x G`` loadings. Work
-    ``O(n G n_components + iterations x n k n_components)``; scales with workers.
+    Runs the fit now, on the scheduler in effect (a ``distributed.Client`` if one is
+    active): with the covariance solver it reads ``expr`` twice (one pass for the
+    covariance, which also checks that every value is finite, one to project); the other
+    solvers read it about ten times. k-means reads the ``n x n_components`` projection,
+    persisted in worker memory (4 bytes per value: 40 MB for 200,000 x 50), once per
+    Lloyd iteration. The client holds ``k x n_components`` centres and
+    ``n_components x G`` loadings (and the ``G x G`` covariance). Work
+    ``O(n G^2 + iterations x n k n_components)``; scales with workers.
     """
-    from dask_ml.decomposition import PCA
+    import time
 
-    from cmapdask.similarity.api import _check_dataset, _name, feature_genes
+    from cmapdask.similarity import feature_genes
 
-    _check_dataset(ds, _name(ds))
+    _check_signatures(ds)
     _check_int("n_clusters", n_clusters, 2)
     _check_int("n_components", n_components)
     _check_int("max_iter", max_iter)
     _check_int("n_init", n_init)
-    for name, v, ok in (("scale", scale, ("zscore", "none")), ("solver", solver, ("randomized", "full")),
+    _check_int("init_sample", init_sample)
+    for name, v, ok in (("scale", scale, ("zscore", "none")),
+                        ("solver", solver, ("auto", "covariance", "randomized", "full")),
                         ("init", init, ("k-means||", "sample-k-means++"))):
         if v not in ok:
             raise InputError(f"{name} must be one of {ok}, not {v!r}")
@@ -150,31 +235,52 @@ def kmeans_signatures(
     if n_clusters > n:
         raise InputError(f"{_name(ds)}: n_clusters={n_clusters} exceeds the {n} signatures")
     n_components = min(n_components, genes.size, n)
+    if solver == "auto":
+        solver = "covariance" if genes.size <= _COVARIANCE_MAX_GENES else "randomized"
     x = ds["expr"].data
     if not isinstance(x, da.Array):
         x = da.from_array(np.asarray(x), chunks=(min(n, 8192), -1))
     x = x[:, genes].rechunk({1: -1}).astype(np.float32)
     if scale == "zscore":
         x = x.map_blocks(_zscore_rows, dtype=np.float32)
-    bad = da.isfinite(x).all(axis=1)
-    (ok,) = dask.compute(bad.all())
-    if not ok:
-        raise InputError(f"{_name(ds)}: signatures with non-finite values cannot be clustered "
-                         "(drop them first)")
-    pca = PCA(n_components=n_components, svd_solver="randomized" if solver == "randomized" else "tsqr",
-              random_state=seed, iterated_power=4)
-    pca.fit(x)
-    comps = np.asarray(pca.components_, dtype=np.float32)
-    mean = np.asarray(pca.mean_, dtype=np.float32)
+    nonfinite = InputError(f"{_name(ds)}: signatures with non-finite values cannot be clustered "
+                           "(drop them first)")
+    timing = {}
+    t0 = time.perf_counter()
+    if solver == "covariance":
+        pc = covariance_pca(x, n_components)
+        if not pc["finite"]:
+            raise nonfinite
+        comps = pc["components"].astype(np.float32)
+        mean = pc["mean"].astype(np.float32)
+        evr = pc["explained_variance_ratio"]
+    else:
+        from dask_ml.decomposition import PCA
+
+        (ok,) = dask.compute(da.isfinite(x).all())
+        if not ok:
+            raise nonfinite
+        pca = PCA(n_components=n_components, svd_solver="randomized" if solver == "randomized" else "tsqr",
+                  random_state=seed, iterated_power=4)
+        pca.fit(x)
+        comps = np.asarray(pca.components_, dtype=np.float32)
+        mean = np.asarray(pca.mean_, dtype=np.float32)
+        evr = np.asarray(pca.explained_variance_ratio_)
+    timing["pca"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     # the projection by hand: dask-ml's PCA.transform trips over newer scikit-learn tags
     z = (x - mean) @ comps.T
     # small (n x n_components) and read once per Lloyd iteration: keep it in memory
-    z = z.persist()
+    (z,) = dask.persist(z)
+    dask.compute(z.sum())  # wait for the whole projection (a stage of its own in timing_s)
+    timing["project"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     km = None
     for trial in range(n_init):
         fit = _fit_kmeans(z, n, n_clusters, init, init_sample, max_iter, tol, seed + trial)
         if km is None or fit.inertia_ < km.inertia_:
             km = fit
+    timing["kmeans"] = time.perf_counter() - t0
     centers = np.asarray(km.cluster_centers_, dtype=np.float32)
     labels, dist = _assign(z, centers)
     cid = np.arange(n_clusters)
@@ -183,15 +289,17 @@ def kmeans_signatures(
         {"cluster": (("sig",), labels), "distance": (("sig",), dist),
          "centers": (("cluster_id", "component"), centers),
          "components": (("component", "gene"), comps),
-         "explained_variance_ratio": (("component",), np.asarray(pca.explained_variance_ratio_))},
+         "explained_variance_ratio": (("component",), np.asarray(evr, dtype=np.float64))},
         coords={"sig": ds["sig"].values, "cluster_id": cid, "component": comp,
                 "gene": ds["gene"].values[genes],
                 **{k: c for k, c in ds.coords.items() if c.dims == ("sig",) and k != "sig"}},
     )
     out.attrs["cmapdask"] = _provenance(
         method="kmeans", n_clusters=int(n_clusters), n_components=int(n_components), space=space,
-        scale=scale, solver=solver, init=init, n_init=int(n_init), max_iter=int(max_iter), tol=float(tol), seed=int(seed),
+        scale=scale, solver=solver, init=init, n_init=int(n_init), max_iter=int(max_iter),
+        tol=float(tol), seed=int(seed),
         n_iter=int(getattr(km, "n_iter_", -1)), inertia=float(getattr(km, "inertia_", np.nan)),
+        timing_s={k: round(v, 3) for k, v in timing.items()},
         input=str(ds.attrs.get("store_url", ds.attrs.get("cmapdask", {}).get("source", ""))),
     )
     return out
@@ -204,7 +312,7 @@ def _fit_kmeans(z, n, n_clusters, init, init_sample, max_iter, tol, seed):
         from sklearn.cluster import kmeans_plusplus
 
         rng = np.random.default_rng(seed)
-        take = np.sort(rng.choice(n, min(init_sample, n), replace=False))
+        take = np.sort(rng.choice(n, min(max(init_sample, 20 * n_clusters), n), replace=False))
         (zs,) = dask.compute(z[take])
         init_arg, _ = kmeans_plusplus(np.asarray(zs, np.float64), n_clusters, random_state=seed)
     else:
@@ -343,16 +451,77 @@ def knn_from_matrix(matrix: xr.DataArray, *, k: int = 10) -> xr.Dataset:
     )
 
 
+def _leiden_backend() -> str | None:
+    """``"leidenalg"`` when igraph and leidenalg import, else ``None``."""
+    try:
+        import igraph  # noqa: F401
+        import leidenalg  # noqa: F401
+    except ImportError:
+        return None
+    return "leidenalg"
+
+
+def _knn_edges(idx: np.ndarray, sc: np.ndarray, min_score: float):
+    """Undirected weighted edges ``(a, b, w)`` with ``a < b`` (weight: the larger direction)."""
+    n = idx.shape[0]
+    rows = np.repeat(np.arange(n), idx.shape[1])
+    cols, w = idx.ravel(), sc.ravel()
+    keep = (cols >= 0) & (cols < n) & np.isfinite(w) & (w > min_score) & (cols != rows)
+    a, b, w = np.minimum(rows, cols)[keep], np.maximum(rows, cols)[keep], w[keep]
+    e = pd.DataFrame({"a": a, "b": b, "w": w}).groupby(["a", "b"], sort=True)["w"].max()
+    return (e.index.get_level_values(0).to_numpy(np.int64), e.index.get_level_values(1).to_numpy(np.int64),
+            e.to_numpy(np.float64))
+
+
+def _communities_leiden(n, a, b, w, resolution, seed):
+    import igraph as ig
+    import leidenalg
+
+    g = ig.Graph(n=n, edges=np.column_stack([a, b]).tolist(), directed=False)
+    g.es["weight"] = w.tolist()
+    part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
+                                    resolution_parameter=float(resolution), seed=int(seed),
+                                    n_iterations=-1)
+    lab = np.asarray(part.membership, dtype=np.int64)
+    modularity = float(g.modularity(part.membership, weights="weight", resolution=float(resolution)))
+    return lab, modularity
+
+
+def _communities_louvain(n, a, b, w, resolution, seed):
+    import networkx as nx
+
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_weighted_edges_from(zip(a.tolist(), b.tolist(), w.tolist()))
+    comms = nx.community.louvain_communities(g, weight="weight", resolution=resolution, seed=seed)
+    lab = np.empty(n, np.int64)
+    for i, c in enumerate(comms):
+        lab[list(c)] = i
+    modularity = float(nx.community.modularity(g, comms, weight="weight", resolution=resolution))
+    return lab, modularity
+
+
+def _by_size(lab: np.ndarray) -> np.ndarray:
+    """Renumber communities 0, 1, ... by decreasing size (ties: smallest member first)."""
+    uniq, inv, cnt = np.unique(lab, return_inverse=True, return_counts=True)
+    first = np.full(uniq.size, lab.size)
+    np.minimum.at(first, inv, np.arange(lab.size))
+    order = np.lexsort((first, -cnt))
+    rank = np.empty(uniq.size, np.int32)
+    rank[order] = np.arange(uniq.size)
+    return rank[inv].astype(np.int32)
+
+
 def graph_clusters(
     neighbours: xr.Dataset,
     *,
-    method: Community = "louvain",
+    method: Community = "auto",
     k: int | None = None,
     resolution: float = 1.0,
     min_score: float = 0.0,
     seed: int = 0,
 ) -> xr.Dataset:
-    """Louvain or Leiden communities of the k-nearest-neighbour graph.
+    """Leiden or Louvain communities of the k-nearest-neighbour graph.
 
     Parameters
     ----------
@@ -361,8 +530,12 @@ def graph_clusters(
         :func:`cmapdask.similarity.similarity` result, or :func:`knn_from_matrix` of a
         perturbagen matrix.
     method
-        ``"louvain"``: networkx's Louvain modularity optimisation. ``"leiden"``:
-        networkx's Leiden (refined, well-connected communities; needs networkx >= 3.5).
+        ``"leiden"``: the Leiden algorithm (Traag et al. 2019: refined, well-connected
+        communities) with the modularity objective (``RBConfigurationVertexPartition``),
+        from the ``leidenalg`` and ``igraph`` packages (C++; iterated until stable).
+        ``"louvain"``: networkx's Louvain modularity optimisation (pure Python).
+        ``"auto"``: Leiden where ``igraph`` and ``leidenalg`` are installed, else Louvain;
+        the method used is in the provenance.
     k
         Use only the first k neighbours of each list (default all).
     resolution
@@ -376,56 +549,47 @@ def graph_clusters(
     -------
     xarray.Dataset
         ``cluster`` (``sig``, int32; communities numbered by decreasing size; a node with
-        no edge is its own community).
+        no edge is its own community); method, parameters, number of edges and modularity
+        in ``attrs["cmapdask"]``.
 
     Notes
     -----
     Reads the neighbour lists (``N x k`` indices and scores) into memory and builds an
     undirected graph of at most ``N k`` edges (weight: the larger score of the two
-    directions). networkx is pure Python: about a minute per million edges; for
-    hundreds of thousands of signatures prefer a pert-level graph or k-means.
+    directions). Leiden (igraph/leidenalg) holds the graph in C structures (about
+    100 bytes per edge) and takes seconds per million edges, so it suits the kNN graph
+    of hundreds of thousands of signatures; networkx's Louvain is pure Python (about a
+    minute and a few hundred bytes of Python objects per million edges), so keep it to
+    pert-level graphs or tens of thousands of signatures.
     """
-    import networkx as nx
-
-    if method not in ("louvain", "leiden"):
-        raise InputError(f"method must be 'louvain' or 'leiden', not {method!r}")
+    if method not in ("auto", "louvain", "leiden"):
+        raise InputError(f"method must be 'auto', 'leiden' or 'louvain', not {method!r}")
     for v in ("top_index", "top_score"):
         if v not in neighbours:
             raise InputError(f"graph_clusters: neighbour lists lack {v!r}")
+    if not isinstance(resolution, (int, float, np.floating)) or not resolution > 0:
+        raise InputError(f"resolution must be a positive number, got {resolution!r}")
+    backend = _leiden_backend()
+    if method == "auto":
+        method = "leiden" if backend else "louvain"
+    if method == "leiden" and backend is None:
+        raise InputError("Leiden needs the igraph and leidenalg packages "
+                         "(pip install igraph leidenalg), or use method='louvain'")
     idx, sc = dask.compute(neighbours["top_index"].data, neighbours["top_score"].data)
     idx, sc = np.asarray(idx), np.asarray(sc, dtype=np.float64)
     if k is not None:
         _check_int("k", k)
         idx, sc = idx[:, :k], sc[:, :k]
     n = idx.shape[0]
-    rows = np.repeat(np.arange(n), idx.shape[1])
-    cols, w = idx.ravel(), sc.ravel()
-    keep = (cols >= 0) & np.isfinite(w) & (w > min_score) & (cols != rows)
-    a, b, w = np.minimum(rows, cols)[keep], np.maximum(rows, cols)[keep], w[keep]
-    e = pd.DataFrame({"a": a, "b": b, "w": w}).groupby(["a", "b"], sort=True)["w"].max()
-    g = nx.Graph()
-    g.add_nodes_from(range(n))
-    g.add_weighted_edges_from(zip(e.index.get_level_values(0).tolist(),
-                                  e.index.get_level_values(1).tolist(), e.to_numpy().tolist()))
-    if method == "louvain":
-        comms = nx.community.louvain_communities(g, weight="weight", resolution=resolution, seed=seed)
-    else:
-        fn = getattr(nx.community, "leiden_communities", None)
-        if fn is None:
-            raise InputError("Leiden needs networkx >= 3.5 (or use method='louvain')")
-        try:
-            comms = fn(g, weight="weight", resolution=resolution, seed=seed)
-        except NotImplementedError as e:
-            raise InputError(f"Leiden is not available in this networkx: {e}") from None
-    comms = sorted(comms, key=lambda c: (-len(c), min(c)))
-    lab = np.empty(n, np.int32)
-    for i, c in enumerate(comms):
-        lab[list(c)] = i
-    out = xr.Dataset({"cluster": (("sig",), lab)}, coords={"sig": neighbours["sig"].values})
+    a, b, w = _knn_edges(idx, sc, min_score)
+    run = _communities_leiden if method == "leiden" else _communities_louvain
+    lab, modularity = run(n, a, b, w, resolution, seed)
+    out = xr.Dataset({"cluster": (("sig",), _by_size(lab))}, coords={"sig": neighbours["sig"].values})
     out.attrs["cmapdask"] = _provenance(
-        method=method, k=int(idx.shape[1]), resolution=float(resolution), min_score=float(min_score),
-        seed=int(seed), n_edges=int(g.number_of_edges()),
-        modularity=float(nx.community.modularity(g, comms, weight="weight", resolution=resolution)),
+        method=method, backend="leidenalg" if method == "leiden" else "networkx",
+        k=int(idx.shape[1]), resolution=float(resolution), min_score=float(min_score),
+        seed=int(seed), n_edges=int(a.size), modularity=modularity,
+        input=str(neighbours.attrs.get("cmapdask", {}).get("metric", "")),
     )
     return out
 

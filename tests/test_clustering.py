@@ -3,6 +3,7 @@ clustering against scipy/brute force, planted MoA recovery, labels in the store.
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -38,11 +39,13 @@ def _blobs(n=240, g=30, k=4, seed=0, chunks=None):
     return ds, x, truth
 
 
+@pytest.mark.parametrize("solver", ["covariance", "full"])
 @pytest.mark.parametrize("chunks", [None, (240,), (100, 100, 40), (7, 113, 1, 119)])
-def test_kmeans_matches_sklearn_over_chunk_layouts(chunks):
+def test_kmeans_matches_sklearn_over_chunk_layouts(chunks, solver):
     ds, x, truth = _blobs(chunks=chunks)
     res = kmeans_signatures(ds, n_clusters=4, n_components=5, space="all", scale="none",
-                            solver="full", seed=1)
+                            solver=solver, seed=1)
+    assert res.attrs["cmapdask"]["solver"] == solver
     assert isinstance(res["cluster"].data, da.Array)  # labels are lazy after the fit
     # exact PCA against scikit-learn's (signs of components may differ)
     ref = PCA(n_components=5, svd_solver="full").fit(x)
@@ -57,6 +60,25 @@ def test_kmeans_matches_sklearn_over_chunk_layouts(chunks):
     # distance is to the assigned centre, which is the nearest
     d = np.linalg.norm(z[:, None, :] - _align(res, ref)[None], axis=2)
     np.testing.assert_allclose(res["distance"].values, d.min(axis=1), rtol=1e-3, atol=1e-3)
+
+
+def test_covariance_pca_matches_numpy_svd():
+    from cmapdask.clustering import covariance_pca
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((301, 25)) @ rng.standard_normal((25, 25)) + 5).astype(np.float32)
+    ref = PCA(n_components=6, svd_solver="full").fit(x.astype(np.float64))
+    for chunks in [(301,), (100, 100, 101), (1, 150, 150)]:
+        got = covariance_pca(da.from_array(x, chunks=(chunks, 25)), 6)
+        np.testing.assert_allclose(got["explained_variance"], ref.explained_variance_, rtol=1e-6)
+        np.testing.assert_allclose(got["explained_variance_ratio"], ref.explained_variance_ratio_,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(got["mean"], ref.mean_, rtol=1e-6)
+        np.testing.assert_allclose(np.abs((got["components"] * ref.components_).sum(axis=1)), 1,
+                                   atol=1e-6)  # the same axes (up to sign)
+    bad = x.copy()
+    bad[3, 4] = np.inf
+    assert covariance_pca(da.from_array(bad, chunks=(100, 25)), 3) == {"finite": False}
 
 
 def _align(res, ref):
@@ -130,7 +152,7 @@ def test_hierarchical_bad_input():
         hierarchical_perts(mat, method="centroid", n_clusters=2)
 
 
-def test_knn_graph_and_louvain():
+def test_knn_graph_louvain_and_leiden():
     mat, truth = _pert_matrix(p=45)
     nb = knn_from_matrix(mat, k=6)
     m = mat.values.copy()
@@ -138,17 +160,65 @@ def test_knn_graph_and_louvain():
     m = np.where(np.isfinite(m), m, -np.inf)
     for i in range(45):  # brute-force top 6 (stable: ties by smaller index)
         assert nb["top_index"].values[i].tolist() == np.argsort(-m[i], kind="stable")[:6].tolist()
-    res = graph_clusters(nb, seed=2)
+    res = graph_clusters(nb, method="louvain", seed=2)
     assert adjusted_rand_score(truth, res["cluster"].values) == 1.0
     assert res.attrs["cmapdask"]["modularity"] > 0.3
-    try:
-        leiden = graph_clusters(nb, method="leiden")
-    except InputError as e:  # networkx ships Leiden only as a dispatch to other backends
-        assert "Leiden" in str(e)
-    else:
-        assert adjusted_rand_score(truth, leiden["cluster"].values) == 1.0
+    assert res.attrs["cmapdask"]["method"] == "louvain"
+    # communities are numbered by decreasing size
+    sizes = np.bincount(res["cluster"].values)
+    assert (np.diff(sizes) <= 0).all()
     with pytest.raises(InputError, match="lack"):
         graph_clusters(nb.drop_vars("top_score"))
+    with pytest.raises(InputError, match="method"):
+        graph_clusters(nb, method="spectral")
+
+
+def test_leiden_matches_louvain_on_a_clear_graph_and_is_the_default():
+    pytest.importorskip("leidenalg")
+    import igraph as ig
+    import leidenalg
+
+    mat, truth = _pert_matrix(p=45)
+    nb = knn_from_matrix(mat, k=6)
+    lei = graph_clusters(nb, method="leiden", seed=1)
+    assert adjusted_rand_score(truth, lei["cluster"].values) == 1.0
+    prov = lei.attrs["cmapdask"]
+    assert prov["method"] == "leiden" and prov["backend"] == "leidenalg"
+    # the modularity reported is the partition's, recomputed here by igraph directly
+    idx, sc = nb["top_index"].values, nb["top_score"].values
+    edges = {}
+    for i in range(45):
+        for j, w in zip(idx[i], sc[i]):
+            if j >= 0 and w > 0:
+                key = (min(i, j), max(i, j))
+                edges[key] = max(edges.get(key, -np.inf), w)
+    g = ig.Graph(n=45, edges=list(edges), directed=False)
+    g.es["weight"] = list(edges.values())
+    ref = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
+                                   seed=1, n_iterations=-1)
+    assert adjusted_rand_score(ref.membership, lei["cluster"].values) == 1.0
+    assert prov["modularity"] == pytest.approx(g.modularity(ref.membership, weights="weight"))
+    assert prov["n_edges"] == len(edges)
+    # same seed, same partition; "auto" picks Leiden when it is installed
+    again = graph_clusters(nb, seed=1)
+    assert again.attrs["cmapdask"]["method"] == "leiden"
+    np.testing.assert_array_equal(again["cluster"].values, lei["cluster"].values)
+    # a higher resolution splits the graph further
+    fine = graph_clusters(nb, method="leiden", resolution=5.0, seed=1)
+    assert np.unique(fine["cluster"].values).size > 3
+
+
+def test_without_leidenalg_auto_falls_back_to_louvain(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "leidenalg", None)  # import fails as if not installed
+    mat, truth = _pert_matrix(p=45)
+    nb = knn_from_matrix(mat, k=6)
+    res = graph_clusters(nb, seed=2)
+    assert res.attrs["cmapdask"]["method"] == "louvain"
+    assert adjusted_rand_score(truth, res["cluster"].values) == 1.0
+    with pytest.raises(InputError, match="igraph and leidenalg"):
+        graph_clusters(nb, method="leiden")
 
 
 def test_cluster_quality_figures():
@@ -162,6 +232,15 @@ def test_cluster_quality_figures():
 
 
 # ----------------------------------------------------------------------------- synthetic release
+
+
+def _has_leiden() -> bool:
+    try:
+        import igraph  # noqa: F401
+        import leidenalg  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +263,10 @@ def test_clustering_recovers_planted_moas(strong):
     q = cluster_quality(km["cluster"], truth, x=st["expr"].data, sample_size=500)
     assert q["adjusted_rand"] > 0.9  # measured 1.0 (chance: 0)
     nb = similarity(st, k=15)
-    gq = cluster_quality(graph_clusters(nb)["cluster"], truth)
-    assert gq["adjusted_rand"] > 0.9  # measured 1.0
+    methods = ["louvain"] + (["leiden"] if _has_leiden() else [])
+    for method in methods:
+        gq = cluster_quality(graph_clusters(nb, method=method)["cluster"], truth)
+        assert gq["adjusted_rand"] > 0.9, method  # measured 1.0 for both
     ps = pert_similarity(st)
     h = hierarchical_perts(ps["pert_summary"], n_clusters=8)
     hq = cluster_quality(h["cluster"], labels_from_sets(sets, h["pert"].values))
@@ -212,3 +293,25 @@ def test_labels_written_as_member_and_table(strong, tmp_path):
     assert pd.read_parquet(tmp_path / "km3.parquet")["cluster"].tolist() == table["cluster"].tolist()
     with pytest.raises(InputError, match="store, a table"):
         write_clusters(res, name="x")
+
+
+@pytest.mark.cluster
+def test_kmeans_runs_on_the_active_multiprocess_cluster(cluster_client):
+    """The fit runs on the real cluster in effect (scheduler + 2 worker processes) and gives
+    the labels, centres and inertia of a serial fit."""
+    from distributed import get_task_stream
+
+    ds, x, truth = _blobs(n=600, g=40, k=5, seed=4, chunks=97)
+    kw = dict(n_clusters=5, n_components=6, space="all", seed=3, n_init=1)
+    with dask.config.set(scheduler="sync"):
+        serial = kmeans_signatures(ds, **kw)
+        serial_lab = serial["cluster"].values
+    with get_task_stream(cluster_client) as ts:
+        par = kmeans_signatures(ds, **kw)
+        lab = par["cluster"].values
+    workers = {t["worker"] for t in ts.data}
+    assert len(ts.data) > 50 and len(workers) == 2  # the fit's tasks ran on both workers
+    np.testing.assert_array_equal(lab, serial_lab)
+    np.testing.assert_allclose(par["centers"].values, serial["centers"].values, rtol=1e-4, atol=1e-4)
+    assert par.attrs["cmapdask"]["inertia"] == pytest.approx(serial.attrs["cmapdask"]["inertia"], rel=1e-5)
+    assert adjusted_rand_score(truth, lab) == 1.0

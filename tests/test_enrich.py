@@ -489,3 +489,100 @@ def test_running_sum_plot(tmp_path):
     assert os.path.getsize(out) > 1000
     with pytest.raises(InputError, match="png or .svg"):
         plot_running_sum(s, [1], tmp_path / "rs.pdf")
+
+
+# ----------------------------------------------------------------------------- a real query result
+
+
+@pytest.fixture(scope="module")
+def query_result(tmp_path_factory):
+    """A connectivity query of the synthetic release: each compound's strongest-dose
+    signature (top/bottom 50 landmarks) is one query, named by its pert_id; τ from a
+    background built over every signature; written as CLUE's result folder too."""
+    import warnings
+
+    from cmapdask.connectivity import build_background, build_index, query, write_result
+    from cmapdask.io.store import write_store
+
+    tmp = tmp_path_factory.mktemp("query")
+    design = sy.synth_design(1200, seed=2, n_moas=4, n_compounds=16)
+    ds = sy.synth_dataset(design, metadata="tables").compute()
+    url = str(tmp / "syn.zarr")
+    write_store(ds, url)
+    build_index(url, space="landmark")
+    build_background(url, reference="all", space="landmark")
+    sets = sets_from_table(sy.synth_compoundinfo(design))
+    strong = (ds["pert_type"].values == "trt_cp") & (ds["pert_idose"].values == "10 uM")
+    genes = ds["gene"].values
+    up, dn = {}, {}
+    for p in sorted({m for ms in sets.values() for m in ms}):
+        i = np.flatnonzero(strong & (ds["pert_id"].values == p))[0]
+        order = np.argsort(-ds["expr"].values[i], kind="stable")
+        up[p], dn[p] = list(genes[order[:50]]), list(genes[order[-50:]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = query(url, up, dn, space="landmark")
+    folder = str(tmp / "result")
+    write_result(res, folder)
+    truth = {p: m for m, ps in sets.items() for p in ps}
+    return design, res, folder, sets, truth
+
+
+def _own_moa_rows(tab, truth):
+    return tab[[truth[lst] == s for lst, s in zip(tab["list"], tab["set"])]]
+
+
+def test_query_result_by_tau_finds_each_members_moa(query_result):
+    design, res, folder, sets, truth = query_result
+    er = enrich_ranked(res["ps"], sets, item_field="pert_id", n_top=50, permutations=1000)
+    tab = enrichment_table(er)
+    own = _own_moa_rows(tab, truth)
+    assert len(own) == 16  # one query per compound, its own MoA tested in each
+    # measured: every q_ks_top 0.004 (the smallest p is 1/1001, BH over 4 sets), Fisher
+    # top-50 q below 1e-24; the query's own compound is left out of its list
+    assert (own["q_ks_top"] < 0.05).all() and (own["q_fisher_top"] < 0.05).all()
+    perts = res["pert_id"].values
+    for row in own.itertuples():  # hits: the signatures of the MoA's other compounds
+        others = set(sets[row.set]) - {row.list}
+        assert row.n_hits == np.isin(perts, list(others)).sum()
+    best = tab.sort_values(["list", "es_top"], ascending=[True, False]).groupby("list").head(1)
+    assert all(truth[lst] == s for lst, s in zip(best["list"], best["set"]))
+    # the same lists read back from the result folder give the same enrichment
+    from cmapdask.enrich import read_ranked_lists
+
+    lists = read_ranked_lists(folder)
+    assert lists.dims == ("query", "sig") and "pert_id" in lists.coords
+    np.testing.assert_allclose(lists.values, res["ps"].values, rtol=1e-6)
+    again = enrich_ranked(lists.chunk({"query": 5}), sets, item_field="pert_id", n_top=50,
+                          permutations=1000).compute()
+    xr.testing.assert_allclose(again[["es_top", "p_ks_top", "q_ks_top", "q_fisher_top"]].drop_attrs(),
+                               er[["es_top", "p_ks_top", "q_ks_top", "q_fisher_top"]].compute().drop_attrs())
+    with pytest.raises(InputError, match="unknown result variable"):
+        read_ranked_lists(folder, variable="nope")
+    with pytest.raises(InputError, match="has no gutc/ps_pert_summary"):
+        read_ranked_lists(folder, variable="ps_pert_summary")  # written without summaries
+
+
+def test_cli_enrich_accepts_a_query_result(query_result, tmp_path, capsys):
+    from cmapdask.cli import main
+
+    design, res, folder, sets, truth = query_result
+    ann = tmp_path / "compoundinfo.txt"
+    sy.synth_compoundinfo(design).fillna("-666").to_csv(ann, sep="\t", index=False)
+    out = tmp_path / "enrich.tsv"
+    assert main(["enrich", folder, "--annotations", str(ann), "--n-top", "50", "--out", str(out),
+                 "--running-sum", str(tmp_path / "rs.svg"), "--cluster", "none", "--quiet"]) == 0
+    tab = pd.read_csv(out, sep="\t")
+    own = _own_moa_rows(tab, truth)
+    assert len(own) == 16 and (own["q_ks_top"] < 0.05).all()
+    assert (tmp_path / "rs.svg").read_text().startswith("<?xml")
+    # one GCTx of the folder works as well; a missing folder is one line, exit code 2
+    assert main(["enrich", os.path.join(folder, "matrices", "gutc", "ns_sig.gctx"),
+                 "--annotations", str(ann), "--out", str(tmp_path / "ns.tsv"), "--max-q", "0.05",
+                 "--cluster", "none", "--quiet"]) == 0
+    ns = pd.read_csv(tmp_path / "ns.tsv", sep="\t")
+    assert set(_own_moa_rows(ns, truth)["list"]) == set(truth)
+    capsys.readouterr()
+    assert main(["enrich", str(tmp_path / "missing"), "--annotations", str(ann), "--out",
+                 str(tmp_path / "x.tsv"), "--cluster", "none", "--quiet"]) == 2
+    assert "not a query result folder" in capsys.readouterr().err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cmapdask.cli.runtime import add_cluster_args, dask_client, say
+from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
 from cmapdask.errors import InputError
 
 __all__ = ["register", "run_cluster", "run_enrich", "run_recall"]
@@ -23,15 +23,20 @@ def register(subparsers) -> None:
         "cluster", help="cluster signatures (k-means on PCA) or perturbagens (hierarchical, graph)",
         description="Cluster the signatures of STORE (--method kmeans), the perturbagens of a "
         "pert x pert member (--method hierarchical, --matrix similarity/<name>_pert) or the "
-        "kNN graph of a neighbour member (--method louvain|leiden, --neighbours). Labels "
+        "kNN graph of a neighbour member (--method graph|leiden|louvain, --neighbours). Labels "
         "become the member clusters/<NAME> (and --table).",
     )
     c.add_argument("store", metavar="STORE")
-    c.add_argument("--method", choices=["kmeans", "hierarchical", "louvain", "leiden"], default="kmeans")
+    c.add_argument("--method", choices=["kmeans", "hierarchical", "graph", "leiden", "louvain"],
+                   default="kmeans",
+                   help="graph: Leiden where igraph and leidenalg are installed, else Louvain")
     c.add_argument("--k", type=int, default=None, help="clusters (kmeans, hierarchical)")
     c.add_argument("--components", type=int, default=50, help="kmeans: principal components")
     c.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
     c.add_argument("--init", choices=["k-means||", "sample-k-means++"], default="k-means||")
+    c.add_argument("--solver", choices=["auto", "covariance", "randomized", "full"], default="auto",
+                   help="kmeans: PCA solver (auto: one-pass covariance up to 4,096 genes)")
+    c.add_argument("--n-init", type=int, default=3, help="kmeans: initialisations kept best of")
     c.add_argument("--matrix", default=None, metavar="MEMBER", help="hierarchical: pert x pert member")
     c.add_argument("--variable", default="pert_summary", help="hierarchical: variable of --matrix")
     c.add_argument("--linkage", choices=["average", "complete", "single", "ward"], default="average")
@@ -48,21 +53,30 @@ def register(subparsers) -> None:
 
     e = subparsers.add_parser(
         "enrich", help="MoA/PCL enrichment of ranked lists or of clusters",
-        description="Ranked lists: every row of VARIABLE in SOURCE (a Zarr query result, or a "
+        description="Ranked lists: every row of VARIABLE in SOURCE (a query result folder "
+        "written by cmapdask query, one of its GCTx matrices, a Zarr query result, or a "
         "store member given with --member) is a list; each annotation set is tested at the "
         "top and bottom (KS running sum with permutation p, Fisher top-N, BH). Clusters: "
         "--clusters MEMBER tests over-representation per cluster (hypergeometric, BH).",
     )
-    e.add_argument("source", metavar="SOURCE", help="store URL (with --member/--clusters) or Zarr URL")
+    e.add_argument("source", metavar="SOURCE",
+                   help="query result folder, GCTx or Zarr result; or a store (--member/--clusters)")
     e.add_argument("--member", default=None, help="store member holding the lists")
-    e.add_argument("--variable", default=None, help="variable of lists (default ps, else pert_summary)")
+    e.add_argument("--variable", default=None,
+                   help="lists: ps (tau, default), ncs, cs, ps_pert_summary, ... ; in a store "
+                   "member or Zarr the first of ps, pert_summary, ncs")
     e.add_argument("--clusters", default=None, metavar="MEMBER", help="cluster member (clusters/NAME)")
     e.add_argument("--item-field", default=None, help="coordinate matched to set members (pert_id)")
     e.add_argument("--n-top", type=int, default=100)
     e.add_argument("--permutations", type=int, default=1000)
     e.add_argument("--pvalue", choices=["permutation", "analytic"], default="permutation")
     e.add_argument("--weight", choices=["unweighted", "weighted"], default="unweighted")
+    e.add_argument("--exclude", choices=["self", "none"], default="self",
+                   help="self: leave a list's own perturbagen out of it (default)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     e.add_argument("--max-q", type=float, default=1.0, help="keep rows with some q at most this")
+    e.add_argument("--running-sum", default=None, metavar="PNG|SVG",
+                   help="ranked lists: running-sum plot of the most enriched (list, set) pair")
     e.add_argument("--out", required=True, metavar="TSV", help="result table (TSV or .parquet)")
     e.add_argument("--pcl-gmt", default=None, metavar="GMT",
                    help="with --clusters on a pert matrix member (--member): write candidate PCLs")
@@ -110,13 +124,16 @@ def run_cluster(args) -> int:
     from cmapdask.io.store import open_member, open_store
 
     so = args.storage_options
+    if args.heatmap and args.method != "hierarchical":
+        raise InputError("--heatmap draws the matrix of --method hierarchical")
     with dask_client(args):
         if args.method == "kmeans":
             if not args.k:
                 raise InputError("--method kmeans needs --k")
             ds = open_store(args.store, storage_options=so)
             res = clustering.kmeans_signatures(ds, n_clusters=args.k, n_components=args.components,
-                                               space=args.space, init=args.init, seed=args.seed)
+                                               space=args.space, init=args.init, solver=args.solver,
+                                               n_init=args.n_init, seed=args.seed)
             truth_ids = ds["pert_id"].values if "pert_id" in ds.coords else None
         elif args.method == "hierarchical":
             if not (args.k and args.matrix):
@@ -131,22 +148,26 @@ def run_cluster(args) -> int:
             if not args.neighbours:
                 raise InputError(f"--method {args.method} needs --neighbours MEMBER")
             nb = open_member(args.store, args.neighbours, storage_options=so)
-            res = clustering.graph_clusters(nb, method=args.method, resolution=args.resolution,
-                                            seed=args.seed)
+            res = clustering.graph_clusters(nb, method="auto" if args.method == "graph" else args.method,
+                                            resolution=args.resolution, seed=args.seed)
             ds = open_store(args.store, storage_options=so)
-            truth_ids = ds["pert_id"].values if "pert_id" in ds.coords else None
+            ids = res["sig"].values
+            if "pert_id" in ds.coords and set(ids) <= set(ds["sig"].values):
+                truth_ids = ds["pert_id"].sel(sig=ids).values  # signature graph
+            else:
+                truth_ids = ids  # a perturbagen graph (its items are pert_ids)
         out = clustering.write_clusters(res, args.store, name=args.name, table=args.table,
                                         storage_options=so)
-        quality = {}
+        quality, moa = {}, None
         if args.annotations and truth_ids is not None:
             from cmapdask.annotations import labels_from_sets
 
-            sets = _sets(args)
-            quality = clustering.cluster_quality(res["cluster"], labels_from_sets(sets, truth_ids))
-            if args.heatmap and args.method == "hierarchical":
-                from cmapdask.plots import plot_clustered_heatmap
+            moa = labels_from_sets(_sets(args), truth_ids)
+            quality = clustering.cluster_quality(res["cluster"], moa)
+        if args.heatmap:
+            from cmapdask.plots import plot_clustered_heatmap
 
-                plot_clustered_heatmap(mat, res, args.heatmap, moa=labels_from_sets(sets, truth_ids))
+            plot_clustered_heatmap(mat, res, args.heatmap, moa=moa)
     say(args, f"cmapdask: wrote {out.get('member')}" + (f" and {out['table']}" if "table" in out else ""))
     if quality:
         print(json.dumps(quality))
@@ -154,24 +175,25 @@ def run_cluster(args) -> int:
 
 
 def _open_lists(args):
-    import xarray as xr
-
+    from cmapdask.enrich import read_ranked_lists
     from cmapdask.io.store import open_member
 
     if args.member:
-        return open_member(args.source, args.member, storage_options=args.storage_options)
-    try:
-        return xr.open_zarr(args.source, consolidated=False, storage_options=args.storage_options
-                            if "://" in str(args.source) else None)
-    except Exception as e:  # not a Zarr group, missing path
-        raise InputError(f"{args.source}: cannot open as a Zarr result: {str(e).splitlines()[0]}") from None
+        ds = open_member(args.source, args.member, storage_options=args.storage_options)
+        var = args.variable or next((v for v in ("ps", "pert_summary", "ncs") if v in ds), None)
+        if var is None or var not in ds or ds[var].ndim != 2:
+            raise InputError(f"{args.source}: member {args.member!r} has no list variable "
+                             f"{args.variable or 'ps/pert_summary/ncs'!r}")
+        return ds[var]
+    return read_ranked_lists(args.source, variable=args.variable,
+                             storage_options=args.storage_options)
 
 
 def run_enrich(args) -> int:
     from cmapdask import enrich
 
     sets = _sets(args)
-    with dask_client(args):
+    with dask_client(args) as client:
         if args.clusters:
             from cmapdask.io.store import open_member, open_store
 
@@ -196,19 +218,40 @@ def run_enrich(args) -> int:
                 say(args, f"cmapdask: {len(cand)} candidate PCLs in {args.pcl_gmt}")
         else:
             lists = _open_lists(args)
-            var = args.variable or next((v for v in ("ps", "pert_summary", "ncs") if v in lists), None)
-            if var is None or var not in lists:
-                raise InputError(f"{args.source}: no list variable {args.variable or 'ps/pert_summary/ncs'!r}")
             item_field = args.item_field
-            if item_field is None and "pert_id" in lists.coords:
+            if item_field is None and "pert_id" in lists.coords \
+                    and lists["pert_id"].dims == (lists.dims[1],):
                 item_field = "pert_id"
-            res = enrich.enrich_ranked(lists[var], sets, item_field=item_field, n_top=args.n_top,
+            res = enrich.enrich_ranked(lists, sets, item_field=item_field, n_top=args.n_top,
                                        permutations=args.permutations, pvalue=args.pvalue,
-                                       weight=args.weight)
-            df = enrich.enrichment_table(res, max_q=args.max_q)
+                                       weight=args.weight, exclude=args.exclude, seed=args.seed)
+            with progress(args, client):
+                df = enrich.enrichment_table(res, max_q=args.max_q)
+            if args.running_sum and len(df):
+                best = df.sort_values(["q_ks_top", "p_ks_top", "es_top"],
+                                      ascending=[True, True, False]).iloc[0]
+                _plot_best(lists, sets, best, item_field, args)
     _write_table(df, args.out)
     say(args, f"cmapdask: wrote {len(df)} rows to {args.out}")
     return 0
+
+
+def _plot_best(lists, sets, best, item_field, args) -> None:
+    import numpy as np
+
+    from cmapdask.plots import plot_running_sum
+
+    ldim, idim = lists.dims
+    row = lists.sel({ldim: best["list"]})
+    scores = np.asarray(row.values, dtype=float)
+    labels = row[item_field].values if item_field else row[idim].values
+    members = {str(m) for m in sets[best["set"]]}
+    mask = np.array([str(v) in members for v in labels])
+    if args.exclude == "self":  # as the test did: the list's own perturbagen is not in it
+        scores = np.where(np.array([str(v) == str(best["list"]) for v in labels]), np.nan, scores)
+    plot_running_sum(scores, np.flatnonzero(mask & np.isfinite(scores)), args.running_sum,
+                     title=f"{best['list']}: {best['set']} (q = {best['q_ks_top']:.2g})")
+    say(args, f"cmapdask: wrote {args.running_sum}")
 
 
 def run_recall(args) -> int:
