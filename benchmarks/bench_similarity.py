@@ -25,7 +25,7 @@ import psutil
 from threadpoolctl import threadpool_limits
 
 from cmapdask.similarity.engine import topk_arrays
-from cmapdask.similarity.kernels import pair_topk, standardize
+from cmapdask.similarity.kernels import pair_keys, standardize
 from cmapdask.similarity.plan import block_bounds, plan_blocks
 
 
@@ -100,13 +100,13 @@ def per_pair_costs(g, k, block):
     rng = np.random.default_rng(1)
     za, va = standardize(rng.standard_normal((block, g)), "pearson")
     zb, vb = standardize(rng.standard_normal((block, g)), "pearson")
-    pair_topk(za[:8], va[:8], zb[:8], vb[:8], k=3, a_offset=0, b_offset=8, diagonal=False, both=True)
+    pair_keys(za[:8], va[:8], zb[:8], vb[:8], k=3, a_offset=0, b_offset=8, diagonal=False, both=True)
     with threadpool_limits(1):
         t0 = time.perf_counter()
         za @ zb.T
         t_mm = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pair_topk(za, va, zb, vb, k=k, a_offset=0, b_offset=block, diagonal=False, both=True)
+        pair_keys(za, va, zb, vb, k=k, a_offset=0, b_offset=block, diagonal=False, both=True)
         t_pair = time.perf_counter() - t0
     return t_mm, t_pair
 
@@ -126,7 +126,7 @@ def main():
           f"N={a.n:,} G={a.genes} k={a.k} block={a.block} threads={a.threads}")
 
     # warm numba once so its compile time is not in the figures
-    pair_topk(*standardize(np.eye(4, 5), "pearson"), *standardize(np.eye(4, 5), "pearson"),
+    pair_keys(*standardize(np.eye(4, 5), "pearson"), *standardize(np.eye(4, 5), "pearson"),
               k=2, a_offset=0, b_offset=4, diagonal=False, both=True)
     x = data(a.n, a.genes, a.block).compute()
     wall, cpu, peak, base, plan, out = run_cmapdask(x, a.k, a.block, a.threads)

@@ -17,7 +17,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from cmapdask.similarity.kernels import Metric, gram, merge_topk, pair_topk, standardize
+from cmapdask.similarity.kernels import Metric, gram, merge_key_parts, pair_keys, standardize
 from cmapdask.similarity.plan import BlockPlan, block_bounds, merge_tree, plan_blocks
 
 __all__ = ["TopK", "standardized", "topk_arrays", "gram_array"]
@@ -64,14 +64,14 @@ def standardized(x: da.Array, metric: Metric) -> tuple[str, HighLevelGraph, da.A
 
 
 def _pair_task(sa, sb, k, a_offset, b_offset, diagonal, both):
-    return pair_topk(
+    return pair_keys(
         sa[0], sa[1], sb[0], sb[1],
         k=k, a_offset=a_offset, b_offset=b_offset, diagonal=diagonal, both=both,
     )
 
 
-def _merge_parts(parts, k):
-    return merge_topk(list(parts), k)
+def _merge_parts(parts, k, final):
+    return merge_key_parts(list(parts), k, final=final)
 
 
 def topk_arrays(
@@ -117,11 +117,13 @@ def topk_arrays(
         levels = merge_tree(len(sources), split_every)
         for lvl, ranges in enumerate(levels):
             for g, (s0, s1) in enumerate(ranges):
+                final = lvl == len(levels) - 1  # the root sorts and decodes
                 if lvl == 0:
                     res = [(xname, i, j, 0 if side == "row" else 1) for i, j, side in sources[s0:s1]]
-                    task = (_merge_parts, res, k)
+                    task = (_merge_parts, res, k, final)
                 else:
-                    task = (_merge_parts, [(mname, r, lvl - 1, q) for q in range(s0, s1)], k)
+                    prev_parts = [(mname, r, lvl - 1, q) for q in range(s0, s1)]
+                    task = (_merge_parts, prev_parts, k, final)
                 dsk[(mname, r, lvl, g)] = task
             prev = (mname, r, lvl, 0)
         dsk[(oname, r)] = prev  # alias: the last merge is the row block's result

@@ -16,14 +16,21 @@ from typing import Literal
 import numpy as np
 import scipy.stats
 
-from cmapdask.similarity.topk import block_topk
+from cmapdask.similarity.topk import (
+    MISSING,
+    block_topk_keys,
+    decode_keys,
+    encode_keys,
+    merge_keys,
+)
 
-__all__ = ["standardize", "pair_topk", "merge_topk", "gram"]
+__all__ = [
+    "standardize", "pair_keys", "merge_key_parts", "pair_topk", "merge_topk", "gram",
+]
 
 Metric = Literal["pearson", "spearman", "cosine"]
 Partial = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-_LOW = np.int64(2**32 - 1)
+Keys = tuple[np.ndarray, np.ndarray]
 
 
 def standardize(x: np.ndarray, metric: Metric) -> tuple[np.ndarray, np.ndarray]:
@@ -59,26 +66,16 @@ def gram(za: np.ndarray, va: np.ndarray, zb: np.ndarray, vb: np.ndarray) -> np.n
     return c
 
 
-def _empty(m: int, k: int) -> Partial:
-    return (
-        np.full((m, k), np.nan, np.float32),
-        np.full((m, k), -1, np.int64),
-        np.full((m, k), np.nan, np.float32),
-        np.full((m, k), -1, np.int64),
-    )
-
-
-def _expand(sel: tuple[np.ndarray, ...], rows: np.ndarray, m: int) -> Partial:
-    """Put the selection of the valid rows back at their place in a block of ``m`` rows."""
+def _expand(keys: np.ndarray, rows: np.ndarray, m: int) -> np.ndarray:
+    """Put the keys of the valid rows back at their place in a block of ``m`` rows."""
     if rows.size == m:
-        return tuple(sel)
-    out = _empty(m, sel[0].shape[1])
-    for q in range(4):
-        out[q][rows] = sel[q]
+        return keys
+    out = np.full((m, keys.shape[1]), MISSING, np.int64)
+    out[rows] = keys
     return out
 
 
-def pair_topk(
+def pair_keys(
     za: np.ndarray,
     va: np.ndarray,
     zb: np.ndarray,
@@ -89,53 +86,51 @@ def pair_topk(
     b_offset: int,
     diagonal: bool,
     both: bool,
-) -> tuple[Partial, Partial | None]:
-    """Top-k of one block pair: ``(row side, column side or None)``.
+) -> tuple[Keys, Keys | None]:
+    """Top-k keys of one block pair: ``(row side, column side or None)``, unsorted.
 
     ``za`` and ``zb`` are standardised blocks (gene axis whole) with validity masks; one
     float32 product ``za[valid] @ zb[valid].T``. ``diagonal``: the pair is a block with
     itself (self pairs are excluded). ``both``: also return the candidates of ``zb``'s rows
     among ``za``'s (the transposed side, used for the upper triangle of self-similarity).
+    Each side is ``(top keys, bottom keys)`` (:mod:`.topk`), one row per signature of the
+    block, ``MISSING`` for invalid signatures.
     """
     ia, ib = np.flatnonzero(va), np.flatnonzero(vb)
     # the usual case, every signature valid, needs no gathered copies
     c = (za if ia.size == len(va) else za[ia]) @ (zb if ib.size == len(vb) else zb[ib]).T
-    rsel, csel = block_topk(c, ib + b_offset, ia + a_offset, k, diagonal=diagonal, both=both)
-    row = _expand(rsel, ia, len(va))
-    return row, (_expand(csel, ib, len(vb)) if both else None)
+    rsel, csel = block_topk_keys(c, ib + b_offset, ia + a_offset, k, diagonal=diagonal, both=both)
+    del c
+    row = tuple(_expand(s, ia, len(va)) for s in rsel)
+    return row, (tuple(_expand(s, ib, len(vb)) for s in csel) if both else None)
 
 
-def _ordered_bits(score: np.ndarray) -> np.ndarray:
-    """int64 that orders like the float32 scores (-0.0 counted as 0.0)."""
-    b = (score + np.float32(0)).view(np.int32).astype(np.int64)
-    return np.where(b >= 0, b, b ^ 0x7FFFFFFF)
+def merge_key_parts(parts: list[Keys], k: int, *, final: bool = False):
+    """Merge ``(top, bottom)`` key partials of the same rows into the ``k`` best per tail.
+
+    ``final``: sorted and decoded into ``(top_score, top_index, bottom_score,
+    bottom_index)`` (missing: score NaN, index -1) instead of keys.
+    """
+    top = merge_keys([p[0] for p in parts], k, sort=final)
+    bottom = merge_keys([p[1] for p in parts], k, sort=final)
+    if not final:
+        return top, bottom
+    return (*decode_keys(top, top=True), *decode_keys(bottom, top=False))
+
+
+def pair_topk(za, va, zb, vb, *, k, a_offset, b_offset, diagonal, both):
+    """:func:`pair_keys`, sorted and decoded (for inspection and tests)."""
+    row, col = pair_keys(za, va, zb, vb, k=k, a_offset=a_offset, b_offset=b_offset,
+                         diagonal=diagonal, both=both)
+    kr = row[0].shape[1]
+    dec = merge_key_parts([row], kr, final=True)
+    return dec, (merge_key_parts([col], col[0].shape[1], final=True) if both else None)
 
 
 def merge_topk(parts: list[Partial], k: int) -> Partial:
-    """Merge partial results of the same rows into the first ``k`` of each tail (padded)."""
-    m = parts[0][0].shape[0]
-    ts, ti, bs, bi = (np.concatenate([p[q] for p in parts], axis=1) for q in range(4))
-    out = _empty(m, k)
-    if ts.shape[1] == 0:
-        return out
-    # one int64 key per candidate: score first, then the smaller index wins; unique per row
-    missing = ti < 0
-    key_t = np.where(missing, np.iinfo(np.int64).min, (_ordered_bits(ts) << 32) + (_LOW - ti))
-    key_b = np.where(missing, np.iinfo(np.int64).max, (_ordered_bits(bs) << 32) + bi)
-    kk = min(k, ts.shape[1])
-    if kk < ts.shape[1]:
-        # ~key reverses the order without overflow
-        sel_t = np.argpartition(~key_t, kk - 1, axis=1)[:, :kk]
-        sel_b = np.argpartition(key_b, kk - 1, axis=1)[:, :kk]
-    else:
-        sel_t = sel_b = np.broadcast_to(np.arange(kk), (m, kk))
-    sel_t = np.take_along_axis(sel_t, np.argsort(~np.take_along_axis(key_t, sel_t, 1), 1), 1)
-    sel_b = np.take_along_axis(sel_b, np.argsort(np.take_along_axis(key_b, sel_b, 1), 1), 1)
-    out[0][:, :kk] = np.take_along_axis(ts, sel_t, 1)
-    out[1][:, :kk] = np.take_along_axis(ti, sel_t, 1)
-    out[2][:, :kk] = np.take_along_axis(bs, sel_b, 1)
-    out[3][:, :kk] = np.take_along_axis(bi, sel_b, 1)
-    # slots that only found padding stay missing
-    out[0][out[1] < 0] = np.nan
-    out[2][out[3] < 0] = np.nan
-    return out
+    """Merge partial results ``(top_score, top_index, bottom_score, bottom_index)`` of the
+    same rows (any order, index -1 for missing) into the first ``k`` of each tail, padded."""
+    keys = [
+        (encode_keys(p[0], p[1], top=True), encode_keys(p[2], p[3], top=False)) for p in parts
+    ]
+    return merge_key_parts(keys, k, final=True)
