@@ -110,6 +110,40 @@ def test_all_nan_signatures_are_stored_as_chunks(tmp_path):
     assert len([p for p in (tmp_path / "s.zarr/expr").rglob("*") if p.is_file() and p.name != "zarr.json"]) == 3
 
 
+_MALLOC_PROBE = """
+import resource, numpy as np, numcodecs.blosc
+from numcodecs import Blosc
+from cmapdask.io.store import _roomy_malloc
+numcodecs.blosc.use_threads = False
+codec = Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE)
+x = np.random.default_rng(0).normal(size=(64, 12328)).astype(np.float32)
+def faults(ctx):
+    codec.encode(x)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        with ctx():
+            codec.encode(x)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+import contextlib
+print(faults(contextlib.nullcontext), faults(_roomy_malloc))
+"""
+
+
+def test_roomy_malloc_where_a_worker_pinned_the_thresholds():
+    # dask's Nanny starts workers with MALLOC_TRIM_THRESHOLD_ set, which makes blosc-zstd
+    # fault in fresh memory for every block; _roomy_malloc lets it reuse its memory
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    env = {**__import__("os").environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE], env=env, capture_output=True, text=True, check=True)
+    pinned, roomy = map(int, out.stdout.split())
+    assert roomy < pinned / 2, (pinned, roomy)
+
+
 def test_default_chunks_whole_genes_multiple_of_file_chunks(tmp_path, fixtures):
     dest = convert(fixtures / "cmapm/gctv13_01.gctx", tmp_path / "s.zarr")
     expr = zarr.open_group(str(dest))["expr"]

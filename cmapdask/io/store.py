@@ -155,7 +155,9 @@ def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, prov
     out = _strings_to_str(ds.drop_vars([v for v in ds.data_vars if v != "expr"]).assign(expr=expr))
     out.attrs = {}
     with publish_dir(dest, storage_options=storage_options, overwrite=overwrite) as tmp, _quiet():
-        job = out.to_zarr(
+        # creates the group, every array's metadata and the coordinates now; the
+        # returned job (which would write expr) is replaced by _write_expr's tasks
+        out.to_zarr(
             tmp,
             mode="w",
             zarr_format=3,
@@ -163,12 +165,14 @@ def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, prov
             encoding={"expr": _expr_encoding(rows, n_gene)},
             compute=False,
             storage_options=_opts(tmp, storage_options),
-            # every chunk is written: no pass over each chunk comparing it with the
-            # fill value (a tenth of the conversion's CPU), and the store holds what
-            # the source holds, all-NaN signatures included
-            write_empty_chunks=True,
         )
-        _compute(job, progress=progress, label="write store")
+        if n_sig and n_gene:
+            written = _compute(
+                _write_expr(out["expr"].data, tmp, _opts(tmp, storage_options)).sum(),
+                progress=progress, label="write store",
+            )
+            if int(written) != n_sig:  # every block reports its rows; a lost block is an error
+                raise StoreError(f"{dest}: wrote {int(written)} of {n_sig} signatures")
         g = zarr.open_group(tmp, mode="r+", storage_options=_opts(tmp, storage_options))
         # locally the rename publishes a complete store; remotely the flag is set only
         # after the server-side copy (a copied "complete" could precede copied chunks)
@@ -179,28 +183,117 @@ def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, prov
     return str(dest)
 
 
+def _write_expr(data, url, storage_options):
+    """One task per block of whole signatures: write it as its own ``expr`` chunk.
+
+    Returns a dask array of the rows each block wrote. Blocks must be the store's chunks
+    (``_write_dataset`` rechunks to them), so every write is a whole chunk, compressed once,
+    never read back."""
+    return data.map_blocks(
+        _store_block,
+        url=url,
+        storage_options=storage_options,
+        drop_axis=1,
+        chunks=((1,) * data.numblocks[0],),
+        dtype=np.int64,
+        meta=np.empty((0,), np.int64),
+    )
+
+
+def _store_block(block, url, storage_options, block_info=None):
+    (start, stop), _ = block_info[0]["array-location"]
+    with _quiet(), _roomy_malloc():
+        arr = zarr.open_array(url, path="expr", mode="r+", storage_options=storage_options)
+        # every chunk is written: no pass over each chunk comparing it with the fill value
+        # (a tenth of the conversion's CPU), and an all-NaN block is stored like any other
+        arr = arr.with_config({"write_empty_chunks": True})
+        arr[start:stop, :] = np.asarray(block, dtype=np.float32)
+    return np.array([stop - start], dtype=np.int64)
+
+
+# glibc's malloc adjusts its mmap threshold to the sizes a program frees, unless one of
+# these variables is set; dask's Nanny sets MALLOC_TRIM_THRESHOLD_ in every worker (to
+# return memory to the OS promptly), which pins the threshold at 128 KiB. blosc-zstd then
+# maps, faults in and unmaps fresh compression contexts for every block of every chunk:
+# 45,000 page faults per 25 MB chunk, twice the CPU of the compression itself.
+_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_malloc_lock = threading.Lock()
+_malloc_users = 0
+_libc = None
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        _libc = False
+        import platform
+
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            import ctypes
+
+            with contextlib.suppress(OSError, AttributeError):
+                lib = ctypes.CDLL("libc.so.6")
+                lib.mallopt, lib.malloc_trim  # noqa: B018  (both must exist)
+                _libc = lib
+    return _libc or None
+
+
+def _env_bytes(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@contextlib.contextmanager
+def _roomy_malloc():
+    """While blocks are compressed in this process, let glibc reuse freed memory (mmap
+    threshold 32 MiB, trim threshold 256 MiB) where the environment had pinned it; the
+    environment's settings come back, and the freed memory goes back to the OS, when the
+    last block being written here is done. Elsewhere (dynamic thresholds, other C
+    libraries, other systems) this does nothing."""
+    global _malloc_users
+    libc = _glibc()
+    if libc is None or not any(k in os.environ for k in _MALLOC_ENV):
+        yield
+        return
+    with _malloc_lock:
+        if _malloc_users == 0:
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
+            libc.mallopt(_M_TRIM_THRESHOLD, 256 * 2**20)
+        _malloc_users += 1
+    try:
+        yield
+    finally:
+        with _malloc_lock:
+            _malloc_users -= 1
+            if _malloc_users == 0:
+                libc.mallopt(_M_TRIM_THRESHOLD, _env_bytes("MALLOC_TRIM_THRESHOLD_", 128 * 2**10))
+                libc.mallopt(_M_MMAP_THRESHOLD, _env_bytes("MALLOC_MMAP_THRESHOLD_", 128 * 2**10))
+                libc.malloc_trim(0)
+
+
 def _opts(url, storage_options):
     # xarray passes storage_options only for fsspec URLs; local paths must not get them
     return None if _is_local_url(url, storage_options) else storage_options
 
 
-def _compute(job, *, progress: bool, label: str) -> None:
+def _compute(job, *, progress: bool, label: str):
     if progress:
         try:
             from distributed import get_client, progress as dprogress
 
             client = get_client()
-            fut = client.compute(job)
-            dprogress(fut)
-            fut.result()
-            return
         except ValueError:  # no distributed client: the local progress bar
             from dask.diagnostics import ProgressBar
 
             with ProgressBar():
-                dask.compute(job)
-            return
-    dask.compute(job)
+                return dask.compute(job)[0]
+        fut = client.compute(job)
+        dprogress(fut)
+        return fut.result()
+    return dask.compute(job)[0]
 
 
 def _set_complete(url, storage_options, value: bool) -> None:
