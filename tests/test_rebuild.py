@@ -198,7 +198,7 @@ def test_reconcile_fields():
 
 
 def test_graph_building_is_lazy(data, tmp_path):
-    from cmapdask.rebuild.incremental import assemble, topk_incremental
+    from cmapdask.rebuild.incremental import plan_blocks_incremental, topk_incremental
 
     root = str(tmp_path / "coll")
     _staged(data, root)
@@ -211,10 +211,23 @@ def test_graph_building_is_lazy(data, tmp_path):
 
     with dask.config.set(scheduler=boom):
         tasks, layout = topk_incremental(ds, prev, N_OLD, str(tmp_path / "w"), metric="pearson",
-                                         k=K, space="landmark", block_size=48)
-        out = assemble(ds, str(tmp_path / "w"), layout, K)
-    assert len(tasks) == len(layout[0][1]) + len(layout[1][1])
-    assert out["top_score"].shape == (N_OLD + N_NEW, K)
+                                         k=K, space="landmark", rows=48)
+    old, new = plan_blocks_incremental(N_OLD, N_OLD + N_NEW, 48)
+    assert len(tasks) == len(old) + len(new) == len(layout)
+    assert [(lo, hi) for _, lo, hi in layout] == [*old, *new]
+
+
+@pytest.mark.parametrize("n_old,n,rows", [(200, 240, 48), (192, 240, 48), (5, 6, 2), (10, 200, 7)])
+def test_incremental_plan_fills_output_chunks(n_old, n, rows):
+    from cmapdask.rebuild.incremental import plan_blocks_incremental
+
+    old, new = plan_blocks_incremental(n_old, n, rows)
+    blocks = [*old, *new]
+    assert blocks[0][0] == 0 and blocks[-1][1] == n and old[-1][1] == n_old
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    for c in range(0, n, rows):  # each output chunk: at most one old and one new block
+        inside = [b for b in blocks if c <= b[0] < c + rows]
+        assert len(inside) <= 2 and all(hi <= c + rows for _, hi in inside)
 
 
 def test_retry_of_transient_errors():

@@ -30,7 +30,7 @@ from cmapdask.errors import InputError, StoreError
 from cmapdask.io.atomic import join, url_to_fs
 from cmapdask.io.store import has_member, list_members, open_member, open_store, write_member
 from cmapdask.rebuild.faults import checkpoint
-from cmapdask.rebuild.incremental import assemble, topk_full, topk_incremental
+from cmapdask.rebuild.incremental import topk_full, topk_incremental, write_topk_member
 from cmapdask.rebuild.versions import (
     current_version,
     list_versions,
@@ -180,9 +180,10 @@ def rebuild(
     timer.stage("plan", t0)
 
     t0 = time.perf_counter()
-    tag = f"{metric}_{space}_k{k_eff}_b{block_size or 0}_{mode}"
+    rows = int(block_size or ds["expr"].data.chunks[0][0])
+    tag = f"{metric}_{space}_k{k_eff}_r{rows}_{mode}"
     workdir = join(work_url(root, target), tag)
-    opts = {"metric": metric, "k": k_eff, "space": space, "block_size": block_size,
+    opts = {"metric": metric, "k": k_eff, "space": space, "rows": rows,
             "storage_options": storage_options}
     if prev is not None:
         tasks, layout = topk_incremental(ds, prev, n_old, workdir, **opts)
@@ -192,12 +193,12 @@ def rebuild(
     timer.stage("similarity", t0)
 
     t0 = time.perf_counter()
-    result = assemble(ds, workdir, layout, k_eff, storage_options)
     params = {"method": "similarity", "metric": metric, "k": k_eff, "space": space,
               "block_size": block_size, "mode": "self", "rebuild": mode,
               "base_version": base, "n_old": n_old}
-    write_member(turl, name, result, storage_options=storage_options, provenance=params,
-                 progress=progress)
+    write_topk_member(turl, name, ds, workdir, layout, k_eff, rows, provenance=params,
+                      storage_options=storage_options,
+                      compute=lambda t: _compute(t, progress))
     timer.stage("members", t0)
 
     t0 = time.perf_counter()
