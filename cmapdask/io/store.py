@@ -202,7 +202,7 @@ def _write_expr(data, url, storage_options):
 
 def _store_block(block, url, storage_options, block_info=None):
     (start, stop), _ = block_info[0]["array-location"]
-    with _quiet(), _roomy_malloc():
+    with _roomy_malloc():  # (no _quiet here: warning filters are not thread-safe)
         arr = zarr.open_array(url, path="expr", mode="r+", storage_options=storage_options)
         # every chunk is written: no pass over each chunk comparing it with the fill value
         # (a tenth of the conversion's CPU), and an all-NaN block is stored like any other
@@ -528,7 +528,8 @@ def _sha256(url, storage_options, out: dict, stop: threading.Event) -> None:
             with fs.open(p, "rb", block_size=8 * 2**20) as f:
                 while not stop.is_set() and (chunk := f.read(8 * 2**20)):
                     h.update(chunk)
-        out["sha256"] = h.hexdigest()
+        if not stop.is_set():  # stopped: a partial hash is no hash
+            out["sha256"] = h.hexdigest()
     except Exception as e:  # reported by convert, which then fails
         out["error"] = e
 
