@@ -140,7 +140,7 @@ def test_manifest_pointer_and_previous_version_unaffected(data, tmp_path):
     assert man["inputs"]["gctx"]["sha256"] == sha
     assert man["status"] == "published" and man["parent"] == v1 and man["base_version"] == v1
     assert man["parameters"]["k"] == K and man["mode"] == "incremental"
-    assert {"plan", "similarity", "members", "index", "append"} <= set(man["timings"])
+    assert {"plan", "similarity", "members", "products", "append"} <= set(man["timings"])
     assert man["package_version"]
     assert not (tmp_path / "coll" / "work" / v2).exists()
 
@@ -244,6 +244,63 @@ def test_retry_of_transient_errors():
         retry(lambda: open("/nonexistent/x"), what="x", delay=0.001)
     with pytest.raises(StoreError, match="failed after 2 attempts"):
         retry(lambda: (_ for _ in ()).throw(TimeoutError("slow")), what="x", attempts=2, delay=0.001)
+
+
+def test_products_extended_shared_rebuilt_recomputed(data, tmp_path):
+    """Index extended (= ranking every signature afresh), τ background shared while the
+    reference set is unchanged and rebuilt when it changes, clusters recomputed."""
+    from cmapdask import clustering
+    from cmapdask.connectivity import (
+        build_background, build_index, rank_descending, select_signatures)
+    from cmapdask.connectivity.index import space_genes
+
+    d, ds = data["dir"], data["ds"]
+    new = ds.isel(sig=slice(N_OLD, None))
+    ref = "is_touchstone == 1 or pert_type == 'ctl_vehicle'"
+    ts = select_signatures(new, ref)
+    quiet = np.flatnonzero(~ts)[:10]
+    rest = np.setdiff1d(np.arange(N_NEW), quiet)
+    assert ts[rest].any()
+    write_gctx(new.isel(sig=quiet), d / "new_quiet.gctx")
+    write_gctx(new.isel(sig=rest), d / "new_rest.gctx")
+    root = str(tmp_path / "coll")
+    with _threads():
+        append(root, d / "old.gctx", chunk_rows=30)
+        rebuild(root, k=K, block_size=48)
+        v1 = open_current(root).attrs["store_url"]
+        build_index(v1, space="landmark", chunk_rows=64)
+        build_background(v1, reference=ref, space="landmark")
+        nb = open_member(v1, MEMBER)
+        clustering.write_clusters(clustering.graph_clusters(nb, method="louvain", k=5), v1,
+                                  name="graph")
+        append(root, d / "new_quiet.gctx")
+        r2 = rebuild(root, k=K, block_size=48)
+        append(root, d / "new_rest.gctx")
+        r3 = rebuild(root, k=K, block_size=48)
+    how = [{p["member"]: p["how"] for p in read_manifest(root, r.version)["products"]}
+           for r in (r2, r3)]
+    for h in how:
+        assert h["index/landmark"].startswith("extended"), h
+        assert h["clusters/graph"].startswith("recomputed"), h
+        assert h[MEMBER].startswith("incremental"), h
+    assert how[0]["background/landmark"].startswith("shared")
+    assert how[1]["background/landmark"].startswith("rebuilt")
+    cur = open_current(root)
+    url = cur.attrs["store_url"]
+    idx = open_member(url, "index/landmark")
+    x = cur["expr"].values[:, space_genes(cur, "landmark")]
+    assert idx.sizes["sig"] == N_OLD + N_NEW and idx.attrs["cmapdask"]["n_sig"] == N_OLD + N_NEW
+    np.testing.assert_array_equal(idx["rank"].values, rank_descending(x).T)
+    np.testing.assert_array_equal(idx["score"].values, x.T)
+    bg = open_member(url, "background/landmark")
+    want = select_signatures(cur, ref)
+    assert list(bg["sig_bg"].values) == list(cur["sig"].values[want])
+    cl = open_member(url, "clusters/graph")
+    ref = clustering.graph_clusters(open_member(url, MEMBER), method="louvain", k=5)
+    np.testing.assert_array_equal(cl["cluster"].values, ref["cluster"].values)
+    # the earlier versions still read as they were
+    np.testing.assert_array_equal(open_member(v1, "index/landmark")["rank"].values,
+                                  rank_descending(x[:N_OLD]).T)
 
 
 # ------------------------------------------------------------------- kill and resume

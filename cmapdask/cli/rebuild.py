@@ -40,8 +40,9 @@ def register(subparsers) -> None:
     r = subparsers.add_parser(
         "rebuild", help="nightly rebuild: fold new signatures into the products, publish",
         description="Compute the products of the newest appended version of STORE (top-k "
-        "similarity incrementally: new x all merged into the existing lists; query indexes) "
-        "and switch STORE/CURRENT to it atomically. Nothing new: a no-op. A killed run "
+        "similarity incrementally: new x all merged into the existing lists; query indexes "
+        "extended; tau backgrounds shared, or rebuilt when the reference set changed; "
+        "clusters recomputed) and switch STORE/CURRENT to it atomically. Nothing new: a no-op. A killed run "
         "resumes from completed blocks. " + __doc__.split("\n\n")[1],
     )
     r.add_argument("store", metavar="STORE", help="collection URL")

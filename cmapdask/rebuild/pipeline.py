@@ -1,4 +1,4 @@
-"""The nightly job: plan, similarity, members, index, manifest, switch.
+"""The nightly job: plan, similarity, members, products, manifest, switch.
 
 Stages, each idempotent so that a killed run started again ends where an uninterrupted
 one would:
@@ -6,13 +6,16 @@ one would:
 1. **plan** -- the target is the newest version after ``CURRENT`` (made by ``append``);
    nothing newer means nothing to do (a no-op) unless ``full``.
 2. **similarity** -- top-k of the target's signatures, incrementally from the published
-   version's lists when it has the same product (:mod:`.incremental`), else in full;
-   every row block is saved in ``ROOT/work/<version>/`` as soon as it is done and skipped
-   by a rerun.
-3. **members** -- the top-k written into the target as ``similarity/<metric>_<space>``.
-4. **index** -- query indexes (``index/<space>``) rebuilt where the published version had
-   them. τ backgrounds and clusters are rebuilt where their builders exist (recorded in the
-   manifest as ``not_refreshed`` otherwise).
+   version's lists when it has the same product (:mod:`.incremental`: one pass of the old
+   blocks against the new rows), else in full; every row block is saved in
+   ``ROOT/work/<version>/`` as soon as it is done and skipped by a rerun.
+3. **members** -- the top-k written into the target as ``similarity/<metric>_<space>``,
+   one task per output chunk, straight from the saved blocks.
+4. **products** -- every other member of the published version carried over at a cost
+   that follows what changed (:mod:`.products`): query indexes extended (whole blocks
+   shared), τ backgrounds shared when the reference set is unchanged and rebuilt when it
+   changed, clusters recomputed; the manifest lists each with how it was made
+   (``products``) or why it was not (``not_refreshed``).
 5. **manifest** and **switch** -- the manifest gets parameters, inputs, timings; then
    ``CURRENT`` moves to the target in one atomic step (retried on transient errors).
 """
@@ -28,8 +31,9 @@ import dask
 from cmapdask import __version__
 from cmapdask.errors import InputError, StoreError
 from cmapdask.io.atomic import join, url_to_fs
-from cmapdask.io.store import has_member, list_members, open_member, open_store, write_member
+from cmapdask.io.store import has_member, list_members, open_member, open_store
 from cmapdask.rebuild.faults import checkpoint
+from cmapdask.rebuild.products import refresh_products
 from cmapdask.rebuild.incremental import topk_full, topk_incremental, write_topk_member
 from cmapdask.rebuild.versions import (
     current_version,
@@ -97,6 +101,12 @@ def _compute(tasks, progress: bool) -> None:
                 dask.compute(*tasks)
             return
     dask.compute(*tasks)
+
+
+def _n_sig(store_url, storage_options) -> int:
+    from cmapdask.rebuild.products import stored_n_sig
+
+    return stored_n_sig(store_url, storage_options)
 
 
 def _remove(url, storage_options) -> None:
@@ -202,20 +212,20 @@ def rebuild(
     timer.stage("members", t0)
 
     t0 = time.perf_counter()
-    refreshed, not_refreshed = [name], []
+    refreshed = [{"member": name, "how": mode if mode == "full" else
+                  "incremental (new x all merged into the previous lists)",
+                  "seconds": timer.timings["similarity"] + timer.timings["members"]}]
+    not_refreshed = []
     if burl is not None:
-        for member in list_members(burl, storage_options=storage_options):
-            if member == name:
-                continue
-            if member.startswith("index/"):
-                from cmapdask.connectivity.index import build_index
-
-                build_index(turl, space=member.split("/", 1)[1], storage_options=storage_options,
-                            progress=progress)
-                refreshed.append(member)
-            else:  # backgrounds, clusters, other similarity products: no builder here yet
-                not_refreshed.append(member)
-    timer.stage("index", t0)
+        members = list_members(burl, storage_options=storage_options)
+        # products can grow incrementally even when the similarity could not (other k)
+        n_base = 0 if full else n_old or _n_sig(burl, storage_options)
+        done, not_refreshed = refresh_products(
+            burl, turl, members, n_old=n_base,
+            similarity_name=name, storage_options=storage_options, progress=progress,
+            compute=lambda t: _compute(t, progress))
+        refreshed += done
+    timer.stage("products", t0)
 
     t0 = time.perf_counter()
     manifest = {
