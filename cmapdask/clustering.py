@@ -1,8 +1,8 @@
 """Clustering of signatures and perturbagens.
 
 - :func:`kmeans_signatures`: PCA (exact from a one-pass covariance, or dask-ml's
-  randomized/TSQR) then k-means (dask-ml, scalable ``k-means||`` initialisation, or
-  k-means++ on a sample) over signatures.
+  randomized/TSQR) then k-means (dask-ml's Lloyd iterations after a weighted
+  ``k-means||`` initialisation of our own, or k-means++ on a sample) over signatures.
 - :func:`hierarchical_perts`: average/complete/single/Ward linkage (scipy) of a
   perturbagen x perturbagen similarity or connectivity matrix.
 - :func:`graph_clusters`: Leiden (igraph/leidenalg) or Louvain (networkx) communities
@@ -32,6 +32,7 @@ from cmapdask.errors import InputError
 __all__ = [
     "kmeans_signatures",
     "covariance_pca",
+    "kmeans_parallel_init",
     "hierarchical_perts",
     "graph_clusters",
     "knn_from_matrix",
@@ -179,9 +180,10 @@ def kmeans_signatures(
         randomized SVD (about ten passes, any width); ``"full"``: exact, dask-ml's TSQR.
         ``"auto"`` (default): ``"covariance"`` up to 4,096 genes, else ``"randomized"``.
     init
-        ``"k-means||"``: dask-ml's scalable k-means++ (Bahmani et al. 2012), a few
-        passes that each sample O(k) candidates, so the scheduler sees a handful of tasks
-        per pass at any k. ``"sample-k-means++"``: scikit-learn's k-means++ on
+        ``"k-means||"``: scalable k-means++ (Bahmani et al. 2012,
+        :func:`kmeans_parallel_init`): 5 rounds that each draw about ``2k`` candidates in
+        two passes of one small task per block, whatever k is; the candidates, weighted by
+        the points nearest to each, are reduced to k centres in this process. ``"sample-k-means++"``: scikit-learn's k-means++ on
         ``max(init_sample, 20 k)`` signatures drawn at random from the in-memory
         projection (one gather; ``O(sample x k x n_components)`` work in this process).
     init_sample
@@ -305,7 +307,7 @@ def kmeans_signatures(
     return out
 
 
-def _fit_kmeans(z, n, n_clusters, init, init_sample, max_iter, tol, seed):
+def _fit_kmeans(z, n, n_clusters, init, init_sample, max_iter, tol, seed, rounds=5):
     from dask_ml.cluster import KMeans
 
     if init == "sample-k-means++":
@@ -316,10 +318,106 @@ def _fit_kmeans(z, n, n_clusters, init, init_sample, max_iter, tol, seed):
         (zs,) = dask.compute(z[take])
         init_arg, _ = kmeans_plusplus(np.asarray(zs, np.float64), n_clusters, random_state=seed)
     else:
-        init_arg = "k-means||"
-    km = KMeans(n_clusters=n_clusters, init=init_arg, max_iter=max_iter, tol=tol,
-                random_state=seed, oversampling_factor=2, init_max_iter=None)
+        init_arg = kmeans_parallel_init(z, n_clusters, seed=seed, rounds=rounds)
+    km = KMeans(n_clusters=n_clusters, init=np.asarray(init_arg, dtype=z.dtype), max_iter=max_iter,
+                tol=tol, random_state=seed)
     return km.fit(z)
+
+
+def _min_d2(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre and squared distance per row (scikit-learn chunks the distance
+    matrix to its working memory, so a block never holds rows x candidates at once)."""
+    from sklearn.metrics import pairwise_distances_argmin_min
+
+    idx, d = pairwise_distances_argmin_min(np.asarray(x, np.float64), centers)
+    return idx, d * d
+
+
+def _cost_block(x, centers):
+    return np.array([_min_d2(x, centers)[1].sum()])
+
+
+def _sample_block(x, centers, scale, seed, rnd, block):
+    _, d2 = _min_d2(x, centers)
+    keep = np.random.default_rng([seed, rnd, block]).random(d2.size) < np.minimum(1.0, scale * d2)
+    return np.asarray(x, np.float64)[keep]
+
+
+def _weight_block(x, centers):
+    idx, _ = _min_d2(x, centers)
+    return np.bincount(idx, minlength=centers.shape[0]).astype(np.float64)
+
+
+def kmeans_parallel_init(
+    z: da.Array,
+    n_clusters: int,
+    *,
+    seed: int = 0,
+    rounds: int = 5,
+    oversampling: float = 2.0,
+) -> np.ndarray:
+    """Initial centres by k-means|| (Bahmani et al. 2012), with weighted reclustering.
+
+    Parameters
+    ----------
+    z
+        ``(n, d)`` dask array of points (persisted: it is read ``2 rounds + 1`` times).
+    n_clusters
+        k.
+    seed
+        The first centre and each block's draws (``default_rng([seed, round, block])``),
+        so the result depends on the chunking but not on the scheduler.
+    rounds
+        Sampling rounds (the paper finds 5 enough).
+    oversampling
+        ``l / k``: each round draws each point with probability
+        ``min(1, l d^2(x) / phi)``, about ``l`` points.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(k, d)`` centres: the candidates weighted by the points nearest to each, then
+        clustered in this process by weighted k-means (k-means++ seeding, as the paper's
+        step 8).
+
+    Notes
+    -----
+    Per round, two passes over ``z`` (the cost ``phi``, then the draws), each one task
+    per block returning a number or the few drawn points: the scheduler sees
+    ``2 x blocks`` small tasks per round whatever k is. The client holds the
+    ``~ 1 + rounds x l`` candidates (``8 d`` bytes each) and clusters them in
+    ``O(candidates x k x d)`` per Lloyd iteration.
+    """
+    from sklearn.cluster import KMeans as SKKMeans
+    from sklearn.cluster import kmeans_plusplus
+
+    n = z.shape[0]
+    rng = np.random.default_rng([seed, 2**31 - 1])
+    (first,) = dask.compute(z[int(rng.integers(n))])
+    cand = np.asarray(first, np.float64)[None, :]
+    blocks = z.to_delayed().ravel()
+    ell = oversampling * n_clusters
+    for rnd in range(rounds):
+        costs = [dask.delayed(_cost_block, pure=True)(b, cand) for b in blocks]
+        phi = float(np.sum(dask.compute(*costs)))
+        if not phi > 0:
+            break  # every point sits on a candidate
+        draws = [dask.delayed(_sample_block, pure=True)(b, cand, ell / phi, seed, rnd, i)
+                 for i, b in enumerate(blocks)]
+        new = [d for d in dask.compute(*draws) if d.size]
+        if new:
+            cand = np.unique(np.vstack([cand, *new]), axis=0)
+    weights = np.sum(dask.compute(*[dask.delayed(_weight_block, pure=True)(b, cand) for b in blocks]),
+                     axis=0)
+    if cand.shape[0] <= n_clusters:  # too few distinct points drawn: top up at random
+        extra = np.sort(rng.choice(n, n_clusters - cand.shape[0] + 1, replace=False))
+        (more,) = dask.compute(z[extra])
+        cand = np.vstack([cand, np.asarray(more, np.float64)])
+        weights = np.concatenate([weights, np.ones(len(extra))])
+    weights = np.maximum(weights, 1e-12)
+    start, _ = kmeans_plusplus(cand, n_clusters, sample_weight=weights, random_state=seed)
+    km = SKKMeans(n_clusters=n_clusters, init=start, n_init=1, max_iter=50, random_state=seed)
+    return km.fit(cand, sample_weight=weights).cluster_centers_
 
 
 def _nearest(z: np.ndarray, centers: np.ndarray) -> np.ndarray:

@@ -315,3 +315,36 @@ def test_kmeans_runs_on_the_active_multiprocess_cluster(cluster_client):
     np.testing.assert_allclose(par["centers"].values, serial["centers"].values, rtol=1e-4, atol=1e-4)
     assert par.attrs["cmapdask"]["inertia"] == pytest.approx(serial.attrs["cmapdask"]["inertia"], rel=1e-5)
     assert adjusted_rand_score(truth, lab) == 1.0
+
+
+def test_kmeans_parallel_init_finds_every_blob_with_tasks_independent_of_k():
+    from dask.callbacks import Callback
+
+    from cmapdask.clustering import kmeans_parallel_init
+
+    class Count(Callback):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def _posttask(self, *args):
+            self.n += 1
+
+    rng = np.random.default_rng(0)
+    counts = {}
+    for k in (5, 60):
+        centers = rng.standard_normal((k, 8)) * 20
+        truth = np.arange(3000) % k
+        x = centers[truth] + rng.standard_normal((3000, 8))
+        z = da.from_array(x, chunks=400).persist()
+        with Count() as c:
+            init = kmeans_parallel_init(z, k, seed=1)
+        counts[k] = c.n
+        assert init.shape == (k, 8)
+        # one initial centre per planted blob
+        near = np.linalg.norm(init[:, None, :] - centers[None], axis=2).argmin(axis=1)
+        assert np.unique(near).size == k
+        # deterministic for a seed and a chunking
+        np.testing.assert_array_equal(init, kmeans_parallel_init(z, k, seed=1))
+    # the scheduler sees the same number of tasks at k = 60 as at k = 5
+    assert counts[60] == counts[5], counts
