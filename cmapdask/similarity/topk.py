@@ -34,7 +34,7 @@ _LOW = np.int64(2**32 - 1)
 # no "ninf": +-inf are the initial values of the extrema; no NaN reaches these kernels
 # (invalid signatures are compacted out before the product)
 _FM = {"nnan", "nsz", "reassoc", "arcp", "contract"}
-_COL_TILE = 256
+_HALVINGS = 12  # of the threshold bisections
 
 
 @numba.njit(cache=True, inline="always")
@@ -123,6 +123,34 @@ def _emit(o, idx, n, kk, top, out):
             w += 1
 
 
+@numba.njit(cache=True, inline="always", fastmath=_FM)
+def _threshold(g, n, kk, top):
+    # a score that at least kk of g[:n] reach (top) or stay under (bottom): a float
+    # bisection that keeps the safe side; a dozen halvings come close enough to the exact
+    # k-th value for the few extra survivors not to matter
+    lo = g[0]
+    hi = g[0]
+    for i in range(n):
+        lo = min(lo, g[i])
+        hi = max(hi, g[i])
+    safe = lo if top else hi
+    other = hi if top else lo
+    for _ in range(_HALVINGS):
+        mid = np.float32(0.5) * (safe + other)
+        cnt = 0
+        if top:
+            for i in range(n):
+                cnt += g[i] >= mid
+        else:
+            for i in range(n):
+                cnt += g[i] <= mid
+        if cnt >= kk:
+            safe = mid
+        else:
+            other = mid
+    return safe
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FM)
 def _lanes(row, lanes, gmax, gmin):
     # extrema of the strided lanes j % lanes (the tail of the row folds into the first lanes)
@@ -159,13 +187,10 @@ def _rows_pass(c, bits, cols, diagonal, lanes, kr, ngc, out_t, out_b, colmax, co
     m, n = c.shape
     gmax = np.empty(max(lanes, 1), np.float32)
     gmin = np.empty(max(lanes, 1), np.float32)
-    og = np.empty(max(lanes, 1), np.int64)
     ct = np.empty(n + 1, np.int64)
     cb = np.empty(n + 1, np.int64)
     o = np.empty(n + 1, np.int64)
     ix = np.empty(n + 1, np.int64)
-    tb = np.empty(1, np.int32)
-    tf = tb.view(np.float32)
     for r in range(m):
         row = c[r]
         if ngc:
@@ -187,16 +212,8 @@ def _rows_pass(c, bits, cols, diagonal, lanes, kr, ngc, out_t, out_b, colmax, co
                 if full + ln < n and full + ln != r:
                     gmax[ln] = max(gmax[ln], row[full + ln])
                     gmin[ln] = min(gmin[ln], row[full + ln])
-            tmp = gmax.view(np.int32)
-            for q in range(lanes):
-                og[q] = _ord(tmp[q])
-            tb[0] = _unord(_kth_largest(og, lanes, kr))
-            t_top = tf[0]
-            tmp = gmin.view(np.int32)
-            for q in range(lanes):
-                og[q] = _ord(tmp[q])
-            tb[0] = _unord(_kth_smallest(og, lanes, kr))
-            t_bot = tf[0]
+            t_top = _threshold(gmax, lanes, kr, True)
+            t_bot = _threshold(gmin, lanes, kr, False)
         else:
             t_top = np.float32(-np.inf)
             t_bot = np.float32(np.inf)
