@@ -420,6 +420,32 @@ def test_cli_similarity(small_store, tmp_path, capsys):
                  "--gctx", str(tmp_path / "f.gctx"), "--cluster", "none", "--quiet"]) == 0
     assert (tmp_path / "f.gctx").exists()
 
+    from cmapdask.io.store import write_store
+    from cmapdask.similarity import pert_similarity
+
+    ref_url = str(tmp_path / "ref.zarr")
+    write_store(make_ds(n=90, seed=9, chunks=(40, 50)), ref_url)
+    assert main(["similarity", small_store, "--ref", ref_url, "--k", "6", "--out",
+                 str(tmp_path / "r.zarr"), "--cluster", "none", "--quiet"]) == 0
+    got = xr.open_zarr(tmp_path / "r.zarr", consolidated=False).compute()
+    exp = similarity(make_ds(), make_ds(n=90, seed=9), k=6).compute()
+    np.testing.assert_array_equal(got["top_index"].values, exp["top_index"].values)
+    assert [str(v) for v in got["bottom_id"].values[7]] == [str(v) for v in exp["bottom_id"].values[7]]
+    assert got.attrs["cmapdask"]["mode"] == "query"
+
+    rng = np.random.default_rng(2)
+    pds = make_ds(bad=False).assign_coords(
+        pert_id=("sig", rng.choice(["pA", "pB", "pC"], 120).astype(object)),
+        cell_id=("sig", rng.choice(["c1", "c2"], 120).astype(object)))
+    purl = str(tmp_path / "p.zarr")
+    write_store(pds, purl)
+    assert main(["similarity", purl, "--pert", "--metric", "spearman", "--cluster", "none",
+                 "--quiet"]) == 0
+    got = open_member(purl, "similarity/spearman_landmark_pert").compute()
+    exp = pert_similarity(pds, metric="spearman").compute()
+    np.testing.assert_allclose(got["pert_summary"].values, exp["pert_summary"].values, atol=1e-6)
+    assert got.attrs["cmapdask"]["aggregate"] == "maxq"
+
     assert main(["similarity", small_store, "--k", "500", "--cluster", "none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "k=500 is larger than the 119" in err[0]
@@ -531,6 +557,60 @@ def test_block_topk_exact_with_many_ties(shape, k):
                 i = np.arange(shape[0])
                 np.testing.assert_array_equal(col[1][q], rows[i[np.lexsort((i, -s))][:k]])
                 np.testing.assert_array_equal(col[3][q], rows[i[np.lexsort((i, s))][:k]])
+
+
+@pytest.mark.parametrize("shape,k,rnd", [((700, 1000), 30, None), ((1000, 1000), 64, 2),
+                                         ((640, 2000), 100, None)])
+def test_block_topk_exact_at_block_scale(shape, k, rnd):
+    """Sizes where the lane and row-group thresholds are used (not every score a candidate)."""
+    from cmapdask.similarity.topk import _n_groups, block_topk
+
+    assert _n_groups(k, shape[0]) and _n_groups(k, shape[1])
+    rng = np.random.default_rng(k)
+    c = rng.standard_normal(shape).astype(np.float32)
+    if rnd:
+        c = np.round(c, rnd).astype(np.float32)  # ties at the thresholds
+    cols, rows = np.arange(shape[1]) + 5000, np.arange(shape[0]) * 3
+    for diagonal in ([False, True] if shape[0] == shape[1] else [False]):
+        (ts, ti, bs, bi), col = block_topk(c, cols, rows, k, diagonal=diagonal, both=not diagonal)
+        for r in range(shape[0]):
+            j = np.flatnonzero(np.arange(shape[1]) != (r if diagonal else -1))
+            s = c[r, j]
+            np.testing.assert_array_equal(ti[r], cols[j[np.lexsort((j, -s))][:k]])
+            np.testing.assert_array_equal(bi[r], cols[j[np.lexsort((j, s))][:k]])
+            np.testing.assert_array_equal(bs[r], np.sort(s)[:k])
+        if col is not None:
+            i = np.arange(shape[0])
+            for q in range(shape[1]):
+                s = c[:, q]
+                np.testing.assert_array_equal(col[1][q], rows[i[np.lexsort((i, -s))][:k]])
+                np.testing.assert_array_equal(col[3][q], rows[i[np.lexsort((i, s))][:k]])
+                np.testing.assert_array_equal(col[0][q], -np.sort(-s)[:k])
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_engine_at_block_scale(metric):
+    """Blocks large enough for the thresholded kernel, uneven, self and query modes."""
+    ds = make_ds(n=1500, g=40, seed=4, chunks=(700, 560, 240))
+    x = ds["expr"].values[:, SPACE["landmark"]]
+    full = reference(x, x, metric)
+    res = similarity(ds, metric=metric, k=25, space="landmark").compute()
+    for largest, pre in ((True, "top"), (False, "bottom")):
+        check_topk(full, res[f"{pre}_index"].values, res[f"{pre}_score"].values, 25, largest, True)
+    q = similarity(ds.isel(sig=slice(0, 300)), ds.isel(sig=slice(300, 1500)), metric=metric,
+                   k=25, space="landmark").compute()
+    check_topk(full[:300, 300:], q["top_index"].values, q["top_score"].values, 25, True, False)
+    check_topk(full[:300, 300:], q["bottom_index"].values, q["bottom_score"].values, 25, False,
+               False)
+
+
+def test_count_invalid_reports_unscorable():
+    from cmapdask.similarity import count_invalid
+
+    n, ids = count_invalid(similarity(make_ds(chunks=(50, 50, 20)), k=3))
+    assert (n, ids) == (3, ["s20", "s30", "s40"])
+    n, ids = count_invalid(similarity(make_ds(), metric="cosine", k=3))
+    assert (n, ids) == (2, ["s30", "s40"])  # a constant row still has a direction
 
 
 # ------------------------------------------------------------------------ properties
