@@ -1,8 +1,8 @@
 """cmapdask: the Connectivity Map's analysis at cluster scale on Dask.
 
 The functional API lives here; ``ds.cmap`` (registered on import) is a doorway to it.
-Files and the store are imported eagerly; the analyses are imported on first use (PEP 562),
-so ``import cmapdask`` and the command line start quickly.
+Optional dependencies (scikit-learn, dask-ml, matplotlib, s3fs) are imported only by the
+functions that need them.
 """
 
 from __future__ import annotations
@@ -46,56 +46,47 @@ from cmapdask.io.store import (  # noqa: E402
 )
 from cmapdask.io.tables import read_table, write_table  # noqa: E402
 from cmapdask import accessor  # noqa: E402,F401  (registers ds.cmap)
-
-# name -> module, imported on first access
-_LAZY = {
-    **dict.fromkeys(
-        ["query", "build_index", "introspect", "build_background", "summarize", "write_result"],
-        "cmapdask.connectivity",
-    ),
-    **dict.fromkeys(
-        ["similarity", "similarity_matrix", "pert_similarity", "write_similarity"],
-        "cmapdask.similarity",
-    ),
-    **dict.fromkeys(
-        ["quantile_normalize", "robust_zscore", "level4", "modz", "level5"], "cmapdask.levels"
-    ),
-    **dict.fromkeys(
-        ["synth_design", "synth_dataset", "synth_truth", "write_synthetic"], "cmapdask.synthetic"
-    ),
-    **dict.fromkeys(
-        ["kmeans_signatures", "hierarchical_perts", "graph_clusters", "cluster_quality",
-         "write_clusters"],
-        "cmapdask.clustering",
-    ),
-    **dict.fromkeys(
-        ["enrich_ranked", "enrichment_table", "cluster_enrichment", "moa_recall",
-         "candidate_pcls", "write_pcl_gmt"],
-        "cmapdask.enrich",
-    ),
-    "read_annotations": "cmapdask.annotations",
-    **dict.fromkeys(
-        ["append", "rebuild", "open_current", "open_version", "current_version",
-         "list_versions", "read_manifest"],
-        "cmapdask.rebuild",
-    ),
-}
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cmapdask' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
+from cmapdask.annotations import read_annotations  # noqa: E402
+from cmapdask.clustering import (  # noqa: E402
+    cluster_quality,
+    graph_clusters,
+    hierarchical_perts,
+    kmeans_signatures,
+    write_clusters,
+)
+from cmapdask.connectivity import (  # noqa: E402
+    build_background,
+    build_index,
+    introspect,
+    query,
+    summarize,
+    write_result,
+)
+from cmapdask.enrich import (  # noqa: E402
+    candidate_pcls,
+    cluster_enrichment,
+    enrich_ranked,
+    enrichment_table,
+    moa_recall,
+    write_pcl_gmt,
+)
+from cmapdask.levels import level4, level5, modz, quantile_normalize, robust_zscore  # noqa: E402
+from cmapdask.rebuild import (  # noqa: E402
+    append,
+    current_version,
+    list_versions,
+    open_current,
+    open_version,
+    read_manifest,
+    rebuild,
+)
+from cmapdask.similarity import (  # noqa: E402
+    pert_similarity,
+    similarity,
+    similarity_matrix,
+    write_similarity,
+)
+from cmapdask.synthetic import synth_dataset, synth_design, synth_truth, write_synthetic  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -129,6 +120,48 @@ __all__ = [
     "open_member",
     "has_member",
     "list_members",
-    # analyses (imported on first use)
-    *_LAZY,
+    # connectivity
+    "query",
+    "build_index",
+    "introspect",
+    "build_background",
+    "summarize",
+    "write_result",
+    # similarity
+    "similarity",
+    "similarity_matrix",
+    "pert_similarity",
+    "write_similarity",
+    # signature levels
+    "quantile_normalize",
+    "robust_zscore",
+    "level4",
+    "modz",
+    "level5",
+    # clustering and MoA enrichment
+    "read_annotations",
+    "kmeans_signatures",
+    "hierarchical_perts",
+    "graph_clusters",
+    "cluster_quality",
+    "write_clusters",
+    "enrich_ranked",
+    "enrichment_table",
+    "cluster_enrichment",
+    "moa_recall",
+    "candidate_pcls",
+    "write_pcl_gmt",
+    # nightly rebuilds
+    "append",
+    "rebuild",
+    "open_current",
+    "open_version",
+    "current_version",
+    "list_versions",
+    "read_manifest",
+    # synthetic data
+    "synth_design",
+    "synth_dataset",
+    "synth_truth",
+    "write_synthetic",
 ]
