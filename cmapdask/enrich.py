@@ -59,6 +59,7 @@ PValue = Literal["permutation", "analytic"]
 Weight = Literal["unweighted", "weighted"]
 Exclude = Literal["self", "none"]
 Unseen = Literal["midpoint", "exclude"]
+Null = Literal["auto", "items", "groups"]
 
 FIELDS = (
     "n_hits", "es", "es_top", "es_bottom", "p_ks_top", "p_ks_bottom",
@@ -193,9 +194,39 @@ def _analytic_p(d: np.ndarray, n: int, g: np.ndarray) -> np.ndarray:
     return np.where(d > 0, np.minimum(1.0, np.exp(-2.0 * d * d * m)), 1.0)
 
 
+def _group_null(rng, pos_by_group, ptr, m, permutations, n, nt, w):
+    """KS and top/bottom-N counts of ``permutations`` random sets of ``m`` groups (all the
+    items of each drawn group): ``(es_top, es_bottom, k_top, k_bottom)`` arrays."""
+    n_groups = ptr.size - 1
+    draws = _random_subsets(rng, n_groups, m, permutations)  # (B, m) group indices
+    size = np.diff(ptr)[draws]  # items per drawn group
+    tot = size.sum(axis=1)
+    draw_id = np.repeat(np.arange(permutations), tot)
+    starts_g = np.repeat(ptr[:-1][draws].ravel(), size.ravel())
+    within = np.arange(starts_g.size) - np.repeat(np.cumsum(size.ravel()) - size.ravel(), size.ravel())
+    pos = pos_by_group[starts_g + within]
+    o = np.lexsort((pos, draw_id))
+    pos, draw_id = pos[o], draw_id[o]
+    starts = np.concatenate([[0], np.cumsum(tot)[:-1]])
+    top, bot = ks_statistics(pos, n, tot, None if w is None else w[pos], starts)
+    kt = np.bincount(draw_id[pos < nt], minlength=permutations)
+    kb = np.bincount(draw_id[pos >= n - nt], minlength=permutations)
+    return top, bot, kt, kb
+
+
+def _count_pvalue(obs, null_sorted):
+    """(1 + #null >= obs) / (1 + B) for integer counts."""
+    ge = null_sorted.size - np.searchsorted(null_sorted, obs, side="left")
+    return (1.0 + ge) / (1.0 + null_sorted.size)
+
+
 def _enrich_block(scores, item_idx, set_idx, n_sets, list_labels, item_labels, *, offset,
-                  n_top, permutations, pvalue, weight, seed):
-    """numpy kernel: ``(L, n_sets, len(FIELDS))`` for a block of lists."""
+                  n_top, permutations, pvalue, weight, seed, groups=None):
+    """numpy kernel: ``(L, n_sets, len(FIELDS))`` for a block of lists.
+
+    ``groups``: per item the code of its label (``-1``: none) for the group null, or
+    ``None`` for random item sets.
+    """
     L, N = scores.shape
     out = np.full((L, n_sets, len(FIELDS)), np.nan)
     nulls: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -237,6 +268,28 @@ def _enrich_block(scores, item_idx, set_idx, n_sets, list_labels, item_labels, *
         kb = np.bincount(hs[hp >= n - nt], minlength=n_sets)[present]
         out[r, present, F["k_top"]] = kt
         out[r, present, F["k_bottom"]] = kb
+        if groups is not None and pvalue == "permutation":
+            # random sets of as many labels (all their items), drawn from this list's labels
+            gi = groups[order]
+            lab_ok = gi >= 0
+            lab_pos = np.flatnonzero(lab_ok)
+            go = np.lexsort((lab_pos, gi[lab_ok]))
+            pos_by_group = lab_pos[go]
+            gsorted = gi[lab_ok][go]
+            ptr = np.concatenate([[0], np.flatnonzero(np.diff(gsorted)) + 1, [gsorted.size]])
+            hit_groups = groups[order[hp]]
+            m_s = np.array([np.unique(hit_groups[hs == si]).size for si in present])
+            wts = w if weight == "weighted" else None
+            for mm in np.unique(m_s):
+                sel = m_s == mm
+                rng = np.random.default_rng([seed, offset + r, int(mm), 1])
+                nt_, nb_, kt_, kb_ = _group_null(rng, pos_by_group, ptr, int(mm), permutations,
+                                                 n, nt, wts)
+                out[r, present[sel], F["p_ks_top"]] = _pvalue(top[sel], np.sort(nt_))
+                out[r, present[sel], F["p_ks_bottom"]] = _pvalue(bot[sel], np.sort(nb_))
+                out[r, present[sel], F["p_fisher_top"]] = _count_pvalue(kt[sel], np.sort(kt_))
+                out[r, present[sel], F["p_fisher_bottom"]] = _count_pvalue(kb[sel], np.sort(kb_))
+            continue
         out[r, present, F["p_fisher_top"]] = scipy.stats.hypergeom.sf(kt - 1, n, g, nt)
         out[r, present, F["p_fisher_bottom"]] = scipy.stats.hypergeom.sf(kb - 1, n, g, nt)
         if pvalue == "analytic":
@@ -282,6 +335,7 @@ def enrich_ranked(
     pvalue: PValue = "permutation",
     weight: Weight = "unweighted",
     exclude: Exclude = "self",
+    null: Null = "auto",
     seed: int = 0,
 ) -> xr.Dataset:
     """Enrichment of annotation sets at the top and bottom of ranked lists (lazy).
@@ -315,6 +369,17 @@ def enrich_ranked(
         ``"self"``: in a list whose id (the list coordinate, or its ``item_field``
         coordinate) equals an item's label, that item is left out (a compound is not its
         own neighbour). ``"none"``: keep every item.
+    null
+        What a random set is, for the permutation p-values. ``"items"``: as many random
+        items as the set has hits (right when items are independent: one per
+        perturbagen, as in a ``pert_summary`` matrix). ``"groups"``: as many random
+        labels (``item_field`` values present in the list) as the set has, with all of
+        their items: the signatures of one compound move together in a ranked list, so
+        random items would make a set of compounds look enriched far too often
+        (measured: 41-46 % of p below 0.05 with shuffled annotations on a query result,
+        instead of 5 %). The top/bottom-N p-values are then permutation p-values of the
+        hit counts under the same null, not the hypergeometric tail. ``"auto"``:
+        ``"groups"`` when some label has several items, else ``"items"``.
     seed
         Seed of the permutations; unweighted nulls depend only on (list length, set size,
         seed), so results do not depend on the chunking.
@@ -342,6 +407,8 @@ def enrich_ranked(
         raise InputError(f"exclude must be 'self' or 'none', not {exclude!r}")
     if pvalue == "analytic" and weight == "weighted":
         raise InputError("the analytic p-value is for weight='unweighted' only; use permutations")
+    if null not in ("auto", "items", "groups"):
+        raise InputError(f"null must be 'auto', 'items' or 'groups', not {null!r}")
     if not isinstance(scores, xr.DataArray) or scores.ndim != 2:
         raise InputError("enrich_ranked: scores must be a 2-D xarray DataArray (list, item)")
     for name, v, lo in (("n_top", n_top, 1), ("permutations", permutations, 1)):
@@ -359,6 +426,14 @@ def enrich_ranked(
     names, item_idx, set_idx = membership(sets, item_labels)
     if item_idx.size == 0:
         raise InputError("enrich_ranked: no item belongs to any annotation set (wrong item_field?)")
+    codes = pd.factorize(pd.Series(item_labels, dtype=object))[0].astype(np.int64)
+    repeated = bool(np.bincount(codes[codes >= 0]).max(initial=0) > 1)
+    if null == "auto":
+        null = "groups" if repeated else "items"
+    if null == "groups" and pvalue == "analytic":
+        raise InputError("the analytic p-value assumes independent items (null='items'); "
+                         "use permutations for null='groups'")
+    groups = codes if null == "groups" else None
     list_labels = None
     if exclude == "self":
         src = scores[ldim].values
@@ -379,7 +454,7 @@ def enrich_ranked(
         return _enrich_block(
             x, item_idx, set_idx, n_sets, lab, item_labels, offset=int(offsets[i]),
             n_top=int(n_top), permutations=int(permutations), pvalue=pvalue,
-            weight=weight, seed=int(seed),
+            weight=weight, seed=int(seed), groups=groups,
         )
 
     res = da.map_blocks(
@@ -397,7 +472,7 @@ def enrich_ranked(
     out.attrs["cmapdask"] = {
         "method": "enrich_ranked", "package_version": __version__, "n_top": int(n_top),
         "permutations": int(permutations), "pvalue": pvalue, "weight": weight,
-        "exclude": exclude, "seed": int(seed), "item_field": item_field,
+        "exclude": exclude, "null": null, "seed": int(seed), "item_field": item_field,
         "fdr": "Benjamini-Hochberg over the sets of each list, per statistic and tail",
     }
     return out

@@ -73,6 +73,9 @@ def register(subparsers) -> None:
     e.add_argument("--weight", choices=["unweighted", "weighted"], default="unweighted")
     e.add_argument("--exclude", choices=["self", "none"], default="self",
                    help="self: leave a list's own perturbagen out of it (default)")
+    e.add_argument("--null", choices=["auto", "items", "groups"], default="auto",
+                   help="random sets of items, or of labels with all their items (groups: "
+                   "several signatures per compound); auto picks groups when labels repeat")
     e.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     e.add_argument("--max-q", type=float, default=1.0, help="keep rows with some q at most this")
     e.add_argument("--running-sum", default=None, metavar="PNG|SVG",
@@ -224,7 +227,8 @@ def run_enrich(args) -> int:
                 item_field = "pert_id"
             res = enrich.enrich_ranked(lists, sets, item_field=item_field, n_top=args.n_top,
                                        permutations=args.permutations, pvalue=args.pvalue,
-                                       weight=args.weight, exclude=args.exclude, seed=args.seed)
+                                       weight=args.weight, exclude=args.exclude, null=args.null,
+                                       seed=args.seed)
             with progress(args, client):
                 df = enrich.enrichment_table(res, max_q=args.max_q)
             if args.running_sum and len(df):
