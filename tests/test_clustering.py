@@ -140,6 +140,16 @@ def test_hierarchical_matches_scipy(method):
     assert adjusted_rand_score(again["cluster"].values, res["cluster"].values) == 1.0
 
 
+def test_condensed_similarity_blocks():
+    from cmapdask.clustering import _condensed_similarity
+
+    rng = np.random.default_rng(3)
+    m = rng.standard_normal((23, 23)).astype(np.float32)
+    want = squareform((m.astype(np.float64) + m.T) / 2 * (1 - np.eye(23)), checks=False)
+    for block in (1, 5, 23, 1024):
+        np.testing.assert_array_equal(_condensed_similarity(m, block=block), want)
+
+
 def test_hierarchical_bad_input():
     mat, _ = _pert_matrix()
     with pytest.raises(InputError, match="exactly one"):
