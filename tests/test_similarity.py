@@ -430,7 +430,8 @@ def test_cli_similarity(small_store, tmp_path, capsys):
     got = xr.open_zarr(tmp_path / "r.zarr", consolidated=False).compute()
     exp = similarity(make_ds(), make_ds(n=90, seed=9), k=6).compute()
     np.testing.assert_array_equal(got["top_index"].values, exp["top_index"].values)
-    assert [str(v) for v in got["bottom_id"].values[7]] == [str(v) for v in exp["bottom_id"].values[7]]
+    assert [str(v) for v in got["bottom_id"].values[7]] == [
+        str(v) for v in exp["bottom_id"].values[7]]
     assert got.attrs["cmapdask"]["mode"] == "query"
 
     rng = np.random.default_rng(2)

@@ -5,8 +5,11 @@ score, then by the smaller neighbour index; the most opposite first by score asc
 then by the smaller index. Missing slots (fewer candidates than ``k``) hold score NaN and
 index -1 and sort last.
 
-A partial result is a tuple ``(top_score, top_index, bottom_score, bottom_index)`` of
-arrays with one row per signature of a row block and at most ``k`` columns.
+Inside the engine a partial result is a pair ``(top keys, bottom keys)`` of int64 arrays
+(:mod:`.topk`: each key holds a score and a neighbour index and sorts best first), one row
+per signature of a row block and at most ``k`` columns, in no particular order; only the
+root of each row block's merge tree sorts and decodes them into ``(top_score, top_index,
+bottom_score, bottom_index)``.
 """
 
 from __future__ import annotations

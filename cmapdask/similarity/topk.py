@@ -13,13 +13,17 @@ float (-0.0 counted as 0.0). ``MISSING`` (the largest int64) marks an empty slot
 key reaches it. Indices must be below 2**32.
 
 Per row: the maxima and minima of G >= 2k disjoint strided lanes of the row are taken in
-one vectorised pass; the k-th largest lane maximum is a threshold that at least k scores
-reach, and it rejects about 97 % of the row in one branch-free pass. Among the few
-survivors the exact k-th score is found by bisection on the ordered integers (vectorised
-counts, no sorting), and the k best are written unsorted. Columns use maxima of groups of
-rows accumulated during the same row-major pass, then one more pass over the block in
-column tiles, so the block is never transposed. Everything costs a small fraction of the
-matrix product that made the block.
+one vectorised pass; a score that at least k lane maxima reach (found by a short float
+bisection over the G maxima) is a threshold that at least k scores reach, and it rejects
+about 97 % of the row in one branch-free compaction while the row is still in cache.
+Among the few survivors the exact k-th score is found by bisection on the ordered
+integers (vectorised counts, no sorting), and the k best are written unsorted. Columns
+use the extrema of groups of rows, accumulated during the same row-major pass; their
+thresholds are bisected for all columns at once, then one more branch-free pass over the
+block collects the survivors row by row, and a counting sort regroups them by column, so
+the block is never transposed. For a 4096 x 4096 block of 978-gene correlations and
+k = 100 the whole costs about a quarter of the single-threaded float32 product that made
+the block (both sides) or a tenth (rows only).
 """
 
 from __future__ import annotations
