@@ -9,7 +9,8 @@
   of the k-nearest-neighbour graph built from :func:`cmapdask.similarity.similarity`
   results or from a dense perturbagen matrix.
 - :func:`cluster_quality`: silhouette on a sample, adjusted Rand index and purity against
-  annotations; :func:`write_clusters`: labels as a store member and as a table.
+  annotations; :func:`write_clusters`: labels as a store member and as a table;
+  :func:`with_cluster_coords`: stored labels back as coordinates of a dataset.
 
 Fitting is iterative and runs on the dask scheduler in effect when called (as dask-ml
 estimators do); what a function returns beyond the fit (labels of every signature) is
@@ -39,6 +40,7 @@ __all__ = [
     "cluster_quality",
     "write_clusters",
     "clusters_table",
+    "with_cluster_coords",
 ]
 
 Init = Literal["k-means||", "sample-k-means++"]
@@ -830,4 +832,54 @@ def write_clusters(
             else:
                 df.to_csv(tmp, sep="\t", index=False)
         out["table"] = os.fspath(table)
+    return out
+
+
+def with_cluster_coords(
+    ds: xr.Dataset,
+    store,
+    *,
+    names: list[str] | None = None,
+    storage_options: dict | None = None,
+) -> xr.Dataset:
+    """``ds`` with the labels of stored clusterings as coordinates ``cluster_<name>``.
+
+    Parameters
+    ----------
+    ds
+        Signatures (or any dataset whose dimension matches the clustering's: ``sig`` for
+        k-means and signature graphs, ``pert`` for perturbagen clusterings).
+    store
+        Store URL holding members ``clusters/<name>`` (:func:`write_clusters`).
+    names
+        Clusterings to attach (default: every ``clusters/*`` member).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``cluster_<name>`` along the matching dimension, int32, ``-1`` where an id has no
+        label; each coordinate's ``attrs["cmapdask"]`` is the clustering's provenance.
+
+    Notes
+    -----
+    Reads the label arrays only (``4 n`` bytes each).
+    """
+    from cmapdask.io.store import list_members, open_member
+
+    if names is None:
+        names = [m.split("/", 1)[1] for m in list_members(store, storage_options=storage_options)
+                 if m.startswith("clusters/")]
+    out = ds
+    for name in names:
+        member = open_member(store, f"clusters/{name}", storage_options=storage_options)
+        if "cluster" not in member:
+            raise InputError(f"{store}: member clusters/{name} holds no cluster labels")
+        dim = member["cluster"].dims[0]
+        if dim not in ds.dims:
+            raise InputError(f"clusters/{name} labels {dim!r}, which the dataset does not have")
+        lab = pd.Series(np.asarray(member["cluster"].values, dtype=np.int64),
+                        index=[str(v) for v in member[dim].values])
+        vals = lab.reindex([str(v) for v in ds[dim].values]).fillna(-1).to_numpy(np.int32)
+        coord = xr.DataArray(vals, dims=(dim,), attrs={"cmapdask": dict(member.attrs.get("cmapdask", {}))})
+        out = out.assign_coords({f"cluster_{name}": coord})
     return out

@@ -610,7 +610,11 @@ def cluster_enrichment(
 
     Notes
     -----
-    In memory, O(items + memberships); the counts are one ``bincount``.
+    In memory, O(items + memberships); the counts are one ``bincount``. The
+    hypergeometric treats items as independent draws: with several signatures per
+    compound (which cluster together) the p-values of signature clusters are too small;
+    cluster perturbagens (:func:`cmapdask.clustering.hierarchical_perts`) for calibrated
+    ones.
     """
     cl = pd.Series(np.asarray(clusters, dtype=object))
     labels = _labels(item_labels)

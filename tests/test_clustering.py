@@ -299,6 +299,16 @@ def test_labels_written_as_member_and_table(strong, tmp_path):
     assert table["sig"].tolist() == st["sig"].values.tolist()
     assert table["cluster"].tolist() == res["cluster"].values.tolist()
     assert "pert_id" in table.columns
+    # back as a coordinate of the signatures, with the provenance
+    from cmapdask.clustering import with_cluster_coords
+    from cmapdask.io.store import open_store
+
+    ds = with_cluster_coords(open_store(url).isel(sig=slice(150, None)), url)
+    assert ds["cluster_km3"].dims == ("sig",)
+    np.testing.assert_array_equal(ds["cluster_km3"].values, res["cluster"].values[150:])
+    assert ds["cluster_km3"].attrs["cmapdask"]["n_clusters"] == 3
+    with pytest.raises(InputError, match="does not have"):
+        with_cluster_coords(xr.Dataset(coords={"pert": ["a"]}), url, names=["km3"])
     write_clusters(res, name="pq", table=tmp_path / "km3.parquet")
     assert pd.read_parquet(tmp_path / "km3.parquet")["cluster"].tolist() == table["cluster"].tolist()
     with pytest.raises(InputError, match="store, a table"):
