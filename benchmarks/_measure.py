@@ -31,6 +31,7 @@ class PeakRSS:
         self.interval = interval
         self.peak = 0
         self.peak_procs = 0
+        self.peak_detail: list[tuple[int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -38,10 +39,14 @@ class PeakRSS:
         me = psutil.Process()
         procs = [me, *me.children(recursive=True)]
         self.peak_procs = max(self.peak_procs, len(procs))
-        total = 0
+        total, detail = 0, []
         for p in procs:
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
+                total += rss
+                detail.append((p.pid, rss))
+        if total > self.peak:
+            self.peak_detail = detail  # each process's RSS at the peak, this process first
         return total
 
     def _run(self):

@@ -6,8 +6,9 @@ Usage::
         [--n-sigs 100000] [--genes 12328] [--workdir DIR] [--workers N] [--serial]
 
 Writes a synthetic GCTx in the reference layout once (100,000 x 12,328 float32 = 4.9 GB
-of matrix, 5.0 GB on disk; kept in ``--workdir`` for reruns), reads it once to put it in
-the page cache, then measures in the same run:
+of matrix, 5.0 GB on disk; kept in ``--workdir`` for reruns), then measures in the same
+run, reading the file through before each step so every step finds it in the page cache,
+in the order 2 (alone), 1, 3, 2 (beside 1), and prints the load average after each:
 
 1. the unavoidable work, with the same number of processes as the conversion's workers:
    each process reads store-chunk slabs with h5py (file opened once per process) and
@@ -79,8 +80,9 @@ _FILE = None
 _CODEC = None
 
 
-def _init_loop(path: str, clevel: int) -> None:
-    """One h5py file and one codec per loop process (opened once, not per slab)."""
+def _init_loop(path: str, clevel: int, ready) -> None:
+    """One h5py file and one codec per loop process (opened once, not per slab); returns
+    when every process of the pool got this far."""
     global _FILE, _CODEC
     import numcodecs.blosc
     from numcodecs import Blosc
@@ -88,6 +90,7 @@ def _init_loop(path: str, clevel: int) -> None:
     numcodecs.blosc.use_threads = False  # one core per process, like a worker thread
     _FILE = h5py.File(path, "r")
     _CODEC = Blosc(cname="zstd", clevel=clevel, shuffle=Blosc.SHUFFLE)
+    ready.wait()
 
 
 def _slab(bounds: tuple[int, int]) -> tuple[int, float]:
@@ -99,7 +102,6 @@ def _slab(bounds: tuple[int, int]) -> tuple[int, float]:
 
 
 def _pid(_):
-    time.sleep(0.2)  # keeps this process busy so the next call goes to another
     return os.getpid()
 
 
@@ -110,8 +112,10 @@ def unavoidable_loop(path: str, rows: int, n_sig: int, procs: int, *, beside=Non
     clevel = int(config.get("store.clevel", 3))
     slabs = [(s, min(s + rows, n_sig)) for s in range(0, n_sig, rows)]
     ctx = mp.get_context("spawn")  # clean processes: no inherited threads or memory
-    with ctx.Pool(procs, initializer=_init_loop, initargs=(path, clevel)) as pool:
-        pids = set(pool.map(_pid, range(procs), chunksize=1))
+    ready = ctx.Barrier(procs + 1)
+    with ctx.Pool(procs, initializer=_init_loop, initargs=(path, clevel, ready)) as pool:
+        ready.wait()  # every process started, file opened
+        pool.map(_pid, range(procs), chunksize=1)
         side = threading.Thread(target=beside) if beside else None
         t0 = time.perf_counter()
         if side:
@@ -124,7 +128,8 @@ def unavoidable_loop(path: str, rows: int, n_sig: int, procs: int, *, beside=Non
         "wall": wall,
         "cpu": sum(c for _, c in out),
         "stored": sum(n for n, _ in out),
-        "procs": len(pids),
+        "procs": procs,
+        "load": os.getloadavg()[0],
     }
 
 
@@ -159,7 +164,9 @@ def run_convert(src: str, dest: str, client, *, checksum: bool) -> dict:
         wall = time.perf_counter() - t0
         cpu = tree_cpu_seconds() - cpu0
     stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(dest) for f in fs)
-    return {"wall": wall, "cpu": cpu, "peak": mem.peak, "procs": mem.peak_procs, "stored": stored}
+    shutil.rmtree(dest, ignore_errors=True)
+    return {"wall": wall, "cpu": cpu, "peak": mem.peak, "procs": mem.peak_procs, "stored": stored,
+            "load": os.getloadavg()[0], "detail": [r for _, r in mem.peak_detail]}
 
 
 def main() -> None:
@@ -193,18 +200,24 @@ def main() -> None:
 
     from cmapdask.cli.runtime import dask_client
 
+    # baseline and conversion alternate, each after a pass that keeps the source in the
+    # page cache, so a change of load on a shared machine hits both alike
+    sha: dict = {}
     try:
+        warm_cache(src)
+        digest = sha256_file(src, sha)
         with dask_client(argparse.Namespace(cluster="local", workers=args.workers, quiet=True)) as client:
             nthreads = client.nthreads()
-            workers = len(nthreads)
-            cores = sum(nthreads.values())
-            conv_on = run_convert(src, dest, client, checksum=True)
-            conv_off = run_convert(src, dest, client, checksum=False)
-        shutil.rmtree(dest, ignore_errors=True)
-
-        sha: dict = {}
-        digest = sha256_file(src, sha)
+            workers, cores = len(nthreads), sum(nthreads.values())
+            client.run(os.getpid)  # (every worker fully up before the cluster closes)
+        warm_cache(src)
         loop = unavoidable_loop(src, rows, args.n_sigs, cores)
+        with dask_client(argparse.Namespace(cluster="local", workers=args.workers, quiet=True)) as client:
+            warm_cache(src)
+            conv_on = run_convert(src, dest, client, checksum=True)
+            warm_cache(src)
+            conv_off = run_convert(src, dest, client, checksum=False)
+        warm_cache(src)
         both = unavoidable_loop(src, rows, args.n_sigs, cores, beside=lambda: sha256_file(src))
         serial = unavoidable_loop(src, rows, args.n_sigs, 1) if args.serial else None
     finally:
@@ -218,13 +231,16 @@ def main() -> None:
     print(f"sha256           {sha['wall']:.1f} s wall, {sha['cpu']:.1f} CPU s ({mb / sha['wall']:.0f} MB/s, one thread) "
           f"{digest[:12]}...")
     print(f"unavoidable      {loop['wall']:.1f} s wall, {loop['cpu']:.1f} CPU s  (h5py slab reads + blosc-zstd "
-          f"in {loop['procs']} processes; {loop['stored'] / 1e9:.2f} GB compressed)")
-    print(f"  with sha256    {both['wall']:.1f} s wall, {loop['cpu'] + sha['cpu']:.1f} CPU s  (hash beside the loop)")
+          f"in {loop['procs']} processes; {loop['stored'] / 1e9:.2f} GB compressed; load {loop['load']:.1f})")
+    print(f"  with sha256    {both['wall']:.1f} s wall, {loop['cpu'] + sha['cpu']:.1f} CPU s  (hash beside the loop; "
+          f"load {both['load']:.1f})")
     if serial:
         print(f"  one process    {serial['wall']:.1f} s wall, {serial['cpu']:.1f} CPU s")
     for label, c in (("convert sha on ", conv_on), ("convert sha off", conv_off)):
         print(f"{label}  {c['wall']:.1f} s wall, {c['cpu']:.1f} CPU s (all processes), {mb / c['wall']:.0f} MB/s, "
-              f"peak RSS {c['peak'] / 2**30:.2f} GiB = {c['peak'] / 1e9:.2f} GB over {c['procs']} processes")
+              f"peak RSS {c['peak'] / 2**30:.2f} GiB = {c['peak'] / 1e9:.2f} GB over {c['procs']} processes; load {c['load']:.1f}")
+    print("  RSS at peak    " + ", ".join(f"{r / 1e6:.0f}" for r in conv_on["detail"])
+          + " MB (this process - client, scheduler, nannies, hash thread - first)")
     print(f"stored           {conv_off['stored'] / 1e9:.2f} GB")
     print(f"peak RSS (all)   {max(conv_on['peak'], conv_off['peak']) / 1e9:.2f} GB  (target <= 1.5 GB)")
     print("ratios (target <= 1.5)                    wall    CPU")

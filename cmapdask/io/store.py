@@ -249,7 +249,7 @@ def _env_bytes(name: str, default: int) -> int:
 @contextlib.contextmanager
 def _roomy_malloc():
     """While blocks are compressed in this process, let glibc reuse freed memory (mmap
-    threshold 32 MiB, trim threshold 256 MiB) where the environment had pinned it; the
+    threshold 4 MiB, trim threshold 16 MiB) where the environment had pinned it; the
     environment's settings come back, and the freed memory goes back to the OS, when the
     last block being written here is done. Elsewhere (dynamic thresholds, other C
     libraries, other systems) this does nothing."""
@@ -260,8 +260,10 @@ def _roomy_malloc():
         return
     with _malloc_lock:
         if _malloc_users == 0:
-            libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)
-            libc.mallopt(_M_TRIM_THRESHOLD, 256 * 2**20)
+            # blosc-zstd's contexts are 1-2 MiB; chunk-sized buffers stay mapped (and
+            # go back to the OS when freed), so little memory is held beyond the chunk
+            libc.mallopt(_M_MMAP_THRESHOLD, 4 * 2**20)
+            libc.mallopt(_M_TRIM_THRESHOLD, 16 * 2**20)
         _malloc_users += 1
     try:
         yield
