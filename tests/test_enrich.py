@@ -511,6 +511,18 @@ def test_cli_cluster_enrich_recall_and_plots(planted, tmp_path, capsys):
     q = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert q["adjusted_rand"] > 0.9
     assert (tmp_path / "h.png").stat().st_size > 1000
+    # signature clusterings: k-means and the kNN graph (Leiden where installed)
+    assert main(["cluster", url, "--method", "kmeans", "--k", "8", "--components", "20",
+                 "--name", "km8", "--table", str(tmp_path / "km8.tsv"), *common]) == 0
+    q = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert q["adjusted_rand"] > 0.8 and len(pd.read_csv(tmp_path / "km8.tsv", sep="\t")) == 300  # measured 1.0
+    assert main(["cluster", url, "--method", "graph", "--neighbours", "similarity/pearson_landmark",
+                 "--name", "g", *common]) == 0
+    q = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert q["adjusted_rand"] > 0.8  # measured 1.0 (Leiden)
+    assert main(["cluster", url, "--method", "graph", "--name", "x", "--heatmap",
+                 str(tmp_path / "x.png"), *common]) == 2
+    assert "--heatmap" in capsys.readouterr().err
     assert main(["recall", url, "--out", str(tmp_path / "r.tsv"), "--roc", str(tmp_path / "roc.svg"),
                  *common]) == 0
     rec = pd.read_csv(tmp_path / "r.tsv", sep="\t")
