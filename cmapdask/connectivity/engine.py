@@ -12,7 +12,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from cmapdask.connectivity.es import Metric, Tail, combine_wtcs, es_of_sets
+from cmapdask.connectivity.es import Metric, Tail, combine_wtcs, es_of_sets, transpose
 from cmapdask.connectivity.index import IndexHandle
 from cmapdask.connectivity.validation import QuerySet
 from cmapdask.errors import QueryError
@@ -67,7 +67,11 @@ def score_block(ranks, scores, qs: QuerySet, tails, n_genes: int, metric: Metric
 def _score_range(handle: IndexHandle, qs, tails, metric, start, stop, sig_pos=None):
     genes = qs.union
     if sig_pos is None:
-        r, s = handle.read(genes, start, stop, scores=metric == "wtcs")
+        # stored gene-major; one tiled transpose per array (numba, no GIL) gives the
+        # kernel each signature's genes contiguously
+        r, s = handle.read_gene_major(genes, start, stop, scores=metric == "wtcs")
+        r = transpose(r)
+        s = transpose(s) if s is not None else None
     else:
         r, s = handle.read_sigs(sig_pos[start:stop])
         r, s = r[:, genes], (s[:, genes] if metric == "wtcs" else None)

@@ -15,7 +15,8 @@ import numpy as np
 
 from cmapdask.errors import InputError
 
-__all__ = ["enrichment_scores", "es_of_members", "es_of_sets", "combine_wtcs", "Metric", "Tail"]
+__all__ = ["enrichment_scores", "es_of_members", "es_of_sets", "combine_wtcs", "transpose", "Metric",
+           "Tail"]
 
 Metric = Literal["wtcs", "cs"]
 Tail = Literal["both", "up", "down"]
@@ -104,6 +105,29 @@ def _es_kernel(ranks, scores, members, sizes, n_genes, weighted, es, lead):  # p
                 best, jstar = min_b, jb
             es[k, i] = best
             lead[k, i] = jstar / g if best >= 0 else (g - jstar + 1) / g
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _transpose_into(a, out):  # pragma: no cover
+    # 16 x 16 tiles: both the reads and the writes stay within a few cache lines
+    n_r, n_c = a.shape
+    for c0 in range(0, n_c, 16):
+        c1 = min(c0 + 16, n_c)
+        for r0 in range(0, n_r, 16):
+            r1 = min(r0 + 16, n_r)
+            for c in range(c0, c1):
+                for r in range(r0, r1):
+                    out[c, r] = a[r, c]
+
+
+def transpose(a: np.ndarray) -> np.ndarray:
+    """``np.ascontiguousarray(a.T)`` of a 2-D array, several times faster for int16 and
+    float32 gene-major index blocks, and without holding the GIL."""
+    a = np.ascontiguousarray(a)
+    out = np.empty(a.shape[::-1], dtype=a.dtype)
+    if a.size:
+        _transpose_into(a, out)
+    return out
 
 
 def es_of_sets(ranks, scores, sets, n_genes: int, *, metric: Metric = "wtcs"):

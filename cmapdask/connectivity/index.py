@@ -29,6 +29,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from cmapdask import config
+from cmapdask.connectivity.es import transpose
 from cmapdask.connectivity.ranks import rank_descending, rank_dtype
 from cmapdask.errors import InputError, MetadataError, StoreError
 from cmapdask.io.atomic import is_local, join, url_to_fs
@@ -203,10 +204,20 @@ class IndexHandle:
     def read(self, genes: np.ndarray, start: int, stop: int, *, scores: bool = True):
         """``(rank, score)`` of ``genes`` (sorted positions) for signatures [start, stop).
 
-        Returned signature-major, ``(stop - start, len(genes))``. Each gene row of each
-        index block is one uncompressed chunk: fetched concurrently as raw bytes through
-        the Zarr store, which is ~20x faster than Zarr's orthogonal indexing for a few
-        hundred scattered rows.
+        Returned signature-major, ``(stop - start, len(genes))``; see
+        :meth:`read_gene_major` for the layout as stored.
+        """
+        r, s = self.read_gene_major(genes, start, stop, scores=scores)
+        return transpose(r), (transpose(s) if s is not None else None)
+
+    def read_gene_major(self, genes: np.ndarray, start: int, stop: int, *,
+                        scores: bool = True):
+        """``(rank, score)`` of ``genes`` for signatures [start, stop), ``(len(genes), n)``.
+
+        Each gene row of each index block is one uncompressed chunk: read as raw bytes
+        straight into the output row (``preadv`` on local stores; concurrent fetches
+        through the Zarr store otherwise), which is ~20x faster than Zarr's orthogonal
+        indexing for a few hundred scattered rows.
         """
         rank, score = self._arrays()
         genes = np.asarray(genes, dtype=np.int64)
@@ -236,38 +247,40 @@ def _raw_ok(arr) -> bool:
 
 
 def _read_rows(arr, genes: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """``arr[genes, start:stop].T`` for a ``(gene, sig)`` array chunked ``(1, rows)``."""
+    """``arr[genes, start:stop]`` for a ``(gene, sig)`` array chunked ``(1, rows)``."""
     n = stop - start
     if n == 0 or genes.size == 0:
-        return np.empty((n, genes.size), dtype=arr.dtype)
+        return np.empty((genes.size, n), dtype=arr.dtype)
     if not _raw_ok(arr):
-        return np.ascontiguousarray(arr.get_orthogonal_selection((genes, slice(start, stop))).T)
+        return np.ascontiguousarray(arr.get_orthogonal_selection((genes, slice(start, stop))))
     rows = arr.chunks[1]
     first, last = start // rows, (stop - 1) // rows
+    encode = arr.metadata.encode_chunk_key
     keys, where = [], []
     for c in range(first, last + 1):
         lo, hi = max(start, c * rows), min(stop, (c + 1) * rows)
-        for k, g in enumerate(genes):
-            keys.append(arr.metadata.encode_chunk_key((int(g), c)))
+        for k, g in enumerate(genes.tolist()):
+            keys.append(encode((g, c)))
             where.append((k, lo - c * rows, hi - c * rows, lo - start))
+    dtype = arr.dtype
+    fill = arr.metadata.fill_value
+    gene_major = np.empty((genes.size, n), dtype=dtype)
     local = _local_dir(arr)
     if local is not None:
-        return _read_local(arr, local, keys, where, genes.size, n)
+        _read_local(local, keys, where, gene_major, fill)
+        return gene_major
     path = arr.store_path
 
     async def fetch():
         return await asyncio.gather(*[(path / k).get(prototype=default_buffer_prototype())
                                       for k in keys])
 
-    gene_major = np.empty((genes.size, n), dtype=arr.dtype)
-    fill = arr.metadata.fill_value
     for buf, (k, a, b, o) in zip(sync(fetch()), where):
         if buf is None:  # chunks equal to the fill value are not stored
             gene_major[k, o:o + b - a] = fill
         else:
-            gene_major[k, o:o + b - a] = np.frombuffer(buf.as_buffer_like(), dtype=arr.dtype)[a:b]
-    # one blocked transpose: the kernels walk each signature's genes contiguously
-    return np.ascontiguousarray(gene_major.T)
+            gene_major[k, o:o + b - a] = np.frombuffer(buf.as_buffer_like(), dtype=dtype)[a:b]
+    return gene_major
 
 
 def _local_dir(arr):
@@ -279,22 +292,29 @@ def _local_dir(arr):
     return os.path.join(str(root), arr.store_path.path)
 
 
-def _read_local(arr, folder, keys, where, n_genes, n):
-    # pread only the bytes of [start, stop) of each gene row: no whole-chunk reads, no
-    # event loop; ~20 us per row instead of ~1 ms through the async store
-    item = arr.dtype.itemsize
-    gene_major = np.empty((n_genes, n), dtype=arr.dtype)
-    fill = arr.metadata.fill_value
+def _read_local(folder, keys, where, out, fill):
+    # preadv only the bytes of [start, stop) of each gene row, straight into its row of
+    # the output: no whole-chunk reads, no intermediate bytes, no event loop
+    item = out.dtype.itemsize
+    flat = out.reshape(-1).view(np.uint8)
+    row = out.shape[1] * item
     for key, (k, a, b, o) in zip(keys, where):
         fn = os.path.join(folder, *key.split("/"))
         try:
             fd = os.open(fn, os.O_RDONLY)
         except FileNotFoundError:  # chunks equal to the fill value are not stored
-            gene_major[k, o:o + b - a] = fill
+            out[k, o:o + b - a] = fill
             continue
+        lo = k * row + o * item
+        want = (b - a) * item
         try:
-            raw = os.pread(fd, (b - a) * item, a * item)
+            got = os.preadv(fd, [flat[lo:lo + want]], a * item)
+            while got < want:  # a short read (rare): fetch the rest
+                more = os.preadv(fd, [flat[lo + got:lo + want]], a * item + got)
+                if not more:
+                    break
+                got += more
         finally:
             os.close(fd)
-        gene_major[k, o:o + b - a] = np.frombuffer(raw, dtype=arr.dtype)
-    return np.ascontiguousarray(gene_major.T)
+        if got != want:
+            raise StoreError(f"{fn}: index chunk shorter than expected")
