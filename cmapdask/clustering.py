@@ -400,16 +400,18 @@ def kmeans_parallel_init(
     blocks = z.to_delayed().ravel()
     ell = oversampling * n_clusters
     for rnd in range(rounds):
-        costs = [dask.delayed(_cost_block, pure=True)(b, cand) for b in blocks]
+        cd = dask.delayed(cand)  # one key: the candidates travel once, not once per block
+        costs = [dask.delayed(_cost_block, pure=True)(b, cd) for b in blocks]
         phi = float(np.sum(dask.compute(*costs)))
         if not phi > 0:
             break  # every point sits on a candidate
-        draws = [dask.delayed(_sample_block, pure=True)(b, cand, ell / phi, seed, rnd, i)
+        draws = [dask.delayed(_sample_block, pure=True)(b, cd, ell / phi, seed, rnd, i)
                  for i, b in enumerate(blocks)]
         new = [d for d in dask.compute(*draws) if d.size]
         if new:
             cand = np.unique(np.vstack([cand, *new]), axis=0)
-    weights = np.sum(dask.compute(*[dask.delayed(_weight_block, pure=True)(b, cand) for b in blocks]),
+    cd = dask.delayed(cand)
+    weights = np.sum(dask.compute(*[dask.delayed(_weight_block, pure=True)(b, cd) for b in blocks]),
                      axis=0)
     if cand.shape[0] <= n_clusters:  # too few distinct points drawn: top up at random
         extra = np.sort(rng.choice(n, n_clusters - cand.shape[0] + 1, replace=False))
