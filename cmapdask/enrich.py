@@ -6,7 +6,10 @@ Four questions, one module:
   similarity to every other compound), is each MoA/PCL set enriched at the top or at the
   bottom? Running-sum (KS/GSEA) statistics with permutation p-values (or an analytic
   approximation) and a one-sided Fisher test on the top/bottom N, then Benjamini-Hochberg
-  over the sets of each list. One dask task per block of lists.
+  over the sets of each list. Where a perturbagen has several items in a list (its
+  signatures), random sets are drawn as whole perturbagens (the group null). One dask
+  task per block of lists. :func:`read_ranked_lists` opens a query result (CLUE's result
+  folder, one of its GCTx matrices, or Zarr) as lists.
 - :func:`cluster_enrichment`: hypergeometric over-representation of each set in each
   cluster against a background, BH over all (cluster, set) pairs.
 - :func:`moa_recall`: AUROC with which similarity separates same-MoA from different-MoA
