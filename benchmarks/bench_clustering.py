@@ -18,6 +18,9 @@
    signature itself), half of each top list from the signature's own MoA and ranked
    first (so AUROC > 0.5), cmapdask.enrich.moa_recall overall and per cell line; prints
    wall time and peak memory.
+3. Graph clustering of the same lists' kNN graph (first 15 neighbours): Leiden
+   (igraph/leidenalg) at the recall size, and networkx's Louvain where N <= 20,000;
+   prints wall time, peak memory, modularity and ARI against the planted MoA.
 
     flock /tmp/cmapdask-bench.lock python3 benchmarks/bench_clustering.py
     flock /tmp/cmapdask-bench.lock python3 benchmarks/bench_clustering.py --n-sigs 20000 --n-recall 20000
@@ -122,7 +125,8 @@ def bench_kmeans(n: int, k: int | None, comps: int, workdir: str) -> None:
               f"time / MiniBatchKMeans {t / t_sk:.2f}")
 
 
-def bench_recall(m: int, k: int = 100, n_moas: int = 50, chunk: int = 10000) -> None:
+def synthetic_lists(m: int, k: int = 100, n_moas: int = 50, chunk: int = 10000):
+    """Neighbour lists of m signatures (dask-backed), their MoA and cell line labels."""
     n_moas = max(2, min(n_moas, m // (4 * k)))  # every MoA larger than a top list
     rng = np.random.default_rng(0)
     moa = rng.integers(0, n_moas, m)
@@ -139,13 +143,16 @@ def bench_recall(m: int, k: int = 100, n_moas: int = 50, chunk: int = 10000) -> 
 
     def lists(block_info=None, which="top"):
         (lo, hi), _ = block_info[None]["array-location"]
-        r = np.random.default_rng([lo, which == "top"])
+        r = np.random.default_rng([lo, which == "top"])  # the scores
+        shared = np.random.default_rng([lo, 2])  # the positions: the same for both lists
         rows = np.arange(lo, hi)
         g0, gn = starts[moa[rows]][:, None], counts[moa[rows]][:, None]
         # the top list: k/2 of the own MoA, ranked first, then k/2 of other MoAs; the
         # bottom list: k of other MoAs (after the top list's in the ring)
-        own = ring[g0 + (where[rows][:, None] - g0 + 1 + np.arange(half)) % gn]
-        shift = (r.random((hi - lo, 1)) * (m - gn - 3 * k)).astype(np.int64)
+        # distinct random offsets in [1, gn - 1] of the own MoA's run (random gaps)
+        gaps = 1 + (shared.random((hi - lo, half)) * ((gn - 1) // half)).astype(np.int64)
+        own = ring[g0 + (where[rows][:, None] - g0 + np.cumsum(gaps, axis=1)) % gn]
+        shift = (shared.random((hi - lo, 1)) * (m - gn - 3 * k)).astype(np.int64)
         other = ring[(g0 + gn + shift + np.arange(3 * k)) % m]
         if which == "top":
             idx = np.concatenate([own, other[:, : k - half]], axis=1)
@@ -166,7 +173,13 @@ def bench_recall(m: int, k: int = 100, n_moas: int = 50, chunk: int = 10000) -> 
                      "top_score": (("sig", "rank"), arr("top", np.float32)),
                      "bottom_index": (("sig", "rank"), arr("bottom", np.int64)),
                      "bottom_score": (("sig", "rank"), arr("bottom", np.float32)),
-                     "valid": (("sig",), da.ones(m, bool, chunks=chunk))})
+                     "valid": (("sig",), da.ones(m, bool, chunks=chunk))},
+                    coords={"sig": np.array([f"S{i:07d}" for i in range(m)], dtype=object)})
+    return nb, labels, cells, n_moas
+
+
+def bench_recall(m: int, k: int = 100) -> None:
+    nb, labels, cells, n_moas = synthetic_lists(m, k)
     gc.collect()
     before = _rss_gib()
     with dask.config.set(scheduler="threads"), PeakRSS() as mem:
@@ -180,6 +193,32 @@ def bench_recall(m: int, k: int = 100, n_moas: int = 50, chunk: int = 10000) -> 
           f"{float(res['auroc_max'].sel(group='all')):.3f}])")
 
 
+def bench_graph(m: int, k: int = 15) -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    from cmapdask.clustering import graph_clusters
+
+    nb, labels, cells, n_moas = synthetic_lists(m)
+    with dask.config.set(scheduler="threads"):
+        nb = nb.persist()  # the lists are an input here, not part of the timing
+    for method in ("leiden", "louvain"):
+        if method == "louvain" and m > 20_000:
+            print(f"graph louvain N={m}: skipped (networkx, pure Python; see the docstring)")
+            continue
+        gc.collect()
+        before = _rss_gib()
+        with dask.config.set(scheduler="threads"), PeakRSS() as mem:
+            t0 = time.perf_counter()
+            res = graph_clusters(nb, method=method, k=k)
+            lab = res["cluster"].values
+            t = time.perf_counter() - t0
+        prov = res.attrs["cmapdask"]
+        print(f"graph {method} N={m} k={k}: {t:7.1f} s  peak {mem.peak / 2**30:5.2f} GiB "
+              f"(RSS before {before:4.2f})  ({prov['n_edges']} edges, {lab.max() + 1} communities, "
+              f"modularity {prov['modularity']:.3f}, ARI vs planted MoA "
+              f"{adjusted_rand_score(labels.astype(str), lab):.3f}; {n_moas} MoAs)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-sigs", type=int, default=200_000)
@@ -191,6 +230,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
           f"load average {os.getloadavg()[0]:.1f}")
     bench_recall(a.n_recall)
+    bench_graph(a.n_recall)
     work = a.workdir or tempfile.mkdtemp(prefix="bench_clustering_")
     try:
         bench_kmeans(a.n_sigs, a.k, a.components, work)
