@@ -8,11 +8,13 @@ leading-edge fractions.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import dask
 import dask.array as da
 import numpy as np
 
-from cmapdask.connectivity.es import Metric, Tail, combine_wtcs, es_of_sets, transpose
+from cmapdask.connectivity.es import Metric, Tail, combine_wtcs, es_of_sets
 from cmapdask.connectivity.index import IndexHandle
 from cmapdask.connectivity.validation import QuerySet
 from cmapdask.errors import QueryError
@@ -35,14 +37,16 @@ def query_tails(qs: QuerySet, tail: Tail) -> list[str]:
     return out
 
 
-def score_block(ranks, scores, qs: QuerySet, tails, n_genes: int, metric: Metric):
-    """Score every query on one block: ``ranks``/``scores`` are ``(sig, union genes)``.
+def score_block(ranks, scores, qs: QuerySet, tails, n_genes: int, metric: Metric, *,
+                layout: Literal["sig", "gene"] = "sig"):
+    """Score every query on one block: ``ranks``/``scores`` are ``(sig, union genes)``
+    (``layout="gene"``: ``(union genes, sig)``, as the index stores them).
 
     Returns float32 ``(5, query, sig)`` in the order of :data:`FIELDS`; a tail that is not
     used is 0 (ES) and NaN (leading edge).
     """
     union = qs.union
-    n = ranks.shape[0]
+    n = ranks.shape[1] if layout == "gene" else ranks.shape[0]
     nq = len(qs.names)
     out = np.zeros((5, nq, n), dtype=np.float32)
     out[3:] = np.nan
@@ -53,7 +57,7 @@ def score_block(ranks, scores, qs: QuerySet, tails, n_genes: int, metric: Metric
                 sets.append(np.searchsorted(union, genes))
                 slots.append((q, k))
     # all sets in one pass over the block: each signature's row is fetched once
-    es, lead = es_of_sets(ranks, scores, sets, n_genes, metric=metric)
+    es, lead = es_of_sets(ranks, scores, sets, n_genes, metric=metric, layout=layout)
     es_up, es_dn = np.zeros((nq, n)), np.zeros((nq, n))
     for (q, k), e, lf in zip(slots, es, lead):
         (es_up if k == 0 else es_dn)[q] = e
@@ -67,14 +71,11 @@ def score_block(ranks, scores, qs: QuerySet, tails, n_genes: int, metric: Metric
 def _score_range(handle: IndexHandle, qs, tails, metric, start, stop, sig_pos=None):
     genes = qs.union
     if sig_pos is None:
-        # stored gene-major; one tiled transpose per array (numba, no GIL) gives the
-        # kernel each signature's genes contiguously
+        # as stored, gene-major: the kernel transposes a cache-sized tile at a time
         r, s = handle.read_gene_major(genes, start, stop, scores=metric == "wtcs")
-        r = transpose(r)
-        s = transpose(s) if s is not None else None
-    else:
-        r, s = handle.read_sigs(sig_pos[start:stop])
-        r, s = r[:, genes], (s[:, genes] if metric == "wtcs" else None)
+        return score_block(r, s, qs, tails, handle.n_genes, metric, layout="gene")
+    r, s = handle.read_sigs(sig_pos[start:stop])
+    r, s = r[:, genes], (s[:, genes] if metric == "wtcs" else None)
     return score_block(r, s, qs, tails, handle.n_genes, metric)
 
 

@@ -29,9 +29,48 @@ _DEBRUIJN_TABLE = np.array([
     32, 23, 11, 46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
 
 
+_TILE = 16  # signatures per transposed tile of the gene-major kernel
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
 def _es_kernel(ranks, scores, members, sizes, n_genes, weighted, es, lead):  # pragma: no cover
-    """ES of every set ``ranks[:, members[k, :sizes[k]]]`` in every row.
+    """ES of every set ``ranks[:, members[k, :sizes[k]]]`` in every row (sig-major)."""
+    bits = np.zeros((n_genes >> 6) + 1, dtype=np.uint64)
+    wbuf = np.zeros(n_genes + 1, dtype=np.float64)
+    _es_rows(ranks, scores, members, sizes, n_genes, weighted, es, lead, bits, wbuf, 0)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+def _es_kernel_gm(ranks, scores, members, sizes, n_genes, weighted, es, lead,
+                  tile):  # pragma: no cover
+    """:func:`_es_kernel` of gene-major ``(gene, sig)`` blocks, as the index stores them.
+
+    Each tile of ``tile`` signatures is transposed into a small buffer that stays in
+    cache (16 x 16 sub-tiles), then scored: no signature-major copy of the whole block.
+    """
+    n_u, n_sig = ranks.shape
+    bits = np.zeros((n_genes >> 6) + 1, dtype=np.uint64)
+    wbuf = np.zeros(n_genes + 1, dtype=np.float64)
+    br = np.empty((tile, n_u), dtype=ranks.dtype)
+    bw = np.empty((tile if weighted else 1, n_u), dtype=scores.dtype)
+    for i0 in range(0, n_sig, tile):
+        nt = min(tile, n_sig - i0)
+        for u0 in range(0, n_u, 16):
+            u1 = min(u0 + 16, n_u)
+            for t in range(nt):
+                for u in range(u0, u1):
+                    br[t, u] = ranks[u, i0 + t]
+            if weighted:
+                for t in range(nt):
+                    for u in range(u0, u1):
+                        bw[t, u] = scores[u, i0 + t]
+        _es_rows(br[:nt], bw, members, sizes, n_genes, weighted, es, lead, bits, wbuf, i0)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+def _es_rows(ranks, scores, members, sizes, n_genes, weighted, es, lead, bits, wbuf,
+             out0):  # pragma: no cover
+    """ES of every set in rows ``ranks[i]``, written to column ``out0 + i``.
 
     Ranks are distinct integers in [1, N], so instead of a comparison sort each row marks
     a set's hits in a bitset and reads them back word by word (lowest set bit by a de
@@ -40,15 +79,13 @@ def _es_kernel(ranks, scores, members, sizes, n_genes, weighted, es, lead):  # p
     """
     n_sig = ranks.shape[0]
     n_sets = members.shape[0]
-    bits = np.zeros((n_genes >> 6) + 1, dtype=np.uint64)
-    wbuf = np.zeros(n_genes + 1, dtype=np.float64)
     one = np.uint64(1)
     for i in range(n_sig):
         for k in range(n_sets):
             g = sizes[k]
             if g == 0:
-                es[k, i] = 0.0
-                lead[k, i] = 0.0
+                es[k, out0 + i] = 0.0
+                lead[k, out0 + i] = 0.0
                 continue
             miss = float(n_genes - g) if n_genes > g else 1.0
             total = 0.0
@@ -103,8 +140,8 @@ def _es_kernel(ranks, scores, members, sizes, n_genes, weighted, es, lead):  # p
                 best, jstar = max_a, ja
             else:
                 best, jstar = min_b, jb
-            es[k, i] = best
-            lead[k, i] = jstar / g if best >= 0 else (g - jstar + 1) / g
+            es[k, out0 + i] = best
+            lead[k, out0 + i] = jstar / g if best >= 0 else (g - jstar + 1) / g
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -130,13 +167,17 @@ def transpose(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def es_of_sets(ranks, scores, sets, n_genes: int, *, metric: Metric = "wtcs"):
+def es_of_sets(ranks, scores, sets, n_genes: int, *, metric: Metric = "wtcs",
+               layout: Literal["sig", "gene"] = "sig"):
     """ES and leading edge of several sets (lists of columns) of ``(sig, U)`` blocks.
 
     Returns ``(es, leadf)``, each ``(len(sets), sig)``. ``scores`` may be ``None`` for
-    ``metric="cs"``. Ranks must be distinct within a row.
+    ``metric="cs"``. Ranks must be distinct within a row. ``layout="gene"``: the blocks
+    are ``(U, sig)`` as the index stores them (then ``sets`` index their rows); they are
+    transposed a small tile at a time inside the kernel.
     """
-    n_sig = ranks.shape[0]
+    gene_major = layout == "gene"
+    n_sig = ranks.shape[1] if gene_major else ranks.shape[0]
     sizes = np.array([len(m) for m in sets], dtype=np.int64)
     members = np.zeros((len(sets), max(1, int(sizes.max(initial=0)))), dtype=np.int64)
     for k, m in enumerate(sets):
@@ -150,7 +191,10 @@ def es_of_sets(ranks, scores, sets, n_genes: int, *, metric: Metric = "wtcs"):
         if weighted:
             raise InputError("the weighted metric 'wtcs' needs the scores")
         scores = np.zeros((1, 1), dtype=np.float32)
-    _es_kernel(ranks, scores, members, sizes, int(n_genes), weighted, es, lead)
+    if gene_major:
+        _es_kernel_gm(ranks, scores, members, sizes, int(n_genes), weighted, es, lead, _TILE)
+    else:
+        _es_kernel(ranks, scores, members, sizes, int(n_genes), weighted, es, lead)
     return es, lead
 
 
