@@ -14,6 +14,7 @@ from typing import Literal
 
 import dask
 import dask.array as da
+import numba
 import numpy as np
 
 from cmapdask.errors import InputError
@@ -65,7 +66,7 @@ def _partial_stats(w, codes, ref, n_groups):
     # (1, query, 4, group): sum and count of positive, then of negative reference scores
     out = np.zeros((1, w.shape[0], 4, n_groups))
     sel = ref.astype(bool)
-    wr, cr = w[:, sel], codes[sel]
+    wr, cr = (w, codes) if sel.all() else (w[:, sel], codes[sel])
     for k, mask in ((0, wr > 0), (2, wr < 0)):
         for q in range(w.shape[0]):
             m = mask[q]
@@ -182,13 +183,35 @@ def fit_ncs(stats: np.ndarray, groups: np.ndarray) -> NCSNormalizer:
 
 
 def _normalize_block(w, codes, mu_pos, mu_neg):
-    w = np.asarray(w, dtype=float)
-    out = np.zeros_like(w)
-    pos, neg = w > 0, w < 0
-    mp, mn = mu_pos[:, codes], mu_neg[:, codes]
-    out[pos] = w[pos] / mp[pos]
-    out[neg] = w[neg] / mn[neg]
+    w = np.asarray(w)
+    if w.dtype not in (np.float32, np.float64):
+        w = w.astype(float)
+    out = np.empty(w.shape, dtype=float)
+    if w.ndim == 2 and w.size:
+        _normalize_kernel(w, np.asarray(codes, dtype=np.int64), np.asarray(mu_pos, dtype=float),
+                          np.asarray(mu_neg, dtype=float), out)
+    elif w.size:
+        w = w.astype(float)
+        pos, neg = w > 0, w < 0
+        mp, mn = mu_pos[:, codes], mu_neg[:, codes]
+        out[...] = 0.0
+        out[pos] = w[pos] / mp[pos]
+        out[neg] = w[neg] / mn[neg]
     return out
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+def _normalize_kernel(w, codes, mu_pos, mu_neg, out):  # pragma: no cover
+    # one pass, no (query, sig) gathers of mu or boolean masks; NaN WTCS gives 0 as before
+    for q in range(w.shape[0]):
+        for i in range(w.shape[1]):
+            x = np.float64(w[q, i])
+            if x > 0:
+                out[q, i] = x / mu_pos[q, codes[i]]
+            elif x < 0:
+                out[q, i] = x / mu_neg[q, codes[i]]
+            else:
+                out[q, i] = 0.0
 
 
 def apply_ncs(wtcs, codes, norm: NCSNormalizer):
