@@ -1,8 +1,10 @@
 """Scoring many queries against every signature of an index, one signature block a task.
 
 Each task reads the union of the batch's genes for its block of signatures (one gene row
-per Zarr chunk, so nothing else is read), then scores every query in O(G log G) per
-signature. The result is ``(5, query, sig)``: WTCS (or CS), ES up, ES down and the two
+per Zarr chunk, so nothing else is read) into a gene-major block, then scores every set of
+every query in one pass over the block's signatures, O(G + N/64) per set and signature
+(:mod:`.es`; the kernel releases the GIL, so Dask's threads score blocks in parallel).
+The result is ``(5, query, sig)``: WTCS (or CS), ES up, ES down and the two
 leading-edge fractions.
 """
 
@@ -105,9 +107,11 @@ def score_index(
 
     Notes
     -----
-    Reads only the batch's genes: ``6 * n_union_genes * n_sig`` bytes in all. A task
-    holds its block of ``(sig, union)`` ranks and scores plus ``5 * query * sig`` float32
-    results. Time is ``n_sig * sum(G log G)`` over the queries.
+    Reads only the batch's genes: ``6 * n_union_genes * n_sig`` bytes in all, one
+    ``preadv`` per gene row and index block on local stores. A task holds its block of
+    ``(union, sig)`` ranks and scores as stored (no transposed copy) plus
+    ``5 * query * sig`` float32 results. Time is ``n_sig * sum(G + N / 64)`` over the
+    sets of the batch, spread over Dask's threads.
     """
     tails = query_tails(qs, tail)
     if sig_pos is None:
