@@ -318,11 +318,33 @@ def _cli(root, env=None):
 def staged_template(data, tmp_path_factory):
     root = tmp_path_factory.mktemp("tpl") / "coll"
     _staged(data, str(root))
+    _with_index(str(root))
     return root
+
+
+def _with_index(root, so=None):
+    """Give the published version a query index (small blocks: some shared, one partial)."""
+    from cmapdask.connectivity import build_index
+
+    with _threads():
+        build_index(open_current(root, storage_options=so).attrs["store_url"], space="landmark",
+                    chunk_rows=64, storage_options=so)
+
+
+def _check_index(root, so=None):
+    from cmapdask.connectivity import rank_descending
+    from cmapdask.connectivity.index import space_genes
+
+    cur = open_current(root, storage_options=so)
+    idx = open_member(cur.attrs["store_url"], "index/landmark", storage_options=so)
+    x = cur["expr"].values[:, space_genes(cur, "landmark")]
+    np.testing.assert_array_equal(idx["rank"].values, rank_descending(x).T)
+    np.testing.assert_array_equal(idx["score"].values, x.T)
 
 
 @pytest.mark.parametrize("kill", ["block:3",
                                   pytest.param("stage:2", marks=pytest.mark.slow),
+                                  pytest.param("stage:4", marks=pytest.mark.slow),
                                   pytest.param("stage:5", marks=pytest.mark.slow),
                                   pytest.param("block:9", marks=pytest.mark.slow),
                                   pytest.param("stage:3", marks=pytest.mark.slow)])
@@ -352,6 +374,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(staged_template, reference, tmp
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["status"] == "published"
     _same(_member(str(root))[1], reference[1])
+    _check_index(str(root))
 
 
 # ------------------------------------------------------------------- real cluster, S3
