@@ -90,7 +90,6 @@ def _es_rows(ranks, scores, members, sizes, n_genes, weighted, es, lead, bits, w
             miss = float(n_genes - g) if n_genes > g else 1.0
             total = 0.0
             lo = n_genes + 1
-            hi = 0
             for j in range(g):
                 m = members[k, j]
                 r = np.int64(ranks[i, m])
@@ -99,7 +98,6 @@ def _es_rows(ranks, scores, members, sizes, n_genes, weighted, es, lead, bits, w
                 wbuf[r] = w
                 total += w
                 lo = min(lo, r)
-                hi = max(hi, r)
             use_w = weighted and total > 0.0
             if not use_w:
                 total = float(g)
@@ -112,28 +110,36 @@ def _es_rows(ranks, scores, members, sizes, n_genes, weighted, es, lead, bits, w
             min_b = 2.0
             ja = 0
             jb = 0
-            j = 0
-            for word in range(lo >> 6, (hi >> 6) + 1):
-                x = bits[word]
+            word = lo >> 6
+            x = bits[word]
+            bits[word] = np.uint64(0)
+            for j in range(1, g + 1):
+                # exactly g hits: step to the next word without a branch (a word is
+                # rarely empty; a run of empty words falls back to the loop below)
+                empty = x == 0
+                word = word + 1 if empty else word
+                nx = bits[word]
+                x = nx if empty else x
                 bits[word] = np.uint64(0)
-                base = word << 6
-                while x:
-                    low = x & (~x + one)
-                    r = base + _DEBRUIJN_TABLE[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
-                    x ^= low
-                    j += 1
-                    w = wbuf[r] if use_w else 1.0
-                    cum += w
-                    after = cum * inv_total - (r - j) * inv_miss
-                    before = after - w * inv_total
-                    # rounding-level gains do not displace an earlier extreme: "first"
-                    # must not depend on summation order
-                    ca = after > max_a + 1e-12
-                    cb = before < min_b - 1e-12
-                    max_a = after if ca else max_a
-                    ja = j if ca else ja
-                    min_b = before if cb else min_b
-                    jb = j if cb else jb
+                while x == 0:
+                    word += 1
+                    x = bits[word]
+                    bits[word] = np.uint64(0)
+                low = x & (~x + one)
+                r = (word << 6) + _DEBRUIJN_TABLE[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
+                x ^= low
+                w = wbuf[r] if use_w else 1.0
+                cum += w
+                after = cum * inv_total - (r - j) * inv_miss
+                before = after - w * inv_total
+                # rounding-level gains do not displace an earlier extreme: "first"
+                # must not depend on summation order
+                ca = after > max_a + 1e-12
+                cb = before < min_b - 1e-12
+                max_a = after if ca else max_a
+                ja = j if ca else ja
+                min_b = before if cb else min_b
+                jb = j if cb else jb
             pos, neg = abs(max_a), abs(min_b)
             # E_j prefers A_j when |A_j| == |B_j|; otherwise the first index wins a tie
             if pos > neg + 1e-12 or (abs(pos - neg) <= 1e-12 and ja <= jb):
