@@ -292,6 +292,22 @@ def _local_dir(arr):
     return os.path.join(str(root), arr.store_path.path)
 
 
+def _pread_into(fd, buf, offset) -> int:
+    """Read ``len(buf)`` bytes at ``offset`` into ``buf``; the count read."""
+    want, got = buf.nbytes, 0
+    while got < want:
+        if hasattr(os, "preadv"):
+            more = os.preadv(fd, [buf[got:]], offset + got)
+        else:  # no preadv (Windows): one copy
+            raw = os.pread(fd, want - got, offset + got)
+            buf[got:got + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+            more = len(raw)
+        if not more:
+            break
+        got += more
+    return got
+
+
 def _read_local(folder, keys, where, out, fill):
     # preadv only the bytes of [start, stop) of each gene row, straight into its row of
     # the output: no whole-chunk reads, no intermediate bytes, no event loop
@@ -308,12 +324,7 @@ def _read_local(folder, keys, where, out, fill):
         lo = k * row + o * item
         want = (b - a) * item
         try:
-            got = os.preadv(fd, [flat[lo:lo + want]], a * item)
-            while got < want:  # a short read (rare): fetch the rest
-                more = os.preadv(fd, [flat[lo + got:lo + want]], a * item + got)
-                if not more:
-                    break
-                got += more
+            got = _pread_into(fd, flat[lo:lo + want], a * item)
         finally:
             os.close(fd)
         if got != want:
