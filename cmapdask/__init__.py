@@ -52,6 +52,8 @@ from cmapdask.clustering import (  # noqa: E402
     graph_clusters,
     hierarchical_perts,
     kmeans_signatures,
+    knn_from_matrix,
+    with_cluster_coords,
     write_clusters,
 )
 from cmapdask.connectivity import (  # noqa: E402
@@ -68,9 +70,12 @@ from cmapdask.enrich import (  # noqa: E402
     enrich_ranked,
     enrichment_table,
     moa_recall,
+    read_ranked_lists,
+    roc_curve,
     write_pcl_gmt,
 )
 from cmapdask.levels import level4, level5, modz, quantile_normalize, robust_zscore  # noqa: E402
+from cmapdask.plots import plot_clustered_heatmap, plot_roc, plot_running_sum  # noqa: E402
 from cmapdask.rebuild import (  # noqa: E402
     append,
     current_version,
@@ -145,12 +150,19 @@ __all__ = [
     "graph_clusters",
     "cluster_quality",
     "write_clusters",
+    "knn_from_matrix",
+    "with_cluster_coords",
     "enrich_ranked",
     "enrichment_table",
     "cluster_enrichment",
     "moa_recall",
     "candidate_pcls",
     "write_pcl_gmt",
+    "read_ranked_lists",
+    "roc_curve",
+    "plot_clustered_heatmap",
+    "plot_running_sum",
+    "plot_roc",
     # nightly rebuilds
     "append",
     "rebuild",
