@@ -196,10 +196,19 @@ class IndexHandle:
         return (rows,) * full + ((rest,) if rest else ())
 
     def _arrays(self):
-        fs, _ = url_to_fs(self.url, self.storage_options)
-        opts = None if is_local(fs) else self.storage_options
-        g = zarr.open_group(self.url, mode="r", storage_options=opts)
-        return g["rank"], g["score"]
+        # opened once per handle and process (a few ms each; the arrays are read-only)
+        arrays = self.__dict__.get("_opened")
+        if arrays is None:
+            fs, _ = url_to_fs(self.url, self.storage_options)
+            opts = None if is_local(fs) else self.storage_options
+            g = zarr.open_group(self.url, mode="r", storage_options=opts)
+            arrays = self._opened = (g["rank"], g["score"])
+        return arrays
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_opened", None)  # open Zarr arrays stay in the process that opened them
+        return state
 
     def read(self, genes: np.ndarray, start: int, stop: int, *, scores: bool = True):
         """``(rank, score)`` of ``genes`` (sorted positions) for signatures [start, stop).
