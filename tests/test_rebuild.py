@@ -375,6 +375,20 @@ def test_sigkill_then_rerun_equals_uninterrupted(staged_template, reference, tmp
     assert json.loads(done.stdout)["status"] == "published"
     _same(_member(str(root))[1], reference[1])
     _check_index(str(root))
+    leftovers = [d for _, dirs, files in os.walk(root) for d in dirs + files if ".tmp-" in d]
+    assert not leftovers, leftovers
+
+
+def test_rerun_removes_temporaries_of_a_killed_publish(staged_template, reference, tmp_path):
+    root = tmp_path / "coll"
+    shutil.copytree(staged_template, root)
+    staged = root / "versions" / list_versions(str(root))[-1]["version"]
+    left = staged / "similarity" / ".pearson_landmark.tmp-0123456789ab"
+    left.mkdir(parents=True)  # what a SIGKILL during the member's publish leaves
+    done = _cli(str(root))
+    assert done.returncode == 0, done.stderr
+    assert not left.exists()
+    _same(_member(str(root))[1], reference[1])
 
 
 # ------------------------------------------------------------------- real cluster, S3

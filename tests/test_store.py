@@ -346,3 +346,24 @@ def test_convert_on_real_cluster_equals_local(tmp_path, fixtures, cluster_client
     # byte-identical chunks
     ga, gb = zarr.open_group(str(on_cluster)), zarr.open_group(str(local))
     assert np.array_equal(ga["expr"][:], gb["expr"][:])
+
+
+def test_remove_leftovers_of_killed_publishes(tmp_path):
+    import os
+
+    from cmapdask.io.atomic import publish_dir, remove_leftovers
+
+    root = tmp_path / "v"
+    (root / "index").mkdir(parents=True)
+    (root / "expr").mkdir()
+    with pytest.raises(RuntimeError), publish_dir(str(root / "index" / "all")) as tmp:
+        os.makedirs(os.path.join(tmp, "c"))
+        leftover = tmp
+        raise RuntimeError("killed")  # a clean failure removes its own temporary ...
+    assert not os.path.exists(leftover)
+    # ... a SIGKILL does not: simulate what it leaves
+    for p in (root / ".sim.tmp-0123456789ab", root / "index" / ".all.tmp-0123456789ab" / "c"):
+        p.mkdir(parents=True)
+    removed = remove_leftovers(str(root))
+    assert len(removed) == 2
+    assert sorted(os.listdir(root)) == ["expr", "index"] and os.listdir(root / "index") == []

@@ -21,7 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from cmapdask.errors import StoreError
 
-__all__ = ["url_to_fs", "is_local", "publish_file", "publish_dir", "join"]
+__all__ = ["url_to_fs", "is_local", "publish_file", "publish_dir", "join", "remove_leftovers"]
 
 
 def url_to_fs(url: str, storage_options: dict | None = None):
@@ -41,6 +41,21 @@ def _tmp_name(path: str) -> str:
     head, _, tail = path.rstrip("/").rpartition("/")
     name = f".{tail}.tmp-{uuid.uuid4().hex[:12]}"
     return f"{head}/{name}" if head else name
+
+
+def remove_leftovers(url, *, storage_options: dict | None = None, depth: int = 2) -> list[str]:
+    """Delete the temporaries of publishes that were killed (``.NAME.tmp-*``) in ``url``
+    and its folders down to ``depth`` levels; returns what was removed.
+
+    Only for a destination that no one else is writing to: a run resuming its own work.
+    """
+    fs, path = url_to_fs(url, storage_options)
+    removed = []
+    for level in range(depth):
+        for p in fs.glob(join(path, *["*"] * level, ".*.tmp-*")):
+            fs.rm(p, recursive=True)
+            removed.append(p)
+    return removed
 
 
 @contextlib.contextmanager

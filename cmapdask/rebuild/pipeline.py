@@ -30,7 +30,7 @@ import dask
 
 from cmapdask import __version__
 from cmapdask.errors import InputError, StoreError
-from cmapdask.io.atomic import join, url_to_fs
+from cmapdask.io.atomic import join, remove_leftovers, url_to_fs
 from cmapdask.io.store import has_member, list_members, open_member, open_store
 from cmapdask.rebuild.faults import checkpoint
 from cmapdask.rebuild.products import refresh_products
@@ -170,6 +170,8 @@ def rebuild(
         target = clone_version(root, base, storage_options=storage_options)
     tman = read_manifest(root, target, storage_options=storage_options)
     turl = version_url(root, target)
+    # a run killed while publishing a member left its temporary beside it; ours to remove
+    remove_leftovers(turl, storage_options=storage_options)
     ds = open_store(turl, storage_options=storage_options)
     n = ds.sizes["sig"]
     if n < 2:
