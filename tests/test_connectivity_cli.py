@@ -60,8 +60,9 @@ def test_cli_index_query_introspect_background(store, tmp_path, capsys):
 
 
 @pytest.mark.cluster
-def test_identical_on_multiprocess_cluster(store):
-    from distributed import Client, LocalCluster
+def test_identical_on_multiprocess_cluster(store, cluster_client):
+    # a real `dask scheduler` and two `dask worker` processes (tests/conftest.py)
+    from distributed import get_task_stream
 
     url, ds = store
     build_index(url, space="all", chunk_rows=7)
@@ -71,9 +72,9 @@ def test_identical_on_multiprocess_cluster(store):
         res = query(url, {"a": g[:6], "b": g[3:9]}, {"a": g[20:26], "b": g[30:35]},
                     space="all", chunk_rows=7)
     local = res.compute(scheduler="sync")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster):
+    with get_task_stream(cluster_client) as ts:
         remote = res.compute()
+    assert len({t["worker"] for t in ts.data}) == 2  # both worker processes took tasks
     for v in local.data_vars:
         np.testing.assert_array_equal(local[v].values, remote[v].values)
 
