@@ -17,6 +17,7 @@ import dask
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 from cmapdask.errors import InputError, MetadataError, StoreError
 from cmapdask.io.gctx import write_gctx
@@ -269,7 +270,9 @@ def test_products_extended_shared_rebuilt_recomputed(data, tmp_path):
         rebuild(root, k=K, block_size=48)
         v1 = open_current(root).attrs["store_url"]
         build_index(v1, space="landmark", chunk_rows=64)
-        build_background(v1, reference=ref, space="landmark")
+        perts = sorted(set(ds["pert_id"].values[ds["pert_type"].values == "trt_cp"]))
+        pcls = {"PCL_A": perts[:4], "PCL_B": perts[4:9]}
+        build_background(v1, reference=ref, space="landmark", pcls=pcls)
         nb = open_member(v1, MEMBER)
         clustering.write_clusters(clustering.graph_clusters(nb, method="louvain", k=5), v1,
                                   name="graph")
@@ -295,6 +298,13 @@ def test_products_extended_shared_rebuilt_recomputed(data, tmp_path):
     bg = open_member(url, "background/landmark")
     want = select_signatures(cur, ref)
     assert list(bg["sig_bg"].values) == list(cur["sig"].values[want])
+    # rebuilt with the same PCL sets: equal to building it afresh on a copy of the version
+    shutil.copytree(url, tmp_path / "copy.zarr")
+    with _threads():
+        build_background(str(tmp_path / "copy.zarr"), reference=ref, space="landmark", pcls=pcls)
+    fresh = open_member(str(tmp_path / "copy.zarr"), "background/landmark")
+    assert bg.attrs["cmapdask"]["n_pcls"] == 2
+    xr.testing.assert_equal(bg.compute(), fresh.compute())
     cl = open_member(url, "clusters/graph")
     ref = clustering.graph_clusters(open_member(url, MEMBER), method="louvain", k=5)
     np.testing.assert_array_equal(cl["cluster"].values, ref["cluster"].values)

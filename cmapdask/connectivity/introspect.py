@@ -187,6 +187,8 @@ def build_background(
     prov = {"kind": "tau_background", "space": space, "metric": metric,
             "reference": reference if isinstance(reference, str) else "mask",
             "n_reference": int(pos.size), "n_pcls": len(pcls or {}), "n_top": n_top,
-            "grid": "linspace(-4, 4, 10001)"}
+            "grid": "linspace(-4, 4, 10001)",
+            # the sets themselves (pert ids; small), so a rebuild can make the same tables
+            "pcls": {str(k): [str(p) for p in v] for k, v in (pcls or {}).items()}}
     return write_member(store, background_name(space), out, storage_options=storage_options,
                         provenance=prov, progress=progress)

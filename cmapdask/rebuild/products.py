@@ -206,7 +206,8 @@ def _background(base_url, target_url, member, storage_options, progress):
     ref = prov.get("reference")
     if ref in (None, "mask"):
         return None, "built from a signature mask the member does not record; rebuild it with build_background"
-    if prov.get("n_pcls"):
+    pcls = prov.get("pcls") or None
+    if prov.get("n_pcls") and not pcls:  # made before members recorded their PCL sets
         return None, "built with PCL sets the member does not record; rebuild it with build_background(pcls=...)"
     old = open_member(base_url, member, storage_options=storage_options)
     ds = open_store(target_url, storage_options=storage_options)
@@ -216,7 +217,7 @@ def _background(base_url, target_url, member, storage_options, progress):
         return "shared (reference set unchanged)", None
     build_background(target_url, reference=ref, space=prov.get("space", "bing"),
                      metric=prov.get("metric", "wtcs"), n_top=int(prov.get("n_top", 50)),
-                     storage_options=storage_options, progress=progress)
+                     pcls=pcls, storage_options=storage_options, progress=progress)
     return "rebuilt (reference set changed)", None
 
 
