@@ -175,9 +175,10 @@ def main():
     pairs = nb * (nb + 1) // 2
     for genes in (978, 12_328):
         per = eff + t_mm * (genes / a.genes - 1)  # the product grows with G, top-k does not
-        hours = pairs * per / cores / 3600
+        seconds = pairs * per / cores
         print(f"projection 1.2M x {genes:,}: {pairs:,} pairs x {per:.2f} core-s on 32 nodes x "
-              f"{a.cores_per_node} cores (this machine's per-core speed): {hours:.2f} h")
+              f"{a.cores_per_node} cores (this machine's per-core speed): {seconds:,.0f} s "
+              "of compute")
 
 
 if __name__ == "__main__":
