@@ -476,6 +476,7 @@ def hierarchical_perts(
     method: Linkage = "average",
     n_clusters: int | None = None,
     threshold: float | None = None,
+    source: str | None = None,
 ) -> xr.Dataset:
     """Agglomerative clustering of a perturbagen x perturbagen similarity/connectivity matrix.
 
@@ -493,6 +494,10 @@ def hierarchical_perts(
     n_clusters, threshold
         Cut the tree into ``n_clusters`` clusters, or at distance ``threshold``; give
         exactly one.
+    source
+        Where ``matrix`` lives, as ``"MEMBER:VARIABLE"`` of the store the labels are
+        written to (for example ``"similarity/pearson_landmark_pert:pert_summary"``);
+        recorded so that a nightly rebuild can remake the clusters.
 
     Returns
     -------
@@ -547,6 +552,7 @@ def hierarchical_perts(
         method="hierarchical", linkage=method, n_clusters=n_clusters, threshold=threshold,
         distance="top - similarity", top=float(top),
         input=matrix.attrs.get("cmapdask", {}).get("method", str(matrix.name)),
+        source=source,
     )
     return out
 

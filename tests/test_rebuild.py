@@ -313,6 +313,39 @@ def test_products_extended_shared_rebuilt_recomputed(data, tmp_path):
                                   rank_descending(x[:N_OLD]).T)
 
 
+def test_pert_matrix_and_hierarchical_clusters_recomputed(data, tmp_path):
+    """A pert x pert similarity member and hierarchical clusters made from it are remade
+    on the new version, equal to making them afresh there."""
+    from cmapdask import clustering
+    from cmapdask.similarity import pert_similarity, write_similarity
+
+    root = str(tmp_path / "coll")
+    pert, source = "similarity/pearson_landmark_pert", "similarity/pearson_landmark_pert:pert_summary"
+    with _threads():
+        append(root, data["dir"] / "old.gctx", chunk_rows=30)
+        rebuild(root, k=K, block_size=48)
+        v1 = open_current(root).attrs["store_url"]
+        write_similarity(pert_similarity(open_current(root), cell_field="cell_iname"), v1, name=pert)
+        mat = open_member(v1, pert)["pert_summary"]
+        clustering.write_clusters(clustering.hierarchical_perts(mat, n_clusters=4, source=source),
+                                  v1, name="perts")
+        append(root, data["dir"] / "new.gctx")
+        res = rebuild(root, k=K, block_size=48)
+    how = {p["member"]: p["how"] for p in read_manifest(root, res.version)["products"]}
+    assert how[pert].startswith("recomputed"), how
+    assert how["clusters/perts"].startswith("recomputed"), how
+    cur = open_current(root)
+    url = cur.attrs["store_url"]
+    with _threads():
+        want = pert_similarity(cur, cell_field="cell_iname").compute()
+    got = open_member(url, pert).compute()
+    assert got.sizes["pert"] > open_member(v1, pert).sizes["pert"] or got.sizes == want.sizes
+    np.testing.assert_array_equal(got["pert_summary"].values, want["pert_summary"].values)
+    fresh = clustering.hierarchical_perts(got["pert_summary"], n_clusters=4)
+    np.testing.assert_array_equal(open_member(url, "clusters/perts")["cluster"].values,
+                                  fresh["cluster"].values)
+
+
 # ------------------------------------------------------------------- kill and resume
 
 

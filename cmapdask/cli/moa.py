@@ -145,7 +145,8 @@ def run_cluster(args) -> int:
             if args.variable not in mat:
                 raise InputError(f"{args.store}: member {args.matrix!r} has no variable {args.variable!r}")
             mat = mat[args.variable]
-            res = clustering.hierarchical_perts(mat, method=args.linkage, n_clusters=args.k)
+            res = clustering.hierarchical_perts(mat, method=args.linkage, n_clusters=args.k,
+                                                source=f"{args.matrix}:{args.variable}")
             truth_ids = res["pert"].values
         else:
             if not args.neighbours:

@@ -9,14 +9,16 @@ changed.
 - **τ backgrounds** (``background/<space>``): depend only on the reference signatures.
   *Shared* when the reference set is unchanged (the usual nightly case: new signatures
   outside Touchstone), *rebuilt* with :func:`cmapdask.connectivity.build_background` when
-  it changed; not refreshable (listed with the reason) when made from a mask or with PCL
-  sets, which the member does not record.
-- **clusters** (``clusters/<name>``): clustering is global, not incremental; k-means and
-  kNN-graph communities are *recomputed* from their recorded parameters (graph clusters
-  from the freshly merged neighbour lists); hierarchical clusters of a perturbagen matrix
-  are not refreshable here (the matrix is not rebuilt).
-- anything else (other similarity members, perturbagen matrices): listed as not
-  refreshed, with the command that makes it.
+  it changed (with the PCL sets the member records); not refreshable (listed with the
+  reason) when made from a signature mask, which the member does not record.
+- **other similarity members** (another metric or space, perturbagen x perturbagen
+  matrices): *recomputed* in full from their recorded parameters; query-mode results and
+  full matrices are listed as not refreshed.
+- **clusters** (``clusters/<name>``): clustering is global, not incremental; k-means,
+  kNN-graph communities (from the freshly merged neighbour lists) and hierarchical
+  clusters of a perturbagen matrix member (named in their provenance, ``source``) are
+  *recomputed* from their recorded parameters, after the matrices they read.
+- anything else: listed as not refreshed, with the reason.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import zarr
 
 from cmapdask.errors import InputError
 from cmapdask.io.atomic import is_local, join, publish_dir, url_to_fs
-from cmapdask.io.store import open_member, open_store
+from cmapdask.io.store import has_member, open_member, open_store
 
 __all__ = ["extend_index", "refresh_products", "share_member", "stored_n_sig"]
 
@@ -241,10 +243,40 @@ def _clusters(base_url, target_url, member, similarity_name, storage_options):
                                         resolution=float(prov.get("resolution", 1.0)),
                                         min_score=float(prov.get("min_score", 0.0)),
                                         seed=int(prov.get("seed", 0)))
+    elif method == "hierarchical" and prov.get("source"):
+        member_name, _, variable = str(prov["source"]).rpartition(":")
+        if not has_member(target_url, member_name, storage_options=storage_options):
+            return None, f"its matrix {member_name} is not in the new version"
+        mat = open_member(target_url, member_name, storage_options=storage_options)[variable]
+        res = clustering.hierarchical_perts(
+            mat, method=prov.get("linkage", "average"), n_clusters=prov.get("n_clusters"),
+            threshold=prov.get("threshold"), source=prov["source"])
     else:
-        return None, f"{method or 'unknown'} clusters of a perturbagen matrix: the matrix is not rebuilt"
+        return None, (f"{method or 'unknown'} clusters of a matrix the member does not name; "
+                      "make them again with `cmapdask cluster --method hierarchical --matrix ...`")
     clustering.write_clusters(res, target_url, name=name, storage_options=storage_options)
     return "recomputed (clustering is global, not incremental)", None
+
+
+def _similarity(base_url, target_url, member, storage_options, progress):
+    """Another similarity member (other metric, space or level than the incremental one):
+    recomputed in full on the new version from its recorded parameters."""
+    from cmapdask.similarity import pert_similarity, similarity, write_similarity
+
+    prov = dict(open_member(base_url, member, storage_options=storage_options).attrs["cmapdask"])
+    ds = open_store(target_url, storage_options=storage_options)
+    if prov.get("level") == "pert":
+        res = pert_similarity(ds, metric=prov["metric"], space=prov["space"],
+                              pert_field=prov.get("pert_field", "pert_id"),
+                              cell_field=prov.get("cell_field"))
+    elif prov.get("mode") == "self" and "k" in prov and not prov.get("full"):
+        res = similarity(ds, metric=prov["metric"], k=int(prov["k"]), space=prov["space"])
+    else:
+        return None, ("a query-mode or full-matrix similarity: make it again on the new "
+                      "version (`cmapdask similarity`)")
+    write_similarity(res, target_url, name=member, storage_options=storage_options,
+                     progress=progress)
+    return "recomputed in full (from its recorded parameters)", None
 
 
 def refresh_products(base_url, target_url, members, *, n_old: int, similarity_name: str | None,
@@ -255,8 +287,10 @@ def refresh_products(base_url, target_url, members, *, n_old: int, similarity_na
     from cmapdask.connectivity import build_index
 
     done, skipped = [], []
+    # backgrounds need indexes; hierarchical clusters need their (pert) similarity matrix
+    rank = {"index": 0, "similarity": 1, "background": 2, "clusters": 3}
     order = sorted((m for m in members if m != similarity_name),
-                   key=lambda m: (not m.startswith("index/"), m))  # backgrounds need indexes
+                   key=lambda m: (rank.get(m.split("/", 1)[0], 4), m))
     for member in order:
         t0 = time.perf_counter()
         kind = member.split("/", 1)[0]
@@ -277,9 +311,10 @@ def refresh_products(base_url, target_url, members, *, n_old: int, similarity_na
             how, why = _background(base_url, target_url, member, storage_options, progress)
         elif kind == "clusters":
             how, why = _clusters(base_url, target_url, member, similarity_name, storage_options)
+        elif kind == "similarity":
+            how, why = _similarity(base_url, target_url, member, storage_options, progress)
         else:
-            why = (f"no rebuild step for {kind} members; make it again on the new version "
-                   "(e.g. `cmapdask similarity`)")
+            why = f"no rebuild step for {kind} members; make it again on the new version"
         entry = {"member": member, "seconds": round(time.perf_counter() - t0, 3)}
         if how:
             done.append({**entry, "how": how})
