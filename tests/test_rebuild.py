@@ -339,7 +339,6 @@ def test_pert_matrix_and_hierarchical_clusters_recomputed(data, tmp_path):
     with _threads():
         want = pert_similarity(cur, cell_field="cell_iname").compute()
     got = open_member(url, pert).compute()
-    assert got.sizes["pert"] > open_member(v1, pert).sizes["pert"] or got.sizes == want.sizes
     np.testing.assert_array_equal(got["pert_summary"].values, want["pert_summary"].values)
     fresh = clustering.hierarchical_perts(got["pert_summary"], n_clusters=4)
     np.testing.assert_array_equal(open_member(url, "clusters/perts")["cluster"].values,

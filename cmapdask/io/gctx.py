@@ -155,16 +155,22 @@ def _check_unique(ids: np.ndarray, path: str, axis: str) -> None:
         )
 
 
+def _matrix(f, path) -> h5py.Dataset:
+    """The 2-D matrix dataset of an open GCTx, or a clear error."""
+    if MATRIX_PATH not in f or not isinstance(f[MATRIX_PATH], h5py.Dataset):
+        raise GCTxFormatError(f"{path}: no {MATRIX_PATH} dataset; this is not a GCTx file")
+    m = f[MATRIX_PATH]
+    if m.ndim != 2:
+        raise GCTxFormatError(f"{path}: {MATRIX_PATH} has {m.ndim} dimensions, expected 2")
+    return m
+
+
 def matrix_layout(path, *, storage_options: dict | None = None) -> tuple[tuple[int, int], tuple[int, int] | None]:
     """``(shape, file_chunks)`` of the GCTx matrix, stored (n_sig, n_gene), without
     reading any metadata (for choosing chunks before :func:`read_gctx`)."""
     path = os.fspath(path) if not isinstance(path, str) else path
     with _open(path, storage_options) as f:
-        if MATRIX_PATH not in f or not isinstance(f[MATRIX_PATH], h5py.Dataset):
-            raise GCTxFormatError(f"{path}: no {MATRIX_PATH} dataset; this is not a GCTx file")
-        m = f[MATRIX_PATH]
-        if m.ndim != 2:
-            raise GCTxFormatError(f"{path}: {MATRIX_PATH} has {m.ndim} dimensions, expected 2")
+        m = _matrix(f, path)
         return tuple(m.shape), (tuple(m.chunks) if m.chunks else None)
 
 
@@ -211,11 +217,7 @@ def read_gctx(
     """
     path = os.fspath(path) if not isinstance(path, str) else path
     with _open(path, storage_options) as f:
-        if MATRIX_PATH not in f or not isinstance(f[MATRIX_PATH], h5py.Dataset):
-            raise GCTxFormatError(f"{path}: no {MATRIX_PATH} dataset; this is not a GCTx file")
-        m = f[MATRIX_PATH]
-        if m.ndim != 2:
-            raise GCTxFormatError(f"{path}: {MATRIX_PATH} has {m.ndim} dimensions, expected 2")
+        m = _matrix(f, path)
         shape, dtype, file_chunks = m.shape, m.dtype, m.chunks
         if dtype.kind not in "fiu":
             raise GCTxFormatError(f"{path}: matrix dtype {dtype} is not numeric")

@@ -48,6 +48,11 @@ __all__ = [
     "list_members",
     "store_chunk_rows",
     "store_info",
+    "quiet_zarr",
+    "zarr_options",
+    "ensure_parent_groups",
+    "set_provenance",
+    "mark_complete_remote",
 ]
 
 SCHEMA_VERSION = 1
@@ -55,7 +60,8 @@ _STRING_KINDS = "OUT"
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_zarr():
+    """Silence zarr's warnings about what we knowingly use (vlen strings, no consolidation)."""
     with warnings.catch_warnings():
         # zarr v3 variable-length strings are not in the v3 core spec yet; xarray and
         # zarr both read them, which is all we need.
@@ -154,7 +160,7 @@ def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, prov
         expr = expr.chunk({"sig": rows, "gene": n_gene})
     out = _strings_to_str(ds.drop_vars([v for v in ds.data_vars if v != "expr"]).assign(expr=expr))
     out.attrs = {}
-    with publish_dir(dest, storage_options=storage_options, overwrite=overwrite) as tmp, _quiet():
+    with publish_dir(dest, storage_options=storage_options, overwrite=overwrite) as tmp, quiet_zarr():
         # creates the group, every array's metadata and the coordinates now; the
         # returned job (which would write expr) is replaced by _write_expr's tasks
         out.to_zarr(
@@ -164,22 +170,22 @@ def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, prov
             consolidated=False,
             encoding={"expr": _expr_encoding(rows, n_gene)},
             compute=False,
-            storage_options=_opts(tmp, storage_options),
+            storage_options=zarr_options(tmp, storage_options),
         )
         if n_sig and n_gene:
             written = _compute(
-                _write_expr(out["expr"].data, tmp, _opts(tmp, storage_options)).sum(),
+                _write_expr(out["expr"].data, tmp, zarr_options(tmp, storage_options)).sum(),
                 progress=progress, label="write store",
             )
             if int(written) != n_sig:  # every block reports its rows; a lost block is an error
                 raise StoreError(f"{dest}: wrote {int(written)} of {n_sig} signatures")
-        g = zarr.open_group(tmp, mode="r+", storage_options=_opts(tmp, storage_options))
+        g = zarr.open_group(tmp, mode="r+", storage_options=zarr_options(tmp, storage_options))
         # locally the rename publishes a complete store; remotely the flag is set only
         # after the server-side copy (a copied "complete" could precede copied chunks)
         g.attrs["cmapdask"] = _provenance(
             **provenance(), chunk_rows=rows, complete=_is_local_url(dest, storage_options)
         )
-    _mark_complete_remote(dest, storage_options)
+    mark_complete_remote(dest, storage_options)
     return str(dest)
 
 
@@ -202,7 +208,7 @@ def _write_expr(data, url, storage_options):
 
 def _store_block(block, url, storage_options, block_info=None):
     (start, stop), _ = block_info[0]["array-location"]
-    with _roomy_malloc():  # (no _quiet here: warning filters are not thread-safe)
+    with _roomy_malloc():  # (no quiet_zarr here: warning filters are not thread-safe)
         arr = zarr.open_array(url, path="expr", mode="r+", storage_options=storage_options)
         # every chunk is written: no pass over each chunk comparing it with the fill value
         # (a tenth of the conversion's CPU), and an all-NaN block is stored like any other
@@ -276,8 +282,8 @@ def _roomy_malloc():
                 libc.malloc_trim(0)
 
 
-def _opts(url, storage_options):
-    # xarray passes storage_options only for fsspec URLs; local paths must not get them
+def zarr_options(url, storage_options):
+    """``storage_options`` for zarr/xarray: only for fsspec URLs, never for local paths."""
     return None if _is_local_url(url, storage_options) else storage_options
 
 
@@ -298,28 +304,36 @@ def _compute(job, *, progress: bool, label: str):
     return dask.compute(job)[0]
 
 
-def _set_complete(url, storage_options, value: bool) -> None:
-    with _quiet():
-        g = zarr.open_group(url, mode="r+", storage_options=_opts(url, storage_options))
-        meta = dict(g.attrs.get("cmapdask", {}))
-        meta["complete"] = value
+def set_provenance(url, meta: dict, *, storage_options: dict | None = None) -> None:
+    """Replace ``attrs["cmapdask"]`` of the group at ``url`` (a store or member)."""
+    with quiet_zarr():
+        g = zarr.open_group(url, mode="r+", storage_options=zarr_options(url, storage_options))
         g.attrs["cmapdask"] = meta
+
+
+def _set_complete(url, storage_options, value: bool) -> None:
+    with quiet_zarr():
+        g = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
+        meta = dict(g.attrs.get("cmapdask", {}))
+    set_provenance(url, {**meta, "complete": value}, storage_options=storage_options)
 
 
 def _is_local_url(url, storage_options) -> bool:
     return is_local(url_to_fs(url, storage_options)[0])
 
 
-def _mark_complete_remote(dest, storage_options) -> None:
-    # the last object written at a remote destination, after every chunk was copied
+def mark_complete_remote(dest, storage_options) -> None:
+    """Set the complete flag of a store or member published to object storage: the last
+    object written, after the server-side copy of every chunk (locally the rename
+    published it complete)."""
     if not _is_local_url(dest, storage_options):
         _set_complete(dest, storage_options, True)
 
 
 def _check_complete(url, storage_options, what: str) -> dict:
-    with _quiet():
+    with quiet_zarr():
         try:
-            g = zarr.open_group(url, mode="r", storage_options=_opts(url, storage_options))
+            g = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
             raise StoreError(f"{url}: no {what} here") from None
         except Exception as e:  # corrupt metadata, bad URL, unreachable server
@@ -348,13 +362,13 @@ def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
     n_gene)); the matrix is read only when computed, one chunk per task.
     """
     meta = _check_complete(url, storage_options, "store")
-    with _quiet():
+    with quiet_zarr():
         ds = xr.open_zarr(
             url,
             consolidated=False,
             zarr_format=3,
             chunks={},
-            storage_options=_opts(url, storage_options),
+            storage_options=zarr_options(url, storage_options),
         )
     ds = _coords_to_memory(ds, url, storage_options)
     ds.attrs = {"cmapdask": meta, "store_url": str(url)}
@@ -364,8 +378,8 @@ def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
 def _coords_to_memory(ds: xr.Dataset, url, storage_options) -> xr.Dataset:
     """Load 1-D coordinates straight from Zarr (no dask compute); strings back to object
     arrays with None for missing."""
-    with _quiet():
-        g = zarr.open_group(url, mode="r", storage_options=_opts(url, storage_options))
+    with quiet_zarr():
+        g = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
         new = {}
         for name, c in ds.coords.items():
             vals = np.asarray(g[name][:]) if name in g else np.asarray(c.values)
@@ -404,14 +418,14 @@ def write_member(
     name = name.strip("/")
     if not name or any(p in ("", ".", "..") or p.startswith(".") for p in name.split("/")):
         raise StoreError(f"{store_url}: invalid member name {name!r}")
-    _ensure_parent_groups(store_url, name, storage_options)
+    ensure_parent_groups(store_url, name, storage_options)
     dest = join(store_url, name)
     out = _strings_to_str(ds)
     out.attrs = {
         **{k: v for k, v in ds.attrs.items() if k != "cmapdask"},
         "cmapdask": _provenance(member=name, **(provenance or {}), complete=False),
     }
-    with publish_dir(dest, storage_options=storage_options, overwrite=True) as tmp, _quiet():
+    with publish_dir(dest, storage_options=storage_options, overwrite=True) as tmp, quiet_zarr():
         job = out.to_zarr(
             tmp,
             mode="w",
@@ -419,21 +433,20 @@ def write_member(
             consolidated=False,
             encoding=encoding or {},
             compute=False,
-            storage_options=_opts(tmp, storage_options),
+            storage_options=zarr_options(tmp, storage_options),
         )
         _compute(job, progress=progress, label=f"write {name}")
         if _is_local_url(dest, storage_options):
             _set_complete(tmp, storage_options, True)
-    _mark_complete_remote(dest, storage_options)
+    mark_complete_remote(dest, storage_options)
     return dest
 
 
-def _ensure_parent_groups(store_url, name, storage_options) -> None:
-    parts = name.split("/")[:-1]
-    with _quiet():
-        root = zarr.open_group(store_url, mode="r+", storage_options=_opts(store_url, storage_options))
-        g = root
-        for p in parts:
+def ensure_parent_groups(store_url, name, storage_options) -> None:
+    """Create the groups above member ``name`` (``index`` of ``index/bing``), if missing."""
+    with quiet_zarr():
+        g = zarr.open_group(store_url, mode="r+", storage_options=zarr_options(store_url, storage_options))
+        for p in name.split("/")[:-1]:
             g = g.require_group(p)
 
 
@@ -444,9 +457,9 @@ def open_member(store_url, name: str, *, storage_options: dict | None = None) ->
         meta = _check_complete(dest, storage_options, f"member {name!r}")
     except StoreError as e:
         raise StoreError(f"{store_url}: {str(e).split(': ', 1)[-1]}") from None
-    with _quiet():
+    with quiet_zarr():
         ds = xr.open_zarr(
-            dest, consolidated=False, zarr_format=3, chunks={}, storage_options=_opts(dest, storage_options)
+            dest, consolidated=False, zarr_format=3, chunks={}, storage_options=zarr_options(dest, storage_options)
         )
     ds = _coords_to_memory(ds, dest, storage_options)
     ds.attrs = {**ds.attrs, "cmapdask": meta}
@@ -464,8 +477,8 @@ def has_member(store_url, name: str, *, storage_options: dict | None = None) -> 
 def list_members(store_url, *, storage_options: dict | None = None) -> list[str]:
     """Names of the complete member groups of a store (``index/bing``, ...)."""
     found = []
-    with _quiet():
-        root = zarr.open_group(store_url, mode="r", storage_options=_opts(store_url, storage_options))
+    with quiet_zarr():
+        root = zarr.open_group(store_url, mode="r", storage_options=zarr_options(store_url, storage_options))
 
         def walk(g, prefix):
             for key, sub in g.groups():
@@ -482,8 +495,8 @@ def list_members(store_url, *, storage_options: dict | None = None) -> list[str]
 def store_info(url, *, storage_options: dict | None = None) -> dict:
     """Shape, fields, chunking, compression and provenance of a store (for ``cmapdask info``)."""
     ds = open_store(url, storage_options=storage_options)
-    with _quiet():
-        g = zarr.open_group(url, mode="r", storage_options=_opts(url, storage_options))
+    with quiet_zarr():
+        g = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
         arr = g["expr"]
         codecs = [type(c).__name__ for c in arr.metadata.codecs]
         nbytes_stored = _stored_bytes(url, storage_options)

@@ -10,13 +10,11 @@ them for the new version.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import os
 import shutil
 import time
-import warnings
 
 import dask
 import dask.array as da
@@ -27,7 +25,8 @@ import zarr
 
 from cmapdask import __version__
 from cmapdask.errors import InputError, MetadataError
-from cmapdask.io.atomic import is_local, join, url_to_fs
+from cmapdask.io.atomic import is_local, url_to_fs
+from cmapdask.io.store import quiet_zarr, zarr_options
 from cmapdask.rebuild.versions import (
     list_versions,
     next_version_id,
@@ -37,19 +36,6 @@ from cmapdask.rebuild.versions import (
 )
 
 __all__ = ["append", "clone_version", "reconcile_fields"]
-
-
-@contextlib.contextmanager
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=zarr.errors.UnstableSpecificationWarning)
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        yield
-
-
-def _opts(url, storage_options):
-    fs, _ = url_to_fs(url, storage_options)
-    return None if is_local(fs) else storage_options
 
 
 def file_provenance(url, storage_options=None) -> dict:
@@ -260,8 +246,8 @@ def _share_base(src: str, dest: str, skip: set[str], partial_chunk: str | None, 
     fs, sp = url_to_fs(src, storage_options)
     _, dp = url_to_fs(dest, storage_options)
     sp, dp = sp.rstrip("/"), dp.rstrip("/")
-    with _quiet():
-        g = zarr.open_group(src, mode="r", storage_options=_opts(src, storage_options))
+    with quiet_zarr():
+        g = zarr.open_group(src, mode="r", storage_options=zarr_options(src, storage_options))
         arrays = [name for name, _ in g.arrays() if name not in skip]
     local = is_local(fs)
     files = [f"{sp}/zarr.json"]
@@ -285,16 +271,16 @@ def _share_base(src: str, dest: str, skip: set[str], partial_chunk: str | None, 
 def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     n_new, n_gene = x.shape
     n_tot = n_old + n_new
-    with _quiet():
-        g = zarr.open_group(src, mode="r", storage_options=_opts(src, storage_options))
+    with quiet_zarr():
+        g = zarr.open_group(src, mode="r", storage_options=zarr_options(src, storage_options))
         rows = int(g["expr"].chunks[0])
         sig_arrays = {name for name, a in g.arrays()
                       if (a.metadata.dimension_names or (None,))[0] == "sig" and name != "expr"}
         sep = "/"
     partial = f"expr/c{sep}{n_old // rows}{sep}0" if n_old % rows else None
     _share_base(src, dest, sig_arrays, partial, storage_options)
-    opts = _opts(dest, storage_options)
-    with _quiet():
+    opts = zarr_options(dest, storage_options)
+    with quiet_zarr():
         root = zarr.open_group(dest, mode="r+", storage_options=opts)
         meta = dict(root.attrs.get("cmapdask", {}))
         root.attrs["cmapdask"] = {**meta, "complete": False}
@@ -305,7 +291,7 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     rest = n_new - first
     chunks = (first, *([rows] * (rest // rows)), *([rest % rows] if rest % rows else []))
     x = x.rechunk({0: chunks, 1: -1})
-    with _quiet():
+    with quiet_zarr():
         job = da.store(x, arr, regions=(slice(n_old, n_tot), slice(None)), lock=False,
                        compute=False)
         if progress:
@@ -321,7 +307,7 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
             v = np.array(["" if s is None else s for s in v.tolist()], dtype=object)
         coords[k] = ("sig", v)
     sig_ds = xr.Dataset(coords={"sig": coords.pop("sig")[1]}).assign_coords(coords)
-    with _quiet():
+    with quiet_zarr():
         sig_ds.to_zarr(dest, mode="a", zarr_format=3, consolidated=False, storage_options=opts)
         root = zarr.open_group(dest, mode="r+", storage_options=opts)
         root.attrs["cmapdask"] = {**meta, **prov, "n_sig": int(n_tot), "complete": True}
@@ -334,8 +320,8 @@ def clone_version(root, parent: str, *, storage_options: dict | None = None) -> 
     dest = version_url(root, vid)
     _remove_tree(dest, storage_options)
     _share_base(version_url(root, parent), dest, set(), None, storage_options)
-    opts = _opts(dest, storage_options)
-    with _quiet():
+    opts = zarr_options(dest, storage_options)
+    with quiet_zarr():
         g = zarr.open_group(dest, mode="r+", storage_options=opts)
         g.attrs["cmapdask"] = {**dict(g.attrs.get("cmapdask", {})), "version": vid,
                                "parent": parent, "complete": True}

@@ -28,9 +28,7 @@ pass over the data).
 
 from __future__ import annotations
 
-import contextlib
 import io
-import warnings
 
 import dask
 import dask.array as da
@@ -42,6 +40,13 @@ import zarr
 
 from cmapdask import __version__
 from cmapdask.io.atomic import is_local, join, publish_dir, publish_file, url_to_fs
+from cmapdask.io.store import (
+    ensure_parent_groups,
+    mark_complete_remote,
+    quiet_zarr,
+    set_provenance,
+    zarr_options,
+)
 from cmapdask.rebuild.faults import checkpoint
 from cmapdask.similarity import feature_genes, similarity
 from cmapdask.similarity.kernels import merge_topk, pair_topk, standardize
@@ -310,18 +315,6 @@ def topk_incremental(ds: xr.Dataset, prev: xr.Dataset, n_old: int, workdir, *, m
 # ------------------------------------------------------------------------------ the member
 
 
-@contextlib.contextmanager
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=zarr.errors.UnstableSpecificationWarning)
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        yield
-
-
-def _zopts(url, storage_options):
-    return None if is_local(url_to_fs(url, storage_options)[0]) else storage_options
-
-
 def id_records(ids) -> tuple[np.ndarray, np.ndarray]:
     """Every id as its Zarr ``vlen-utf8`` record (uint32 length, UTF-8 bytes), one buffer,
     and the records' offsets; a last, empty record stands for "no neighbour"."""
@@ -370,8 +363,8 @@ def _write_chunk(tmp, storage_options, workdir, pieces, lo, hi, rows, records):
     parts = [_load(join(workdir, nm), storage_options) for nm in pieces]
     cols = {f: np.concatenate([p[f] for p in parts]) for f in FIELDS}
     assert cols["valid"].shape[0] == hi - lo, (pieces, lo, hi)
-    with _quiet():
-        g = zarr.open_group(tmp, mode="r+", storage_options=_zopts(tmp, storage_options))
+    with quiet_zarr():
+        g = zarr.open_group(tmp, mode="r+", storage_options=zarr_options(tmp, storage_options))
         for f in FIELDS:
             g[f][lo:hi] = cols[f]
     fs, path = url_to_fs(tmp, storage_options)
@@ -419,15 +412,12 @@ def write_topk_member(store_url, name: str, ds: xr.Dataset, workdir, layout, k: 
     template.attrs = {"cmapdask": {**meta, "complete": False}}
     fs, _ = url_to_fs(store_url, storage_options)
     local = is_local(fs)
-    with _quiet():  # parent groups (e.g. "similarity") must exist for readers walking the store
-        g = zarr.open_group(store_url, mode="r+", storage_options=_zopts(store_url, storage_options))
-        for p in name.split("/")[:-1]:
-            g = g.require_group(p)
+    ensure_parent_groups(store_url, name, storage_options)  # readers walk the store
     dest = join(store_url, name)
     with publish_dir(dest, storage_options=storage_options, overwrite=True) as tmp:
-        with _quiet():
+        with quiet_zarr():
             template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False,
-                             storage_options=_zopts(tmp, storage_options))
+                             storage_options=zarr_options(tmp, storage_options))
         records = dask.delayed(id_records(sig), traverse=False)
         tasks = []
         for c in range(0, n, rows):
@@ -436,16 +426,10 @@ def write_topk_member(store_url, name: str, ds: xr.Dataset, workdir, layout, k: 
                 tmp, storage_options, workdir, pieces, c, min(c + rows, n), rows, records))
         (compute or dask.compute)(tasks)
         if local:
-            _set_attrs(tmp, storage_options, {**meta, "complete": True})
-    if not local:  # the last object written, after the server-side copy of every chunk
-        _set_attrs(dest, storage_options, {**meta, "complete": True})
+            set_provenance(tmp, {**meta, "complete": True}, storage_options=storage_options)
+    mark_complete_remote(dest, storage_options)
     return dest
 
-
-def _set_attrs(url, storage_options, meta):
-    with _quiet():
-        g = zarr.open_group(url, mode="r+", storage_options=_zopts(url, storage_options))
-        g.attrs["cmapdask"] = meta
 
 
 def _now() -> str:

@@ -23,11 +23,9 @@ changed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
-import warnings
 
 import dask
 import numpy as np
@@ -35,28 +33,18 @@ import zarr
 
 from cmapdask.errors import InputError
 from cmapdask.io.atomic import is_local, join, publish_dir, url_to_fs
-from cmapdask.io.store import has_member, open_member, open_store
+from cmapdask.io.store import (
+    ensure_parent_groups,
+    has_member,
+    mark_complete_remote,
+    open_member,
+    open_store,
+    quiet_zarr,
+    set_provenance,
+    zarr_options,
+)
 
 __all__ = ["extend_index", "refresh_products", "share_member", "stored_n_sig"]
-
-
-@contextlib.contextmanager
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=zarr.errors.UnstableSpecificationWarning)
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        yield
-
-
-def _zopts(url, storage_options):
-    return None if is_local(url_to_fs(url, storage_options)[0]) else storage_options
-
-
-def _parents(store_url, name, storage_options):
-    with _quiet():
-        g = zarr.open_group(store_url, mode="r+", storage_options=_zopts(store_url, storage_options))
-        for p in name.split("/")[:-1]:
-            g = g.require_group(p)
 
 
 def _copy_tree(src, dst, storage_options, *, keep=lambda rel: True, link=lambda rel: False):
@@ -85,15 +73,10 @@ def _copy_tree(src, dst, storage_options, *, keep=lambda rel: True, link=lambda 
 
 def stored_n_sig(store_url, storage_options=None) -> int:
     """Signatures of a store, from the ``expr`` array's metadata alone."""
-    with _quiet():
-        g = zarr.open_group(store_url, mode="r", storage_options=_zopts(store_url, storage_options))
+    with quiet_zarr():
+        g = zarr.open_group(store_url, mode="r", storage_options=zarr_options(store_url, storage_options))
         return int(g["expr"].shape[0])
 
-
-def _set_meta(url, storage_options, meta):
-    with _quiet():
-        g = zarr.open_group(url, mode="r+", storage_options=_zopts(url, storage_options))
-        g.attrs["cmapdask"] = meta
 
 
 def share_member(base_url, target_url, name, *, storage_options=None) -> str:
@@ -101,13 +84,12 @@ def share_member(base_url, target_url, name, *, storage_options=None) -> str:
     locally, copied server-side remotely; published atomically, complete flag last)."""
     src, dest = join(base_url, name), join(target_url, name)
     meta = dict(open_member(base_url, name, storage_options=storage_options).attrs["cmapdask"])
-    _parents(target_url, name, storage_options)
+    ensure_parent_groups(target_url, name, storage_options)
     local = is_local(url_to_fs(dest, storage_options)[0])
     with publish_dir(dest, storage_options=storage_options, overwrite=True) as tmp:
         _copy_tree(src, tmp, storage_options, link=lambda rel: "/c/" in f"/{rel}")
-        _set_meta(tmp, storage_options, {**meta, "complete": local})
-    if not local:
-        _set_meta(dest, storage_options, {**meta, "complete": True})
+        set_provenance(tmp, {**meta, "complete": local}, storage_options=storage_options)
+    mark_complete_remote(dest, storage_options)
     return dest
 
 
@@ -119,9 +101,9 @@ def _index_block(base_idx, target, sel, lo, hi, n_old, tmp, storage_options):
     from cmapdask.connectivity import rank_descending
 
     parts_r, parts_s = [], []
-    with _quiet():
+    with quiet_zarr():
         if lo < n_old:
-            g = zarr.open_group(base_idx, mode="r", storage_options=_zopts(base_idx, storage_options))
+            g = zarr.open_group(base_idx, mode="r", storage_options=zarr_options(base_idx, storage_options))
             parts_r.append(g["rank"][:, lo:min(hi, n_old)])
             parts_s.append(g["score"][:, lo:min(hi, n_old)])
         if hi > n_old:
@@ -131,7 +113,7 @@ def _index_block(base_idx, target, sel, lo, hi, n_old, tmp, storage_options):
                 raise InputError(f"{target}: a new signature has NaN scores; it cannot be ranked")
             parts_r.append(rank_descending(x).T)
             parts_s.append(x.astype(np.float32).T)
-        out = zarr.open_group(tmp, mode="r+", storage_options=_zopts(tmp, storage_options))
+        out = zarr.open_group(tmp, mode="r+", storage_options=zarr_options(tmp, storage_options))
         r = np.concatenate(parts_r, axis=1)
         out["rank"][:, lo:hi] = r.astype(out["rank"].dtype, copy=False)
         out["score"][:, lo:hi] = np.concatenate(parts_s, axis=1)
@@ -157,8 +139,8 @@ def extend_index(base_url, target_url, space, n_old: int, *, storage_options=Non
     name = f"index/{space}"
     base_idx, dest = join(base_url, name), join(target_url, name)
     meta = dict(open_member(base_url, name, storage_options=storage_options).attrs["cmapdask"])
-    with _quiet():
-        g = zarr.open_group(base_idx, mode="r", storage_options=_zopts(base_idx, storage_options))
+    with quiet_zarr():
+        g = zarr.open_group(base_idx, mode="r", storage_options=zarr_options(base_idx, storage_options))
         shape, rows = g["rank"].shape, int(g["rank"].chunks[1])
         genes = np.asarray(g["gene"][:])
     target = open_store(target_url, storage_options=storage_options)
@@ -175,13 +157,13 @@ def extend_index(base_url, target_url, space, n_old: int, *, storage_options=Non
             return int(tail.split("/")[1]) < b0
         return True
 
-    _parents(target_url, name, storage_options)
+    ensure_parent_groups(target_url, name, storage_options)
     local = is_local(url_to_fs(dest, storage_options)[0])
     with publish_dir(dest, storage_options=storage_options, overwrite=True) as tmp:
         _copy_tree(base_idx, tmp, storage_options, keep=keep,
                    link=lambda rel: rel.split("/")[0] in ("rank", "score") and "/c/" in rel)
-        with _quiet():
-            out = zarr.open_group(tmp, mode="r+", storage_options=_zopts(tmp, storage_options))
+        with quiet_zarr():
+            out = zarr.open_group(tmp, mode="r+", storage_options=zarr_options(tmp, storage_options))
             for v in ("rank", "score"):
                 out[v].resize((shape[0], n))
         tasks = [dask.delayed(_index_block, pure=False)(
@@ -192,9 +174,8 @@ def extend_index(base_url, target_url, space, n_old: int, *, storage_options=Non
         sig = target["sig"].values
         meta = {**meta, "n_sig": int(n), "sig_first": str(sig[0]), "sig_last": str(sig[-1]),
                 "extended_from": {"store": str(base_url), "n_sig": int(n_old)}}
-        _set_meta(tmp, storage_options, {**meta, "complete": local})
-    if not local:
-        _set_meta(dest, storage_options, {**meta, "complete": True})
+        set_provenance(tmp, {**meta, "complete": local}, storage_options=storage_options)
+    mark_complete_remote(dest, storage_options)
     return dest
 
 

@@ -86,9 +86,9 @@ def write_similarity(
             storage_options=storage_options, provenance=prov, progress=progress,
         )
     from cmapdask.io.atomic import publish_dir
-    from cmapdask.io.store import _quiet
+    from cmapdask.io.store import quiet_zarr
 
-    with publish_dir(out, storage_options=storage_options, overwrite=True) as tmp, _quiet():
+    with publish_dir(out, storage_options=storage_options, overwrite=True) as tmp, quiet_zarr():
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False,
                    storage_options=storage_options if "://" in str(tmp) else None)
     return str(out)
