@@ -78,13 +78,17 @@ def bench_kmeans(n: int, k: int | None, comps: int, workdir: str) -> None:
     design = sy.synth_design(n, seed=0)
     k = k or design.n_moas
     ds = sy.synth_dataset(design, chunks=20 * sy.TILE)
-    ds = ds.assign_coords(feature_space=("gene", np.array(["landmark"] * ds.sizes["gene"], dtype=object)))
+    ds = ds.assign_coords(
+        feature_space=("gene", np.array(["landmark"] * ds.sizes["gene"], dtype=object))
+    )
     url = os.path.join(workdir, "kmeans.zarr")
     t0 = time.perf_counter()
     with dask.config.set(scheduler="threads"):
         write_store(ds, url)
-    print(f"setup: wrote the {n} x {ds.sizes['gene']} store in {time.perf_counter() - t0:.1f} s "
-          f"(not timed below); k = {k} (the design's MoA count), {comps} components")
+    print(
+        f"setup: wrote the {n} x {ds.sizes['gene']} store in {time.perf_counter() - t0:.1f} s "
+        f"(not timed below); k = {k} (the design's MoA count), {comps} components"
+    )
     truth = sy.synth_truth(design)
     strong = (truth["pert_type"].to_numpy() == "trt_cp") & (truth["pert_dose"].to_numpy() >= 3.0)
     moa = truth["moa"].to_numpy()[strong].astype(str)
@@ -94,15 +98,18 @@ def bench_kmeans(n: int, k: int | None, comps: int, workdir: str) -> None:
         before = _rss_gib()
         with dask.config.set(scheduler="threads"), PeakRSS() as mem:
             t0 = time.perf_counter()
-            res = kmeans_signatures(open_store(url), n_clusters=k, n_components=comps, n_init=1,
-                                    init=init)
+            res = kmeans_signatures(
+                open_store(url), n_clusters=k, n_components=comps, n_init=1, init=init
+            )
             lab = res["cluster"].values
             t = time.perf_counter() - t0
         prov = res.attrs["cmapdask"]
         stages = ", ".join(f"{s} {v:.1f} s" for s, v in prov["timing_s"].items())
-        print(f"kmeans cmapdask {init:17s} N={n} k={k}: {t:7.1f} s  peak {mem.peak / 2**30:5.2f} GiB "
-              f"(RSS before {before:4.2f})  [{stages}, labels {t - sum(prov['timing_s'].values()):.1f} s; "
-              f"solver {prov['solver']}, {prov['n_iter']} Lloyd iterations]")
+        print(
+            f"kmeans cmapdask {init:17s} N={n} k={k}: {t:7.1f} s  peak {mem.peak / 2**30:5.2f} GiB "
+            f"(RSS before {before:4.2f})  [{stages}, labels {t - sum(prov['timing_s'].values()):.1f} s; "
+            f"solver {prov['solver']}, {prov['n_iter']} Lloyd iterations]"
+        )
         labels[f"cmapdask {init}"] = (lab, t)
         del res
     gc.collect()
@@ -114,15 +121,19 @@ def bench_kmeans(n: int, k: int | None, comps: int, workdir: str) -> None:
         z = PCA(n_components=comps, svd_solver="randomized", random_state=0).fit_transform(x)
         mb = MiniBatchKMeans(n_clusters=k, random_state=0, n_init=1, batch_size=4096).fit(z)
         t_sk = time.perf_counter() - t0
-    print(f"kmeans sklearn MiniBatchKMeans       N={n} k={k}: {t_sk:7.1f} s  peak {mem2.peak / 2**30:5.2f} GiB "
-          f"(RSS before {before:4.2f})  [reads the store into memory, z-score, randomized PCA, "
-          f"batch 4096]")
+    print(
+        f"kmeans sklearn MiniBatchKMeans       N={n} k={k}: {t_sk:7.1f} s  peak {mem2.peak / 2**30:5.2f} GiB "
+        f"(RSS before {before:4.2f})  [reads the store into memory, z-score, randomized PCA, "
+        f"batch 4096]"
+    )
     labels["sklearn MiniBatchKMeans"] = (mb.labels_, t_sk)
     for name, (lab, t) in labels.items():
         ari = adjusted_rand_score(moa, lab[strong])
-        print(f"quality {name:28s}: WSS per signature {_wss(x, lab):8.2f} (z-scored 978 genes)  "
-              f"ARI vs planted MoA {ari:.3f} ({int(strong.sum())} strong compound signatures)  "
-              f"time / MiniBatchKMeans {t / t_sk:.2f}")
+        print(
+            f"quality {name:28s}: WSS per signature {_wss(x, lab):8.2f} (z-scored 978 genes)  "
+            f"ARI vs planted MoA {ari:.3f} ({int(strong.sum())} strong compound signatures)  "
+            f"time / MiniBatchKMeans {t / t_sk:.2f}"
+        )
 
 
 def synthetic_lists(m: int, k: int = 100, n_moas: int = 50, chunk: int = 10000):
@@ -157,7 +168,7 @@ def synthetic_lists(m: int, k: int = 100, n_moas: int = 50, chunk: int = 10000):
         if which == "top":
             idx = np.concatenate([own, other[:, : k - half]], axis=1)
         else:
-            idx = other[:, k:2 * k]
+            idx = other[:, k : 2 * k]
         sc = np.sort(r.uniform(0.2, 1.0, (hi - lo, k)), axis=1)[:, ::-1]
         if which == "bottom":
             sc = -sc
@@ -166,15 +177,23 @@ def synthetic_lists(m: int, k: int = 100, n_moas: int = 50, chunk: int = 10000):
     chunks = ((chunk,) * (m // chunk) + ((m % chunk,) if m % chunk else ()), (k,))
 
     def arr(which, dtype):
-        return da.map_blocks(lambda block_info=None: lists(block_info, which), chunks=chunks,
-                             dtype=dtype, meta=np.empty((0, 0), dtype))
+        return da.map_blocks(
+            lambda block_info=None: lists(block_info, which),
+            chunks=chunks,
+            dtype=dtype,
+            meta=np.empty((0, 0), dtype),
+        )
 
-    nb = xr.Dataset({"top_index": (("sig", "rank"), arr("top", np.int64)),
-                     "top_score": (("sig", "rank"), arr("top", np.float32)),
-                     "bottom_index": (("sig", "rank"), arr("bottom", np.int64)),
-                     "bottom_score": (("sig", "rank"), arr("bottom", np.float32)),
-                     "valid": (("sig",), da.ones(m, bool, chunks=chunk))},
-                    coords={"sig": np.array([f"S{i:07d}" for i in range(m)], dtype=object)})
+    nb = xr.Dataset(
+        {
+            "top_index": (("sig", "rank"), arr("top", np.int64)),
+            "top_score": (("sig", "rank"), arr("top", np.float32)),
+            "bottom_index": (("sig", "rank"), arr("bottom", np.int64)),
+            "bottom_score": (("sig", "rank"), arr("bottom", np.float32)),
+            "valid": (("sig",), da.ones(m, bool, chunks=chunk)),
+        },
+        coords={"sig": np.array([f"S{i:07d}" for i in range(m)], dtype=object)},
+    )
     return nb, labels, cells, n_moas
 
 
@@ -186,11 +205,13 @@ def bench_recall(m: int, k: int = 100) -> None:
         t0 = time.perf_counter()
         res = moa_recall(nb, labels, cells=cells).compute()
         t = time.perf_counter() - t0
-    print(f"moa_recall N={m} k={k} (top and bottom lists, {n_moas} MoAs): {t:7.1f} s  "
-          f"peak {mem.peak / 2**30:5.2f} GiB (RSS before {before:4.2f})  "
-          f"({len(res['group'])} groups; AUROC all {float(res['auroc'].sel(group='all')):.3f}, "
-          f"bounds [{float(res['auroc_min'].sel(group='all')):.3f}, "
-          f"{float(res['auroc_max'].sel(group='all')):.3f}])")
+    print(
+        f"moa_recall N={m} k={k} (top and bottom lists, {n_moas} MoAs): {t:7.1f} s  "
+        f"peak {mem.peak / 2**30:5.2f} GiB (RSS before {before:4.2f})  "
+        f"({len(res['group'])} groups; AUROC all {float(res['auroc'].sel(group='all')):.3f}, "
+        f"bounds [{float(res['auroc_min'].sel(group='all')):.3f}, "
+        f"{float(res['auroc_max'].sel(group='all')):.3f}])"
+    )
 
 
 def bench_graph(m: int, k: int = 15) -> None:
@@ -213,10 +234,12 @@ def bench_graph(m: int, k: int = 15) -> None:
             lab = res["cluster"].values
             t = time.perf_counter() - t0
         prov = res.attrs["cmapdask"]
-        print(f"graph {method} N={m} k={k}: {t:7.1f} s  peak {mem.peak / 2**30:5.2f} GiB "
-              f"(RSS before {before:4.2f})  ({prov['n_edges']} edges, {lab.max() + 1} communities, "
-              f"modularity {prov['modularity']:.3f}, ARI vs planted MoA "
-              f"{adjusted_rand_score(labels.astype(str), lab):.3f}; {n_moas} MoAs)")
+        print(
+            f"graph {method} N={m} k={k}: {t:7.1f} s  peak {mem.peak / 2**30:5.2f} GiB "
+            f"(RSS before {before:4.2f})  ({prov['n_edges']} edges, {lab.max() + 1} communities, "
+            f"modularity {prov['modularity']:.3f}, ARI vs planted MoA "
+            f"{adjusted_rand_score(labels.astype(str), lab):.3f}; {n_moas} MoAs)"
+        )
 
 
 def main() -> None:
@@ -225,10 +248,14 @@ def main() -> None:
     p.add_argument("--k", type=int, default=None, help="clusters (default: the design's MoA count)")
     p.add_argument("--components", type=int, default=50)
     p.add_argument("--n-recall", type=int, default=100_000)
-    p.add_argument("--workdir", default=None, help="where the store is written (default: a temp dir)")
+    p.add_argument(
+        "--workdir", default=None, help="where the store is written (default: a temp dir)"
+    )
     a = p.parse_args()
-    print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     bench_recall(a.n_recall)
     bench_graph(a.n_recall)
     work = a.workdir or tempfile.mkdtemp(prefix="bench_clustering_")

@@ -165,18 +165,34 @@ def run_convert(src: str, dest: str, client, *, checksum: bool) -> dict:
         cpu = tree_cpu_seconds() - cpu0
     stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(dest) for f in fs)
     shutil.rmtree(dest, ignore_errors=True)
-    return {"wall": wall, "cpu": cpu, "peak": mem.peak, "procs": mem.peak_procs, "stored": stored,
-            "load": os.getloadavg()[0], "detail": [r for _, r in mem.peak_detail]}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "peak": mem.peak,
+        "procs": mem.peak_procs,
+        "stored": stored,
+        "load": os.getloadavg()[0],
+        "detail": [r for _, r in mem.peak_detail],
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n-sigs", type=int, default=100_000)
     ap.add_argument("--genes", type=int, default=12_328)
-    ap.add_argument("--workers", type=int, default=None,
-                    help="worker processes (default: what `cmapdask convert` starts)")
-    ap.add_argument("--workdir", default="/tmp/cmapdask-bench-convert",
-                    help="keeps the GCTx for reruns; the store is removed after")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: what `cmapdask convert` starts)",
+    )
+    ap.add_argument(
+        "--workdir",
+        default="/tmp/cmapdask-bench-convert",
+        help="keeps the GCTx for reruns; the store is removed after",
+    )
     ap.add_argument("--serial", action="store_true", help="also time the loop in one process")
     args = ap.parse_args()
 
@@ -190,12 +206,18 @@ def main() -> None:
         p.join()
         if p.exitcode:
             sys.exit(f"making {src} failed")
-        print(f"made {src}: {os.path.getsize(src) / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"made {src}: {os.path.getsize(src) / 1e9:.2f} GB in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
     size = os.path.getsize(src)
     file_rows = reference_chunks(args.n_sigs, args.genes)[0]
     rows = store_chunk_rows(args.genes, file_rows=file_rows)
-    print(f"input            {args.n_sigs} x {args.genes} float32, {size / 1e9:.2f} GB GCTx "
-          f"(HDF5 chunks {file_rows} x {min(args.genes, 1000)}, uncompressed)", flush=True)
+    print(
+        f"input            {args.n_sigs} x {args.genes} float32, {size / 1e9:.2f} GB GCTx "
+        f"(HDF5 chunks {file_rows} x {min(args.genes, 1000)}, uncompressed)",
+        flush=True,
+    )
     print(f"page cache       read once in {warm_cache(src):.1f} s", flush=True)
 
     from cmapdask.cli.runtime import dask_client
@@ -206,13 +228,17 @@ def main() -> None:
     try:
         warm_cache(src)
         digest = sha256_file(src, sha)
-        with dask_client(argparse.Namespace(cluster="local", workers=args.workers, quiet=True)) as client:
+        with dask_client(
+            argparse.Namespace(cluster="local", workers=args.workers, quiet=True)
+        ) as client:
             nthreads = client.nthreads()
             workers, cores = len(nthreads), sum(nthreads.values())
             client.run(os.getpid)  # (every worker fully up before the cluster closes)
         warm_cache(src)
         loop = unavoidable_loop(src, rows, args.n_sigs, cores)
-        with dask_client(argparse.Namespace(cluster="local", workers=args.workers, quiet=True)) as client:
+        with dask_client(
+            argparse.Namespace(cluster="local", workers=args.workers, quiet=True)
+        ) as client:
             warm_cache(src)
             conv_on = run_convert(src, dest, client, checksum=True)
             warm_cache(src)
@@ -224,28 +250,51 @@ def main() -> None:
         shutil.rmtree(dest, ignore_errors=True)
 
     mb = size / 1e6
-    print(f"store chunks     {rows} signatures x {args.genes} genes "
-          f"({rows * args.genes * 4 / 2**20:.1f} MiB raw), {-(-args.n_sigs // rows)} chunks")
-    print(f"cluster          `cmapdask convert` default: LocalCluster, {workers} worker processes, "
-          f"{cores} threads; the loop below uses {loop['procs']} processes")
-    print(f"sha256           {sha['wall']:.1f} s wall, {sha['cpu']:.1f} CPU s ({mb / sha['wall']:.0f} MB/s, one thread) "
-          f"{digest[:12]}...")
-    print(f"unavoidable      {loop['wall']:.1f} s wall, {loop['cpu']:.1f} CPU s  (h5py slab reads + blosc-zstd "
-          f"in {loop['procs']} processes; {loop['stored'] / 1e9:.2f} GB compressed; load {loop['load']:.1f})")
-    print(f"  with sha256    {both['wall']:.1f} s wall, {loop['cpu'] + sha['cpu']:.1f} CPU s  (hash beside the loop; "
-          f"load {both['load']:.1f})")
+    print(
+        f"store chunks     {rows} signatures x {args.genes} genes "
+        f"({rows * args.genes * 4 / 2**20:.1f} MiB raw), {-(-args.n_sigs // rows)} chunks"
+    )
+    print(
+        f"cluster          `cmapdask convert` default: LocalCluster, {workers} worker processes, "
+        f"{cores} threads; the loop below uses {loop['procs']} processes"
+    )
+    print(
+        f"sha256           {sha['wall']:.1f} s wall, {sha['cpu']:.1f} CPU s ({mb / sha['wall']:.0f} MB/s, one thread) "
+        f"{digest[:12]}..."
+    )
+    print(
+        f"unavoidable      {loop['wall']:.1f} s wall, {loop['cpu']:.1f} CPU s  (h5py slab reads + "
+        "blosc-zstd "
+        ""
+        f"in {loop['procs']} processes; {loop['stored'] / 1e9:.2f} GB compressed; load {loop['load']:.1f})"
+    )
+    print(
+        f"  with sha256    {both['wall']:.1f} s wall, {loop['cpu'] + sha['cpu']:.1f} CPU s  (hash beside the loop; "
+        f"load {both['load']:.1f})"
+    )
     if serial:
         print(f"  one process    {serial['wall']:.1f} s wall, {serial['cpu']:.1f} CPU s")
     for label, c in (("convert sha on ", conv_on), ("convert sha off", conv_off)):
-        print(f"{label}  {c['wall']:.1f} s wall, {c['cpu']:.1f} CPU s (all processes), {mb / c['wall']:.0f} MB/s, "
-              f"peak RSS {c['peak'] / 2**30:.2f} GiB = {c['peak'] / 1e9:.2f} GB over {c['procs']} processes; load {c['load']:.1f}")
-    print("  RSS at peak    " + ", ".join(f"{r / 1e6:.0f}" for r in conv_on["detail"])
-          + " MB (this process - client, scheduler, nannies, hash thread - first)")
+        print(
+            f"{label}  {c['wall']:.1f} s wall, {c['cpu']:.1f} CPU s (all processes), {mb / c['wall']:.0f} MB/s, "
+            f"peak RSS {c['peak'] / 2**30:.2f} GiB = {c['peak'] / 1e9:.2f} GB over {c['procs']} processes; load {c['load']:.1f}"
+        )
+    print(
+        "  RSS at peak    "
+        + ", ".join(f"{r / 1e6:.0f}" for r in conv_on["detail"])
+        + " MB (this process - client, scheduler, nannies, hash thread - first)"
+    )
     print(f"stored           {conv_off['stored'] / 1e9:.2f} GB")
-    print(f"peak RSS (all)   {max(conv_on['peak'], conv_off['peak']) / 1e9:.2f} GB  (target <= 1.5 GB)")
+    print(
+        f"peak RSS (all)   {max(conv_on['peak'], conv_off['peak']) / 1e9:.2f} GB  (target <= 1.5 GB)"
+    )
     print("ratios (target <= 1.5)                    wall    CPU")
     rat = [
-        ("convert(sha on)  / (loop || sha256)", conv_on["wall"] / both["wall"], conv_on["cpu"] / (loop["cpu"] + sha["cpu"])),
+        (
+            "convert(sha on)  / (loop || sha256)",
+            conv_on["wall"] / both["wall"],
+            conv_on["cpu"] / (loop["cpu"] + sha["cpu"]),
+        ),
         ("convert(sha on)  / loop", conv_on["wall"] / loop["wall"], conv_on["cpu"] / loop["cpu"]),
         ("convert(sha off) / loop", conv_off["wall"] / loop["wall"], conv_off["cpu"] / loop["cpu"]),
     ]

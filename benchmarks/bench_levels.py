@@ -31,8 +31,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cmapdask.levels import STAT_COORDS, level5
-from cmapdask.levels import kernels
+from cmapdask.levels import STAT_COORDS, kernels, level5
 
 
 def _block(block_id=None, *, rows, n_gene, seed):
@@ -41,11 +40,14 @@ def _block(block_id=None, *, rows, n_gene, seed):
 
 
 def synthetic_level4(n_sig, n_gene, rep, *, chunk_rows, layout, seed=0) -> xr.Dataset:
-    chunks = [chunk_rows] * (n_sig // chunk_rows) + ([n_sig % chunk_rows] if n_sig % chunk_rows else [])
+    chunks = [chunk_rows] * (n_sig // chunk_rows) + (
+        [n_sig % chunk_rows] if n_sig % chunk_rows else []
+    )
     blocks = [
         da.from_delayed(
             dask.delayed(_block)(block_id=(i,), rows=c, n_gene=n_gene, seed=seed),
-            shape=(c, n_gene), dtype=np.float32,
+            shape=(c, n_gene),
+            dtype=np.float32,
         )
         for i, c in enumerate(chunks)
     ]
@@ -80,21 +82,27 @@ def main() -> None:
 
     from cmapdask.io.store import write_store
 
-    ds = synthetic_level4(args.n_sigs, args.n_genes, args.replicates,
-                          chunk_rows=args.chunk_rows, layout=args.layout)
+    ds = synthetic_level4(
+        args.n_sigs, args.n_genes, args.replicates, chunk_rows=args.chunk_rows, layout=args.layout
+    )
     tmp = tempfile.mkdtemp(prefix="bench_levels_")
     dest = args.out or os.path.join(tmp, "level5.zarr")
-    print(f"Level 4 -> 5: {args.n_sigs:,} x {args.n_genes} synthetic, groups of "
-          f"{args.replicates}, layout {args.layout}, chunk {args.chunk_rows} rows, "
-          f"{args.threads} threads")
+    print(
+        f"Level 4 -> 5: {args.n_sigs:,} x {args.n_genes} synthetic, groups of "
+        f"{args.replicates}, layout {args.layout}, chunk {args.chunk_rows} rows, "
+        f"{args.threads} threads"
+    )
     try:
         with dask.config.set(scheduler="threads", num_workers=args.threads):
             t0 = time.perf_counter()
-            out = level5(ds, group_by=["pert_id"], landmarks=list(ds.gene.values),
-                         statistics="persist")  # as `cmapdask level5` runs it
+            out = level5(
+                ds, group_by=["pert_id"], landmarks=list(ds.gene.values), statistics="persist"
+            )  # as `cmapdask level5` runs it
             t_plan = time.perf_counter() - t0
             stats = dask.compute(*(out[k].data for k in STAT_COORDS))
-            out = out.assign_coords({k: ("sig", v) for k, v in zip(STAT_COORDS, stats)})
+            out = out.assign_coords(
+                {k: ("sig", v) for k, v in zip(STAT_COORDS, stats, strict=False)}
+            )
             t_stats = time.perf_counter() - t0
             write_store(out, dest, chunk_rows=args.chunk_rows)
             wall = time.perf_counter() - t0
@@ -102,13 +110,21 @@ def main() -> None:
         print(f"  plan + statistics (persist) {t_plan:7.1f} s")
         print(f"  statistics to metadata     {t_stats - t_plan:8.1f} s")
         print(f"  MODZ streamed to store     {wall - t_stats:8.1f} s")
-        print(f"  dask wall time             {wall:8.1f} s  ({args.n_sigs / wall:,.0f} signatures/s)")
+        print(
+            f"  dask wall time             {wall:8.1f} s  ({args.n_sigs / wall:,.0f} signatures/s)"
+        )
         print(f"  peak RSS                   {peak:8.2f} GiB (target <= 4 GB)")
 
         # baseline: the same arithmetic in plain numpy on an in-memory slice
         n_base = min(args.baseline_rows, args.n_sigs) // args.replicates * args.replicates
-        base = synthetic_level4(n_base, args.n_genes, args.replicates,
-                                chunk_rows=args.chunk_rows, layout="contiguous", seed=1)
+        base = synthetic_level4(
+            n_base,
+            args.n_genes,
+            args.replicates,
+            chunk_rows=args.chunk_rows,
+            layout="contiguous",
+            seed=1,
+        )
         xb = base.expr.values
         t1 = time.perf_counter()
         sizes = np.full(n_base // args.replicates, args.replicates)
@@ -116,10 +132,14 @@ def main() -> None:
         kernels.weighted_group_sums(xb, sizes, weights)
         t_np = time.perf_counter() - t1
         est = t_np * args.n_sigs / n_base
-        print(f"  numpy, {n_base:,} in memory   {t_np:8.1f} s  -> {est:,.1f} s for "
-              f"{args.n_sigs:,} on one core")
-        print(f"  ratio dask / numpy         {wall / est:8.2f}  (dask uses {args.threads} threads; "
-              "includes generating the input and writing the store)")
+        print(
+            f"  numpy, {n_base:,} in memory   {t_np:8.1f} s  -> {est:,.1f} s for "
+            f"{args.n_sigs:,} on one core"
+        )
+        print(
+            f"  ratio dask / numpy         {wall / est:8.2f}  (dask uses {args.threads} threads; "
+            "includes generating the input and writing the store)"
+        )
     finally:
         if args.out is None:
             shutil.rmtree(tmp, ignore_errors=True)

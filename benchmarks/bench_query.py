@@ -41,18 +41,27 @@ def _store(path, n_sig, seed, genes="landmark"):
         t = time.perf_counter()
         ds = synth_dataset(synth_design(n_sig, seed=seed, genes=genes), metadata="ids")
         # the fields a query uses (NCS groups, summaries); the rest of siginfo is not read
-        cells = np.array(["A375", "A549", "HA1E", "HCC515", "HEPG2", "HT29", "MCF7", "PC3",
-                          "VCAP"], dtype=object)
+        cells = np.array(
+            ["A375", "A549", "HA1E", "HCC515", "HEPG2", "HT29", "MCF7", "PC3", "VCAP"], dtype=object
+        )
         i = np.arange(n_sig)
         ds = ds.assign_coords(
             pert_type=("sig", np.where(i % 16 == 0, "ctl_vehicle", "trt_cp").astype(object)),
             cell_id=("sig", cells[(i // 384) % 9]),
             pert_id=("sig", np.array([f"P{k:05d}" for k in i % 5000], dtype=object)),
-            feature_space=("gene", np.where(np.arange(ds.sizes["gene"]) < 978, "landmark",
-                                            "best inferred").astype(object)))
+            feature_space=(
+                "gene",
+                np.where(np.arange(ds.sizes["gene"]) < 978, "landmark", "best inferred").astype(
+                    object
+                ),
+            ),
+        )
         write_store(ds, path)
-        print(f"  wrote store {path}: {n_sig:,} sigs x {ds.sizes['gene']:,} genes in "
-              f"{time.perf_counter() - t:.1f} s", flush=True)
+        print(
+            f"  wrote store {path}: {n_sig:,} sigs x {ds.sizes['gene']:,} genes in "
+            f"{time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
     space = "landmark" if genes == "landmark" else "bing"
     if not has_member(path, f"index/{space}"):
         t = time.perf_counter()
@@ -68,7 +77,7 @@ def _queries(n, seed=0, size=150):
     up, dn = {}, {}
     for q in range(n):
         pick = rng.permutation(genes.size)
-        up[f"q{q}"], dn[f"q{q}"] = list(genes[pick[:size]]), list(genes[pick[size:2 * size]])
+        up[f"q{q}"], dn[f"q{q}"] = list(genes[pick[:size]]), list(genes[pick[size : 2 * size]])
     return up, dn
 
 
@@ -99,7 +108,7 @@ def _baseline(path, n_queries):
 
     def block(x, u, d):
         out = []
-        for uu, dd in zip(u, d):
+        for uu, dd in zip(u, d, strict=False):
             r = rank_descending(x)  # the re-sort this design avoids
             eu, _ = es_of_members(r, x, uu, x.shape[1])
             ed, _ = es_of_members(r, x, dd, x.shape[1])
@@ -109,8 +118,9 @@ def _baseline(path, n_queries):
     u = [np.array([genes[g] for g in up[q]]) for q in up]
     d = [np.array([genes[g] for g in dn[q]]) for q in dn]
     t = time.perf_counter()
-    res = da.map_blocks(block, ds["expr"].data, u, d, chunks=(ds["expr"].chunks[0], (len(u),)),
-                        dtype=float).compute()
+    res = da.map_blocks(
+        block, ds["expr"].data, u, d, chunks=(ds["expr"].chunks[0], (len(u),)), dtype=float
+    ).compute()
     return time.perf_counter() - t, res.T
 
 
@@ -121,8 +131,17 @@ def phase_query(args):
     t1b, c1b, _ = _run_query(path, 1)
     t25, c25, _ = _run_query(path, 25)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps({"one_pair_s": min(t1, t1b), "pairs25_s": t25, "peak_rss_gb": peak,
-                      "one_pair_cpu_s": min(c1, c1b), "pairs25_cpu_s": c25}))
+    print(
+        json.dumps(
+            {
+                "one_pair_s": min(t1, t1b),
+                "pairs25_s": t25,
+                "peak_rss_gb": peak,
+                "one_pair_cpu_s": min(c1, c1b),
+                "pairs25_cpu_s": c25,
+            }
+        )
+    )
 
 
 def phase_baseline(args):
@@ -150,26 +169,52 @@ def main():
     if args.phase == "baseline":
         return phase_baseline(args)
     os.makedirs(args.workdir, exist_ok=True)
-    print(f"cmapdask query benchmark, {os.cpu_count()} cores, threaded scheduler, load average "
-          f"{os.getloadavg()[0]:.1f} at start", flush=True)
-    _store(os.path.join(args.workdir, f"syn_bing_{args.baseline_n}.zarr"), args.baseline_n,
-           seed=1, genes="bing")
+    print(
+        f"cmapdask query benchmark, {os.cpu_count()} cores, threaded scheduler, load average "
+        f"{os.getloadavg()[0]:.1f} at start",
+        flush=True,
+    )
+    _store(
+        os.path.join(args.workdir, f"syn_bing_{args.baseline_n}.zarr"),
+        args.baseline_n,
+        seed=1,
+        genes="bing",
+    )
     _store(os.path.join(args.workdir, f"syn_{args.n_sig}.zarr"), args.n_sig, seed=1)
-    me = [sys.executable, __file__, "--n-sig", str(args.n_sig), "--baseline-n",
-          str(args.baseline_n), "--workdir", args.workdir]
-    q = json.loads(subprocess.run(me + ["--phase", "query"], check=True, capture_output=True,
-                                  text=True).stdout.strip().splitlines()[-1])
-    b = json.loads(subprocess.run(me + ["--phase", "baseline"], check=True,
-                                  capture_output=True, text=True).stdout.strip()
-                   .splitlines()[-1])
+    me = [
+        sys.executable,
+        __file__,
+        "--n-sig",
+        str(args.n_sig),
+        "--baseline-n",
+        str(args.baseline_n),
+        "--workdir",
+        args.workdir,
+    ]
+    q = json.loads(
+        subprocess.run(me + ["--phase", "query"], check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    b = json.loads(
+        subprocess.run(me + ["--phase", "baseline"], check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     # CPU seconds (all threads) say what the work costs when other jobs share the cores
-    print(f"  1 query pair (150+150) vs {args.n_sig:,} sigs, warm: {q['one_pair_s']:.2f} s "
-          f"(target <= 5 s; {q['one_pair_cpu_s']:.2f} CPU s)")
-    print(f"  25 query pairs vs {args.n_sig:,} sigs, warm: {q['pairs25_s']:.2f} s "
-          f"(target <= 30 s; {q['pairs25_cpu_s']:.2f} CPU s)")
+    print(
+        f"  1 query pair (150+150) vs {args.n_sig:,} sigs, warm: {q['one_pair_s']:.2f} s "
+        f"(target <= 5 s; {q['one_pair_cpu_s']:.2f} CPU s)"
+    )
+    print(
+        f"  25 query pairs vs {args.n_sig:,} sigs, warm: {q['pairs25_s']:.2f} s "
+        f"(target <= 30 s; {q['pairs25_cpu_s']:.2f} CPU s)"
+    )
     print(f"  peak RSS of the query process: {q['peak_rss_gb']:.2f} GB (target <= 4 GB)")
-    print(f"  {args.baseline_n:,} sigs (BING), 1 pair: index {b['ours_s']:.3f} s, re-rank baseline "
-          f"{b['baseline_s']:.2f} s, speed-up {b['speedup']:.0f}x (target >= 50x)")
+    print(
+        f"  {args.baseline_n:,} sigs (BING), 1 pair: index {b['ours_s']:.3f} s, re-rank baseline "
+        f"{b['baseline_s']:.2f} s, speed-up {b['speedup']:.0f}x (target >= 50x)"
+    )
 
 
 if __name__ == "__main__":

@@ -34,10 +34,18 @@ def main() -> None:
     ap.add_argument("--frac", type=float, default=0.01)
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--block-size", type=int, default=None,
-                    help="signatures per similarity block (default: the store's chunks)")
-    ap.add_argument("--index", action=argparse.BooleanOptionalAction, default=True,
-                    help="give the collection a query index (extended by the rebuild)")
+    ap.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="signatures per similarity block (default: the store's chunks)",
+    )
+    ap.add_argument(
+        "--index",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give the collection a query index (extended by the rebuild)",
+    )
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")
     a = ap.parse_args()
 
@@ -50,9 +58,11 @@ def main() -> None:
 
     n_new = max(1, int(round(a.n * a.frac)))
     n_old = a.n - n_new
-    with tempfile.TemporaryDirectory(dir=a.dir) as tmp, \
-            LocalCluster(n_workers=a.workers, threads_per_worker=1, dashboard_address=":0") as cl, \
-            Client(cl) as client:
+    with (
+        tempfile.TemporaryDirectory(dir=a.dir) as tmp,
+        LocalCluster(n_workers=a.workers, threads_per_worker=1, dashboard_address=":0") as cl,
+        Client(cl) as client,
+    ):
         print(f"dashboard {client.dashboard_link}", file=sys.stderr)
         ds = synth_dataset(synth_design(a.n, seed=11), metadata="ids")
         old, new = f"{tmp}/old.gctx", f"{tmp}/new.gctx"
@@ -83,10 +93,14 @@ def main() -> None:
             t_full = time.perf_counter() - t
         m_full = open_member(open_current(root).attrs["store_url"], "similarity/pearson_all")
         m_full = m_full[["top_index", "top_score", "bottom_index", "bottom_score"]].compute()
-        products = [f"products, {name}: " + "; ".join(
-            f"{p['member']} {p['how']} {p['seconds']:.2f} s"
-            for p in read_manifest(root, res.version)["products"])
-            for name, res in (("incremental", inc), ("full", full))]
+        products = [
+            f"products, {name}: "
+            + "; ".join(
+                f"{p['member']} {p['how']} {p['seconds']:.2f} s"
+                for p in read_manifest(root, res.version)["products"]
+            )
+            for name, res in (("incremental", inc), ("full", full))
+        ]
         diff = {}
         for tail in ("top", "bottom"):
             d = m_inc[f"{tail}_index"].values != m_full[f"{tail}_index"].values
@@ -101,8 +115,10 @@ def main() -> None:
     print(f"ratio incremental / full   {t_inc / t_full:.3f}  (target <= 0.05)")
     print(f"(append + incremental) / full   {(t_append + t_inc) / t_full:.3f}")
     for tail, (n_ent, n_rows, dmax) in diff.items():
-        print(f"{tail:6s} lists: {n_ent} entries in {n_rows} rows differ from the full rebuild; "
-              f"max |score difference| {dmax:.2e}")
+        print(
+            f"{tail:6s} lists: {n_ent} entries in {n_rows} rows differ from the full rebuild; "
+            f"max |score difference| {dmax:.2e}"
+        )
     print(f"stage timings, incremental: {inc.timings}")
     print(f"stage timings, full:        {full.timings}")
     for line in products:

@@ -67,10 +67,14 @@ def main() -> None:
 
     t_gen = timed(blocks)
     t_base = timed(baseline)
-    print(f"iter_synth_blocks (1 thread): {t_gen:7.2f} s  {n / t_gen:10.0f} sig/s  "
-          f"{gb / t_gen * 1e3:7.0f} MB/s")
-    print(f"baseline numpy N(0,1) only:   {t_base:7.2f} s  {n / t_base:10.0f} sig/s  "
-          f"ratio generator/baseline = {t_gen / t_base:.2f}")
+    print(
+        f"iter_synth_blocks (1 thread): {t_gen:7.2f} s  {n / t_gen:10.0f} sig/s  "
+        f"{gb / t_gen * 1e3:7.0f} MB/s"
+    )
+    print(
+        f"baseline numpy N(0,1) only:   {t_base:7.2f} s  {n / t_base:10.0f} sig/s  "
+        f"ratio generator/baseline = {t_gen / t_base:.2f}"
+    )
     with dask.config.set(scheduler="threads"):
         t_dask = timed(lambda: synth_expr(design, chunks=args.block_size).sum().compute())
     print(f"synth_expr().sum() (threads): {t_dask:7.2f} s  {n / t_dask:10.0f} sig/s")
@@ -87,8 +91,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp, dask.config.set(scheduler="threads"):
             t_write = timed(lambda: write_synthetic(tmp, design, block_size=args.block_size))
             size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)) / 1e9
-        print(f"write_synthetic (threads):    {t_write:7.2f} s  {n / t_write:10.0f} sig/s  "
-              f"{size:.2f} GB written")
+        print(
+            f"write_synthetic (threads):    {t_write:7.2f} s  {n / t_write:10.0f} sig/s  "
+            f"{size:.2f} GB written"
+        )
         total = t_write
     print(f"peak RSS: {peak_rss_mb():.0f} MB (bounded by blocks, not by n)")
     print(f"extrapolated to 1,000,000 signatures: {total * 1e6 / n / 60:.1f} min")

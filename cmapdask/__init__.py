@@ -14,7 +14,38 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-from cmapdask import config  # noqa: E402,F401  (registers the dask config defaults)
+from cmapdask import (
+    accessor,  # noqa: E402,F401  (registers ds.cmap)
+    config,  # noqa: E402,F401  (registers the dask config defaults)
+)
+from cmapdask.annotations import read_annotations  # noqa: E402
+from cmapdask.clustering import (  # noqa: E402
+    cluster_quality,
+    graph_clusters,
+    hierarchical_perts,
+    kmeans_signatures,
+    knn_from_matrix,
+    with_cluster_coords,
+    write_clusters,
+)
+from cmapdask.connectivity import (  # noqa: E402
+    build_background,
+    build_index,
+    introspect,
+    query,
+    summarize,
+    write_result,
+)
+from cmapdask.enrich import (  # noqa: E402
+    candidate_pcls,
+    cluster_enrichment,
+    enrich_ranked,
+    enrichment_table,
+    moa_recall,
+    read_ranked_lists,
+    roc_curve,
+    write_pcl_gmt,
+)
 from cmapdask.errors import (  # noqa: E402
     CmapdaskError,
     GCTFormatError,
@@ -45,35 +76,6 @@ from cmapdask.io.store import (  # noqa: E402
     write_store,
 )
 from cmapdask.io.tables import read_table, write_table  # noqa: E402
-from cmapdask import accessor  # noqa: E402,F401  (registers ds.cmap)
-from cmapdask.annotations import read_annotations  # noqa: E402
-from cmapdask.clustering import (  # noqa: E402
-    cluster_quality,
-    graph_clusters,
-    hierarchical_perts,
-    kmeans_signatures,
-    knn_from_matrix,
-    with_cluster_coords,
-    write_clusters,
-)
-from cmapdask.connectivity import (  # noqa: E402
-    build_background,
-    build_index,
-    introspect,
-    query,
-    summarize,
-    write_result,
-)
-from cmapdask.enrich import (  # noqa: E402
-    candidate_pcls,
-    cluster_enrichment,
-    enrich_ranked,
-    enrichment_table,
-    moa_recall,
-    read_ranked_lists,
-    roc_curve,
-    write_pcl_gmt,
-)
 from cmapdask.levels import level4, level5, modz, quantile_normalize, robust_zscore  # noqa: E402
 from cmapdask.plots import plot_clustered_heatmap, plot_roc, plot_running_sum  # noqa: E402
 from cmapdask.rebuild import (  # noqa: E402

@@ -83,12 +83,14 @@ def sets_from_table(
     if id_field is None:
         id_field = next((c for c in _ID_COLUMNS if c in table.columns), None)
         if id_field is None:
-            raise MetadataError(f"{source}: no id column (expected one of {', '.join(_ID_COLUMNS)})")
+            raise MetadataError(
+                f"{source}: no id column (expected one of {', '.join(_ID_COLUMNS)})"
+            )
     for col in (id_field, field):
         if col not in table.columns:
             raise MetadataError(f"{source}: no column {col!r}")
     sets: dict[str, dict[str, None]] = {}
-    for pid, value in zip(table[id_field].tolist(), table[field].tolist()):
+    for pid, value in zip(table[id_field].tolist(), table[field].tolist(), strict=False):
         ids = _split(pid)
         if len(ids) != 1:
             continue  # a row without an id annotates nothing
@@ -117,7 +119,9 @@ def _read_tsv(path, name: str) -> pd.DataFrame:
     try:
         return pd.read_csv(io.StringIO(body), sep="\t", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise MetadataError(f"{name}: not a tab-separated table: {str(e).splitlines()[0]}") from None
+        raise MetadataError(
+            f"{name}: not a tab-separated table: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def read_annotations(
@@ -150,7 +154,9 @@ def read_annotations(
     name = os.path.basename(str(path))
     if format not in ("auto", "compoundinfo", "repurposing", "gmt"):
         raise InputError(f"unknown annotation format {format!r}")
-    if format == "gmt" or (format == "auto" and str(path).lower().split("?")[0].endswith((".gmt", ".gmt.gz"))):
+    if format == "gmt" or (
+        format == "auto" and str(path).lower().split("?")[0].endswith((".gmt", ".gmt.gz"))
+    ):
         from cmapdask.io.gmt import read_gmt
 
         return read_gmt(path)
@@ -163,7 +169,9 @@ def labels_from_sets(sets: Mapping[str, Sequence[str]], ids: Sequence[str]) -> n
     for name, members in sets.items():
         for m in members:
             of.setdefault(str(m), []).append(name)
-    return np.array(["|".join(sorted(of[i])) if i in of else None for i in map(str, ids)], dtype=object)
+    return np.array(
+        ["|".join(sorted(of[i])) if i in of else None for i in map(str, ids)], dtype=object
+    )
 
 
 def membership(
@@ -207,7 +215,9 @@ def membership(
     return names, it[order], st[order]
 
 
-def shuffle_sets(sets: Mapping[str, Sequence[str]], universe: Sequence[str], *, seed: int = 0) -> dict[str, list[str]]:
+def shuffle_sets(
+    sets: Mapping[str, Sequence[str]], universe: Sequence[str], *, seed: int = 0
+) -> dict[str, list[str]]:
     """The same set sizes with members drawn from ``universe`` at random (a calibration null)."""
     rng = np.random.default_rng(seed)
     universe = np.asarray(list(dict.fromkeys(map(str, universe))), dtype=object)

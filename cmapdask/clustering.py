@@ -63,7 +63,11 @@ def _check_int(name, v, lo=1):
 
 def _name(ds: xr.Dataset) -> str:
     src = ds.attrs.get("cmapdask", {})
-    return str(src.get("source", "signature dataset")) if isinstance(src, dict) else "signature dataset"
+    return (
+        str(src.get("source", "signature dataset"))
+        if isinstance(src, dict)
+        else "signature dataset"
+    )
 
 
 def _check_signatures(ds) -> None:
@@ -126,8 +130,13 @@ def covariance_pca(x: da.Array, n_components: int) -> dict:
     """
     n, g = x.shape
     x = x.rechunk({1: -1})
-    parts = x.map_blocks(_gram_block, chunks=((1,) * x.numblocks[0], (g + 1,), (g,)),
-                         new_axis=[1], dtype=np.float64, meta=np.empty((0, 0, 0)))
+    parts = x.map_blocks(
+        _gram_block,
+        chunks=((1,) * x.numblocks[0], (g + 1,), (g,)),
+        new_axis=[1],
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0)),
+    )
     (tot,) = dask.compute(parts.sum(axis=0))
     if not np.isfinite(tot).all():
         return {"finite": False}
@@ -141,8 +150,13 @@ def covariance_pca(x: da.Array, n_components: int) -> dict:
     comps = comps * np.where(flip == 0, 1.0, flip)[:, None]
     total = float(np.trace(cov))
     ev = val[:n_components]
-    return {"finite": True, "mean": mean, "components": comps, "explained_variance": ev,
-            "explained_variance_ratio": ev / total if total > 0 else np.zeros_like(ev)}
+    return {
+        "finite": True,
+        "mean": mean,
+        "components": comps,
+        "explained_variance": ev,
+        "explained_variance_ratio": ev / total if total > 0 else np.zeros_like(ev),
+    }
 
 
 def kmeans_signatures(
@@ -185,7 +199,8 @@ def kmeans_signatures(
         ``"k-means||"``: scalable k-means++ (Bahmani et al. 2012,
         :func:`kmeans_parallel_init`): 5 rounds that each draw about ``2k`` candidates in
         two passes of one small task per block, whatever k is; the candidates, weighted by
-        the points nearest to each, are reduced to k centres in this process. ``"sample-k-means++"``: scikit-learn's k-means++ on
+        the points nearest to each, are reduced to k centres in this process.
+        ``"sample-k-means++"``: scikit-learn's k-means++ on
         ``max(init_sample, 20 k)`` signatures drawn at random from the in-memory
         projection (one gather; ``O(sample x k x n_components)`` work in this process).
     init_sample
@@ -229,9 +244,11 @@ def kmeans_signatures(
     _check_int("max_iter", max_iter)
     _check_int("n_init", n_init)
     _check_int("init_sample", init_sample)
-    for name, v, ok in (("scale", scale, ("zscore", "none")),
-                        ("solver", solver, ("auto", "covariance", "randomized", "full")),
-                        ("init", init, ("k-means||", "sample-k-means++"))):
+    for name, v, ok in (
+        ("scale", scale, ("zscore", "none")),
+        ("solver", solver, ("auto", "covariance", "randomized", "full")),
+        ("init", init, ("k-means||", "sample-k-means++")),
+    ):
         if v not in ok:
             raise InputError(f"{name} must be one of {ok}, not {v!r}")
     genes = feature_genes(ds, space)
@@ -247,8 +264,9 @@ def kmeans_signatures(
     x = x[:, genes].rechunk({1: -1}).astype(np.float32)
     if scale == "zscore":
         x = x.map_blocks(_zscore_rows, dtype=np.float32)
-    nonfinite = InputError(f"{_name(ds)}: signatures with non-finite values cannot be clustered "
-                           "(drop them first)")
+    nonfinite = InputError(
+        f"{_name(ds)}: signatures with non-finite values cannot be clustered (drop them first)"
+    )
     timing = {}
     t0 = time.perf_counter()
     if solver == "covariance":
@@ -264,8 +282,12 @@ def kmeans_signatures(
         (ok,) = dask.compute(da.isfinite(x).all())
         if not ok:
             raise nonfinite
-        pca = PCA(n_components=n_components, svd_solver="randomized" if solver == "randomized" else "tsqr",
-                  random_state=seed, iterated_power=4)
+        pca = PCA(
+            n_components=n_components,
+            svd_solver="randomized" if solver == "randomized" else "tsqr",
+            random_state=seed,
+            iterated_power=4,
+        )
         pca.fit(x)
         comps = np.asarray(pca.components_, dtype=np.float32)
         mean = np.asarray(pca.mean_, dtype=np.float32)
@@ -290,19 +312,35 @@ def kmeans_signatures(
     cid = np.arange(n_clusters)
     comp = np.arange(n_components)
     out = xr.Dataset(
-        {"cluster": (("sig",), labels), "distance": (("sig",), dist),
-         "centers": (("cluster_id", "component"), centers),
-         "components": (("component", "gene"), comps),
-         "explained_variance_ratio": (("component",), np.asarray(evr, dtype=np.float64))},
-        coords={"sig": ds["sig"].values, "cluster_id": cid, "component": comp,
-                "gene": ds["gene"].values[genes],
-                **{k: c for k, c in ds.coords.items() if c.dims == ("sig",) and k != "sig"}},
+        {
+            "cluster": (("sig",), labels),
+            "distance": (("sig",), dist),
+            "centers": (("cluster_id", "component"), centers),
+            "components": (("component", "gene"), comps),
+            "explained_variance_ratio": (("component",), np.asarray(evr, dtype=np.float64)),
+        },
+        coords={
+            "sig": ds["sig"].values,
+            "cluster_id": cid,
+            "component": comp,
+            "gene": ds["gene"].values[genes],
+            **{k: c for k, c in ds.coords.items() if c.dims == ("sig",) and k != "sig"},
+        },
     )
     out.attrs["cmapdask"] = _provenance(
-        method="kmeans", n_clusters=int(n_clusters), n_components=int(n_components), space=space,
-        scale=scale, solver=solver, init=init, n_init=int(n_init), max_iter=int(max_iter),
-        tol=float(tol), seed=int(seed),
-        n_iter=int(getattr(km, "n_iter_", -1)), inertia=float(getattr(km, "inertia_", np.nan)),
+        method="kmeans",
+        n_clusters=int(n_clusters),
+        n_components=int(n_components),
+        space=space,
+        scale=scale,
+        solver=solver,
+        init=init,
+        n_init=int(n_init),
+        max_iter=int(max_iter),
+        tol=float(tol),
+        seed=int(seed),
+        n_iter=int(getattr(km, "n_iter_", -1)),
+        inertia=float(getattr(km, "inertia_", np.nan)),
         timing_s={k: round(v, 3) for k, v in timing.items()},
         input=str(ds.attrs.get("store_url", ds.attrs.get("cmapdask", {}).get("source", ""))),
     )
@@ -321,8 +359,13 @@ def _fit_kmeans(z, n, n_clusters, init, init_sample, max_iter, tol, seed, rounds
         init_arg, _ = kmeans_plusplus(np.asarray(zs, np.float64), n_clusters, random_state=seed)
     else:
         init_arg = kmeans_parallel_init(z, n_clusters, seed=seed, rounds=rounds)
-    km = KMeans(n_clusters=n_clusters, init=np.asarray(init_arg, dtype=z.dtype), max_iter=max_iter,
-                tol=tol, random_state=seed)
+    km = KMeans(
+        n_clusters=n_clusters,
+        init=np.asarray(init_arg, dtype=z.dtype),
+        max_iter=max_iter,
+        tol=tol,
+        random_state=seed,
+    )
     return km.fit(z)
 
 
@@ -405,14 +448,17 @@ def kmeans_parallel_init(
         phi = float(np.sum(dask.compute(*costs)))
         if not phi > 0:
             break  # every point sits on a candidate
-        draws = [dask.delayed(_sample_block, pure=True)(b, cd, ell / phi, seed, rnd, i)
-                 for i, b in enumerate(blocks)]
+        draws = [
+            dask.delayed(_sample_block, pure=True)(b, cd, ell / phi, seed, rnd, i)
+            for i, b in enumerate(blocks)
+        ]
         new = [d for d in dask.compute(*draws) if d.size]
         if new:
             cand = np.unique(np.vstack([cand, *new]), axis=0)
     cd = dask.delayed(cand)
-    weights = np.sum(dask.compute(*[dask.delayed(_weight_block, pure=True)(b, cd) for b in blocks]),
-                     axis=0)
+    weights = np.sum(
+        dask.compute(*[dask.delayed(_weight_block, pure=True)(b, cd) for b in blocks]), axis=0
+    )
     if cand.shape[0] <= n_clusters:  # too few distinct points drawn: top up at random
         extra = np.sort(rng.choice(n, n_clusters - cand.shape[0] + 1, replace=False))
         (more,) = dask.compute(z[extra])
@@ -432,8 +478,9 @@ def _nearest(z: np.ndarray, centers: np.ndarray) -> np.ndarray:
 
 def _assign(z: da.Array, centers: np.ndarray) -> tuple[da.Array, da.Array]:
     """Lazy nearest centre and distance per row (one task per chunk)."""
-    both = z.map_blocks(_nearest, centers.astype(np.float64), chunks=(z.chunks[0], (2,)),
-                        dtype=np.float64)
+    both = z.map_blocks(
+        _nearest, centers.astype(np.float64), chunks=(z.chunks[0], (2,)), dtype=np.float64
+    )
     return both[:, 0].astype(np.int32), both[:, 1].astype(np.float32)
 
 
@@ -441,7 +488,11 @@ def _assign(z: da.Array, centers: np.ndarray) -> tuple[da.Array, da.Array]:
 
 
 def _square(matrix: xr.DataArray, what: str, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(matrix, xr.DataArray) or matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+    if (
+        not isinstance(matrix, xr.DataArray)
+        or matrix.ndim != 2
+        or matrix.shape[0] != matrix.shape[1]
+    ):
         raise InputError(f"{what}: need a square 2-D DataArray (pert, pert_ref)")
     r, c = matrix.dims
     ids = np.asarray([str(v) for v in matrix[r].values], dtype=object)
@@ -466,7 +517,7 @@ def _condensed_similarity(m: np.ndarray, *, block: int = 1024) -> np.ndarray:
         sym = (m[r0:r1].astype(np.float64) + m[:, r0:r1].T.astype(np.float64)) / 2
         for i in range(r0, r1):
             start = i * p - i * (i + 1) // 2
-            out[start:start + p - i - 1] = sym[i - r0, i + 1:]
+            out[start : start + p - i - 1] = sym[i - r0, i + 1 :]
     return out
 
 
@@ -543,14 +594,23 @@ def hierarchical_perts(
     else:
         lab = fcluster(z, t=float(threshold), criterion="distance")
     out = xr.Dataset(
-        {"cluster": (("pert",), (lab - 1).astype(np.int32)),
-         "leaf_order": (("leaf",), leaves_list(z).astype(np.int64)),
-         "linkage": (("merge", "field"), z)},
-        coords={"pert": ids, "field": np.array(["left", "right", "distance", "size"], dtype=object)},
+        {
+            "cluster": (("pert",), (lab - 1).astype(np.int32)),
+            "leaf_order": (("leaf",), leaves_list(z).astype(np.int64)),
+            "linkage": (("merge", "field"), z),
+        },
+        coords={
+            "pert": ids,
+            "field": np.array(["left", "right", "distance", "size"], dtype=object),
+        },
     )
     out.attrs["cmapdask"] = _provenance(
-        method="hierarchical", linkage=method, n_clusters=n_clusters, threshold=threshold,
-        distance="top - similarity", top=float(top),
+        method="hierarchical",
+        linkage=method,
+        n_clusters=n_clusters,
+        threshold=threshold,
+        distance="top - similarity",
+        top=float(top),
         input=matrix.attrs.get("cmapdask", {}).get("method", str(matrix.name)),
         source=source,
     )
@@ -574,7 +634,10 @@ def knn_from_matrix(matrix: xr.DataArray, *, k: int = 10) -> xr.Dataset:
     sc = np.take_along_axis(m, idx, axis=1)
     idx = np.where(np.isfinite(sc), idx, -1)
     return xr.Dataset(
-        {"top_index": (("sig", "rank"), idx), "top_score": (("sig", "rank"), np.where(idx >= 0, sc, np.nan))},
+        {
+            "top_index": (("sig", "rank"), idx),
+            "top_score": (("sig", "rank"), np.where(idx >= 0, sc, np.nan)),
+        },
         coords={"sig": ids, "rank": np.arange(1, k + 1)},
     )
 
@@ -597,8 +660,11 @@ def _knn_edges(idx: np.ndarray, sc: np.ndarray, min_score: float):
     keep = (cols >= 0) & (cols < n) & np.isfinite(w) & (w > min_score) & (cols != rows)
     a, b, w = np.minimum(rows, cols)[keep], np.maximum(rows, cols)[keep], w[keep]
     e = pd.DataFrame({"a": a, "b": b, "w": w}).groupby(["a", "b"], sort=True)["w"].max()
-    return (e.index.get_level_values(0).to_numpy(np.int64), e.index.get_level_values(1).to_numpy(np.int64),
-            e.to_numpy(np.float64))
+    return (
+        e.index.get_level_values(0).to_numpy(np.int64),
+        e.index.get_level_values(1).to_numpy(np.int64),
+        e.to_numpy(np.float64),
+    )
 
 
 def _communities_leiden(n, a, b, w, resolution, seed):
@@ -607,11 +673,18 @@ def _communities_leiden(n, a, b, w, resolution, seed):
 
     g = ig.Graph(n=n, edges=np.column_stack([a, b]).tolist(), directed=False)
     g.es["weight"] = w.tolist()
-    part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
-                                    resolution_parameter=float(resolution), seed=int(seed),
-                                    n_iterations=-1)
+    part = leidenalg.find_partition(
+        g,
+        leidenalg.RBConfigurationVertexPartition,
+        weights="weight",
+        resolution_parameter=float(resolution),
+        seed=int(seed),
+        n_iterations=-1,
+    )
     lab = np.asarray(part.membership, dtype=np.int64)
-    modularity = float(g.modularity(part.membership, weights="weight", resolution=float(resolution)))
+    modularity = float(
+        g.modularity(part.membership, weights="weight", resolution=float(resolution))
+    )
     return lab, modularity
 
 
@@ -620,7 +693,7 @@ def _communities_louvain(n, a, b, w, resolution, seed):
 
     g = nx.Graph()
     g.add_nodes_from(range(n))
-    g.add_weighted_edges_from(zip(a.tolist(), b.tolist(), w.tolist()))
+    g.add_weighted_edges_from(zip(a.tolist(), b.tolist(), w.tolist(), strict=False))
     comms = nx.community.louvain_communities(g, weight="weight", resolution=resolution, seed=seed)
     lab = np.empty(n, np.int64)
     for i, c in enumerate(comms):
@@ -701,8 +774,10 @@ def graph_clusters(
     if method == "auto":
         method = "leiden" if backend else "louvain"
     if method == "leiden" and backend is None:
-        raise InputError("Leiden needs the igraph and leidenalg packages "
-                         "(pip install igraph leidenalg), or use method='louvain'")
+        raise InputError(
+            "Leiden needs the igraph and leidenalg packages "
+            "(pip install igraph leidenalg), or use method='louvain'"
+        )
     idx, sc = dask.compute(neighbours["top_index"].data, neighbours["top_score"].data)
     idx, sc = np.asarray(idx), np.asarray(sc, dtype=np.float64)
     if k is not None:
@@ -712,11 +787,18 @@ def graph_clusters(
     a, b, w = _knn_edges(idx, sc, min_score)
     run = _communities_leiden if method == "leiden" else _communities_louvain
     lab, modularity = run(n, a, b, w, resolution, seed)
-    out = xr.Dataset({"cluster": (("sig",), _by_size(lab))}, coords={"sig": neighbours["sig"].values})
+    out = xr.Dataset(
+        {"cluster": (("sig",), _by_size(lab))}, coords={"sig": neighbours["sig"].values}
+    )
     out.attrs["cmapdask"] = _provenance(
-        method=method, backend="leidenalg" if method == "leiden" else "networkx",
-        k=int(idx.shape[1]), resolution=float(resolution), min_score=float(min_score),
-        seed=int(seed), n_edges=int(a.size), modularity=modularity,
+        method=method,
+        backend="leidenalg" if method == "leiden" else "networkx",
+        k=int(idx.shape[1]),
+        resolution=float(resolution),
+        min_score=float(min_score),
+        seed=int(seed),
+        n_edges=int(a.size),
+        modularity=modularity,
         input=str(neighbours.attrs.get("cmapdask", {}).get("metric", "")),
     )
     return out
@@ -780,11 +862,16 @@ def cluster_quality(
     return out
 
 
-def clusters_table(result: xr.Dataset, *, fields: tuple[str, ...] = ("pert_id", "cell_iname", "cell_id")) -> pd.DataFrame:
-    """Labels as a table: the id column (``sig`` or ``pert``), ``cluster``, and any of ``fields``."""
+def clusters_table(
+    result: xr.Dataset, *, fields: tuple[str, ...] = ("pert_id", "cell_iname", "cell_id")
+) -> pd.DataFrame:
+    """Labels as a table: the id column (``sig`` or ``pert``), ``cluster``, and any of "
+    "``fields``."""
     dim = result["cluster"].dims[0]
     (lab,) = dask.compute(result["cluster"].data)
-    df = pd.DataFrame({dim: np.asarray(result[dim].values, dtype=object), "cluster": np.asarray(lab)})
+    df = pd.DataFrame(
+        {dim: np.asarray(result[dim].values, dtype=object), "cluster": np.asarray(lab)}
+    )
     for f in fields:
         if f in result.coords and result[f].dims == (dim,):
             df[f] = result[f].values
@@ -830,8 +917,13 @@ def write_clusters(
         from cmapdask.io.store import write_member
 
         ds = result.reset_coords(drop=True)  # metadata stays with the store, labels here
-        out["member"] = write_member(store, f"clusters/{name}", ds, storage_options=storage_options,
-                                     provenance=result.attrs.get("cmapdask", {}))
+        out["member"] = write_member(
+            store,
+            f"clusters/{name}",
+            ds,
+            storage_options=storage_options,
+            provenance=result.attrs.get("cmapdask", {}),
+        )
     if table is not None:
         df = clusters_table(result)
         with publish_file(table, storage_options=storage_options) as tmp:
@@ -875,8 +967,11 @@ def with_cluster_coords(
     from cmapdask.io.store import list_members, open_member
 
     if names is None:
-        names = [m.split("/", 1)[1] for m in list_members(store, storage_options=storage_options)
-                 if m.startswith("clusters/")]
+        names = [
+            m.split("/", 1)[1]
+            for m in list_members(store, storage_options=storage_options)
+            if m.startswith("clusters/")
+        ]
     out = ds
     for name in names:
         member = open_member(store, f"clusters/{name}", storage_options=storage_options)
@@ -885,9 +980,13 @@ def with_cluster_coords(
         dim = member["cluster"].dims[0]
         if dim not in ds.dims:
             raise InputError(f"clusters/{name} labels {dim!r}, which the dataset does not have")
-        lab = pd.Series(np.asarray(member["cluster"].values, dtype=np.int64),
-                        index=[str(v) for v in member[dim].values])
+        lab = pd.Series(
+            np.asarray(member["cluster"].values, dtype=np.int64),
+            index=[str(v) for v in member[dim].values],
+        )
         vals = lab.reindex([str(v) for v in ds[dim].values]).fillna(-1).to_numpy(np.int32)
-        coord = xr.DataArray(vals, dims=(dim,), attrs={"cmapdask": dict(member.attrs.get("cmapdask", {}))})
+        coord = xr.DataArray(
+            vals, dims=(dim,), attrs={"cmapdask": dict(member.attrs.get("cmapdask", {}))}
+        )
         out = out.assign_coords({f"cluster_{name}": coord})
     return out

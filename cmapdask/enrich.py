@@ -65,9 +65,20 @@ Unseen = Literal["midpoint", "exclude"]
 Null = Literal["auto", "items", "groups"]
 
 FIELDS = (
-    "n_hits", "es", "es_top", "es_bottom", "p_ks_top", "p_ks_bottom",
-    "k_top", "k_bottom", "p_fisher_top", "p_fisher_bottom",
-    "q_ks_top", "q_ks_bottom", "q_fisher_top", "q_fisher_bottom",
+    "n_hits",
+    "es",
+    "es_top",
+    "es_bottom",
+    "p_ks_top",
+    "p_ks_bottom",
+    "k_top",
+    "k_bottom",
+    "p_fisher_top",
+    "p_fisher_bottom",
+    "q_ks_top",
+    "q_ks_bottom",
+    "q_fisher_top",
+    "q_fisher_bottom",
 )
 _P_FIELDS = ("p_ks_top", "p_ks_bottom", "p_fisher_top", "p_fisher_bottom")
 _EPS = 1e-12  # float tolerance when comparing a statistic with its null
@@ -169,8 +180,10 @@ def ks_statistics(pos, n, g, weights=None, starts=None):
     miss = np.where(nm[seg] > 0, (pos - j) / np.where(nm[seg] > 0, nm[seg], 1.0), 0.0)
     a = cw - miss
     bb = a - w / tot[seg]
-    return (np.maximum(0.0, np.maximum.reduceat(a, starts)),
-            np.maximum(0.0, -np.minimum.reduceat(bb, starts)))
+    return (
+        np.maximum(0.0, np.maximum.reduceat(a, starts)),
+        np.maximum(0.0, -np.minimum.reduceat(bb, starts)),
+    )
 
 
 def _random_subsets(rng: np.random.Generator, n: int, g: int, b: int) -> np.ndarray:
@@ -206,7 +219,9 @@ def _group_null(rng, pos_by_group, ptr, m, permutations, n, nt, w):
     tot = size.sum(axis=1)
     draw_id = np.repeat(np.arange(permutations), tot)
     starts_g = np.repeat(ptr[:-1][draws].ravel(), size.ravel())
-    within = np.arange(starts_g.size) - np.repeat(np.cumsum(size.ravel()) - size.ravel(), size.ravel())
+    within = np.arange(starts_g.size) - np.repeat(
+        np.cumsum(size.ravel()) - size.ravel(), size.ravel()
+    )
     pos = pos_by_group[starts_g + within]
     o = np.lexsort((pos, draw_id))
     pos, draw_id = pos[o], draw_id[o]
@@ -223,8 +238,22 @@ def _count_pvalue(obs, null_sorted):
     return (1.0 + ge) / (1.0 + null_sorted.size)
 
 
-def _enrich_block(scores, item_idx, set_idx, n_sets, list_labels, item_labels, *, offset,
-                  n_top, permutations, pvalue, weight, seed, groups=None):
+def _enrich_block(
+    scores,
+    item_idx,
+    set_idx,
+    n_sets,
+    list_labels,
+    item_labels,
+    *,
+    offset,
+    n_top,
+    permutations,
+    pvalue,
+    weight,
+    seed,
+    groups=None,
+):
     """numpy kernel: ``(L, n_sets, len(FIELDS))`` for a block of lists.
 
     ``groups``: per item the code of its label (``-1``: none) for the group null, or
@@ -286,8 +315,9 @@ def _enrich_block(scores, item_idx, set_idx, n_sets, list_labels, item_labels, *
             for mm in np.unique(m_s):
                 sel = m_s == mm
                 rng = np.random.default_rng([seed, offset + r, int(mm), 1])
-                nt_, nb_, kt_, kb_ = _group_null(rng, pos_by_group, ptr, int(mm), permutations,
-                                                 n, nt, wts)
+                nt_, nb_, kt_, kb_ = _group_null(
+                    rng, pos_by_group, ptr, int(mm), permutations, n, nt, wts
+                )
                 out[r, present[sel], F["p_ks_top"]] = _pvalue(top[sel], np.sort(nt_))
                 out[r, present[sel], F["p_ks_bottom"]] = _pvalue(bot[sel], np.sort(nb_))
                 out[r, present[sel], F["p_fisher_top"]] = _count_pvalue(kt[sel], np.sort(kt_))
@@ -310,7 +340,9 @@ def _enrich_block(scores, item_idx, set_idx, n_sets, list_labels, item_labels, *
                 key = (n, int(gg))
                 if key not in nulls:
                     rng = np.random.default_rng([seed, n, int(gg)])
-                    nt_, nb_ = ks_statistics(_random_subsets(rng, n, int(gg), permutations), n, int(gg))
+                    nt_, nb_ = ks_statistics(
+                        _random_subsets(rng, n, int(gg), permutations), n, int(gg)
+                    )
                     nulls[key] = (np.sort(nt_), np.sort(nb_))
                 null = nulls[key]
             out[r, present[sel], F["p_ks_top"]] = _pvalue(top[sel], null[0])
@@ -324,8 +356,13 @@ def _enrich_block(scores, item_idx, set_idx, n_sets, list_labels, item_labels, *
 
 
 def _labels(values) -> np.ndarray:
-    return np.array([None if v is None or (isinstance(v, float) and v != v) else str(v)
-                     for v in np.asarray(values, dtype=object).tolist()], dtype=object)
+    return np.array(
+        [
+            None if v is None or (isinstance(v, float) and v != v) else str(v)
+            for v in np.asarray(values, dtype=object).tolist()
+        ],
+        dtype=object,
+    )
 
 
 def enrich_ranked(
@@ -425,7 +462,9 @@ def enrich_ranked(
     elif item_field in scores.coords and scores[item_field].dims == (idim,):
         item_labels = _labels(scores[item_field].values)
     else:
-        raise InputError(f"enrich_ranked: item_field {item_field!r} is not a coordinate along {idim!r}")
+        raise InputError(
+            f"enrich_ranked: item_field {item_field!r} is not a coordinate along {idim!r}"
+        )
     names, item_idx, set_idx = membership(sets, item_labels)
     if item_idx.size == 0:
         raise InputError("enrich_ranked: no item belongs to any annotation set (wrong item_field?)")
@@ -434,13 +473,19 @@ def enrich_ranked(
     if null == "auto":
         null = "groups" if repeated else "items"
     if null == "groups" and pvalue == "analytic":
-        raise InputError("the analytic p-value assumes independent items (null='items'); "
-                         "use permutations for null='groups'")
+        raise InputError(
+            "the analytic p-value assumes independent items (null='items'); "
+            "use permutations for null='groups'"
+        )
     groups = codes if null == "groups" else None
     list_labels = None
     if exclude == "self":
         src = scores[ldim].values
-        if item_field is not None and item_field in scores.coords and scores[item_field].dims == (ldim,):
+        if (
+            item_field is not None
+            and item_field in scores.coords
+            and scores[item_field].dims == (ldim,)
+        ):
             src = scores[item_field].values
         list_labels = _labels(src)
     data = scores.data
@@ -455,38 +500,68 @@ def enrich_ranked(
         lo, hi = block_info[0]["array-location"][0]
         lab = None if list_labels is None else list_labels[lo:hi]
         return _enrich_block(
-            x, item_idx, set_idx, n_sets, lab, item_labels, offset=int(offsets[i]),
-            n_top=int(n_top), permutations=int(permutations), pvalue=pvalue,
-            weight=weight, seed=int(seed), groups=groups,
+            x,
+            item_idx,
+            set_idx,
+            n_sets,
+            lab,
+            item_labels,
+            offset=int(offsets[i]),
+            n_top=int(n_top),
+            permutations=int(permutations),
+            pvalue=pvalue,
+            weight=weight,
+            seed=int(seed),
+            groups=groups,
         )
 
     res = da.map_blocks(
-        block, data, chunks=(data.chunks[0], (n_sets,), (len(FIELDS),)), new_axis=[2],
-        dtype=np.float64, meta=np.empty((0, 0, 0)),
+        block,
+        data,
+        chunks=(data.chunks[0], (n_sets,), (len(FIELDS),)),
+        new_axis=[2],
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0)),
     )
     dims = (ldim, "set")
     out = xr.Dataset(
         {f: (dims, res[:, :, i]) for i, f in enumerate(FIELDS)},
-        coords={ldim: scores[ldim].values, "set": np.array(names, dtype=object),
-                "set_size": ("set", np.bincount(set_idx, minlength=n_sets))},
+        coords={
+            ldim: scores[ldim].values,
+            "set": np.array(names, dtype=object),
+            "set_size": ("set", np.bincount(set_idx, minlength=n_sets)),
+        },
     )
     from cmapdask import __version__
 
     out.attrs["cmapdask"] = {
-        "method": "enrich_ranked", "package_version": __version__, "n_top": int(n_top),
-        "permutations": int(permutations), "pvalue": pvalue, "weight": weight,
-        "exclude": exclude, "null": null, "seed": int(seed), "item_field": item_field,
+        "method": "enrich_ranked",
+        "package_version": __version__,
+        "n_top": int(n_top),
+        "permutations": int(permutations),
+        "pvalue": pvalue,
+        "weight": weight,
+        "exclude": exclude,
+        "null": null,
+        "seed": int(seed),
+        "item_field": item_field,
         "fdr": "Benjamini-Hochberg over the sets of each list, per statistic and tail",
     }
     return out
 
 
-_RESULT_FILES = {"ps": "gutc/ps_sig", "ncs": "gutc/ns_sig", "cs": "gutc/cs_sig",
-                 "cs_up": "query/cs_up", "cs_dn": "query/cs_dn"}
+_RESULT_FILES = {
+    "ps": "gutc/ps_sig",
+    "ncs": "gutc/ns_sig",
+    "cs": "gutc/cs_sig",
+    "cs_up": "query/cs_up",
+    "cs_dn": "query/cs_dn",
+}
 
 
-def read_ranked_lists(path, *, variable: str | None = None,
-                      storage_options: dict | None = None) -> xr.DataArray:
+def read_ranked_lists(
+    path, *, variable: str | None = None, storage_options: dict | None = None
+) -> xr.DataArray:
     """Ranked lists of a connectivity query result, for :func:`enrich_ranked`.
 
     Parameters
@@ -526,8 +601,10 @@ def read_ranked_lists(path, *, variable: str | None = None,
         rel = _RESULT_FILES.get(variable)
         if rel is None:
             if not variable.startswith(("ps_", "ns_")):
-                raise InputError(f"{path}: unknown result variable {variable!r} (ps, ncs, cs, "
-                                 "cs_up, cs_dn, or a summary such as ps_pert_summary)")
+                raise InputError(
+                    f"{path}: unknown result variable {variable!r} (ps, ncs, cs, "
+                    "cs_up, cs_dn, or a summary such as ps_pert_summary)"
+                )
             rel, level = f"gutc/{variable}", variable[3:]
         gctx = join(str(path), "matrices", rel + ".gctx")
         if not fs.exists(url_to_fs(gctx, storage_options)[1]):
@@ -541,8 +618,9 @@ def read_ranked_lists(path, *, variable: str | None = None,
         try:
             res = xr.open_zarr(path, consolidated=False, storage_options=storage_options)
         except Exception as e:  # not a Zarr group, missing path
-            raise InputError(f"{path}: not a query result folder, GCTx or Zarr result: "
-                             f"{str(e).splitlines()[0]}") from None
+            raise InputError(
+                f"{path}: not a query result folder, GCTx or Zarr result: {str(e).splitlines()[0]}"
+            ) from None
         if variable is None:
             variable = next((v for v in ("ps", "pert_summary", "ncs") if v in res), "ps")
         if variable not in res or res[variable].ndim != 2:
@@ -553,7 +631,8 @@ def read_ranked_lists(path, *, variable: str | None = None,
     out = ds["expr"].rename({"sig": "query", "gene": level})
     keep = {k: c for k, c in out.coords.items() if c.dims == (level,) and k != level}
     out = out.reset_coords(drop=True).assign_coords(
-        {k.removeprefix("gene_"): (level, c.values) for k, c in keep.items()})
+        {k.removeprefix("gene_"): (level, c.values) for k, c in keep.items()}
+    )
     if "pert_id" not in out.coords:  # summary rows: match sets by their perturbagen
         if f"{level}_pert_id" in out.coords:
             out = out.assign_coords(pert_id=(level, out[f"{level}_pert_id"].values))
@@ -643,12 +722,20 @@ def cluster_enrichment(
     q = bh(p.ravel()).reshape(p.shape)
     ci, si = np.nonzero(cnt)
     expected = size_c[ci] * size_s[si] / m
-    df = pd.DataFrame({
-        "cluster": np.asarray(uniq, dtype=object)[ci], "set": np.array(names, dtype=object)[si],
-        "k": cnt[ci, si], "cluster_size": size_c[ci], "set_size": size_s[si],
-        "n_background": m, "expected": expected, "fold": cnt[ci, si] / expected,
-        "p": p[ci, si], "q": q[ci, si],
-    })
+    df = pd.DataFrame(
+        {
+            "cluster": np.asarray(uniq, dtype=object)[ci],
+            "set": np.array(names, dtype=object)[si],
+            "k": cnt[ci, si],
+            "cluster_size": size_c[ci],
+            "set_size": size_s[si],
+            "n_background": m,
+            "expected": expected,
+            "fold": cnt[ci, si] / expected,
+            "p": p[ci, si],
+            "q": q[ci, si],
+        }
+    )
     return df.sort_values(["p", "cluster", "set"], kind="stable").reset_index(drop=True)
 
 
@@ -657,17 +744,38 @@ def cluster_enrichment(
 
 def _combos(labels: np.ndarray):
     """Code per item for its label combination, and which combinations share a label."""
-    keys = np.array(["" if v is None else "|".join(sorted(set(v.split("|")))) for v in labels],
-                    dtype=object)
+    keys = np.array(
+        ["" if v is None else "|".join(sorted(set(v.split("|")))) for v in labels], dtype=object
+    )
     uniq, code = np.unique(keys, return_inverse=True)
     code = np.where(keys == "", -1, code)
     parts = [set(u.split("|")) if u else set() for u in uniq]
-    share = np.array([[bool(a & b) for b in parts] for a in parts], dtype=bool).reshape(len(parts), len(parts))
+    share = np.array([[bool(a & b) for b in parts] for a in parts], dtype=bool).reshape(
+        len(parts), len(parts)
+    )
     return code, share
 
 
-def _recall_block(ti, ts, bi, bs, *, lo, code, share, cell, valid, n_cand, k, cnt_all,
-                  cnt_cell, n_groups, bins, score_range, unseen):
+def _recall_block(
+    ti,
+    ts,
+    bi,
+    bs,
+    *,
+    lo,
+    code,
+    share,
+    cell,
+    valid,
+    n_cand,
+    k,
+    cnt_all,
+    cnt_cell,
+    n_groups,
+    bins,
+    score_range,
+    unseen,
+):
     """Histograms ``(1, 3, n_groups, 2, bins)`` of a block of signatures.
 
     Axis 1: where unseen pairs go (0 midpoint, 1 lowest-AUROC placement, 2 highest);
@@ -717,7 +825,10 @@ def _recall_block(ti, ts, bi, bs, *, lo, code, share, cell, valid, n_cand, k, cn
     seen_pos_c = np.bincount(rc, weights=same[incell], minlength=rows.size)[u][c]
     seen_n_c = np.bincount(rc, minlength=rows.size)[u][c]
     pos_c = (share[code[ru][c]] * cnt_cell[cu]).sum(axis=1) - 1
-    left_c = {1: pos_c - seen_pos_c, 0: (cnt_cell[cu].sum(axis=1) - 1 - pos_c) - (seen_n_c - seen_pos_c)}
+    left_c = {
+        1: pos_c - seen_pos_c,
+        0: (cnt_cell[cu].sum(axis=1) - 1 - pos_c) - (seen_n_c - seen_pos_c),
+    }
     for v, cls, where in place:
         np.add.at(hist[v], (1 + cu, cls, at[where][c]), left_c[cls])
     return hist[None]
@@ -731,11 +842,17 @@ def _recall_counts(valid, code, cell, n_cells, n_combos) -> dict:
     cnt_cell = np.zeros((max(n_cells, 1), n_combos))
     has_cell = counted & (cell >= 0)
     np.add.at(cnt_cell, (cell[has_cell], code[has_cell]), 1)
-    return {"valid": valid, "n_cand": int(valid.sum()) - 1, "cnt_all": cnt_all, "cnt_cell": cnt_cell}
+    return {
+        "valid": valid,
+        "n_cand": int(valid.sum()) - 1,
+        "cnt_all": cnt_all,
+        "cnt_cell": cnt_cell,
+    }
 
 
 def _auroc(hist: np.ndarray) -> np.ndarray:
-    """``(..., 4)`` from ``(..., 2, bins)``: AUROC, its binning error bound, positives, negatives."""
+    """``(..., 4)`` from ``(..., 2, bins)``: AUROC, its binning error bound, positives, "
+    "negatives."""
     neg, pos = hist[..., 0, :], hist[..., 1, :]
     P, N = pos.sum(-1), neg.sum(-1)
     below = np.cumsum(neg, axis=-1) - neg
@@ -805,7 +922,9 @@ def moa_recall(
     need = ("top_index", "top_score", "bottom_index", "bottom_score", "valid")
     miss = [v for v in need if v not in neighbours]
     if miss:
-        raise InputError(f"moa_recall: neighbour lists lack {', '.join(miss)} (a similarity() result?)")
+        raise InputError(
+            f"moa_recall: neighbour lists lack {', '.join(miss)} (a similarity() result?)"
+        )
     if "ref_valid" in neighbours:
         raise InputError("moa_recall: needs a self-similarity result, not queries-vs-reference")
     n = neighbours.sizes["sig"]
@@ -829,9 +948,14 @@ def moa_recall(
     k = neighbours.sizes["rank"]
     # valid is lazy: the pair counts it implies are one small task every block depends on
     valid = neighbours["valid"].data
-    counts = dask.delayed(_recall_counts, pure=True)(valid, code, cell, cell_names.size, share.shape[0])
+    counts = dask.delayed(_recall_counts, pure=True)(
+        valid, code, cell, cell_names.size, share.shape[0]
+    )
     arrs = [neighbours[v].data for v in need[:4]]
-    arrs = [a if isinstance(a, da.Array) else da.from_array(np.asarray(a), chunks=(4096, -1)) for a in arrs]
+    arrs = [
+        a if isinstance(a, da.Array) else da.from_array(np.asarray(a), chunks=(4096, -1))
+        for a in arrs
+    ]
     rows = arrs[0].chunks[0]
     arrs = [a.rechunk({0: rows, 1: -1}) for a in arrs]
     starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
@@ -839,32 +963,70 @@ def moa_recall(
     def block(ti, ts, bi, bs, counts, block_info=None):
         lo = int(starts[block_info[0]["chunk-location"][0]])
         return _recall_block(
-            ti, ts, bi, bs, lo=lo, code=code, share=share, cell=cell, **counts, k=k,
-            n_groups=n_groups, bins=int(bins), score_range=score_range, unseen=unseen,
+            ti,
+            ts,
+            bi,
+            bs,
+            lo=lo,
+            code=code,
+            share=share,
+            cell=cell,
+            **counts,
+            k=k,
+            n_groups=n_groups,
+            bins=int(bins),
+            score_range=score_range,
+            unseen=unseen,
         )
 
     parts = da.map_blocks(
-        block, *arrs, counts, chunks=((1,) * len(rows), (3,), (n_groups,), (2,), (int(bins),)),
-        new_axis=[2, 3, 4], dtype=np.float64, meta=np.empty((0, 0, 0, 0, 0)),
+        block,
+        *arrs,
+        counts,
+        chunks=((1,) * len(rows), (3,), (n_groups,), (2,), (int(bins),)),
+        new_axis=[2, 3, 4],
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0, 0, 0)),
     )
     hist = parts.sum(axis=0)
-    stats = da.blockwise(_recall_stats, "gs", hist, "vgcb", new_axes={"s": 6},
-                         concatenate=True, dtype=np.float64, meta=np.empty((0, 0)))
+    stats = da.blockwise(
+        _recall_stats,
+        "gs",
+        hist,
+        "vgcb",
+        new_axes={"s": 6},
+        concatenate=True,
+        dtype=np.float64,
+        meta=np.empty((0, 0)),
+    )
     groups = np.array(["all", *cell_names.tolist()], dtype=object)
     out = xr.Dataset(
-        {"auroc": ("group", stats[:, 0]), "auroc_bin_error": ("group", stats[:, 1]),
-         "n_pos": ("group", stats[:, 2]), "n_neg": ("group", stats[:, 3]),
-         "auroc_min": ("group", stats[:, 4]), "auroc_max": ("group", stats[:, 5]),
-         "hist": (("group", "class", "bin"), hist[0])},
-        coords={"group": groups, "class": np.array(["different", "same"], dtype=object),
-                "bin_lower": ("bin", np.linspace(*score_range, int(bins) + 1)[:-1])},
+        {
+            "auroc": ("group", stats[:, 0]),
+            "auroc_bin_error": ("group", stats[:, 1]),
+            "n_pos": ("group", stats[:, 2]),
+            "n_neg": ("group", stats[:, 3]),
+            "auroc_min": ("group", stats[:, 4]),
+            "auroc_max": ("group", stats[:, 5]),
+            "hist": (("group", "class", "bin"), hist[0]),
+        },
+        coords={
+            "group": groups,
+            "class": np.array(["different", "same"], dtype=object),
+            "bin_lower": ("bin", np.linspace(*score_range, int(bins) + 1)[:-1]),
+        },
     )
     from cmapdask import __version__
 
     prov = dict(neighbours.attrs.get("cmapdask", {}))
     out.attrs["cmapdask"] = {
-        "method": "moa_recall", "package_version": __version__, "k": int(k), "bins": int(bins),
-        "unseen": unseen, "metric": prov.get("metric"), "space": prov.get("space"),
+        "method": "moa_recall",
+        "package_version": __version__,
+        "k": int(k),
+        "bins": int(bins),
+        "unseen": unseen,
+        "metric": prov.get("metric"),
+        "space": prov.get("space"),
         "pairs": "ordered (query signature, listed or unlisted candidate)",
     }
     return out
@@ -938,12 +1100,31 @@ def candidate_pcls(
         frac = best["k"] / members.size
         if frac < min_shared:
             continue
-        rows.append({"cluster": c, "n_members": members.size, "internal": internal,
-                     "annotation": best["set"], "n_shared": int(best["k"]),
-                     "shared_fraction": frac, "p": best["p"], "score": internal * frac,
-                     "members": "|".join(ids[members].astype(str))})
-    cols = ["cluster", "n_members", "internal", "annotation", "n_shared", "shared_fraction",
-            "p", "q", "score", "members"]
+        rows.append(
+            {
+                "cluster": c,
+                "n_members": members.size,
+                "internal": internal,
+                "annotation": best["set"],
+                "n_shared": int(best["k"]),
+                "shared_fraction": frac,
+                "p": best["p"],
+                "score": internal * frac,
+                "members": "|".join(ids[members].astype(str)),
+            }
+        )
+    cols = [
+        "cluster",
+        "n_members",
+        "internal",
+        "annotation",
+        "n_shared",
+        "shared_fraction",
+        "p",
+        "q",
+        "score",
+        "members",
+    ]
     if not rows:
         return pd.DataFrame(columns=cols)
     df = pd.DataFrame(rows)
@@ -961,7 +1142,12 @@ def write_pcl_gmt(candidates: pd.DataFrame, path, *, storage_options: dict | Non
         raise InputError(f"{path}: no candidate PCLs to write")
     sets, desc = {}, {}
     for row in candidates.itertuples():
-        name = f"CPCL_{row.cluster}_" + re.sub(r"[^A-Z0-9]+", "_", str(row.annotation).upper()).strip("_")
+        name = f"CPCL_{row.cluster}_" + re.sub(
+            r"[^A-Z0-9]+", "_", str(row.annotation).upper()
+        ).strip("_")
         sets[name] = row.members.split("|")
-        desc[name] = f"{row.annotation} score={row.score:.4f} internal={row.internal:.4f} shared={row.shared_fraction:.2f}"
+        desc[name] = (
+            f"{row.annotation} score={row.score:.4f} internal={row.internal:.4f} "
+            f"shared={row.shared_fraction:.2f}"
+        )
     return write_gmt(sets, path, descriptions=desc, storage_options=storage_options)

@@ -50,8 +50,9 @@ def _colours(labels):
     return np.array([lut.get(str(v), grey) if v is not None else grey for v in labels]), lut
 
 
-def plot_clustered_heatmap(matrix: xr.DataArray, clusters: xr.Dataset, path, *, moa=None,
-                           title: str = "") -> str:
+def plot_clustered_heatmap(
+    matrix: xr.DataArray, clusters: xr.Dataset, path, *, moa=None, title: str = ""
+) -> str:
     """Heatmap of ``matrix`` in the leaf order of :func:`~cmapdask.clustering.hierarchical_perts`.
 
     ``moa``: annotation per row (``None``: none), drawn as colour bars. Computes the matrix
@@ -96,8 +97,9 @@ def plot_running_sum(scores, members, path, *, title: str = "") -> str:
     if pos.size == 0:
         raise InputError(f"{path}: no member of the set is in the list")
     walk = running_sum(pos, order.size)
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 4), sharex=True,
-                                 gridspec_kw={"height_ratios": [4, 1]})
+    fig, (a1, a2) = plt.subplots(
+        2, 1, figsize=(7, 4), sharex=True, gridspec_kw={"height_ratios": [4, 1]}
+    )
     a1.plot(np.arange(walk.size), walk, color="tab:green")
     a1.axhline(0, color="k", lw=0.5)
     a1.set_ylabel("running sum")
@@ -115,7 +117,7 @@ def plot_roc(recall: xr.Dataset, path, *, groups=None, title: str = "") -> str:
     plt = _figure()
     res = recall.compute()
     fig, ax = plt.subplots(figsize=(5, 5))
-    for g in (groups or res["group"].values.tolist()):
+    for g in groups or res["group"].values.tolist():
         fpr, tpr = roc_curve(res["hist"].sel(group=g).values)
         ax.plot(fpr, tpr, label=f"{g} (AUROC {float(res['auroc'].sel(group=g)):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")

@@ -131,8 +131,24 @@ REPLICATE_SD = 1.5
 CLIP = 10.0
 TOUCHSTONE_P = 0.25
 # Public cell line names; the first nine are the Touchstone core lines.
-CELL_LINES = ("MCF7", "PC3", "A549", "A375", "HA1E", "HCC515", "HEPG2", "HT29", "VCAP",
-              "NPC", "ASC", "HUVEC", "YAPC", "MCF10A", "SKL", "PHH")
+CELL_LINES = (
+    "MCF7",
+    "PC3",
+    "A549",
+    "A375",
+    "HA1E",
+    "HCC515",
+    "HEPG2",
+    "HT29",
+    "VCAP",
+    "NPC",
+    "ASC",
+    "HUVEC",
+    "YAPC",
+    "MCF10A",
+    "SKL",
+    "PHH",
+)
 SEGMENTS = (("landmark", 978), ("best inferred", 9196), ("inferred", 2154))
 N_SEGMENTS = {"landmark": 1, "bing": 2, "all": 3}
 VEHICLE = "DMSO"
@@ -141,16 +157,46 @@ _ROWS = "ABCDEFGHIJKLMNOP"
 _NOISE, _SIG, _GROUP, _COMPOUND, _MOA, _CELL, _TABLE, _SENS = range(8)
 
 SIGINFO_COLUMNS = (
-    "sig_id", "pert_id", "cmap_name", "pert_type", "cell_iname",
-    "pert_idose", "pert_dose", "pert_dose_unit", "pert_itime", "pert_time", "pert_time_unit",
-    "rna_plate", "det_plate", "bead_batch", "nsample", "tas", "cc_q75", "ss_ngene",
-    "is_exemplar_sig", "is_touchstone", "is_ncs_sig", "is_null_sig",
+    "sig_id",
+    "pert_id",
+    "cmap_name",
+    "pert_type",
+    "cell_iname",
+    "pert_idose",
+    "pert_dose",
+    "pert_dose_unit",
+    "pert_itime",
+    "pert_time",
+    "pert_time_unit",
+    "rna_plate",
+    "det_plate",
+    "bead_batch",
+    "nsample",
+    "tas",
+    "cc_q75",
+    "ss_ngene",
+    "is_exemplar_sig",
+    "is_touchstone",
+    "is_ncs_sig",
+    "is_null_sig",
 )
 GENEINFO_COLUMNS = (
-    "gene_id", "gene_symbol", "ensembl_id", "gene_title", "gene_type", "src", "feature_space",
+    "gene_id",
+    "gene_symbol",
+    "ensembl_id",
+    "gene_title",
+    "gene_type",
+    "src",
+    "feature_space",
 )
 COMPOUNDINFO_COLUMNS = (
-    "pert_id", "cmap_name", "target", "moa", "canonical_smiles", "inchi_key", "compound_aliases",
+    "pert_id",
+    "cmap_name",
+    "target",
+    "moa",
+    "canonical_smiles",
+    "inchi_key",
+    "compound_aliases",
 )
 
 
@@ -218,8 +264,12 @@ def synth_design(
     >>> d.n_genes, d.n_moas, d.n_compounds
     (978, 4, 25)
     """
-    for name, value in (("n_sigs", n_sigs), ("seed", seed), ("n_cells", n_cells),
-                        ("n_replicates", n_replicates)):
+    for name, value in (
+        ("n_sigs", n_sigs),
+        ("seed", seed),
+        ("n_cells", n_cells),
+        ("n_replicates", n_replicates),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise InputError(f"synthetic: {name} must be an integer, got {value!r}")
     if n_sigs < 1:
@@ -242,8 +292,15 @@ def synth_design(
             f"synthetic: need 1 <= n_moas <= n_compounds, got n_moas={n_moas}, "
             f"n_compounds={n_compounds}"
         )
-    return SynthDesign(int(n_sigs), genes, int(seed), int(n_moas), int(n_compounds),
-                       int(n_cells), int(n_replicates))
+    return SynthDesign(
+        int(n_sigs),
+        genes,
+        int(seed),
+        int(n_moas),
+        int(n_compounds),
+        int(n_cells),
+        int(n_replicates),
+    )
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -288,18 +345,21 @@ def synth_geneinfo(design: SynthDesign) -> pd.DataFrame:
     Entrez ids are real.
     """
     ids = synth_gene_ids(design.genes)
-    space = np.concatenate(
-        [[name] * n for name, n in SEGMENTS[: N_SEGMENTS[design.genes]]]
-    ).astype(object)
-    return pd.DataFrame({
-        "gene_id": ids.astype(np.int64),
-        "gene_symbol": [f"G{g}" for g in ids],
-        "ensembl_id": [None] * len(ids),
-        "gene_title": [f"synthetic gene {g}" for g in ids],
-        "gene_type": "protein-coding",
-        "src": "cmapdask-synthetic",
-        "feature_space": space,
-    }, columns=list(GENEINFO_COLUMNS))
+    space = np.concatenate([[name] * n for name, n in SEGMENTS[: N_SEGMENTS[design.genes]]]).astype(
+        object
+    )
+    return pd.DataFrame(
+        {
+            "gene_id": ids.astype(np.int64),
+            "gene_symbol": [f"G{g}" for g in ids],
+            "ensembl_id": [None] * len(ids),
+            "gene_title": [f"synthetic gene {g}" for g in ids],
+            "gene_type": "protein-coding",
+            "src": "cmapdask-synthetic",
+            "feature_space": space,
+        },
+        columns=list(GENEINFO_COLUMNS),
+    )
 
 
 # ----------------------------------------------------------------------------- compounds
@@ -331,20 +391,32 @@ def synth_compoundinfo(design: SynthDesign) -> pd.DataFrame:
     """
     c = np.arange(design.n_compounds)
     a = c % design.n_moas
-    df = pd.DataFrame({
-        "pert_id": [_pert_id(i) for i in c],
-        "cmap_name": [f"synth-{i:05d}" for i in c],
-        "target": [f"SYNT{i:03d}" for i in a],
-        "moa": [_moa_name(i) for i in a],
-        "canonical_smiles": None,
-        "inchi_key": None,
-        "compound_aliases": None,
-    }, columns=list(COMPOUNDINFO_COLUMNS))
-    vehicle = pd.DataFrame([{
-        "pert_id": VEHICLE, "cmap_name": VEHICLE, "target": None, "moa": None,
-        "canonical_smiles": "CS(C)=O", "inchi_key": "IAZDPXIOMUYVGZ-UHFFFAOYSA-N",
-        "compound_aliases": "dimethyl sulfoxide",
-    }], columns=list(COMPOUNDINFO_COLUMNS))
+    df = pd.DataFrame(
+        {
+            "pert_id": [_pert_id(i) for i in c],
+            "cmap_name": [f"synth-{i:05d}" for i in c],
+            "target": [f"SYNT{i:03d}" for i in a],
+            "moa": [_moa_name(i) for i in a],
+            "canonical_smiles": None,
+            "inchi_key": None,
+            "compound_aliases": None,
+        },
+        columns=list(COMPOUNDINFO_COLUMNS),
+    )
+    vehicle = pd.DataFrame(
+        [
+            {
+                "pert_id": VEHICLE,
+                "cmap_name": VEHICLE,
+                "target": None,
+                "moa": None,
+                "canonical_smiles": "CS(C)=O",
+                "inchi_key": "IAZDPXIOMUYVGZ-UHFFFAOYSA-N",
+                "compound_aliases": "dimethyl sulfoxide",
+            }
+        ],
+        columns=list(COMPOUNDINFO_COLUMNS),
+    )
     return pd.concat([df, vehicle], ignore_index=True).astype(object)
 
 
@@ -424,8 +496,9 @@ def _moa_dirs(seed: int, n_moas: int, seg: int) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _cell_effects(seed: int, n_cells: int, seg: int) -> np.ndarray:
     n = SEGMENTS[seg][1]
-    return np.stack([_rng(seed, _CELL, c, seg).standard_normal(n, dtype=np.float32)
-                     for c in range(n_cells)])
+    return np.stack(
+        [_rng(seed, _CELL, c, seg).standard_normal(n, dtype=np.float32) for c in range(n_cells)]
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -450,7 +523,8 @@ def _strength(design: SynthDesign, tile: _Tile) -> np.ndarray:
     s = np.where(treated, potency[np.maximum(tile.compound, 0)], 0.0)
     s = s * dose / (dose + EC50_UM) * TIME_FACTOR[tile.time]
     r = _sensitivity(design.seed, design.n_cells, design.n_moas)[
-        tile.cell, np.maximum(tile.compound, 0) % design.n_moas]
+        tile.cell, np.maximum(tile.compound, 0) % design.n_moas
+    ]
     return s * r, s
 
 
@@ -466,10 +540,12 @@ def _group_signal(design: SynthDesign, g: int, seg: int) -> np.ndarray:
     moa = tile.compound[treated] % design.n_moas
     signal = np.empty((TILE, SEGMENTS[seg][1]), np.float32)
     signal[:] = GAMMA * _cell_effects(design.seed, design.n_cells, seg)[tile.cell]
-    effect = moa_s[treated, None].astype(np.float32) * _moa_dirs(design.seed, design.n_moas,
-                                                                  seg)[moa]
+    effect = (
+        moa_s[treated, None].astype(np.float32) * _moa_dirs(design.seed, design.n_moas, seg)[moa]
+    )
     effect += (BETA * cpd_s[treated, None]).astype(np.float32) * _map_dirs(
-        design.seed, design.n_compounds, tile.group % design.n_maps, seg)[slot]
+        design.seed, design.n_compounds, tile.group % design.n_maps, seg
+    )[slot]
     signal[treated] += effect
     signal.setflags(write=False)
     return signal
@@ -526,8 +602,13 @@ def synth_block(design: SynthDesign, start: int, stop: int) -> np.ndarray:
     segs = range(N_SEGMENTS[design.genes])
     for t in _tiles(design, start, stop):
         lo, hi = max(start, t * TILE), min(stop, (t + 1) * TILE)
-        _tile_values(design, _tile(design, t), segs, (lo - t * TILE, hi - t * TILE),
-                     out=out[lo - start : hi - start])
+        _tile_values(
+            design,
+            _tile(design, t),
+            segs,
+            (lo - t * TILE, hi - t * TILE),
+            out=out[lo - start : hi - start],
+        )
     return out
 
 
@@ -545,17 +626,21 @@ def _tile_meta(design: SynthDesign, tile: _Tile) -> dict[str, np.ndarray | list]
     n = len(tile.well)
     treated = tile.compound >= 0
     dose = np.asarray(DOSES_UM)[np.maximum(tile.dose, 0)]
-    pert = np.array([_pert_id(c) if c >= 0 else VEHICLE for c in tile.compound.tolist()],
-                    dtype=object)
+    pert = np.array(
+        [_pert_id(c) if c >= 0 else VEHICLE for c in tile.compound.tolist()], dtype=object
+    )
     return {
         "sig_id": [f"{rna_plate}:{w}" for w in _well_name(tile.well)],
         "pert_id": pert,
-        "cmap_name": np.array([f"synth-{c:05d}" if c >= 0 else VEHICLE
-                               for c in tile.compound.tolist()], dtype=object),
+        "cmap_name": np.array(
+            [f"synth-{c:05d}" if c >= 0 else VEHICLE for c in tile.compound.tolist()], dtype=object
+        ),
         "pert_type": np.where(treated, "trt_cp", "ctl_vehicle").astype(object),
         "cell_iname": np.full(n, cell, dtype=object),
-        "pert_idose": np.array([f"{d:g} uM" if ok else None for d, ok in zip(dose, treated)],
-                               dtype=object),
+        "pert_idose": np.array(
+            [f"{d:g} uM" if ok else None for d, ok in zip(dose, treated, strict=False)],
+            dtype=object,
+        ),
         "pert_dose": np.where(treated, dose, np.nan),
         "pert_dose_unit": np.where(treated, "uM", None).astype(object),
         "pert_itime": np.full(n, f"{tile.time} h", dtype=object),
@@ -594,17 +679,29 @@ def synth_siginfo(design: SynthDesign, *, start: int = 0, stop: int | None = Non
         ss_ngene = (np.abs(values) >= 2).sum(axis=1).astype(np.int64)
         v = signal.astype(np.float64).var(axis=1)
         cc_q75 = np.round(np.clip(v / (v + REPLICATE_SD**2) + cc_noise, -1, 1), 4)
-        tas = np.round(np.sqrt(np.maximum(ss_ngene, 0.001) * np.maximum(np.clip(cc_q75, 0, 1),
-                                                                        0.001) / 978), 4)
+        tas = np.round(
+            np.sqrt(np.maximum(ss_ngene, 0.001) * np.maximum(np.clip(cc_q75, 0, 1), 0.001) / 978), 4
+        )
         treated = tile.compound >= 0
         meta["det_plate"] = np.array(
-            ["|".join(f"{meta['rna_plate'][0]}_X{k}_B{tile.bead}" for k in range(1, n + 1))
-             for n in nsample.tolist()], dtype=object)
+            [
+                "|".join(f"{meta['rna_plate'][0]}_X{k}_B{tile.bead}" for k in range(1, n + 1))
+                for n in nsample.tolist()
+            ],
+            dtype=object,
+        )
         meta.update(
-            nsample=nsample.astype(np.int64), tas=tas, cc_q75=cc_q75, ss_ngene=ss_ngene,
+            nsample=nsample.astype(np.int64),
+            tas=tas,
+            cc_q75=cc_q75,
+            ss_ngene=ss_ngene,
             is_exemplar_sig=tile.exemplar.astype(np.int64),
-            is_touchstone=(tile.exemplar & treated & (tile.dose == len(DOSES_UM) - 1)
-                           & touch[np.maximum(tile.compound, 0)]).astype(np.int64),
+            is_touchstone=(
+                tile.exemplar
+                & treated
+                & (tile.dose == len(DOSES_UM) - 1)
+                & touch[np.maximum(tile.compound, 0)]
+            ).astype(np.int64),
             is_ncs_sig=tile.exemplar.astype(np.int64),
             is_null_sig=(~treated).astype(np.int64),
         )
@@ -643,14 +740,24 @@ def synth_truth(design: SynthDesign) -> pd.DataFrame:
         meta = _tile_meta(design, tile)
         moa_s, _ = _strength(design, tile)
         moa_i = np.where(tile.compound >= 0, tile.compound % design.n_moas, -1)
-        parts.append(pd.DataFrame({
-            "sig_id": meta["sig_id"], "pert_id": meta["pert_id"], "pert_type": meta["pert_type"],
-            "moa": np.array([_moa_name(a) if a >= 0 else None for a in moa_i.tolist()],
-                            dtype=object),
-            "moa_index": moa_i.astype(np.int64), "cell_iname": meta["cell_iname"],
-            "pert_dose": meta["pert_dose"], "pert_time": meta["pert_time"],
-            "strength": moa_s, "group": np.full(len(tile.well), tile.group, np.int64),
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "sig_id": meta["sig_id"],
+                    "pert_id": meta["pert_id"],
+                    "pert_type": meta["pert_type"],
+                    "moa": np.array(
+                        [_moa_name(a) if a >= 0 else None for a in moa_i.tolist()], dtype=object
+                    ),
+                    "moa_index": moa_i.astype(np.int64),
+                    "cell_iname": meta["cell_iname"],
+                    "pert_dose": meta["pert_dose"],
+                    "pert_time": meta["pert_time"],
+                    "strength": moa_s,
+                    "group": np.full(len(tile.well), tile.group, np.int64),
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True).set_index("sig_id")
 
 
@@ -659,9 +766,12 @@ def synth_moa_directions(design: SynthDesign) -> xr.DataArray:
     segs = range(N_SEGMENTS[design.genes])
     u = np.concatenate([_moa_dirs(design.seed, design.n_moas, s) for s in segs], axis=1)
     return xr.DataArray(
-        u, dims=("moa", "gene"),
-        coords={"moa": np.array([_moa_name(a) for a in range(design.n_moas)], dtype=object),
-                "gene": synth_gene_ids(design.genes)},
+        u,
+        dims=("moa", "gene"),
+        coords={
+            "moa": np.array([_moa_name(a) for a in range(design.n_moas)], dtype=object),
+            "gene": synth_gene_ids(design.genes),
+        },
     )
 
 
@@ -715,10 +825,14 @@ def synth_expr(design: SynthDesign, *, chunks: int | tuple[int, ...] | None = No
     try:
         sig_chunks = da.core.normalize_chunks((rows,), (design.n_sigs,))[0]
     except (ValueError, TypeError) as e:
-        raise InputError(f"synthetic: bad chunks {chunks!r} for {design.n_sigs} signatures: {e}")
+        raise InputError(
+            f"synthetic: bad chunks {chunks!r} for {design.n_sigs} signatures: {e}"
+        ) from e
     return da.map_blocks(
-        _block_from_info, design,
-        chunks=(sig_chunks, (design.n_genes,)), dtype=np.float32,
+        _block_from_info,
+        design,
+        chunks=(sig_chunks, (design.n_genes,)),
+        dtype=np.float32,
         meta=np.empty((0, 0), np.float32),
         name=f"synth-{tokenize(design, sig_chunks)}",
     )
@@ -757,14 +871,20 @@ def synth_dataset(
     """
     if metadata not in ("ids", "tables"):
         raise InputError(f"synthetic: metadata must be 'ids' or 'tables', got {metadata!r}")
-    coords = {"sig": ("sig", _sig_ids(design, 0, design.n_sigs)),
-              "gene": ("gene", synth_gene_ids(design.genes))}
+    coords = {
+        "sig": ("sig", _sig_ids(design, 0, design.n_sigs)),
+        "gene": ("gene", synth_gene_ids(design.genes)),
+    }
     if metadata == "tables":
         sig = synth_siginfo(design)
         coords.update({k: ("sig", _coord(sig[k])) for k in SIGINFO_COLUMNS[1:]})
         gene = synth_geneinfo(design)
-        coords.update({(f"gene_{k}" if k in sig else k): ("gene", _coord(gene[k]))
-                       for k in GENEINFO_COLUMNS[1:]})
+        coords.update(
+            {
+                (f"gene_{k}" if k in sig else k): ("gene", _coord(gene[k]))
+                for k in GENEINFO_COLUMNS[1:]
+            }
+        )
     ds = xr.Dataset({"expr": (("sig", "gene"), synth_expr(design, chunks=chunks))}, coords=coords)
     ds.attrs["cmapdask"] = _provenance(design)
     return ds
@@ -781,8 +901,11 @@ def _coord(col: pd.Series) -> np.ndarray:
 def _provenance(design: SynthDesign) -> dict:
     from cmapdask import __version__
 
-    return {"source": "cmapdask.synthetic", "parameters": asdict(design),
-            "package_version": __version__}
+    return {
+        "source": "cmapdask.synthetic",
+        "parameters": asdict(design),
+        "package_version": __version__,
+    }
 
 
 # ----------------------------------------------------------------------------- files
@@ -853,35 +976,58 @@ def write_synthetic(
     }
     paths = {kind: join(outdir, name) for kind, name in names.items()}
     so = {"storage_options": storage_options}
-    for kind, table in (("geneinfo", synth_geneinfo(design)),
-                        ("compoundinfo", synth_compoundinfo(design))):
+    for kind, table in (
+        ("geneinfo", synth_geneinfo(design)),
+        ("compoundinfo", synth_compoundinfo(design)),
+    ):
         with publish_file(paths[kind], **so) as tmp:
             _write_table(table, tmp, header=True)
     pcl = synth_pcl(design)
-    write_gmt({k: members for k, (_, members) in pcl.items()}, paths["pcl"],
-              descriptions={k: desc for k, (desc, _) in pcl.items()}, **so)
+    write_gmt(
+        {k: members for k, (_, members) in pcl.items()},
+        paths["pcl"],
+        descriptions={k: desc for k, (desc, _) in pcl.items()},
+        **so,
+    )
     with publish_file(paths["siginfo"], **so) as tmp:
         bar = _bar(progress, design.n_sigs, "siginfo")
         ranges = [(lo, min(design.n_sigs, lo + rows)) for lo in range(0, design.n_sigs, rows)]
         batch = _parallelism()
         for i in range(0, len(ranges), batch):
             # a batch of blocks in parallel on the scheduler in effect, written in order
-            parts = dask.compute(*[dask.delayed(synth_siginfo)(design, start=lo, stop=hi)
-                                   for lo, hi in ranges[i : i + batch]])
+            parts = dask.compute(
+                *[
+                    dask.delayed(synth_siginfo)(design, start=lo, stop=hi)
+                    for lo, hi in ranges[i : i + batch]
+                ]
+            )
             for part in parts:
                 _write_table(part, tmp, header=i == 0 and part is parts[0])
                 bar.update(len(part))
         bar.close()
-    write_gctx(synth_dataset(design, chunks=rows), paths["gctx"], compression=compression,
-               progress=progress, **so)
+    write_gctx(
+        synth_dataset(design, chunks=rows),
+        paths["gctx"],
+        compression=compression,
+        progress=progress,
+        **so,
+    )
     with publish_file(paths["design"], **so) as tmp, open(tmp, "w") as f:
         json.dump(_provenance(design), f, indent=2)
     return paths
 
 
 def _write_table(df: pd.DataFrame, path: str, *, header: bool) -> None:
-    df.to_csv(path, sep="\t", index=False, header=header, mode="w" if header else "a",
-              na_rep="-666", float_format="%.6g", lineterminator="\n")
+    df.to_csv(
+        path,
+        sep="\t",
+        index=False,
+        header=header,
+        mode="w" if header else "a",
+        na_rep="-666",
+        float_format="%.6g",
+        lineterminator="\n",
+    )
 
 
 def _parallelism() -> int:

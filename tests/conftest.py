@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+# The Broad's files, copied into the repository (tests/data/README.md says from where).
+FIXTURES = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
-    """The Broad's fixture folder, read in place (never copied into the project)."""
-    if not FIXTURES.is_dir():
-        pytest.fail(f"fixtures not found at {FIXTURES}; the project expects ../shared beside it")
+    """The Broad's fixture folder (``tests/data``, part of the repository)."""
     return FIXTURES
 
 
@@ -59,20 +58,48 @@ class RealCluster:
         self.tmp = tmp
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         bin_dir = Path(sys.executable).parent
-        dask_cmd = [str(bin_dir / "dask")] if (bin_dir / "dask").exists() else [sys.executable, "-m", "dask"]
+        dask_cmd = (
+            [str(bin_dir / "dask")]
+            if (bin_dir / "dask").exists()
+            else [sys.executable, "-m", "dask"]
+        )
         self._log = open(tmp / "cluster.log", "w")
         self.scheduler = subprocess.Popen(
-            [*dask_cmd, "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-             "--dashboard-address", ":0", "--no-show"],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            [
+                *dask_cmd,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dashboard-address",
+                ":0",
+                "--no-show",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         _wait_port(self.port, self.scheduler)
         self.workers = [
             subprocess.Popen(
-                [*dask_cmd, "worker", self.address, "--nthreads", "1", "--nworkers", "1",
-                 "--memory-limit", "2GiB", "--local-directory", str(tmp / f"w{i}"),
-                 "--no-dashboard"],
-                stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                [
+                    *dask_cmd,
+                    "worker",
+                    self.address,
+                    "--nthreads",
+                    "1",
+                    "--nworkers",
+                    "1",
+                    "--memory-limit",
+                    "2GiB",
+                    "--local-directory",
+                    str(tmp / f"w{i}"),
+                    "--no-dashboard",
+                ],
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=env,
             )
             for i in range(n_workers)
         ]
@@ -116,7 +143,9 @@ def s3_server(tmp_path_factory):
     moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
     port = _free_port()
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         _wait_port(port, proc)
         endpoint = f"http://127.0.0.1:{port}"
@@ -128,8 +157,11 @@ def s3_server(tmp_path_factory):
         import boto3
 
         boto3.client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1",
-            aws_access_key_id="testing", aws_secret_access_key="testing",
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
         ).create_bucket(Bucket="cmapdask-test")
         yield opts
     finally:

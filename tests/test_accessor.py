@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
-from tests.test_connectivity_query import make_store
 
 import cmapdask
 from cmapdask.errors import InputError
+from tests.test_connectivity_query import make_store
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*CMap queries use 10-150")
 
@@ -40,7 +40,10 @@ def test_every_export_is_a_function_of_the_api():
 
 
 def test_optional_dependencies_are_not_imported():
-    code = "import sys, cmapdask; print(*(m in sys.modules for m in ('sklearn', 'matplotlib', 's3fs')))"
+    code = (
+        "import sys, cmapdask; "
+        "print(*(m in sys.modules for m in ('sklearn', 'matplotlib', 's3fs')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "False"]
 
@@ -76,9 +79,7 @@ def test_similarity_same_as_functional(store):
     b = cmapdask.similarity(ds, k=5, space="all").compute()
     xr.testing.assert_identical(a, b)
     m = ds.cmap.similarity_matrix(space="all")
-    np.testing.assert_array_equal(
-        m.values, cmapdask.similarity_matrix(ds, space="all").values
-    )
+    np.testing.assert_array_equal(m.values, cmapdask.similarity_matrix(ds, space="all").values)
 
 
 def test_levels_same_as_functional(store):

@@ -18,8 +18,25 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 FILES = sorted(p for p in CLUSTER.rglob("*") if p.is_file())
 SHELL = {".sh", ".sbatch", ".pbs"}
-DOCKER = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
-          "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL"}
+DOCKER = {
+    "FROM",
+    "RUN",
+    "CMD",
+    "LABEL",
+    "EXPOSE",
+    "ENV",
+    "ADD",
+    "COPY",
+    "ENTRYPOINT",
+    "VOLUME",
+    "USER",
+    "WORKDIR",
+    "ARG",
+    "ONBUILD",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+    "SHELL",
+}
 WORKFLOW = REPO / "workflows" / "nightly_rebuild.py"
 
 
@@ -42,15 +59,17 @@ def _workflow_parser():
 def _check_command(tokens: list[str], where: str) -> None:
     """``cmapdask SUB ...`` and ``python .../workflows/X.py ...`` must parse."""
     # shell variables stand for values: a JSON object where JSON is expected
-    tokens = [("{}" if i and tokens[i - 1] == "--storage-options" else "X") if "$" in t else t
-              for i, t in enumerate(tokens)]
+    tokens = [
+        ("{}" if i and tokens[i - 1] == "--storage-options" else "X") if "$" in t else t
+        for i, t in enumerate(tokens)
+    ]
     for i, t in enumerate(tokens):
         if t == "cmapdask" and i + 1 < len(tokens):
-            build_parser().parse_args(tokens[i + 1:])
+            build_parser().parse_args(tokens[i + 1 :])
             return
         if t.endswith(".py") and "workflows/" in t:
             assert (REPO / "workflows" / Path(t).name).is_file(), f"{where}: {t} missing"
-            _workflow_parser().parse_args(tokens[i + 1:])
+            _workflow_parser().parse_args(tokens[i + 1 :])
             return
 
 
@@ -154,7 +173,9 @@ def test_shell_scripts_parse_and_call_real_commands(path):
         assert (REPO / ref).exists(), f"{path.name}: {ref} missing"
     # the arguments the script builds in args=(...) are options of the workflow
     for m in re.findall(r"args(?:\+)?=\(([^)]*)\)", text):
-        _workflow_parser().parse_args(["X", *["X" if "$" in t else t for t in shlex.split(m)][1 if "ROOT" in m else 0:]])
+        _workflow_parser().parse_args(
+            ["X", *["X" if "$" in t else t for t in shlex.split(m)][1 if "ROOT" in m else 0 :]]
+        )
 
 
 def test_dockerfile_instructions_and_sources():

@@ -34,8 +34,10 @@ def _blobs(n=240, g=30, k=4, seed=0, chunks=None):
     truth = np.arange(n) % k
     x = (centers[truth] + rng.standard_normal((n, g))).astype(np.float32)
     expr = da.from_array(x, chunks=(chunks, g)) if chunks else x
-    ds = xr.Dataset({"expr": (("sig", "gene"), expr)},
-                    coords={"sig": [f"s{i}" for i in range(n)], "gene": [f"g{j}" for j in range(g)]})
+    ds = xr.Dataset(
+        {"expr": (("sig", "gene"), expr)},
+        coords={"sig": [f"s{i}" for i in range(n)], "gene": [f"g{j}" for j in range(g)]},
+    )
     return ds, x, truth
 
 
@@ -43,14 +45,16 @@ def _blobs(n=240, g=30, k=4, seed=0, chunks=None):
 @pytest.mark.parametrize("chunks", [None, (240,), (100, 100, 40), (7, 113, 1, 119)])
 def test_kmeans_matches_sklearn_over_chunk_layouts(chunks, solver):
     ds, x, truth = _blobs(chunks=chunks)
-    res = kmeans_signatures(ds, n_clusters=4, n_components=5, space="all", scale="none",
-                            solver=solver, seed=1)
+    res = kmeans_signatures(
+        ds, n_clusters=4, n_components=5, space="all", scale="none", solver=solver, seed=1
+    )
     assert res.attrs["cmapdask"]["solver"] == solver
     assert isinstance(res["cluster"].data, da.Array)  # labels are lazy after the fit
     # exact PCA against scikit-learn's (signs of components may differ)
     ref = PCA(n_components=5, svd_solver="full").fit(x)
-    np.testing.assert_allclose(res["explained_variance_ratio"].values, ref.explained_variance_ratio_,
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        res["explained_variance_ratio"].values, ref.explained_variance_ratio_, rtol=1e-4
+    )
     np.testing.assert_allclose(np.abs(res["components"].values), np.abs(ref.components_), atol=1e-3)
     z = ref.transform(x)
     km = KMeans(n_clusters=4, n_init=10, random_state=0).fit(z)
@@ -71,11 +75,13 @@ def test_covariance_pca_matches_numpy_svd():
     for chunks in [(301,), (100, 100, 101), (1, 150, 150)]:
         got = covariance_pca(da.from_array(x, chunks=(chunks, 25)), 6)
         np.testing.assert_allclose(got["explained_variance"], ref.explained_variance_, rtol=1e-6)
-        np.testing.assert_allclose(got["explained_variance_ratio"], ref.explained_variance_ratio_,
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            got["explained_variance_ratio"], ref.explained_variance_ratio_, rtol=1e-6
+        )
         np.testing.assert_allclose(got["mean"], ref.mean_, rtol=1e-6)
-        np.testing.assert_allclose(np.abs((got["components"] * ref.components_).sum(axis=1)), 1,
-                                   atol=1e-6)  # the same axes (up to sign)
+        np.testing.assert_allclose(
+            np.abs((got["components"] * ref.components_).sum(axis=1)), 1, atol=1e-6
+        )  # the same axes (up to sign)
     bad = x.copy()
     bad[3, 4] = np.inf
     assert covariance_pca(da.from_array(bad, chunks=(100, 25)), 3) == {"finite": False}
@@ -89,8 +95,9 @@ def _align(res, ref):
 
 def test_kmeans_sampled_init_and_zscore():
     ds, x, truth = _blobs(chunks=60, seed=3)
-    res = kmeans_signatures(ds, n_clusters=4, n_components=4, space="all", init="sample-k-means++",
-                            init_sample=50)
+    res = kmeans_signatures(
+        ds, n_clusters=4, n_components=4, space="all", init="sample-k-means++", init_sample=50
+    )
     assert adjusted_rand_score(truth, res["cluster"].values) == 1.0
     prov = res.attrs["cmapdask"]
     assert prov["init"] == "sample-k-means++" and prov["n_clusters"] == 4
@@ -198,14 +205,15 @@ def test_leiden_matches_louvain_on_a_clear_graph_and_is_the_default():
     idx, sc = nb["top_index"].values, nb["top_score"].values
     edges = {}
     for i in range(45):
-        for j, w in zip(idx[i], sc[i]):
+        for j, w in zip(idx[i], sc[i], strict=False):
             if j >= 0 and w > 0:
                 key = (min(i, j), max(i, j))
                 edges[key] = max(edges.get(key, -np.inf), w)
     g = ig.Graph(n=45, edges=list(edges), directed=False)
     g.es["weight"] = list(edges.values())
-    ref = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights="weight",
-                                   seed=1, n_iterations=-1)
+    ref = leidenalg.find_partition(
+        g, leidenalg.RBConfigurationVertexPartition, weights="weight", seed=1, n_iterations=-1
+    )
     assert adjusted_rand_score(ref.membership, lei["cluster"].values) == 1.0
     assert prov["modularity"] == pytest.approx(g.modularity(ref.membership, weights="weight"))
     assert prov["n_edges"] == len(edges)
@@ -236,8 +244,9 @@ def test_cluster_quality_figures():
     truth = np.array(["a", "a", "b", "b", "b", "b", None, "c"], dtype=object)
     q = cluster_quality(lab, truth, x=np.arange(16.0).reshape(8, 2), sample_size=8)
     assert q["purity"] == pytest.approx((2 + 3 + 1) / 7)
-    assert q["adjusted_rand"] == pytest.approx(adjusted_rand_score(truth[[0, 1, 2, 3, 4, 5, 7]].astype(str),
-                                                                   lab[[0, 1, 2, 3, 4, 5, 7]]))
+    assert q["adjusted_rand"] == pytest.approx(
+        adjusted_rand_score(truth[[0, 1, 2, 3, 4, 5, 7]].astype(str), lab[[0, 1, 2, 3, 4, 5, 7]])
+    )
     assert -1 <= q["silhouette"] <= 1 and q["silhouette_n"] == 8
 
 
@@ -294,7 +303,9 @@ def test_labels_written_as_member_and_table(strong, tmp_path):
     out = write_clusters(res, url, name="km3", table=tmp_path / "km3.tsv")
     back = open_member(url, "clusters/km3")
     np.testing.assert_array_equal(back["cluster"].values, res["cluster"].values)
-    assert back.attrs["cmapdask"]["method"] == "kmeans" and back.attrs["cmapdask"]["n_clusters"] == 3
+    assert (
+        back.attrs["cmapdask"]["method"] == "kmeans" and back.attrs["cmapdask"]["n_clusters"] == 3
+    )
     table = pd.read_csv(out["table"], sep="\t")
     assert table["sig"].tolist() == st["sig"].values.tolist()
     assert table["cluster"].tolist() == res["cluster"].values.tolist()
@@ -310,7 +321,9 @@ def test_labels_written_as_member_and_table(strong, tmp_path):
     with pytest.raises(InputError, match="does not have"):
         with_cluster_coords(xr.Dataset(coords={"pert": ["a"]}), url, names=["km3"])
     write_clusters(res, name="pq", table=tmp_path / "km3.parquet")
-    assert pd.read_parquet(tmp_path / "km3.parquet")["cluster"].tolist() == table["cluster"].tolist()
+    assert (
+        pd.read_parquet(tmp_path / "km3.parquet")["cluster"].tolist() == table["cluster"].tolist()
+    )
     with pytest.raises(InputError, match="store, a table"):
         write_clusters(res, name="x")
 
@@ -332,8 +345,12 @@ def test_kmeans_runs_on_the_active_multiprocess_cluster(cluster_client):
     workers = {t["worker"] for t in ts.data}
     assert len(ts.data) > 50 and len(workers) == 2  # the fit's tasks ran on both workers
     np.testing.assert_array_equal(lab, serial_lab)
-    np.testing.assert_allclose(par["centers"].values, serial["centers"].values, rtol=1e-4, atol=1e-4)
-    assert par.attrs["cmapdask"]["inertia"] == pytest.approx(serial.attrs["cmapdask"]["inertia"], rel=1e-5)
+    np.testing.assert_allclose(
+        par["centers"].values, serial["centers"].values, rtol=1e-4, atol=1e-4
+    )
+    assert par.attrs["cmapdask"]["inertia"] == pytest.approx(
+        serial.attrs["cmapdask"]["inertia"], rel=1e-5
+    )
     assert adjusted_rand_score(truth, lab) == 1.0
 
 

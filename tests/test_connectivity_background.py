@@ -39,7 +39,7 @@ def test_introspect_against_reference(store):
     order = np.argsort(-expr, axis=1, kind="stable")
     raw = np.zeros((sel.size, sel.size))
     for i in range(sel.size):
-        up, dn = order[i, :5], order[i, n - 5:]
+        up, dn = order[i, :5], order[i, n - 5 :]
         for j in range(sel.size):
             eu = reference_es(expr[j], up, weighted=True)[0]
             ed = reference_es(expr[j], dn, weighted=True)[0]
@@ -78,16 +78,19 @@ def test_background_tau_and_summaries(store, tmp_path):
     m = intro["ncs"].values.astype(float)
     cells = intro["cell_id"].values
     m[cells[:, None] != cells[None, :]] = np.nan
-    np.testing.assert_allclose(bg["tables_sig"].values[:, ::50],
-                               np.stack([background_table(m[:, j]) for j in range(m.shape[1])])
-                               [:, ::50], atol=1e-3)
+    np.testing.assert_allclose(
+        bg["tables_sig"].values[:, ::50],
+        np.stack([background_table(m[:, j]) for j in range(m.shape[1])])[:, ::50],
+        atol=1e-3,
+    )
     # exact τ: fraction of the reference compendium below |ncs|
     ref = bg["ncs_ref"].values.astype(float)
     j = 0
     col = np.abs(ref[:, j][~np.isnan(ref[:, j])])
     x = ncs[0, pos[j]]
     assert exact["ps"].values[0, pos[j]] == pytest.approx(
-        np.sign(x) * 100 * np.mean(col < abs(x)), abs=1e-3)
+        np.sign(x) * 100 * np.mean(col < abs(x)), abs=1e-3
+    )
     # FDR against the null signatures is present
     assert np.isfinite(res["fdr_q_nlog10"].values).all()
     summ = summarize(res, pcls=PCLS)
@@ -100,9 +103,15 @@ def test_background_tau_and_summaries(store, tmp_path):
     ps_lvl = summ["ps_pert_summary"].values
     assert np.isfinite(ps_lvl).any() and np.nanmax(np.abs(ps_lvl)) <= 100
     out = write_result(res, str(tmp_path / "res"), summaries=summ)
-    for f in ("matrices/query/cs.gctx", "matrices/query/leadf_dn.gctx",
-              "matrices/gutc/ps_sig.gctx", "matrices/gutc/ns_pcl_summary.gctx",
-              "arfs/a/query_result.parquet", "arfs/b/query_result.tsv", "query_info.tsv"):
+    for f in (
+        "matrices/query/cs.gctx",
+        "matrices/query/leadf_dn.gctx",
+        "matrices/gutc/ps_sig.gctx",
+        "matrices/gutc/ns_pcl_summary.gctx",
+        "arfs/a/query_result.parquet",
+        "arfs/b/query_result.tsv",
+        "query_info.tsv",
+    ):
         assert os.path.exists(os.path.join(out, f)), f
     with h5py.File(os.path.join(out, "matrices/query/cs.gctx")) as h:
         # rows (rid) are signatures, columns (cid) queries; on disk (query, sig)
@@ -139,5 +148,7 @@ def test_random_query_fdr_and_lazy_summaries(store):
     np.testing.assert_array_equal(again["fdr_q_nlog10"].values, q)
     assert not np.array_equal(other["fdr_q_nlog10"].values, q)
     assert "random queries" in res.attrs["cmapdask"]["fdr"]
-    np.testing.assert_allclose(summ["ns_pert_summary"].values,
-                               summarize(res.compute(), pcls=PCLS)["ns_pert_summary"].values)
+    np.testing.assert_allclose(
+        summ["ns_pert_summary"].values,
+        summarize(res.compute(), pcls=PCLS)["ns_pert_summary"].values,
+    )

@@ -34,29 +34,113 @@ def _gmt(path, sets):
 def test_cli_index_query_introspect_background(store, tmp_path, capsys):
     url, ds = store
     g = list(ds["gene"].values)
-    assert main(["query", url, "--genes-up", ",".join(g[:5]), "--genes-down",
-                 ",".join(g[5:10]), "--out", str(tmp_path / "x"), "--space", "all",
-                 "--cluster", "none", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "query",
+                url,
+                "--genes-up",
+                ",".join(g[:5]),
+                "--genes-down",
+                ",".join(g[5:10]),
+                "--out",
+                str(tmp_path / "x"),
+                "--space",
+                "all",
+                "--cluster",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "cmapdask index" in capsys.readouterr().err
     assert main(["index", url, "--space", "all", "--cluster", "none", "--quiet"]) == 0
-    assert main(["background", url, "--space", "all", "--reference", "all", "--n-top", "5",
-                 "--cluster", "none", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "background",
+                url,
+                "--space",
+                "all",
+                "--reference",
+                "all",
+                "--n-top",
+                "5",
+                "--cluster",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     up = _gmt(tmp_path / "up.gmt", {"q1_UP": g[:6], "q2_UP": g[10:16]})
     dn = _gmt(tmp_path / "dn.gmt", {"q1_DN": g[20:26] + ["MISSING"], "q2_DN": g[30:36]})
     out = str(tmp_path / "res")
-    assert main(["query", url, "--up", up, "--down", dn, "--out", out, "--space", "all",
-                 "--cluster", "none"]) == 0
+    assert (
+        main(
+            [
+                "query",
+                url,
+                "--up",
+                up,
+                "--down",
+                dn,
+                "--out",
+                out,
+                "--space",
+                "all",
+                "--cluster",
+                "none",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "1 down dropped" in err
     assert os.path.exists(os.path.join(out, "matrices/gutc/ps_pert_summary.gctx"))
     assert os.path.exists(os.path.join(out, "arfs/q2/query_result.parquet"))
-    assert main(["introspect", url, "--space", "all", "--n-top", "5", "--out",
-                 str(tmp_path / "intro"), "--cluster", "none", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "introspect",
+                url,
+                "--space",
+                "all",
+                "--n-top",
+                "5",
+                "--out",
+                str(tmp_path / "intro"),
+                "--cluster",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert os.path.exists(str(tmp_path / "intro" / "ncs.gctx"))
     # bad input is one line and exit code 2
     bad = _gmt(tmp_path / "bad.gmt", {"q1_DN": g[:6]})
-    assert main(["query", url, "--up", up, "--down", bad, "--out", out, "--space", "all",
-                 "--cluster", "none", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "query",
+                url,
+                "--up",
+                up,
+                "--down",
+                bad,
+                "--out",
+                out,
+                "--space",
+                "all",
+                "--cluster",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.cluster
@@ -69,8 +153,13 @@ def test_identical_on_multiprocess_cluster(store, cluster_client):
     g = list(ds["gene"].values)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = query(url, {"a": g[:6], "b": g[3:9]}, {"a": g[20:26], "b": g[30:35]},
-                    space="all", chunk_rows=7)
+        res = query(
+            url,
+            {"a": g[:6], "b": g[3:9]},
+            {"a": g[20:26], "b": g[30:35]},
+            space="all",
+            chunk_rows=7,
+        )
     local = res.compute(scheduler="sync")
     with get_task_stream(cluster_client) as ts:
         remote = res.compute()
@@ -85,8 +174,9 @@ def test_moa_recovered_on_synthetic(tmp_path):
     url = str(tmp_path / "syn.zarr")
     write_store(ds, url)
     build_index(url, space="landmark")
-    strong = np.flatnonzero((ds["pert_type"].values == "trt_cp")
-                            & (ds["pert_idose"].values == "10 uM"))
+    strong = np.flatnonzero(
+        (ds["pert_type"].values == "trt_cp") & (ds["pert_idose"].values == "10 uM")
+    )
     hits = []
     for k in (0, 7, 19):
         i = strong[k]
@@ -94,13 +184,14 @@ def test_moa_recovered_on_synthetic(tmp_path):
         genes = ds["gene"].values
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = query(url, list(genes[order[:50]]), list(genes[order[-50:]]),
-                        space="landmark", tau="none")
+            res = query(
+                url, list(genes[order[:50]]), list(genes[order[-50:]]), space="landmark", tau="none"
+            )
         summ = summarize(res).compute()
         ps = summ["ns_pert_summary"].values[0]
         perts = summ["pert_summary"].values
         truth = synth_truth(design)
-        moa = dict(zip(truth["pert_id"].values, truth["moa"].values))
+        moa = dict(zip(truth["pert_id"].values, truth["moa"].values, strict=False))
         own = ds["pert_id"].values[i]
         ranked = [p for p in perts[np.argsort(-ps)] if p not in (own, "DMSO")]
         top = ranked[:3]

@@ -7,7 +7,6 @@ import pytest
 
 from cmapdask.connectivity.es import combine_wtcs, enrichment_scores
 from cmapdask.connectivity.ranks import rank_descending
-
 from tests._connectivity_helpers import read_gct_matrix, read_gctx, read_set_file
 
 

@@ -8,13 +8,13 @@ import dask
 import numpy as np
 import pytest
 import xarray as xr
-from tests._connectivity_helpers import reference_es
 
 from cmapdask.connectivity.es import combine_wtcs
 from cmapdask.connectivity.index import build_index, open_index, space_genes
 from cmapdask.connectivity.query import query
 from cmapdask.errors import QueryError, StoreError
 from cmapdask.io.store import write_store
+from tests._connectivity_helpers import reference_es
 
 N_SIG, N_GENE = 45, 40
 
@@ -22,8 +22,9 @@ N_SIG, N_GENE = 45, 40
 def make_store(path, seed=0, n_sig=N_SIG, n_gene=N_GENE, null=False):
     rng = np.random.default_rng(seed)
     expr = np.round(rng.normal(size=(n_sig, n_gene)), 1).astype(np.float32)  # ties
-    fs = np.array(["landmark"] * 12 + ["best inferred"] * 18 + ["inferred"] * (n_gene - 30),
-                  dtype=object)
+    fs = np.array(
+        ["landmark"] * 12 + ["best inferred"] * 18 + ["inferred"] * (n_gene - 30), dtype=object
+    )
     rng.shuffle(fs)
     cells = np.array(["MCF7", "A375", "PC3"], dtype=object)[rng.integers(0, 3, n_sig)]
     ptype = np.array(["trt_cp", "trt_sh", "trt_poscon"], dtype=object)[rng.integers(0, 3, n_sig)]
@@ -60,7 +61,7 @@ def _queries(ds, sel, seed=1):
         pick = rng.permutation(genes.size)
         nu, nd = 3 + q, 5 - q
         out_up[f"q{q}"] = list(genes[pick[:nu]])
-        out_dn[f"q{q}"] = list(genes[pick[nu:nu + nd]])
+        out_dn[f"q{q}"] = list(genes[pick[nu : nu + nd]])
     out_up["q0"] = out_up["q0"] + ["NOT_A_GENE"]  # dropped and reported
     return out_up, out_dn
 
@@ -83,9 +84,10 @@ def _reference(ds, sel, up, dn, metric, tail="both"):
 
 
 def _ncs_reference(cs, ds, ref):
-    pt = np.array(["trt_cp" if p in ("trt_poscon", "ctl_vehicle") else p
-                   for p in ds["pert_type"].values])
-    labels = np.array([f"{p}:{c}" for p, c in zip(pt, ds["cell_id"].values)])
+    pt = np.array(
+        ["trt_cp" if p in ("trt_poscon", "ctl_vehicle") else p for p in ds["pert_type"].values]
+    )
+    labels = np.array([f"{p}:{c}" for p, c in zip(pt, ds["cell_id"].values, strict=False)])
     out = np.zeros_like(cs)
     for q in range(cs.shape[0]):
         for g in set(labels):
@@ -126,7 +128,7 @@ def test_one_tailed_and_symbols(store, tail):
     build_index(url, space="all", chunk_rows=16)
     sel = space_genes(ds, "all")
     up, dn = _queries(ds, sel)
-    sym = dict(zip(ds["gene"].values, ds["gene_symbol"].values))
+    sym = dict(zip(ds["gene"].values, ds["gene_symbol"].values, strict=False))
     up_sym = {k: [sym.get(g, g) for g in v] for k, v in up.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -136,9 +138,11 @@ def test_one_tailed_and_symbols(store, tail):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         one = query(url, up, None, space="all")
-    np.testing.assert_allclose(one["cs"].values, res["cs_up"].values if tail == "up"
-                               else _reference(ds, sel, up, dn, "wtcs", tail="up")[0],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        one["cs"].values,
+        res["cs_up"].values if tail == "up" else _reference(ds, sel, up, dn, "wtcs", tail="up")[0],
+        atol=1e-6,
+    )
 
 
 def test_query_is_lazy(store):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from tests._connectivity_helpers import read_gctx, reference_es
 from scipy.stats import false_discovery_control
 
 from cmapdask.connectivity.es import combine_wtcs, enrichment_scores
@@ -15,6 +14,7 @@ from cmapdask.connectivity.ranks import rank_descending, rank_signatures
 from cmapdask.connectivity.summaries import aggregate_maxq, maxq
 from cmapdask.connectivity.tau import GRID, background_table, tau_binned, tau_exact
 from cmapdask.errors import InputError
+from tests._connectivity_helpers import read_gctx, reference_es
 
 CHUNKS = [(7, 7, 6), (5, 1, 14), (20,)]
 
@@ -110,8 +110,7 @@ def test_ncs_fallback_rules():
     # groups: trt_cp:A (ref), trt_cp:B (no ref -> same pert_type), trt_sh:A (no ref, only
     # sh group -> same cell A), trt_xx:C (nothing shared -> all groups)
     w = np.array([[0.5, 0.3, -0.2, 0.4, 0.1, -0.6, 0.2, 0.9, 0.3]])
-    pt = ["trt_cp", "trt_cp", "trt_cp", "trt_cp", "trt_sh", "trt_sh", "trt_xx", "trt_oe",
-          "trt_oe"]
+    pt = ["trt_cp", "trt_cp", "trt_cp", "trt_cp", "trt_sh", "trt_sh", "trt_xx", "trt_oe", "trt_oe"]
     cell = ["A", "A", "A", "B", "A", "A", "C", "D", "D"]
     ref = np.array([1, 1, 1, 0, 0, 0, 0, 1, 1], bool)
     labels = group_labels(pt, cell)
@@ -198,12 +197,24 @@ def test_tau_binned_and_exact(chunks):
     ncs = rng.normal(scale=2, size=(3, 20))
     ncs[0, 0] = 5.0
     tables = np.stack([background_table(ref[:, j]) for j in range(20)])
-    expected = np.array([[np.interp(np.clip(ncs[q, j], -4, 4), GRID, tables[j])
-                          for j in range(20)] for q in range(3)])
+    expected = np.array(
+        [
+            [np.interp(np.clip(ncs[q, j], -4, 4), GRID, tables[j]) for j in range(20)]
+            for q in range(3)
+        ]
+    )
     np.testing.assert_allclose(tau_binned(ncs, tables), expected, atol=1e-9)
-    exact = np.array([[np.sign(ncs[q, j]) * 100 * np.mean(
-        np.abs(ref[~np.isnan(ref[:, j]), j]) < abs(ncs[q, j])) for j in range(20)]
-        for q in range(3)])
+    exact = np.array(
+        [
+            [
+                np.sign(ncs[q, j])
+                * 100
+                * np.mean(np.abs(ref[~np.isnan(ref[:, j]), j]) < abs(ncs[q, j]))
+                for j in range(20)
+            ]
+            for q in range(3)
+        ]
+    )
     np.testing.assert_allclose(tau_exact(ncs, ref), exact, atol=1e-12)
     nd = da.from_array(ncs, chunks=((3,), chunks))
     np.testing.assert_allclose(tau_binned(nd, tables).compute(), expected, atol=1e-9)
@@ -225,7 +236,7 @@ def test_fdr_null_properties():
         o = np.argsort(np.abs(x[m]))
         assert np.all(np.diff(q[m][o]) <= 1e-12)  # monotone in |NCS|
     assert q[np.argmax(x)] == 0.0  # the ramp reaches 0 at the most extreme score
-    assert np.median(q[obs.size - 20:obs.size]) < 0.5 * np.median(q[:300])
+    assert np.median(q[obs.size - 20 : obs.size]) < 0.5 * np.median(q[:300])
     # a tail with too few nulls gets q = 1
     assert np.all(fdr_null(np.array([1.0, 2.0, 3.0, -1.0]), np.array([0, 0, 0, 1], bool)) == 1)
 
@@ -254,8 +265,14 @@ def test_gene_major_kernel_equals_signature_major(metric):
     sets = [np.arange(0, 12), np.arange(12, 40), np.array([41, 7, 55]), np.arange(40, 60)]
     r, s = ranks[:, union], x[:, union]
     want = es_of_sets(r, s, sets, n_genes, metric=metric)
-    got = es_of_sets(np.ascontiguousarray(r.T), np.ascontiguousarray(s.T), sets, n_genes,
-                     metric=metric, layout="gene")
-    for a, b in zip(want, got):
+    got = es_of_sets(
+        np.ascontiguousarray(r.T),
+        np.ascontiguousarray(s.T),
+        sets,
+        n_genes,
+        metric=metric,
+        layout="gene",
+    )
+    for a, b in zip(want, got, strict=False):
         np.testing.assert_array_equal(a, b)
     assert np.abs(want[0]).max() > 0

@@ -10,9 +10,21 @@ import sys
 def test_demo_runs_and_finds_the_planted_moa(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "cmapdask", "demo", "--out", str(out), "--n-sigs", "3000",
-         "--cluster", "none"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "cmapdask",
+            "demo",
+            "--out",
+            str(out),
+            "--n-sigs",
+            "3000",
+            "--cluster",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout + proc.stderr  # progress and results go to stderr
@@ -20,10 +32,17 @@ def test_demo_runs_and_finds_the_planted_moa(tmp_path):
     assert hits >= 6, text  # chance is about 3/10 (4 MoAs)
     share = re.search(r"neighbours sharing the signature's MoA: (\d+)% \(chance (\d+)%\)", text)
     assert int(share.group(1)) > 2 * int(share.group(2)), text
-    for path in ("store.zarr/index/landmark", "store.zarr/background/landmark",
-                 "store.zarr/similarity/pearson_landmark", "query/matrices/query/cs.gctx"):
+    for path in (
+        "store.zarr/index/landmark",
+        "store.zarr/background/landmark",
+        "store.zarr/similarity/pearson_landmark",
+        "query/matrices/query/cs.gctx",
+    ):
         assert (out / path).exists(), path
     # a second run refuses to replace the folder without --force
-    again = subprocess.run([sys.executable, "-m", "cmapdask", "demo", "--out", str(out)],
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "cmapdask", "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 2 and "already exists" in again.stderr

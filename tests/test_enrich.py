@@ -87,7 +87,9 @@ def test_ks_statistics_match_the_walk():
             pos = np.array([np.sort(rng.choice(n, g, replace=False)) for _ in range(30)])
             w = rng.random((30, g)) if weighted else None
             top, bot = ks_statistics(pos, n, g, w)
-            ref = np.array([_ref_walk_stats(pos[i], n, None if w is None else w[i]) for i in range(30)])
+            ref = np.array(
+                [_ref_walk_stats(pos[i], n, None if w is None else w[i]) for i in range(30)]
+            )
             np.testing.assert_allclose(top, ref[:, 0], atol=1e-12)
             np.testing.assert_allclose(bot, ref[:, 1], atol=1e-12)
     # flat, several set sizes at once
@@ -96,7 +98,7 @@ def test_ks_statistics_match_the_walk():
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     top, bot = ks_statistics(flat, 40, sizes, None, starts)
     for i, s in enumerate(sizes):
-        rt, rb = _ref_walk_stats(flat[starts[i]:starts[i] + s], 40)
+        rt, rb = _ref_walk_stats(flat[starts[i] : starts[i] + s], 40)
         assert top[i] == pytest.approx(rt) and bot[i] == pytest.approx(rb)
 
 
@@ -109,12 +111,17 @@ def test_signed_es_agrees_with_connectivity_kernel():
     ranks[np.argsort(-s, kind="stable")] = np.arange(1, n + 1)
     members = rng.choice(n, 15, replace=False)
     for metric, weight in (("cs", "unweighted"), ("wtcs", "weighted")):
-        es_ref, _ = es_mod.es_of_members(ranks[None, :], s[None, :].astype(np.float32), members, n,
-                                         metric=metric)
-        da_ = xr.DataArray(s[None, :], dims=("query", "item"),
-                           coords={"query": ["q"], "item": [f"i{j}" for j in range(n)]})
-        res = enrich_ranked(da_, {"S": [f"i{j}" for j in members]}, weight=weight,
-                            exclude="none", permutations=10).compute()
+        es_ref, _ = es_mod.es_of_members(
+            ranks[None, :], s[None, :].astype(np.float32), members, n, metric=metric
+        )
+        da_ = xr.DataArray(
+            s[None, :],
+            dims=("query", "item"),
+            coords={"query": ["q"], "item": [f"i{j}" for j in range(n)]},
+        )
+        res = enrich_ranked(
+            da_, {"S": [f"i{j}" for j in members]}, weight=weight, exclude="none", permutations=10
+        ).compute()
         assert float(res["es"].values[0, 0]) == pytest.approx(float(es_ref[0]), abs=1e-6)
 
 
@@ -125,8 +132,12 @@ def _lists(n_lists=12, n_items=60, seed=0):
     x[1, :10] = x[1, 10:20]  # ties: broken by item order
     items = np.array([f"i{j:02d}" for j in range(n_items)], dtype=object)
     perts = np.array([f"p{j % 25:02d}" for j in range(n_items)], dtype=object)  # 2-3 sigs each
-    sets = {"A": ["p00", "p01", "p02", "p03"], "B": ["p04", "p10", "p11"],
-            "C": ["p20", "p21", "p22", "p23", "p24", "p05"], "D": ["zz"]}
+    sets = {
+        "A": ["p00", "p01", "p02", "p03"],
+        "B": ["p04", "p10", "p11"],
+        "C": ["p20", "p21", "p22", "p23", "p24", "p05"],
+        "D": ["zz"],
+    }
     lists = np.array([f"p{j:02d}" for j in range(n_lists)], dtype=object)
     return x, items, perts, sets, lists
 
@@ -134,10 +145,14 @@ def _lists(n_lists=12, n_items=60, seed=0):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_enrich_ranked_matches_direct_reference_over_chunk_layouts(layout):
     x, items, perts, sets, lists = _lists()
-    arr = xr.DataArray(da.from_array(x, chunks=(layout, 60)), dims=("query", "sig"),
-                       coords={"query": lists, "sig": items, "pert_id": ("sig", perts)})
-    res = enrich_ranked(arr, sets, item_field="pert_id", n_top=8, permutations=200,
-                        exclude="self", null="items").compute()
+    arr = xr.DataArray(
+        da.from_array(x, chunks=(layout, 60)),
+        dims=("query", "sig"),
+        coords={"query": lists, "sig": items, "pert_id": ("sig", perts)},
+    )
+    res = enrich_ranked(
+        arr, sets, item_field="pert_id", n_top=8, permutations=200, exclude="self", null="items"
+    ).compute()
     for r in range(x.shape[0]):
         ref = _ref_list(x[r], perts, sets, 8, self_label=lists[r])
         for s, name in enumerate(res["set"].values):
@@ -153,14 +168,16 @@ def test_enrich_ranked_matches_direct_reference_over_chunk_layouts(layout):
         q = bh(res["p_ks_top"].values[r])
         np.testing.assert_allclose(res["q_ks_top"].values[r], q, equal_nan=True)
     # serial (one chunk, numpy input) equals parallel
-    serial = enrich_ranked(arr.compute(), sets, item_field="pert_id", n_top=8,
-                           permutations=200, null="items").compute()
+    serial = enrich_ranked(
+        arr.compute(), sets, item_field="pert_id", n_top=8, permutations=200, null="items"
+    ).compute()
     xr.testing.assert_identical(serial.drop_attrs(), res.drop_attrs())
     # the group null (several items per pert_id): serial equals parallel too
     grp = enrich_ranked(arr, sets, item_field="pert_id", n_top=8, permutations=200).compute()
     assert grp.attrs["cmapdask"]["null"] == "groups"
-    serial = enrich_ranked(arr.compute(), sets, item_field="pert_id", n_top=8,
-                           permutations=200).compute()
+    serial = enrich_ranked(
+        arr.compute(), sets, item_field="pert_id", n_top=8, permutations=200
+    ).compute()
     xr.testing.assert_identical(serial.drop_attrs(), grp.drop_attrs())
     for f in ("es_top", "es_bottom", "k_top", "k_bottom", "n_hits"):  # statistics do not change
         xr.testing.assert_identical(grp[f], res[f])
@@ -173,10 +190,14 @@ def test_group_null_is_a_permutation_of_whole_labels():
 
     x, items, perts, sets, lists = _lists()
     r, b, n_top = 3, 300, 8
-    arr = xr.DataArray(x[r:r + 1], dims=("query", "sig"),
-                       coords={"query": lists[r:r + 1], "sig": items, "pert_id": ("sig", perts)})
-    res = enrich_ranked(arr, sets, item_field="pert_id", n_top=n_top, permutations=b,
-                        seed=9).compute()
+    arr = xr.DataArray(
+        x[r : r + 1],
+        dims=("query", "sig"),
+        coords={"query": lists[r : r + 1], "sig": items, "pert_id": ("sig", perts)},
+    )
+    res = enrich_ranked(
+        arr, sets, item_field="pert_id", n_top=n_top, permutations=b, seed=9
+    ).compute()
     s = x[r]
     keep = np.flatnonzero(np.isfinite(s) & (perts != lists[r]))
     order = keep[np.argsort(-s[keep], kind="stable")]
@@ -199,7 +220,9 @@ def test_group_null_is_a_permutation_of_whole_labels():
         want = (1 + (np.array(null_top) >= obs - 1e-12).sum()) / (1 + b)
         assert float(res["p_ks_top"].values[0, si]) == pytest.approx(want), name
         k = int(res["k_top"].values[0, si])
-        assert float(res["p_fisher_top"].values[0, si]) == pytest.approx((1 + (np.array(null_k) >= k).sum()) / (1 + b))
+        assert float(res["p_fisher_top"].values[0, si]) == pytest.approx(
+            (1 + (np.array(null_k) >= k).sum()) / (1 + b)
+        )
 
 
 def test_permutation_pvalue_is_the_rank_of_the_statistic_in_its_null():
@@ -224,8 +247,11 @@ def test_permutation_pvalue_is_the_rank_of_the_statistic_in_its_null():
 
 def test_enrich_ranked_is_lazy():
     x, items, perts, sets, lists = _lists()
-    arr = xr.DataArray(da.from_array(x, chunks=(5, 60)), dims=("query", "sig"),
-                       coords={"query": lists, "sig": items, "pert_id": ("sig", perts)})
+    arr = xr.DataArray(
+        da.from_array(x, chunks=(5, 60)),
+        dims=("query", "sig"),
+        coords={"query": lists, "sig": items, "pert_id": ("sig", perts)},
+    )
     with dask.config.set(scheduler=_NoCompute()):
         res = enrich_ranked(arr, sets, item_field="pert_id")
     assert isinstance(res["es"].data, da.Array)
@@ -237,10 +263,14 @@ def test_calibration_shuffled_annotations_give_uniform_pvalues():
     n_lists, n_items = 400, 300
     x = rng.standard_normal((n_lists, n_items))
     items = np.array([f"i{j}" for j in range(n_items)], dtype=object)
-    sets = shuffle_sets({f"S{k}": [str(i) for i in range(6 + 3 * k)] for k in range(10)},
-                        items, seed=2)
-    arr = xr.DataArray(da.from_array(x, chunks=(100, -1)), dims=("l", "i"),
-                       coords={"l": np.arange(n_lists), "i": items})
+    sets = shuffle_sets(
+        {f"S{k}": [str(i) for i in range(6 + 3 * k)] for k in range(10)}, items, seed=2
+    )
+    arr = xr.DataArray(
+        da.from_array(x, chunks=(100, -1)),
+        dims=("l", "i"),
+        coords={"l": np.arange(n_lists), "i": items},
+    )
     res = enrich_ranked(arr, sets, permutations=1000, n_top=30, exclude="none", seed=4).compute()
     m = n_lists * len(sets)
     tol = 4 * np.sqrt(0.05 * 0.95 / m)  # about 0.014
@@ -259,10 +289,16 @@ def test_weighted_permutations_do_not_depend_on_chunks():
     x, items, perts, sets, lists = _lists()
     outs = []
     for layout in LAYOUTS:
-        arr = xr.DataArray(da.from_array(x, chunks=(layout, 60)), dims=("query", "sig"),
-                           coords={"query": lists, "sig": items, "pert_id": ("sig", perts)})
-        outs.append(enrich_ranked(arr, sets, item_field="pert_id", weight="weighted",
-                                  permutations=100).compute())
+        arr = xr.DataArray(
+            da.from_array(x, chunks=(layout, 60)),
+            dims=("query", "sig"),
+            coords={"query": lists, "sig": items, "pert_id": ("sig", perts)},
+        )
+        outs.append(
+            enrich_ranked(
+                arr, sets, item_field="pert_id", weight="weighted", permutations=100
+            ).compute()
+        )
     for o in outs[1:]:
         xr.testing.assert_identical(o.drop_attrs(), outs[0].drop_attrs())
 
@@ -292,8 +328,11 @@ def test_cluster_enrichment_matches_fisher_exact():
     n = 120
     perts = np.array([f"p{i % 40}" for i in range(n)], dtype=object)
     clusters = rng.integers(0, 4, n)
-    sets = {"A": [f"p{i}" for i in range(0, 12)], "B": [f"p{i}" for i in range(10, 30)],
-            "C": ["p39"]}
+    sets = {
+        "A": [f"p{i}" for i in range(0, 12)],
+        "B": [f"p{i}" for i in range(10, 30)],
+        "C": ["p39"],
+    }
     clusters[np.isin(perts, sets["A"])] = 0  # cluster 0 holds every item of A
     df = cluster_enrichment(clusters, perts, sets, background="all")
     for row in df.itertuples():
@@ -302,7 +341,9 @@ def test_cluster_enrichment_matches_fisher_exact():
         a = int((inc & ins).sum())
         table = [[a, int((inc & ~ins).sum())], [int((~inc & ins).sum()), int((~inc & ~ins).sum())]]
         assert row.k == a
-        assert row.p == pytest.approx(scipy.stats.fisher_exact(table, alternative="greater")[1], rel=1e-9)
+        assert row.p == pytest.approx(
+            scipy.stats.fisher_exact(table, alternative="greater")[1], rel=1e-9
+        )
     assert df.loc[(df.cluster == 0) & (df.set == "A"), "q"].iloc[0] < 0.05
     ann = cluster_enrichment(clusters, perts, sets)  # annotated background: fewer items
     assert ann["n_background"].iloc[0] == np.isin(perts, sum(sets.values(), [])).sum()
@@ -325,8 +366,10 @@ def _recall_inputs(n=90, k=None, seed=0, chunks=(30,)):
         if moa[i] is not None:
             x[i] += u[int(moa[i][1])]
     x[7] = np.nan  # invalid: no neighbours, nobody's neighbour
-    ds = xr.Dataset({"expr": (("sig", "gene"), x.astype(np.float32))},
-                    coords={"sig": [f"s{i}" for i in range(n)], "gene": [f"g{j}" for j in range(50)]})
+    ds = xr.Dataset(
+        {"expr": (("sig", "gene"), x.astype(np.float32))},
+        coords={"sig": [f"s{i}" for i in range(n)], "gene": [f"g{j}" for j in range(50)]},
+    )
     return ds, moa, cells
 
 
@@ -340,7 +383,7 @@ def _exact_auroc(ds, moa, cells):
     ok = np.isfinite(np.diag(m)) & np.array([v is not None for v in moa])
     sets = [set(v.split("|")) if v else set() for v in moa]
     i, j = np.nonzero(~np.eye(n, dtype=bool) & ok[:, None] & ok[None, :])
-    y = np.array([bool(sets[a] & sets[b]) for a, b in zip(i, j)])
+    y = np.array([bool(sets[a] & sets[b]) for a, b in zip(i, j, strict=False)])
     out = {"all": roc_auc_score(y, m[i, j])}
     for c in np.unique(cells):
         sel = (cells[i] == c) & (cells[j] == c)
@@ -355,12 +398,20 @@ def test_moa_recall_exact_with_complete_lists(chunks):
     ds, moa, cells = _recall_inputs()
     ref = _exact_auroc(ds, moa, cells)
     nb = similarity(ds, k=50, space="all")  # 2k covers all 88 candidates
-    nb = nb.assign({v: nb[v].chunk({"sig": chunks})
-                    for v in ("top_index", "top_score", "bottom_index", "bottom_score")})
+    nb = nb.assign(
+        {
+            v: nb[v].chunk({"sig": chunks})
+            for v in ("top_index", "top_score", "bottom_index", "bottom_score")
+        }
+    )
     res = moa_recall(nb, moa, cells=cells, bins=20000).compute()
     for g, want in ref.items():
         got = res.sel(group=g)
-        assert abs(float(got["auroc"]) - want) <= float(got["auroc_bin_error"]) + 1e-9, (g, float(got["auroc"]), want)
+        assert abs(float(got["auroc"]) - want) <= float(got["auroc_bin_error"]) + 1e-9, (
+            g,
+            float(got["auroc"]),
+            want,
+        )
         assert float(got["auroc_min"]) - 1e-9 <= want <= float(got["auroc_max"]) + 1e-9
     assert res["n_pos"].sel(group="all") > 0
 
@@ -404,25 +455,38 @@ def test_moa_recall_bad_input():
 
 def test_annotation_readers(tmp_path):
     ci = tmp_path / "compoundinfo.txt"
-    ci.write_text("pert_id\tcmap_name\ttarget\tmoa\n"
-                  "BRD-1\ta\tHDAC1|HDAC2\tHDAC inhibitor\n"
-                  "BRD-1\ta\tHDAC3\tHDAC inhibitor\n"
-                  "BRD-2\tb\tMTOR\tMTOR inhibitor|PI3K inhibitor\n"
-                  "BRD-3\tc\t-666\t-666\n")
-    assert read_annotations(ci) == {"HDAC inhibitor": ["BRD-1"], "MTOR inhibitor": ["BRD-2"],
-                                    "PI3K inhibitor": ["BRD-2"]}
+    ci.write_text(
+        "pert_id\tcmap_name\ttarget\tmoa\n"
+        "BRD-1\ta\tHDAC1|HDAC2\tHDAC inhibitor\n"
+        "BRD-1\ta\tHDAC3\tHDAC inhibitor\n"
+        "BRD-2\tb\tMTOR\tMTOR inhibitor|PI3K inhibitor\n"
+        "BRD-3\tc\t-666\t-666\n"
+    )
+    assert read_annotations(ci) == {
+        "HDAC inhibitor": ["BRD-1"],
+        "MTOR inhibitor": ["BRD-2"],
+        "PI3K inhibitor": ["BRD-2"],
+    }
     assert read_annotations(ci, field="target")["HDAC3"] == ["BRD-1"]
     hub = tmp_path / "repurposing_drugs.txt"
-    hub.write_text("!Drug Repurposing Hub\n!version 3/24/2020\n"
-                   "pert_iname\tclinical_phase\tmoa\ttarget\n"
-                   "vorinostat\tLaunched\tHDAC inhibitor\tHDAC1|HDAC2\n"
-                   "sirolimus\tLaunched\tMTOR inhibitor\tMTOR\n")
-    assert read_annotations(hub, format="repurposing") == {"HDAC inhibitor": ["vorinostat"],
-                                                           "MTOR inhibitor": ["sirolimus"]}
+    hub.write_text(
+        "!Drug Repurposing Hub\n!version 3/24/2020\n"
+        "pert_iname\tclinical_phase\tmoa\ttarget\n"
+        "vorinostat\tLaunched\tHDAC inhibitor\tHDAC1|HDAC2\n"
+        "sirolimus\tLaunched\tMTOR inhibitor\tMTOR\n"
+    )
+    assert read_annotations(hub, format="repurposing") == {
+        "HDAC inhibitor": ["vorinostat"],
+        "MTOR inhibitor": ["sirolimus"],
+    }
     gmt = tmp_path / "pcl.gmt"
     gmt.write_text("CP_HDAC\tHDAC inhibitor\tBRD-1\tBRD-9\n")
     assert read_annotations(gmt) == {"CP_HDAC": ["BRD-1", "BRD-9"]}
-    assert labels_from_sets({"X": ["a"], "Y": ["a", "b"]}, ["a", "b", "c"]).tolist() == ["X|Y", "Y", None]
+    assert labels_from_sets({"X": ["a"], "Y": ["a", "b"]}, ["a", "b", "c"]).tolist() == [
+        "X|Y",
+        "Y",
+        None,
+    ]
     names, it, st = membership({"X": ["a"], "Y": ["a", "b"]}, ["b", "a", None, "a"])
     assert names == ["X", "Y"] and it.tolist() == [0, 1, 1, 3, 3] and st.tolist() == [1, 0, 1, 0, 1]
     with pytest.raises(MetadataError, match="no id column"):
@@ -452,15 +516,15 @@ def test_enrichment_finds_each_planted_moa_for_its_members(planted):
     m = ps["pert_summary"].chunk({"pert": 20})
     res = enrich_ranked(m, sets, n_top=10, permutations=1000)
     tab = enrichment_table(res)
-    truth = dict(zip(*sy.synth_compoundinfo(design)[["pert_id", "moa"]].T.values))
-    own = tab[[truth[lst] == s for lst, s in zip(tab["list"], tab["set"])]]
+    truth = dict(zip(*sy.synth_compoundinfo(design)[["pert_id", "moa"]].T.values, strict=False))
+    own = tab[[truth[lst] == s for lst, s in zip(tab["list"], tab["set"], strict=False)]]
     assert len(own) == len(ps["pert"])  # every compound's own MoA was tested
     assert (own["q_ks_top"] < 0.05).all()  # KS: 75 of 75 at FDR < 0.05
     assert (own["q_fisher_top"] < 0.05).all()
     assert (own["es_top"] > 0.8).mean() > 0.9
     # and it is the most enriched set at the top of every compound's list
     best = tab.sort_values(["list", "es_top"], ascending=[True, False]).groupby("list").head(1)
-    assert all(truth[lst] == s for lst, s in zip(best["list"], best["set"]))
+    assert all(truth[lst] == s for lst, s in zip(best["list"], best["set"], strict=False))
 
 
 def test_moa_recall_on_planted_classes(planted):
@@ -505,35 +569,141 @@ def test_cli_cluster_enrich_recall_and_plots(planted, tmp_path, capsys):
     ann = tmp_path / "compoundinfo.txt"
     sy.synth_compoundinfo(design).fillna("-666").to_csv(ann, sep="\t", index=False)
     common = ["--annotations", str(ann), "--cluster", "none", "--quiet"]
-    assert main(["cluster", url, "--method", "hierarchical", "--k", "8", "--matrix",
-                 "similarity/pearson_landmark_pert", "--name", "h8", "--heatmap",
-                 str(tmp_path / "h.png"), *common]) == 0
+    assert (
+        main(
+            [
+                "cluster",
+                url,
+                "--method",
+                "hierarchical",
+                "--k",
+                "8",
+                "--matrix",
+                "similarity/pearson_landmark_pert",
+                "--name",
+                "h8",
+                "--heatmap",
+                str(tmp_path / "h.png"),
+                *common,
+            ]
+        )
+        == 0
+    )
     q = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert q["adjusted_rand"] > 0.9
     assert (tmp_path / "h.png").stat().st_size > 1000
     # signature clusterings: k-means and the kNN graph (Leiden where installed)
-    assert main(["cluster", url, "--method", "kmeans", "--k", "8", "--components", "20",
-                 "--name", "km8", "--table", str(tmp_path / "km8.tsv"), *common]) == 0
+    assert (
+        main(
+            [
+                "cluster",
+                url,
+                "--method",
+                "kmeans",
+                "--k",
+                "8",
+                "--components",
+                "20",
+                "--name",
+                "km8",
+                "--table",
+                str(tmp_path / "km8.tsv"),
+                *common,
+            ]
+        )
+        == 0
+    )
     q = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert q["adjusted_rand"] > 0.8  # measured 1.0
     assert len(pd.read_csv(tmp_path / "km8.tsv", sep="\t")) == 300
-    assert main(["cluster", url, "--method", "graph", "--neighbours", "similarity/pearson_landmark",
-                 "--name", "g", *common]) == 0
+    assert (
+        main(
+            [
+                "cluster",
+                url,
+                "--method",
+                "graph",
+                "--neighbours",
+                "similarity/pearson_landmark",
+                "--name",
+                "g",
+                *common,
+            ]
+        )
+        == 0
+    )
     q = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert q["adjusted_rand"] > 0.8  # measured 1.0 (Leiden)
-    assert main(["cluster", url, "--method", "graph", "--name", "x", "--heatmap",
-                 str(tmp_path / "x.png"), *common]) == 2
+    assert (
+        main(
+            [
+                "cluster",
+                url,
+                "--method",
+                "graph",
+                "--name",
+                "x",
+                "--heatmap",
+                str(tmp_path / "x.png"),
+                *common,
+            ]
+        )
+        == 2
+    )
     assert "--heatmap" in capsys.readouterr().err
-    assert main(["recall", url, "--out", str(tmp_path / "r.tsv"), "--roc", str(tmp_path / "roc.svg"),
-                 *common]) == 0
+    assert (
+        main(
+            [
+                "recall",
+                url,
+                "--out",
+                str(tmp_path / "r.tsv"),
+                "--roc",
+                str(tmp_path / "roc.svg"),
+                *common,
+            ]
+        )
+        == 0
+    )
     rec = pd.read_csv(tmp_path / "r.tsv", sep="\t")
     assert (rec["auroc"] > 0.9).all() and (tmp_path / "roc.svg").read_text().startswith("<?xml")
-    assert main(["enrich", url, "--member", "similarity/pearson_landmark_pert", "--n-top", "10",
-                 "--permutations", "200", "--out", str(tmp_path / "e.tsv"), *common]) == 0
+    assert (
+        main(
+            [
+                "enrich",
+                url,
+                "--member",
+                "similarity/pearson_landmark_pert",
+                "--n-top",
+                "10",
+                "--permutations",
+                "200",
+                "--out",
+                str(tmp_path / "e.tsv"),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert len(pd.read_csv(tmp_path / "e.tsv", sep="\t")) > 0
-    assert main(["enrich", url, "--clusters", "clusters/h8", "--member",
-                 "similarity/pearson_landmark_pert", "--pcl-gmt", str(tmp_path / "c.gmt"),
-                 "--out", str(tmp_path / "c.tsv"), *common]) == 0
+    assert (
+        main(
+            [
+                "enrich",
+                url,
+                "--clusters",
+                "clusters/h8",
+                "--member",
+                "similarity/pearson_landmark_pert",
+                "--pcl-gmt",
+                str(tmp_path / "c.gmt"),
+                "--out",
+                str(tmp_path / "c.tsv"),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert len(read_gmt(tmp_path / "c.gmt")) >= 6
     # bad input: one line, exit code 2
     assert main(["cluster", url, "--method", "kmeans", "--name", "x", *common]) == 2
@@ -588,7 +758,7 @@ def query_result(tmp_path_factory):
 
 
 def _own_moa_rows(tab, truth):
-    return tab[[truth[lst] == s for lst, s in zip(tab["list"], tab["set"])]]
+    return tab[[truth[lst] == s for lst, s in zip(tab["list"], tab["set"], strict=False)]]
 
 
 def test_query_result_by_tau_finds_each_members_moa(query_result):
@@ -605,17 +775,20 @@ def test_query_result_by_tau_finds_each_members_moa(query_result):
         others = set(sets[row.set]) - {row.list}
         assert row.n_hits == np.isin(perts, list(others)).sum()
     best = tab.sort_values(["list", "es_top"], ascending=[True, False]).groupby("list").head(1)
-    assert all(truth[lst] == s for lst, s in zip(best["list"], best["set"]))
+    assert all(truth[lst] == s for lst, s in zip(best["list"], best["set"], strict=False))
     # the same lists read back from the result folder give the same enrichment
     from cmapdask.enrich import read_ranked_lists
 
     lists = read_ranked_lists(folder)
     assert lists.dims == ("query", "sig") and "pert_id" in lists.coords
     np.testing.assert_allclose(lists.values, res["ps"].values, rtol=1e-6)
-    again = enrich_ranked(lists.chunk({"query": 5}), sets, item_field="pert_id", n_top=50,
-                          permutations=1000).compute()
-    xr.testing.assert_allclose(again[["es_top", "p_ks_top", "q_ks_top", "q_fisher_top"]].drop_attrs(),
-                               er[["es_top", "p_ks_top", "q_ks_top", "q_fisher_top"]].compute().drop_attrs())
+    again = enrich_ranked(
+        lists.chunk({"query": 5}), sets, item_field="pert_id", n_top=50, permutations=1000
+    ).compute()
+    xr.testing.assert_allclose(
+        again[["es_top", "p_ks_top", "q_ks_top", "q_fisher_top"]].drop_attrs(),
+        er[["es_top", "p_ks_top", "q_ks_top", "q_fisher_top"]].compute().drop_attrs(),
+    )
     with pytest.raises(InputError, match="unknown result variable"):
         read_ranked_lists(folder, variable="nope")
     with pytest.raises(InputError, match="has no gutc/ps_pert_summary"):
@@ -629,21 +802,68 @@ def test_cli_enrich_accepts_a_query_result(query_result, tmp_path, capsys):
     ann = tmp_path / "compoundinfo.txt"
     sy.synth_compoundinfo(design).fillna("-666").to_csv(ann, sep="\t", index=False)
     out = tmp_path / "enrich.tsv"
-    assert main(["enrich", folder, "--annotations", str(ann), "--n-top", "50", "--out", str(out),
-                 "--running-sum", str(tmp_path / "rs.svg"), "--cluster", "none", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "enrich",
+                folder,
+                "--annotations",
+                str(ann),
+                "--n-top",
+                "50",
+                "--out",
+                str(out),
+                "--running-sum",
+                str(tmp_path / "rs.svg"),
+                "--cluster",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     tab = pd.read_csv(out, sep="\t")
     own = _own_moa_rows(tab, truth)
     assert len(own) == 16 and (own["q_ks_top"] < 0.05).all()
     assert (tmp_path / "rs.svg").read_text().startswith("<?xml")
     # one GCTx of the folder works as well; a missing folder is one line, exit code 2
-    assert main(["enrich", os.path.join(folder, "matrices", "gutc", "ns_sig.gctx"),
-                 "--annotations", str(ann), "--out", str(tmp_path / "ns.tsv"), "--max-q", "0.05",
-                 "--cluster", "none", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "enrich",
+                os.path.join(folder, "matrices", "gutc", "ns_sig.gctx"),
+                "--annotations",
+                str(ann),
+                "--out",
+                str(tmp_path / "ns.tsv"),
+                "--max-q",
+                "0.05",
+                "--cluster",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     ns = pd.read_csv(tmp_path / "ns.tsv", sep="\t")
     assert set(_own_moa_rows(ns, truth)["list"]) == set(truth)
     capsys.readouterr()
-    assert main(["enrich", str(tmp_path / "missing"), "--annotations", str(ann), "--out",
-                 str(tmp_path / "x.tsv"), "--cluster", "none", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "enrich",
+                str(tmp_path / "missing"),
+                "--annotations",
+                str(ann),
+                "--out",
+                str(tmp_path / "x.tsv"),
+                "--cluster",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "not a query result folder" in capsys.readouterr().err
 
 
@@ -658,8 +878,9 @@ def test_calibration_shuffled_annotations_on_a_query_result(query_result):
     n_shuffles = 40
     for k in range(n_shuffles):
         sh = shuffle_sets(sets, perts, seed=100 + k)
-        r = enrich_ranked(lists, sh, item_field="pert_id", n_top=50, permutations=200,
-                          seed=k).compute()
+        r = enrich_ranked(
+            lists, sh, item_field="pert_id", n_top=50, permutations=200, seed=k
+        ).compute()
         assert r.attrs["cmapdask"]["null"] == "groups"
         for f in fr:
             fr[f].append(r[f].values.ravel())

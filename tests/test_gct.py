@@ -21,8 +21,8 @@ from cmapdask.errors import CmapdaskError, GCTFormatError, InputError
 from cmapdask.io.gct import read_gct, write_gct
 
 FIXTURE_GCTS = sorted(
-    str(p.relative_to(Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
-    for p in (Path(__file__).resolve().parents[2] / "shared" / "fixtures").rglob("*.gct")
+    str(p.relative_to(Path(__file__).resolve().parent / "data"))
+    for p in (Path(__file__).resolve().parent / "data").rglob("*.gct")
 )
 
 
@@ -151,7 +151,12 @@ def test_metadata_types_and_name_collision(fixtures):
     assert ds.count_cv.values[0] == "14|15|14"
     assert all(_missing(v) for v in ds.mfc_plate_id.values.tolist())  # all -666
     assert ds.expr.sel(sig="LJP007_MCF7_24H:TRT_CP:BRD-K64857848:10").values.tolist() == [
-        6.0, 4.300000190734863, 9.758319854736328, 4.788599967956543, -4.788599967956543, -6.0,
+        6.0,
+        4.300000190734863,
+        9.758319854736328,
+        4.788599967956543,
+        -4.788599967956543,
+        -6.0,
     ]
 
 
@@ -183,7 +188,7 @@ _TEXT_ROUNDING = {"mini_gctoo_for_testing_nometa.gct": 0.5e-4 + 1e-6}
 
 
 def _gct_gctx_pairs():
-    root = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+    root = Path(__file__).resolve().parent / "data"
     return [n for n in FIXTURE_GCTS if (root / n).with_suffix(".gctx").exists()]
 
 
@@ -293,8 +298,10 @@ def test_dataarray_and_dask_input_write_the_same_bytes(fixtures, tmp_path, monke
         ds.expr.values, dims=("sig", "gene"), coords={"sig": ds.sig, "gene": ds.gene}
     )
     write_gct(bare, tmp_path / "bare.gct")
-    assert_same_dataset(read_gct(tmp_path / "bare.gct"), ds[["expr"]].drop_vars(
-        [k for k in ds.coords if k not in ("sig", "gene")]))
+    assert_same_dataset(
+        read_gct(tmp_path / "bare.gct"),
+        ds[["expr"]].drop_vars([k for k in ds.coords if k not in ("sig", "gene")]),
+    )
 
 
 def test_write_computes_each_gene_block_once(fixtures, tmp_path, monkeypatch):
@@ -485,7 +492,8 @@ def _column(n):
     )
     floats = st.lists(
         st.one_of(st.just(math.nan), st.floats(-1e6, 1e6).filter(lambda v: v != -666)),
-        min_size=n, max_size=n,
+        min_size=n,
+        max_size=n,
     )
     # text: at least one value that is not a number, so the field stays text
     texts = st.lists(st.one_of(st.none(), _word), min_size=n, max_size=n).filter(

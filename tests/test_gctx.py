@@ -108,7 +108,9 @@ def test_subset_by_ids_and_positions(fixtures):
     gene_ids = list(full["gene"].values[[10, 0]])
     sub = read_gctx(f, sigs=sig_ids, genes=gene_ids)
     assert list(sub["sig"].values) == sig_ids
-    np.testing.assert_array_equal(sub["expr"].values, full["expr"].values[np.ix_([5, 300, 2], [10, 0])])
+    np.testing.assert_array_equal(
+        sub["expr"].values, full["expr"].values[np.ix_([5, 300, 2], [10, 0])]
+    )
     assert sub["det_plate"].values.tolist() == full["det_plate"].values[[5, 300, 2]].tolist()
     pos = read_gctx(f, sigs=[5, 300, 2], genes=[10, 0])
     np.testing.assert_array_equal(pos["expr"].values, sub["expr"].values)
@@ -134,7 +136,7 @@ def test_subset_reads_only_its_chunks(fixtures, monkeypatch):
 
     monkeypatch.setattr(gctx_mod._LazyMatrix, "__getitem__", spy)
     ds = read_gctx(fixtures / "cmapm/gctv13_01.gctx", chunks=(50, 978))
-    ds.isel(sig=[3, 7, 120])["expr"].values
+    _ = ds.isel(sig=[3, 7, 120])["expr"].values
     rows = sorted({k[0].start for k in reads})
     assert rows == [0, 100], reads  # sigs 3, 7 in block 0-50; 120 in block 100-150
     assert len(reads) == 2
@@ -169,7 +171,9 @@ def test_write_read_round_trip(tmp_path, chunks):
     for name in ds.coords:
         a, b = ds[name].to_series(), back[name].to_series()
         assert a.dtype == b.dtype, name
-        pd.testing.assert_series_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_names=False)
+        pd.testing.assert_series_equal(
+            a.reset_index(drop=True), b.reset_index(drop=True), check_names=False
+        )
     assert [p.name for p in tmp_path.iterdir()] == ["x_n7x5.gctx"]  # no temporary left
 
 
@@ -191,7 +195,9 @@ def test_written_layout_is_the_reference(tmp_path):
 def test_write_streams_larger_than_one_block(tmp_path):
     import dask.array as da
 
-    big = da.random.default_rng(1).standard_normal((3000, 978), chunks=(700, 978)).astype(np.float32)
+    big = (
+        da.random.default_rng(1).standard_normal((3000, 978), chunks=(700, 978)).astype(np.float32)
+    )
     ds = xr.Dataset(
         {"expr": (("sig", "gene"), big)},
         coords={"sig": [f"s{i}" for i in range(3000)], "gene": [f"g{i}" for i in range(978)]},
@@ -224,7 +230,7 @@ def test_truncated(tmp_path, fixtures):
     p = tmp_path / "trunc.gctx"
     p.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     with pytest.raises(GCTxFormatError, match="trunc.gctx"):
-        read_gctx(p)["expr"].values
+        _ = read_gctx(p)["expr"].values
 
 
 def test_no_matrix(tmp_path):
@@ -239,8 +245,12 @@ def _write_raw(p, n_sig=3, n_gene=4, col_ids=None, row_ids=None, extra=None):
     with h5py.File(p, "w") as h:
         h.attrs["version"] = "GCTX1.0"
         h.create_dataset("/0/DATA/0/matrix", data=np.zeros((n_sig, n_gene), np.float32))
-        h.create_dataset("/0/META/COL/id", data=np.array(col_ids or [f"s{i}".encode() for i in range(n_sig)]))
-        h.create_dataset("/0/META/ROW/id", data=np.array(row_ids or [f"g{i}".encode() for i in range(n_gene)]))
+        h.create_dataset(
+            "/0/META/COL/id", data=np.array(col_ids or [f"s{i}".encode() for i in range(n_sig)])
+        )
+        h.create_dataset(
+            "/0/META/ROW/id", data=np.array(row_ids or [f"g{i}".encode() for i in range(n_gene)])
+        )
         for k, v in (extra or {}).items():
             h.create_dataset(k, data=v)
 
@@ -290,7 +300,10 @@ def test_write_failure_leaves_nothing(tmp_path):
     import dask.array as da
 
     broken = _dataset(chunks=2)
-    broken["expr"] = (("sig", "gene"), da.map_blocks(bad_block, broken["expr"].data, dtype=np.float32))
+    broken["expr"] = (
+        ("sig", "gene"),
+        da.map_blocks(bad_block, broken["expr"].data, dtype=np.float32),
+    )
     with pytest.raises(Boom):
         write_gctx(broken, tmp_path / "out.gctx")
     assert list(tmp_path.iterdir()) == []

@@ -15,8 +15,7 @@ from scipy.stats import rankdata, spearmanr
 from cmapdask.errors import InputError, MetadataError
 from cmapdask.io.gct import read_gct
 from cmapdask.io.gctx import read_gctx
-from cmapdask.levels import level4, level5, modz, quantile_normalize, robust_zscore
-from cmapdask.levels import kernels
+from cmapdask.levels import kernels, level4, level5, modz, quantile_normalize, robust_zscore
 from cmapdask.levels.groups import plan_groups
 
 # -- helpers --------------------------------------------------------------------------------
@@ -147,16 +146,22 @@ def test_robust_z_population_cmappy():
     ds = _dataset(_CMAPPY.T.copy(), plate=["p"] * 4)
     z = robust_zscore(ds, plate_field="plate").expr.values.T
     want = np.array(
-        [[-0.3372, -1.6862, 1.0117, 0.3372], [-0.6745, 2.0235, 0.6745, -0.6745],
-         [-0.4047, 0.4047, 1.2141, -0.9443]]
+        [
+            [-0.3372, -1.6862, 1.0117, 0.3372],
+            [-0.6745, 2.0235, 0.6745, -0.6745],
+            [-0.4047, 0.4047, 1.2141, -0.9443],
+        ]
     )
     np.testing.assert_allclose(z, want, atol=5e-5)
 
 
-@pytest.mark.parametrize("f_col, checks", [
-    ([7, 6, 6], {(0, 0): -4.7214, (1, 1): 0.6745, (2, 2): 20.2347, (2, 3): -33.7245}),
-    ([8, 6, 6], {(0, 0): -26.9796, (1, 1): 0.6745}),
-])
+@pytest.mark.parametrize(
+    "f_col, checks",
+    [
+        ([7, 6, 6], {(0, 0): -4.7214, (1, 1): 0.6745, (2, 2): 20.2347, (2, 3): -33.7245}),
+        ([8, 6, 6], {(0, 0): -26.9796, (1, 1): 0.6745}),
+    ],
+)
 def test_robust_z_vehicle_cmappy(f_col, checks):
     x = np.column_stack([_CMAPPY, [8, 8, 6], f_col]).T.astype(np.float32)  # A-D, E, F
     kind = ["trt_cp"] * 4 + ["ctl_vehicle"] * 2
@@ -238,8 +243,14 @@ def test_modz_dask_equals_numpy(rng, in_chunks, chunk_rows, shuffle):
     if shuffle:
         pert = rng.permutation(pert)
     lm = np.arange(0, g, 2)
-    ds = _dataset(x, pert_id=pert, pert_dose=np.full(n, 10.0), pert_time=np.full(n, 24.0),
-                  cell_id=["MCF7"] * n, bead_batch=["b1"] * n)
+    ds = _dataset(
+        x,
+        pert_id=pert,
+        pert_dose=np.full(n, 10.0),
+        pert_time=np.full(n, 24.0),
+        cell_id=["MCF7"] * n,
+        bead_batch=["b1"] * n,
+    )
     ds["expr"] = ds.expr.chunk({"sig": in_chunks})
     out = modz(ds, landmarks=ds.gene.values[lm], chunk_rows=chunk_rows).compute()
     ref = _ref_modz(x, pert, lm)
@@ -273,9 +284,17 @@ def test_plan_groups_whole_groups_per_chunk():
 def test_public_functions_are_lazy(rng):
     x = rng.normal(size=(12, 6)).astype(np.float32)
     plates = np.repeat(["a", "b", "c"], 4)
-    ds = _dataset(x, chunks=5, rna_plate=plates, pert_id=plates, pert_dose=np.ones(12),
-                  pert_time=np.ones(12), cell_id=["c"] * 12, bead_batch=["b"] * 12,
-                  pert_type=np.tile(["ctl_vehicle", "trt_cp"], 6))
+    ds = _dataset(
+        x,
+        chunks=5,
+        rna_plate=plates,
+        pert_id=plates,
+        pert_dose=np.ones(12),
+        pert_time=np.ones(12),
+        cell_id=["c"] * 12,
+        bead_batch=["b"] * 12,
+        pert_type=np.tile(["ctl_vehicle", "trt_cp"], 6),
+    )
     with dask.config.set(scheduler=_raise_on_compute):
         results = [
             quantile_normalize(ds),
@@ -289,8 +308,11 @@ def test_public_functions_are_lazy(rng):
         assert isinstance(r.expr.data, da.Array)
     stats = results[-1]
     assert all(isinstance(stats[k].data, da.Array) for k in ("distil_cc_q75", "distil_wt"))
-    with pytest.raises(AssertionError, match="computed"), dask.config.set(scheduler=_raise_on_compute):
-        results[2].expr.values  # the guard itself works
+    with (
+        pytest.raises(AssertionError, match="computed"),
+        dask.config.set(scheduler=_raise_on_compute),
+    ):
+        _ = results[2].expr.values  # the guard itself works
 
 
 @pytest.mark.cluster
@@ -309,8 +331,9 @@ def test_on_multiprocess_cluster(rng, cluster_client):
     assert len({t["worker"] for t in ts.data}) == 2  # both worker processes did work
     np.testing.assert_array_equal(z, _ref_robust_z(x, plates))
     ref = _ref_modz(x, pert, np.arange(16))
-    np.testing.assert_allclose(out.expr.values, np.stack([ref[k][0] for k in pd.unique(pert)]),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        out.expr.values, np.stack([ref[k][0] for k in pd.unique(pert)]), rtol=1e-6, atol=1e-6
+    )
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -327,7 +350,7 @@ def test_nan_is_a_clear_error_at_compute(rng):
         modz(ds, group_by=["pert_id"], landmarks=list(ds.gene.values)),
     ):
         with pytest.raises(InputError, match="NaN or infinite.*'s6'"):
-            lazy.expr.values
+            _ = lazy.expr.values
 
 
 def test_bad_plates_and_groups(rng):
@@ -384,8 +407,22 @@ def test_cli_level4_level5_store_to_store(fixtures, tmp_path, capsys):
     np.testing.assert_allclose(open_store(str(l4)).expr.values, want, rtol=5e-7, atol=5e-6)
 
     l4q = tmp_path / "l4q.zarr"
-    rc = main(["level4", str(src), str(l4q), "--cluster", "none", "--quiet",
-               "--plate-field", "none", "--normalize", "quantile", "--chunk-rows", "50"])
+    rc = main(
+        [
+            "level4",
+            str(src),
+            str(l4q),
+            "--cluster",
+            "none",
+            "--quiet",
+            "--plate-field",
+            "none",
+            "--normalize",
+            "quantile",
+            "--chunk-rows",
+            "50",
+        ]
+    )
     assert rc == 0
     x = read_gctx(fixtures / "cmapm" / "gctv13_01.gctx").expr.values
     want = _ref_robust_z(_ref_qnorm(x), np.zeros(len(x)))
@@ -397,7 +434,9 @@ def test_cli_level4_level5_store_to_store(fixtures, tmp_path, capsys):
     grp = tmp_path / "lm.grp"  # this file's genes are Affymetrix probe ids, all landmarks
     grp.write_text("\n".join(distil.gene.values) + "\n")
     l5 = tmp_path / "l5.zarr"
-    rc = main(["level5", str(src), str(l5), "--cluster", "none", "--quiet", "--landmarks", str(grp)])
+    rc = main(
+        ["level5", str(src), str(l5), "--cluster", "none", "--quiet", "--landmarks", str(grp)]
+    )
     assert rc == 0
     got = open_store(str(l5))
     want = read_gctx(fixtures / "cmapm" / "distil" / "modzs_gct_n3x978.gctx")
@@ -406,8 +445,18 @@ def test_cli_level4_level5_store_to_store(fixtures, tmp_path, capsys):
     assert got.distil_wt.values.tolist() == ["1.00", "0.33,0.45,0.22", "0.50,0.50"]
     assert got.attrs["cmapdask"]["levels"]["step"] == "level5"
 
-    rc = main(["level5", str(src), str(tmp_path / "bad.zarr"), "--cluster", "none",
-               "--quiet", "--group-by", "pert_id,nope"])
+    rc = main(
+        [
+            "level5",
+            str(src),
+            str(tmp_path / "bad.zarr"),
+            "--cluster",
+            "none",
+            "--quiet",
+            "--group-by",
+            "pert_id,nope",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "nope" in err[0]
     assert not (tmp_path / "bad.zarr").exists()
@@ -435,9 +484,14 @@ def test_modz_invariant_to_signature_order(seed):
     np.testing.assert_allclose(b.distil_cc_q75.values, a.distil_cc_q75.values, atol=1e-12)
 
 
-@pytest.mark.parametrize("in_chunks, out_chunks", [
-    ((10, 3, 17), (30,)), ((30,), (1,) * 30), ((4, 4, 4, 18), (7, 13, 10)),
-])
+@pytest.mark.parametrize(
+    "in_chunks, out_chunks",
+    [
+        ((10, 3, 17), (30,)),
+        ((30,), (1,) * 30),
+        ((4, 4, 4, 18), (7, 13, 10)),
+    ],
+)
 def test_gather_rows_equals_numpy(rng, in_chunks, out_chunks):
     from cmapdask.levels.groups import gather_rows
 
@@ -460,5 +514,5 @@ def test_persisted_statistics_are_not_recomputed(rng, monkeypatch):
         assert n > 0
         lazy = modz(ds, group_by=["pert_id"], landmarks=list(ds.gene.values)).expr.values
         np.testing.assert_array_equal(out.expr.values, lazy)
-        out.distil_cc_q75.values
+        _ = out.distil_cc_q75.values
     assert len(calls) == 2 * n  # only the lazy call ranked again

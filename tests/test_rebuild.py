@@ -33,7 +33,7 @@ from cmapdask.rebuild import (
 )
 from cmapdask.rebuild.append import reconcile_fields
 from cmapdask.rebuild.versions import retry
-from cmapdask.synthetic import synth_design, synth_dataset
+from cmapdask.synthetic import synth_dataset, synth_design
 
 N_OLD, N_NEW, K = 200, 40, 10
 MEMBER = "similarity/pearson_landmark"
@@ -211,8 +211,9 @@ def test_graph_building_is_lazy(data, tmp_path):
         raise AssertionError("computed while building the graph")
 
     with dask.config.set(scheduler=boom):
-        tasks, layout = topk_incremental(ds, prev, N_OLD, str(tmp_path / "w"), metric="pearson",
-                                         k=K, space="landmark", rows=48)
+        tasks, layout = topk_incremental(
+            ds, prev, N_OLD, str(tmp_path / "w"), metric="pearson", k=K, space="landmark", rows=48
+        )
     old, new = plan_blocks_incremental(N_OLD, N_OLD + N_NEW, 48)
     assert len(tasks) == len(old) + len(new) == len(layout)
     assert [(lo, hi) for _, lo, hi in layout] == [*old, *new]
@@ -225,7 +226,7 @@ def test_incremental_plan_fills_output_chunks(n_old, n, rows):
     old, new = plan_blocks_incremental(n_old, n, rows)
     blocks = [*old, *new]
     assert blocks[0][0] == 0 and blocks[-1][1] == n and old[-1][1] == n_old
-    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))
     for c in range(0, n, rows):  # each output chunk: at most one old and one new block
         inside = [b for b in blocks if c <= b[0] < c + rows]
         assert len(inside) <= 2 and all(hi <= c + rows for _, hi in inside)
@@ -244,7 +245,9 @@ def test_retry_of_transient_errors():
     with pytest.raises(FileNotFoundError):
         retry(lambda: open("/nonexistent/x"), what="x", delay=0.001)
     with pytest.raises(StoreError, match="failed after 2 attempts"):
-        retry(lambda: (_ for _ in ()).throw(TimeoutError("slow")), what="x", attempts=2, delay=0.001)
+        retry(
+            lambda: (_ for _ in ()).throw(TimeoutError("slow")), what="x", attempts=2, delay=0.001
+        )
 
 
 def test_products_extended_shared_rebuilt_recomputed(data, tmp_path):
@@ -252,7 +255,11 @@ def test_products_extended_shared_rebuilt_recomputed(data, tmp_path):
     reference set is unchanged and rebuilt when it changes, clusters recomputed."""
     from cmapdask import clustering
     from cmapdask.connectivity import (
-        build_background, build_index, rank_descending, select_signatures)
+        build_background,
+        build_index,
+        rank_descending,
+        select_signatures,
+    )
     from cmapdask.connectivity.index import space_genes
 
     d, ds = data["dir"], data["ds"]
@@ -274,14 +281,17 @@ def test_products_extended_shared_rebuilt_recomputed(data, tmp_path):
         pcls = {"PCL_A": perts[:4], "PCL_B": perts[4:9]}
         build_background(v1, reference=ref, space="landmark", pcls=pcls)
         nb = open_member(v1, MEMBER)
-        clustering.write_clusters(clustering.graph_clusters(nb, method="louvain", k=5), v1,
-                                  name="graph")
+        clustering.write_clusters(
+            clustering.graph_clusters(nb, method="louvain", k=5), v1, name="graph"
+        )
         append(root, d / "new_quiet.gctx")
         r2 = rebuild(root, k=K, block_size=48)
         append(root, d / "new_rest.gctx")
         r3 = rebuild(root, k=K, block_size=48)
-    how = [{p["member"]: p["how"] for p in read_manifest(root, r.version)["products"]}
-           for r in (r2, r3)]
+    how = [
+        {p["member"]: p["how"] for p in read_manifest(root, r.version)["products"]}
+        for r in (r2, r3)
+    ]
     for h in how:
         assert h["index/landmark"].startswith("extended"), h
         assert h["clusters/graph"].startswith("recomputed"), h
@@ -309,8 +319,9 @@ def test_products_extended_shared_rebuilt_recomputed(data, tmp_path):
     ref = clustering.graph_clusters(open_member(url, MEMBER), method="louvain", k=5)
     np.testing.assert_array_equal(cl["cluster"].values, ref["cluster"].values)
     # the earlier versions still read as they were
-    np.testing.assert_array_equal(open_member(v1, "index/landmark")["rank"].values,
-                                  rank_descending(x[:N_OLD]).T)
+    np.testing.assert_array_equal(
+        open_member(v1, "index/landmark")["rank"].values, rank_descending(x[:N_OLD]).T
+    )
 
 
 def test_pert_matrix_and_hierarchical_clusters_recomputed(data, tmp_path):
@@ -320,15 +331,21 @@ def test_pert_matrix_and_hierarchical_clusters_recomputed(data, tmp_path):
     from cmapdask.similarity import pert_similarity, write_similarity
 
     root = str(tmp_path / "coll")
-    pert, source = "similarity/pearson_landmark_pert", "similarity/pearson_landmark_pert:pert_summary"
+    pert, source = (
+        "similarity/pearson_landmark_pert",
+        "similarity/pearson_landmark_pert:pert_summary",
+    )
     with _threads():
         append(root, data["dir"] / "old.gctx", chunk_rows=30)
         rebuild(root, k=K, block_size=48)
         v1 = open_current(root).attrs["store_url"]
-        write_similarity(pert_similarity(open_current(root), cell_field="cell_iname"), v1, name=pert)
+        write_similarity(
+            pert_similarity(open_current(root), cell_field="cell_iname"), v1, name=pert
+        )
         mat = open_member(v1, pert)["pert_summary"]
-        clustering.write_clusters(clustering.hierarchical_perts(mat, n_clusters=4, source=source),
-                                  v1, name="perts")
+        clustering.write_clusters(
+            clustering.hierarchical_perts(mat, n_clusters=4, source=source), v1, name="perts"
+        )
         append(root, data["dir"] / "new.gctx")
         res = rebuild(root, k=K, block_size=48)
     how = {p["member"]: p["how"] for p in read_manifest(root, res.version)["products"]}
@@ -341,8 +358,9 @@ def test_pert_matrix_and_hierarchical_clusters_recomputed(data, tmp_path):
     got = open_member(url, pert).compute()
     np.testing.assert_array_equal(got["pert_summary"].values, want["pert_summary"].values)
     fresh = clustering.hierarchical_perts(got["pert_summary"], n_clusters=4)
-    np.testing.assert_array_equal(open_member(url, "clusters/perts")["cluster"].values,
-                                  fresh["cluster"].values)
+    np.testing.assert_array_equal(
+        open_member(url, "clusters/perts")["cluster"].values, fresh["cluster"].values
+    )
 
 
 # ------------------------------------------------------------------- kill and resume
@@ -350,9 +368,25 @@ def test_pert_matrix_and_hierarchical_clusters_recomputed(data, tmp_path):
 
 def _cli(root, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "cmapdask", "rebuild", root, "--cluster", "none", "--k", str(K),
-         "--block-size", "32", "--quiet"],
-        cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "cmapdask",
+            "rebuild",
+            root,
+            "--cluster",
+            "none",
+            "--k",
+            str(K),
+            "--block-size",
+            "32",
+            "--quiet",
+        ],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -369,8 +403,12 @@ def _with_index(root, so=None):
     from cmapdask.connectivity import build_index
 
     with _threads():
-        build_index(open_current(root, storage_options=so).attrs["store_url"], space="landmark",
-                    chunk_rows=64, storage_options=so)
+        build_index(
+            open_current(root, storage_options=so).attrs["store_url"],
+            space="landmark",
+            chunk_rows=64,
+            storage_options=so,
+        )
 
 
 def _check_index(root, so=None):
@@ -384,12 +422,17 @@ def _check_index(root, so=None):
     np.testing.assert_array_equal(idx["score"].values, x.T)
 
 
-@pytest.mark.parametrize("kill", ["block:3",
-                                  pytest.param("stage:2", marks=pytest.mark.slow),
-                                  pytest.param("stage:4", marks=pytest.mark.slow),
-                                  pytest.param("stage:5", marks=pytest.mark.slow),
-                                  pytest.param("block:9", marks=pytest.mark.slow),
-                                  pytest.param("stage:3", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "kill",
+    [
+        "block:3",
+        pytest.param("stage:2", marks=pytest.mark.slow),
+        pytest.param("stage:4", marks=pytest.mark.slow),
+        pytest.param("stage:5", marks=pytest.mark.slow),
+        pytest.param("block:9", marks=pytest.mark.slow),
+        pytest.param("stage:3", marks=pytest.mark.slow),
+    ],
+)
 def test_sigkill_then_rerun_equals_uninterrupted(staged_template, reference, tmp_path, kill):
     root = tmp_path / "coll"
     shutil.copytree(staged_template, root)

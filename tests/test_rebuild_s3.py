@@ -36,7 +36,10 @@ def test_index_extended_on_s3(s3_server, tmp_path):
         build_index(v1, space="all", chunk_rows=16, storage_options=so)
         append(root, new, storage_options=so)
         res = rebuild(root, k=K, space="all", block_size=20, storage_options=so)
-    how = {p["member"]: p["how"] for p in read_manifest(root, res.version, storage_options=so)["products"]}
+    how = {
+        p["member"]: p["how"]
+        for p in read_manifest(root, res.version, storage_options=so)["products"]
+    }
     assert how["index/all"].startswith("extended"), how
     cur = open_current(root, storage_options=so)
     idx = open_member(cur.attrs["store_url"], "index/all", storage_options=so)
@@ -44,5 +47,7 @@ def test_index_extended_on_s3(s3_server, tmp_path):
     np.testing.assert_array_equal(idx["rank"].values, rank_descending(x).T)
     np.testing.assert_array_equal(idx["score"].values, x.T)
     # the first version's index is untouched
-    np.testing.assert_array_equal(open_member(v1, "index/all", storage_options=so)["rank"].values,
-                                  rank_descending(x[:N_OLD]).T)
+    np.testing.assert_array_equal(
+        open_member(v1, "index/all", storage_options=so)["rank"].values,
+        rank_descending(x[:N_OLD]).T,
+    )

@@ -114,7 +114,9 @@ def test_symmetric_in_both_directions(metric):
     seen = 0
     for pre in ("top", "bottom"):
         idx, sc = res[f"{pre}_index"].values, res[f"{pre}_score"].values
-        lookup = {(i, j): s for i in range(120) for j, s in zip(idx[i], sc[i]) if j >= 0}
+        lookup = {
+            (i, j): s for i in range(120) for j, s in zip(idx[i], sc[i], strict=False) if j >= 0
+        }
         for (i, j), s in lookup.items():
             if (j, i) in lookup:
                 assert lookup[(j, i)] == s
@@ -124,7 +126,9 @@ def test_symmetric_in_both_directions(metric):
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_chunk_layouts_agree(metric):
-    outs = [similarity(make_ds(chunks=c), metric=metric, k=12, space="all").compute() for c in LAYOUTS]
+    outs = [
+        similarity(make_ds(chunks=c), metric=metric, k=12, space="all").compute() for c in LAYOUTS
+    ]
     outs.append(similarity(make_ds(), metric=metric, k=12, space="all", block_size=16).compute())
     # BLAS may round a product differently at another place in a block, so only neighbours
     # whose true scores tie within float32 rounding (duplicates, affine copies) may swap
@@ -137,11 +141,15 @@ def test_chunk_layouts_agree(metric):
             np.testing.assert_allclose(sa, sb, atol=1e-6)
             rows, cols = np.nonzero(a != b)
             assert rows.size < 0.02 * a.size
-            np.testing.assert_allclose(full[rows, a[rows, cols]], full[rows, b[rows, cols]], atol=1e-6)
+            np.testing.assert_allclose(
+                full[rows, a[rows, cols]], full[rows, b[rows, cols]], atol=1e-6
+            )
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("qchunks,rchunks", [((45,), (75,)), ((20, 25), (8, 60, 7)), ((1, 44), (75,))])
+@pytest.mark.parametrize(
+    "qchunks,rchunks", [((45,), (75,)), ((20, 25), (8, 60, 7)), ((1, 44), (75,))]
+)
 def test_query_vs_reference(metric, qchunks, rchunks):
     ds = make_ds(chunks=(120,))
     q = ds.isel(sig=slice(0, 45)).chunk({"sig": qchunks})
@@ -214,7 +222,9 @@ def test_bad_input_errors():
     with pytest.raises(MetadataError, match="feature_space"):
         similarity(ds.drop_vars("feature_space"), k=3)
     similarity(ds.drop_vars("feature_space"), k=3, space="all")
-    dup = ds.assign_coords(sig=np.array(["s0"] * 2 + [f"s{i}" for i in range(2, 120)], dtype=object))
+    dup = ds.assign_coords(
+        sig=np.array(["s0"] * 2 + [f"s{i}" for i in range(2, 120)], dtype=object)
+    )
     with pytest.raises(MetadataError, match="duplicate sig id 's0'"):
         similarity(dup, k=3)
     with pytest.raises(InputError, match="no signatures"):
@@ -253,7 +263,8 @@ def test_merge_is_order_free():
     scores = np.round(rng.standard_normal((m, 30)), 1).astype(np.float32)  # many ties
     idx = np.tile(rng.permutation(30), (m, 1))
     parts = [
-        (scores[:, s], idx[:, s], scores[:, s], idx[:, s]) for s in (slice(0, 10), slice(10, 25), slice(25, 30))
+        (scores[:, s], idx[:, s], scores[:, s], idx[:, s])
+        for s in (slice(0, 10), slice(10, 25), slice(25, 30))
     ]
     a = merge_topk(parts, k)
     b = merge_topk([merge_topk(parts[::-1][:2], k), parts[0]], k)
@@ -279,7 +290,7 @@ def test_plan_covers_every_pair_once():
     for n in (1, 2, 7, 64, 65):
         levels = merge_tree(n, 8)
         assert levels[0][-1][1] == n and len(levels[-1]) == 1
-        for prev, lvl in zip(levels, levels[1:]):
+        for prev, lvl in zip(levels, levels[1:], strict=False):
             assert lvl[-1][1] == len(prev)
 
 
@@ -313,9 +324,13 @@ def test_write_member_and_zarr(tmp_path):
     direct = similarity(ds, metric="spearman", k=6, block_size=32).compute()
     np.testing.assert_array_equal(back["top_index"].values, direct["top_index"].values)
     np.testing.assert_array_equal(back["top_score"].values, direct["top_score"].values)
-    assert [str(v) for v in back["bottom_id"].values[0]] == [str(v) for v in direct["bottom_id"].values[0]]
+    assert [str(v) for v in back["bottom_id"].values[0]] == [
+        str(v) for v in direct["bottom_id"].values[0]
+    ]
     prov = back.attrs["cmapdask"]
-    assert prov["metric"] == "spearman" and prov["k"] == 6 and prov["member"].startswith("similarity/")
+    assert (
+        prov["metric"] == "spearman" and prov["k"] == 6 and prov["member"].startswith("similarity/")
+    )
 
     m = similarity_matrix(st, metric="cosine", space="all")
     write_similarity(m, out=str(tmp_path / "full.zarr"), gctx=str(tmp_path / "full.gctx"))
@@ -351,8 +366,12 @@ def test_pert_similarity_matches_bruteforce():
     for ci, c in enumerate(res["cell"].values):
         for ai, a in enumerate(res["pert"].values):
             for bi, b in enumerate(res["pert_ref"].values):
-                vals = [full[i, j] for i in range(60) for j in range(60) if i != j
-                        and cell[i] == cell[j] == c and pert[i] == a and pert[j] == b]
+                vals = [
+                    full[i, j]
+                    for i in range(60)
+                    for j in range(60)
+                    if i != j and cell[i] == cell[j] == c and pert[i] == a and pert[j] == b
+                ]
                 exp = maxq(np.array(vals)) if vals else np.nan
                 np.testing.assert_allclose(res["pert_cell"].values[ci, ai, bi], exp, atol=1e-5)
     exp_sum = maxq(res["pert_cell"].values.astype(float), axis=0)
@@ -368,7 +387,9 @@ def test_neighbours_share_moa_on_synthetic_release():
     synthetic = pytest.importorskip("cmapdask.synthetic")
     design = synthetic.synth_design(3000, seed=1, n_moas=12)
     ds = synthetic.synth_dataset(design, metadata="tables", chunks=(700, 1300, 1000))
-    moa_of = dict(zip(*synthetic.synth_compoundinfo(design)[["pert_id", "moa"]].T.values))
+    moa_of = dict(
+        zip(*synthetic.synth_compoundinfo(design)[["pert_id", "moa"]].T.values, strict=False)
+    )
     moa = np.array([moa_of.get(p) for p in ds["pert_id"].values], dtype=object)
     res = similarity(ds, k=10, metric="pearson").compute()
     has = np.array([m is not None for m in moa])
@@ -398,8 +419,26 @@ def test_cli_similarity(small_store, tmp_path, capsys):
     from cmapdask.cli import main
     from cmapdask.io.store import open_member
 
-    assert main(["similarity", small_store, "--metric", "cosine", "--k", "7", "--space", "bing",
-                 "--block-size", "40", "--cluster", "none", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "similarity",
+                small_store,
+                "--metric",
+                "cosine",
+                "--k",
+                "7",
+                "--space",
+                "bing",
+                "--block-size",
+                "40",
+                "--cluster",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     got = open_member(small_store, "similarity/cosine_bing").compute()
     exp = similarity(make_ds(), metric="cosine", k=7, space="bing").compute()
     np.testing.assert_array_equal(got["top_index"].values, exp["top_index"].values)
@@ -407,8 +446,23 @@ def test_cli_similarity(small_store, tmp_path, capsys):
     ids = tmp_path / "q.grp"
     ids.write_text("s3\ns20\ns100\n")
     out = str(tmp_path / "q.zarr")
-    assert main(["similarity", small_store, "--k", "5", "--query-ids", str(ids), "--out", out,
-                 "--cluster", "none"]) == 0
+    assert (
+        main(
+            [
+                "similarity",
+                small_store,
+                "--k",
+                "5",
+                "--query-ids",
+                str(ids),
+                "--out",
+                out,
+                "--cluster",
+                "none",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "1 signature(s) have non-finite values or no spread" in err and "s20" in err
     q = xr.open_zarr(out, consolidated=False).compute()
@@ -416,8 +470,23 @@ def test_cli_similarity(small_store, tmp_path, capsys):
     assert "s3" not in set(q["top_id"].values.ravel().tolist())  # the rest only
     assert q["top_id"].values[0, 0] == "s10"  # s10 duplicates s3
 
-    assert main(["similarity", small_store, "--full", "--out", str(tmp_path / "f.zarr"),
-                 "--gctx", str(tmp_path / "f.gctx"), "--cluster", "none", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "similarity",
+                small_store,
+                "--full",
+                "--out",
+                str(tmp_path / "f.zarr"),
+                "--gctx",
+                str(tmp_path / "f.gctx"),
+                "--cluster",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "f.gctx").exists()
 
     from cmapdask.io.store import write_store
@@ -425,23 +494,43 @@ def test_cli_similarity(small_store, tmp_path, capsys):
 
     ref_url = str(tmp_path / "ref.zarr")
     write_store(make_ds(n=90, seed=9, chunks=(40, 50)), ref_url)
-    assert main(["similarity", small_store, "--ref", ref_url, "--k", "6", "--out",
-                 str(tmp_path / "r.zarr"), "--cluster", "none", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "similarity",
+                small_store,
+                "--ref",
+                ref_url,
+                "--k",
+                "6",
+                "--out",
+                str(tmp_path / "r.zarr"),
+                "--cluster",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     got = xr.open_zarr(tmp_path / "r.zarr", consolidated=False).compute()
     exp = similarity(make_ds(), make_ds(n=90, seed=9), k=6).compute()
     np.testing.assert_array_equal(got["top_index"].values, exp["top_index"].values)
     assert [str(v) for v in got["bottom_id"].values[7]] == [
-        str(v) for v in exp["bottom_id"].values[7]]
+        str(v) for v in exp["bottom_id"].values[7]
+    ]
     assert got.attrs["cmapdask"]["mode"] == "query"
 
     rng = np.random.default_rng(2)
     pds = make_ds(bad=False).assign_coords(
         pert_id=("sig", rng.choice(["pA", "pB", "pC"], 120).astype(object)),
-        cell_id=("sig", rng.choice(["c1", "c2"], 120).astype(object)))
+        cell_id=("sig", rng.choice(["c1", "c2"], 120).astype(object)),
+    )
     purl = str(tmp_path / "p.zarr")
     write_store(pds, purl)
-    assert main(["similarity", purl, "--pert", "--metric", "spearman", "--cluster", "none",
-                 "--quiet"]) == 0
+    assert (
+        main(["similarity", purl, "--pert", "--metric", "spearman", "--cluster", "none", "--quiet"])
+        == 0
+    )
     got = open_member(purl, "similarity/spearman_landmark_pert").compute()
     exp = pert_similarity(pds, metric="spearman").compute()
     np.testing.assert_allclose(got["pert_summary"].values, exp["pert_summary"].values, atol=1e-6)
@@ -464,8 +553,12 @@ def test_one_worker_and_many_agree():
     ds = make_ds(chunks=(7, 33, 1, 40, 39))
     expected = similarity(ds, k=9, space="bing").compute(scheduler="sync")
     for n in (1, 3):
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=False,
-                          dashboard_address=None) as cluster, Client(cluster):
+        with (
+            LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=False, dashboard_address=None
+            ) as cluster,
+            Client(cluster),
+        ):
             got = similarity(ds, k=9, space="bing").compute()
         for v in ("top_index", "bottom_index", "top_score", "bottom_id", "valid"):
             np.testing.assert_array_equal(got[v].values, expected[v].values)
@@ -483,20 +576,49 @@ def real_cluster(tmp_path_factory):
     d = tmp_path_factory.mktemp("cluster")
     sched_file = d / "scheduler.json"
     dask_cmd = [shutil.which("dask")] if shutil.which("dask") else [sys.executable, "-m", "dask"]
-    procs = [subprocess.Popen(
-        [*dask_cmd, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", str(sched_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [
+                *dask_cmd,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(sched_file),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         for _ in range(300):
             if sched_file.exists() and sched_file.stat().st_size:
                 break
             time.sleep(0.1)
         addr = json.loads(sched_file.read_text())["address"]
-        procs.append(subprocess.Popen(
-            [*dask_cmd, "worker", addr, "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
-             "--host", "127.0.0.1", "--memory-limit", "1GB"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    *dask_cmd,
+                    "worker",
+                    addr,
+                    "--nworkers",
+                    "2",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                    "--memory-limit",
+                    "1GB",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         from distributed import Client
 
         with Client(addr, timeout="30s") as c:
@@ -519,15 +641,33 @@ def test_real_multiprocess_cluster(real_cluster, small_store):
     from cmapdask.cli import main
     from cmapdask.io.store import open_member, open_store
 
-    expected = similarity(make_ds(), metric="spearman", k=8, block_size=30).compute(scheduler="sync")
+    expected = similarity(make_ds(), metric="spearman", k=8, block_size=30).compute(
+        scheduler="sync"
+    )
     with Client(real_cluster) as client:
         assert len(client.scheduler_info()["workers"]) == 2
         got = similarity(open_store(small_store), metric="spearman", k=8, block_size=30).compute()
     for v in ("top_index", "bottom_index", "top_score", "bottom_score", "top_id", "valid"):
         np.testing.assert_array_equal(got[v].values, expected[v].values)
     # the command line attached to the same cluster
-    assert main(["similarity", small_store, "--metric", "spearman", "--k", "8", "--block-size",
-                 "30", "--cluster", real_cluster, "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "similarity",
+                small_store,
+                "--metric",
+                "spearman",
+                "--k",
+                "8",
+                "--block-size",
+                "30",
+                "--cluster",
+                real_cluster,
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     back = open_member(small_store, "similarity/spearman_landmark").compute()
     np.testing.assert_array_equal(back["top_index"].values, expected["top_index"].values)
 
@@ -540,7 +680,7 @@ def test_block_topk_exact_with_many_ties(shape, k):
     c = np.round(rng.standard_normal(shape), 1).astype(np.float32)  # heavy ties
     c[0, :3] = -0.0
     cols, rows = np.arange(shape[1]) * 3 + 7, np.arange(shape[0]) * 2
-    for diagonal in ([False, True] if shape[0] == shape[1] else [False]):
+    for diagonal in [False, True] if shape[0] == shape[1] else [False]:
         cc = c.copy()
         (ts, ti, bs, bi), col = block_topk(cc, cols, rows, k, diagonal=diagonal, both=not diagonal)
         np.testing.assert_array_equal(cc, c)  # the block is left as it was
@@ -560,8 +700,9 @@ def test_block_topk_exact_with_many_ties(shape, k):
                 np.testing.assert_array_equal(col[3][q], rows[i[np.lexsort((i, s))][:k]])
 
 
-@pytest.mark.parametrize("shape,k,rnd", [((700, 1000), 30, None), ((1000, 1000), 64, 2),
-                                         ((640, 2000), 100, None)])
+@pytest.mark.parametrize(
+    "shape,k,rnd", [((700, 1000), 30, None), ((1000, 1000), 64, 2), ((640, 2000), 100, None)]
+)
 def test_block_topk_exact_at_block_scale(shape, k, rnd):
     """Sizes where the lane and row-group thresholds are used (not every score a candidate)."""
     from cmapdask.similarity.topk import _n_groups, block_topk
@@ -572,7 +713,7 @@ def test_block_topk_exact_at_block_scale(shape, k, rnd):
     if rnd:
         c = np.round(c, rnd).astype(np.float32)  # ties at the thresholds
     cols, rows = np.arange(shape[1]) + 5000, np.arange(shape[0]) * 3
-    for diagonal in ([False, True] if shape[0] == shape[1] else [False]):
+    for diagonal in [False, True] if shape[0] == shape[1] else [False]:
         (ts, ti, bs, bi), col = block_topk(c, cols, rows, k, diagonal=diagonal, both=not diagonal)
         for r in range(shape[0]):
             j = np.flatnonzero(np.arange(shape[1]) != (r if diagonal else -1))
@@ -598,11 +739,17 @@ def test_engine_at_block_scale(metric):
     res = similarity(ds, metric=metric, k=25, space="landmark").compute()
     for largest, pre in ((True, "top"), (False, "bottom")):
         check_topk(full, res[f"{pre}_index"].values, res[f"{pre}_score"].values, 25, largest, True)
-    q = similarity(ds.isel(sig=slice(0, 300)), ds.isel(sig=slice(300, 1500)), metric=metric,
-                   k=25, space="landmark").compute()
+    q = similarity(
+        ds.isel(sig=slice(0, 300)),
+        ds.isel(sig=slice(300, 1500)),
+        metric=metric,
+        k=25,
+        space="landmark",
+    ).compute()
     check_topk(full[:300, 300:], q["top_index"].values, q["top_score"].values, 25, True, False)
-    check_topk(full[:300, 300:], q["bottom_index"].values, q["bottom_score"].values, 25, False,
-               False)
+    check_topk(
+        full[:300, 300:], q["bottom_index"].values, q["bottom_score"].values, 25, False, False
+    )
 
 
 def test_count_invalid_reports_unscorable():
@@ -624,12 +771,16 @@ from hypothesis import strategies as st  # noqa: E402
 def layouts(draw, n=60):
     cuts = sorted(draw(st.sets(st.integers(1, n - 1), max_size=6)))
     edges = [0, *cuts, n]
-    return tuple(b - a for a, b in zip(edges, edges[1:]))
+    return tuple(b - a for a, b in zip(edges, edges[1:], strict=False))
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(chunks=layouts(), metric=st.sampled_from(METRICS), k=st.integers(1, 59),
-       perm_seed=st.integers(0, 2**16))
+@given(
+    chunks=layouts(),
+    metric=st.sampled_from(METRICS),
+    k=st.integers(1, 59),
+    perm_seed=st.integers(0, 2**16),
+)
 def test_invariant_to_chunking_and_order(chunks, metric, k, perm_seed):
     """Any blocking gives the brute-force answer; reordering signatures permutes it."""
     ds = make_ds(n=60, bad=False, chunks=chunks)

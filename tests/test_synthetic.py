@@ -74,8 +74,10 @@ def test_same_seed_same_data_other_seed_other_data():
     c = S.synth_block(S.synth_design(900, seed=8, n_moas=4, n_compounds=12, n_cells=3), 0, 900)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    pd.testing.assert_frame_equal(S.synth_siginfo(SMALL), S.synth_siginfo(
-        S.synth_design(900, seed=7, n_moas=4, n_compounds=12, n_cells=3)))
+    pd.testing.assert_frame_equal(
+        S.synth_siginfo(SMALL),
+        S.synth_siginfo(S.synth_design(900, seed=7, n_moas=4, n_compounds=12, n_cells=3)),
+    )
     assert a.dtype == np.float32 and np.isfinite(a).all()
     assert np.abs(a).max() <= S.CLIP
 
@@ -100,7 +102,7 @@ def test_dask_equals_numpy_reference_for_any_chunks(chunks):
 def test_any_split_of_the_rows_gives_the_same_values(sizes):
     ref = S.synth_block(SMALL, 0, SMALL.n_sigs)
     bounds = np.minimum(np.cumsum([0, *sizes]), SMALL.n_sigs)
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
         np.testing.assert_array_equal(S.synth_block(SMALL, int(lo), int(hi)), ref[lo:hi])
         sig = S.synth_siginfo(SMALL, start=int(lo), stop=int(hi))
         assert len(sig) == hi - lo
@@ -241,7 +243,7 @@ def test_compoundinfo_and_pcl_agree():
     assert set(sig["pert_id"]) <= set(cpd["pert_id"])
     pcl = S.synth_pcl(SMALL)
     assert len(pcl) == SMALL.n_moas
-    moa_of = dict(zip(cpd["pert_id"], cpd["moa"]))
+    moa_of = dict(zip(cpd["pert_id"], cpd["moa"], strict=False))
     members = []
     for name, (desc, perts) in pcl.items():
         assert name.startswith("CP_") and name == S.pcl_name(desc) and " " not in name
@@ -255,15 +257,18 @@ def test_compoundinfo_and_pcl_agree():
     assert (truth.loc[treated, "moa"].to_numpy() == expected).all()
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(n_sigs=0), "n_sigs"),
-    (dict(n_sigs=10, seed=-1), "seed"),
-    (dict(n_sigs=10, genes="bogus"), "genes"),
-    (dict(n_sigs=10, n_moas=5, n_compounds=4), "n_moas"),
-    (dict(n_sigs=10, n_cells=17), "n_cells"),
-    (dict(n_sigs=10.5), "integer"),
-    (dict(n_sigs=10, n_replicates=0), "n_replicates"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(n_sigs=0), "n_sigs"),
+        (dict(n_sigs=10, seed=-1), "seed"),
+        (dict(n_sigs=10, genes="bogus"), "genes"),
+        (dict(n_sigs=10, n_moas=5, n_compounds=4), "n_moas"),
+        (dict(n_sigs=10, n_cells=17), "n_cells"),
+        (dict(n_sigs=10.5), "integer"),
+        (dict(n_sigs=10, n_replicates=0), "n_replicates"),
+    ],
+)
 def test_bad_parameters_raise_input_error(kwargs, match):
     n = kwargs.pop("n_sigs")
     with pytest.raises(InputError, match=match):
@@ -340,8 +345,25 @@ def test_moa_directions_dose_time_and_vehicles(planted):
 
 def test_cli_writes_a_release_shaped_folder(tmp_path, capsys):
     out = tmp_path / "synth"
-    rc = main(["synth", str(out), "--n-sigs", "700", "--seed", "4", "--n-moas", "3",
-               "--n-compounds", "9", "--block-size", "250", "--cluster", "none", "--quiet"])
+    rc = main(
+        [
+            "synth",
+            str(out),
+            "--n-sigs",
+            "700",
+            "--seed",
+            "4",
+            "--n-moas",
+            "3",
+            "--n-compounds",
+            "9",
+            "--block-size",
+            "250",
+            "--cluster",
+            "none",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     design = S.synth_design(700, seed=4, n_moas=3, n_compounds=9)
     printed = capsys.readouterr().out.split()
@@ -397,8 +419,23 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     (out / "keep.txt").write_text("x")
     assert main(["synth", str(out), "--n-sigs", "5", "--cluster", "none", "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert main(["synth", str(out), "--n-sigs", "5", "--force", "--genes", "bing",
-                 "--cluster", "none", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(out),
+                "--n-sigs",
+                "5",
+                "--force",
+                "--genes",
+                "bing",
+                "--cluster",
+                "none",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (out / "synth_bing_n5x10174.gctx").exists() and (out / "keep.txt").exists()
 
 
@@ -410,9 +447,11 @@ def test_write_to_an_fsspec_url_and_refuse_a_file(tmp_path):
         paths = S.write_synthetic("memory://synth-test/out", design, block_size=128)
     fs = fsspec.filesystem("memory")
     assert sorted(p.rsplit("/", 1)[1] for p in fs.ls("/synth-test/out", detail=False)) == sorted(
-        p.rsplit("/", 1)[1] for p in paths.values())
-    np.testing.assert_array_equal(read_gctx(paths["gctx"]).expr.values,
-                                  S.synth_block(design, 0, 300))
+        p.rsplit("/", 1)[1] for p in paths.values()
+    )
+    np.testing.assert_array_equal(
+        read_gctx(paths["gctx"]).expr.values, S.synth_block(design, 0, 300)
+    )
     text = fs.cat(paths["siginfo"]).decode()
     assert text.count("\n") == 301 and text.startswith("sig_id\tpert_id\t")
     fs.rm("/synth-test", recursive=True)
@@ -432,17 +471,22 @@ def test_write_to_an_fsspec_url_and_refuse_a_file(tmp_path):
     n_replicates=st.integers(1, 4),
     chunk=st.integers(1, 700),
 )
-def test_invariants_hold_for_any_design(n_sigs, seed, n_moas, extra, n_cells, n_replicates,
-                                        chunk):
-    design = S.synth_design(n_sigs, seed=seed, n_moas=n_moas, n_compounds=n_moas + extra,
-                            n_cells=n_cells, n_replicates=n_replicates)
+def test_invariants_hold_for_any_design(n_sigs, seed, n_moas, extra, n_cells, n_replicates, chunk):
+    design = S.synth_design(
+        n_sigs,
+        seed=seed,
+        n_moas=n_moas,
+        n_compounds=n_moas + extra,
+        n_cells=n_cells,
+        n_replicates=n_replicates,
+    )
     sig = S.synth_siginfo(design)
     truth = S.synth_truth(design)
     assert len(sig) == n_sigs and sig["sig_id"].is_unique
     assert truth.index.tolist() == sig["sig_id"].tolist()
     cpd = S.synth_compoundinfo(design)
     assert set(sig["pert_id"]) <= set(cpd["pert_id"])
-    moa_of = dict(zip(cpd["pert_id"], cpd["moa"]))
+    moa_of = dict(zip(cpd["pert_id"], cpd["moa"], strict=False))
     treated = truth["pert_type"] == "trt_cp"
     assert (truth.loc[treated, "moa"] == truth.loc[treated, "pert_id"].map(moa_of)).all()
     assert (truth.loc[~treated, "strength"] == 0).all()

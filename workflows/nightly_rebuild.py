@@ -42,9 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="ROOT", help="collection URL (local path or s3://...)")
     p.add_argument("--incoming", default=None, metavar="DIR", help="folder of new *.gctx files")
     p.add_argument("--full", action="store_true", help="recompute every product from scratch")
-    p.add_argument("--cluster", default=None,
-                   help="local | slurm | pbs | gateway | scheduler ADDRESS | scheduler FILE")
-    p.add_argument("--workers", type=int, default=None, help="workers to start (local/jobqueue/gateway)")
+    p.add_argument(
+        "--cluster",
+        default=None,
+        help="local | slurm | pbs | gateway | scheduler ADDRESS | scheduler FILE",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="workers to start (local/jobqueue/gateway)"
+    )
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--metric", choices=["pearson", "spearman", "cosine"], default="pearson")
     p.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
@@ -62,8 +67,9 @@ def cluster_client(target: str | None, workers: int | None):
     stack = contextlib.ExitStack()
     with stack:
         if target == "local":
-            cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1,
-                                                       dashboard_address=":0"))
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0")
+            )
         elif target in ("slurm", "pbs"):
             import dask_jobqueue  # configured by jobqueue.yaml (see cluster/)
 
@@ -83,8 +89,11 @@ def cluster_client(target: str | None, workers: int | None):
             client = stack.enter_context(Client(scheduler_file=target, timeout="60s"))
         else:
             client = stack.enter_context(Client(target, timeout="60s"))
-        print(f"nightly_rebuild: Dask cluster {target}, dashboard {client.dashboard_link}",
-              file=sys.stderr, flush=True)
+        print(
+            f"nightly_rebuild: Dask cluster {target}, dashboard {client.dashboard_link}",
+            file=sys.stderr,
+            flush=True,
+        )
         yield client
 
 
@@ -100,15 +109,21 @@ def append_incoming(args) -> list[str]:
     """Append the incoming files not yet in any version (idempotent)."""
     if not args.incoming:
         return []
-    known = {m.get("inputs", {}).get("gctx", {}).get("sha256")
-             for m in list_versions(args.root, storage_options=args.storage_options)}
+    known = {
+        m.get("inputs", {}).get("gctx", {}).get("sha256")
+        for m in list_versions(args.root, storage_options=args.storage_options)
+    }
     added = []
     for path in sorted(glob.glob(os.path.join(args.incoming, "*.gctx"))):
         if _sha256(path) in known:
             continue
         info = path[: -len(".gctx")] + ".siginfo.txt"
-        vid = append(args.root, path, sig_info=info if os.path.exists(info) else None,
-                     storage_options=args.storage_options)
+        vid = append(
+            args.root,
+            path,
+            sig_info=info if os.path.exists(info) else None,
+            storage_options=args.storage_options,
+        )
         print(f"nightly_rebuild: appended {os.path.basename(path)} as {vid}", file=sys.stderr)
         added.append(vid)
     return added
@@ -120,9 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with cluster_client(args.cluster, args.workers):
             append_incoming(args)
-            res = rebuild(args.root, full=args.full, k=args.k, metric=args.metric,
-                          space=args.space, block_size=args.block_size,
-                          storage_options=args.storage_options, progress=False)
+            res = rebuild(
+                args.root,
+                full=args.full,
+                k=args.k,
+                metric=args.metric,
+                space=args.space,
+                block_size=args.block_size,
+                storage_options=args.storage_options,
+                progress=False,
+            )
     except CmapdaskError as e:
         print(f"nightly_rebuild: error: {e}", file=sys.stderr)
         return 2
@@ -134,10 +156,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nightly_rebuild: lost the cluster, rerun to resume: {e}", file=sys.stderr)
             return EXIT_TRANSIENT
         raise
-    print(json.dumps({"status": res.status, "version": res.version, "mode": res.mode,
-                      "n_sig": res.n_sig, "n_new": res.n_new, "timings": res.timings,
-                      "wall_s": round(time.perf_counter() - t0, 2),
-                      "cmapdask": cmapdask.__version__}))
+    print(
+        json.dumps(
+            {
+                "status": res.status,
+                "version": res.version,
+                "mode": res.mode,
+                "n_sig": res.n_sig,
+                "n_new": res.n_new,
+                "timings": res.timings,
+                "wall_s": round(time.perf_counter() - t0, 2),
+                "cmapdask": cmapdask.__version__,
+            }
+        )
+    )
     return 0
 
 

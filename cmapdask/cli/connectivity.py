@@ -14,43 +14,79 @@ _SPACES = ["landmark", "bing", "all"]
 
 def _common(p, *, space_default="bing"):
     p.add_argument("store", metavar="STORE", help="signature store URL")
-    p.add_argument("--space", choices=_SPACES, default=space_default,
-                   help=f"feature space: landmark, bing or all (default {space_default})")
-    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
-                   help="fsspec options for the store URL")
+    p.add_argument(
+        "--space",
+        choices=_SPACES,
+        default=space_default,
+        help=f"feature space: landmark, bing or all (default {space_default})",
+    )
+    p.add_argument(
+        "--storage-options",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="fsspec options for the store URL",
+    )
     add_cluster_args(p)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "index", help="build the query index of a store (needed by query/introspect)",
+        "index",
+        help="build the query index of a store (needed by query/introspect)",
         description="Rank every signature within a feature space and store ranks and "
         "scores gene-major as the member index/<space>, so a query reads only its own "
-        "genes' rows.")
+        "genes' rows.",
+    )
     _common(p)
-    p.add_argument("--chunk-rows", type=int, default=None,
-                   help="signatures per index block (default: about 256 MiB per block)")
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=None,
+        help="signatures per index block (default: about 256 MiB per block)",
+    )
     p.set_defaults(func=run_index)
 
     p = subparsers.add_parser(
-        "query", help="connectivity query: WTCS, NCS, tau, FDR and summaries (CLUE folder)",
+        "query",
+        help="connectivity query: WTCS, NCS, tau, FDR and summaries (CLUE folder)",
         description="Score up/down gene sets against every signature of STORE and write "
         "CLUE's result folder: matrices/query/*.gctx, matrices/gutc/*.gctx, per-query "
-        "ranked tables (Parquet and TSV) and a report of dropped genes.")
+        "ranked tables (Parquet and TSV) and a report of dropped genes.",
+    )
     _common(p)
-    p.add_argument("--up", required=False, metavar="GMT|GRP",
-                   help="up sets (GMT, GRP, or a GMT holding both X_UP and X_DN sets)")
+    p.add_argument(
+        "--up",
+        required=False,
+        metavar="GMT|GRP",
+        help="up sets (GMT, GRP, or a GMT holding both X_UP and X_DN sets)",
+    )
     p.add_argument("--down", default=None, metavar="GMT|GRP", help="down sets")
-    p.add_argument("--genes-up", default=None, metavar="G1,G2,...",
-                   help="one query's up genes (ids or symbols), comma separated")
-    p.add_argument("--genes-down", default=None, metavar="G1,G2,...",
-                   help="one query's down genes, comma separated")
+    p.add_argument(
+        "--genes-up",
+        default=None,
+        metavar="G1,G2,...",
+        help="one query's up genes (ids or symbols), comma separated",
+    )
+    p.add_argument(
+        "--genes-down",
+        default=None,
+        metavar="G1,G2,...",
+        help="one query's down genes, comma separated",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="result folder")
-    p.add_argument("--metric", choices=["wtcs", "cs"], default="wtcs",
-                   help="weighted (wtcs, default) or unweighted (cs) enrichment")
+    p.add_argument(
+        "--metric",
+        choices=["wtcs", "cs"],
+        default="wtcs",
+        help="weighted (wtcs, default) or unweighted (cs) enrichment",
+    )
     p.add_argument("--tail", choices=["both", "up", "down"], default="both")
-    p.add_argument("--reference", default="all",
-                   help="NCS reference: all, touchstone, or a metadata expression")
+    p.add_argument(
+        "--reference",
+        default="all",
+        help="NCS reference: all, touchstone, or a metadata expression",
+    )
     p.add_argument("--tau", choices=["binned", "exact", "none"], default="binned")
     p.add_argument("--fdr", choices=["auto", "null", "random", "none"], default="auto")
     p.add_argument("--n-random", type=int, default=100, help="random queries for --fdr random")
@@ -58,9 +94,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_query)
 
     p = subparsers.add_parser(
-        "introspect", help="all-by-all connectivity within a set of signatures",
+        "introspect",
+        help="all-by-all connectivity within a set of signatures",
         description="Top/bottom-50 gene sets of every selected signature against the same "
-        "set; writes symmetric cs, ncs and ps matrices as GCTx.")
+        "set; writes symmetric cs, ncs and ps matrices as GCTx.",
+    )
     _common(p)
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--where", default="all", help="all, touchstone, or a metadata expression")
@@ -68,12 +106,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_introspect)
 
     p = subparsers.add_parser(
-        "background", help="build the tau lookup tables (member background/<space>)",
+        "background",
+        help="build the tau lookup tables (member background/<space>)",
         description="Introspect over the reference signatures and store the tau lookup "
-        "table of every reference signature and summary row.")
+        "table of every reference signature and summary row.",
+    )
     _common(p)
-    p.add_argument("--reference", default="touchstone",
-                   help="touchstone (default), all, or a metadata expression")
+    p.add_argument(
+        "--reference",
+        default="touchstone",
+        help="touchstone (default), all, or a metadata expression",
+    )
     p.add_argument("--pcl", default=None, metavar="GMT", help="PCL definitions")
     p.add_argument("--n-top", type=int, default=50)
     p.set_defaults(func=run_background)
@@ -83,8 +126,12 @@ def run_index(args) -> int:
     from cmapdask.connectivity.index import build_index
 
     with dask_client(args) as client, progress(args, client):
-        url = build_index(args.store, space=args.space, chunk_rows=args.chunk_rows,
-                          storage_options=args.storage_options)
+        url = build_index(
+            args.store,
+            space=args.space,
+            chunk_rows=args.chunk_rows,
+            storage_options=args.storage_options,
+        )
     say(args, f"cmapdask: wrote {url}")
     return 0
 
@@ -109,18 +156,34 @@ def run_query(args) -> int:
     pcls = read_gene_sets(args.pcl) if args.pcl else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = query(args.store, up, down, space=args.space, metric=args.metric,
-                    tail=args.tail, reference=args.reference, tau=args.tau, fdr=args.fdr,
-                    n_random=args.n_random, storage_options=args.storage_options)
+        res = query(
+            args.store,
+            up,
+            down,
+            space=args.space,
+            metric=args.metric,
+            tail=args.tail,
+            reference=args.reference,
+            tau=args.tau,
+            fdr=args.fdr,
+            n_random=args.n_random,
+            storage_options=args.storage_options,
+        )
     for w in caught:
         say(args, f"cmapdask: warning: {w.message}")
     with dask_client(args) as client, progress(args, client):
-        summ = summarize(res, pcls=pcls, storage_options=args.storage_options) \
-            if "pert_id" in res.coords else None
+        summ = (
+            summarize(res, pcls=pcls, storage_options=args.storage_options)
+            if "pert_id" in res.coords
+            else None
+        )
         write_result(res, args.out, summaries=summ)
     for row in res.attrs["cmapdask"]["genes"]:
-        say(args, "cmapdask: query {query}: {n_up} up, {n_down} down genes used; "
-            "{n_up_dropped} up and {n_down_dropped} down dropped".format(**row))
+        say(
+            args,
+            "cmapdask: query {query}: {n_up} up, {n_down} down genes used; "
+            "{n_up_dropped} up and {n_down_dropped} down dropped".format(**row),
+        )
     say(args, f"cmapdask: wrote {args.out}")
     return 0
 
@@ -133,8 +196,13 @@ def run_introspect(args) -> int:
     from cmapdask.io.atomic import publish_dir
     from cmapdask.io.gctx import write_gctx
 
-    res = introspect(args.store, where=args.where, space=args.space, n_top=args.n_top,
-                     storage_options=args.storage_options)
+    res = introspect(
+        args.store,
+        where=args.where,
+        space=args.space,
+        n_top=args.n_top,
+        storage_options=args.storage_options,
+    )
     with dask_client(args) as client, progress(args, client):
         with publish_dir(args.out, overwrite=True) as tmp:
             for v in ("cs", "ncs", "ps"):
@@ -150,8 +218,13 @@ def run_background(args) -> int:
 
     pcls = read_gene_sets(args.pcl) if args.pcl else None
     with dask_client(args) as client, progress(args, client):
-        url = build_background(args.store, reference=args.reference, space=args.space,
-                               pcls=pcls, n_top=args.n_top,
-                               storage_options=args.storage_options)
+        url = build_background(
+            args.store,
+            reference=args.reference,
+            space=args.space,
+            pcls=pcls,
+            n_top=args.n_top,
+            storage_options=args.storage_options,
+        )
     say(args, f"cmapdask: wrote {url}")
     return 0

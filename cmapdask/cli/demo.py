@@ -20,10 +20,15 @@ __all__ = ["register"]
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the pipeline on a synthetic release (synth, convert, info, index, query, similarity)",
+        help="run the pipeline on a synthetic release "
+        "(synth, convert, info, index, query, similarity)",
     )
-    p.add_argument("--out", default="cmapdask-demo", help="working folder (default ./cmapdask-demo)")
-    p.add_argument("--n-sigs", type=int, default=20_000, help="synthetic signatures (default 20000)")
+    p.add_argument(
+        "--out", default="cmapdask-demo", help="working folder (default ./cmapdask-demo)"
+    )
+    p.add_argument(
+        "--n-sigs", type=int, default=20_000, help="synthetic signatures (default 20000)"
+    )
     p.add_argument("--genes", choices=["landmark", "bing", "all"], default="landmark")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
@@ -55,8 +60,12 @@ def run_demo(args) -> int:
 
         t = _step(args, "2. convert to a Zarr store, joining siginfo, geneinfo and compoundinfo")
         convert(
-            paths["gctx"], store, sig_info=paths["siginfo"], gene_info=paths["geneinfo"],
-            compound_info=paths["compoundinfo"], progress=not args.quiet,
+            paths["gctx"],
+            store,
+            sig_info=paths["siginfo"],
+            gene_info=paths["geneinfo"],
+            compound_info=paths["compoundinfo"],
+            progress=not args.quiet,
         )
         say(args, f"   wrote {store} in {time.perf_counter() - t:.1f} s")
 
@@ -132,7 +141,9 @@ def _stage_similarity(args, client, store, paths, out) -> None:
     same = (moa[top] == moa[known][:, None]).mean()
     _, counts = np.unique(moa[known].astype(str), return_counts=True)
     chance = float(((counts / counts.sum()) ** 2).sum())
-    say(args, f"   top-{k} neighbours sharing the signature's MoA: {same:.0%} (chance {chance:.0%})")
+    say(
+        args, f"   top-{k} neighbours sharing the signature's MoA: {same:.0%} (chance {chance:.0%})"
+    )
 
 
 # Stages after convert and info: each takes (args, client, store, paths, out).

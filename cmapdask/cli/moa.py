@@ -11,40 +11,66 @@ __all__ = ["register", "run_cluster", "run_enrich", "run_recall"]
 
 
 def _annotation_args(p, required=True) -> None:
-    p.add_argument("--annotations", required=required, metavar="FILE",
-                   help="compoundinfo table, Repurposing-Hub TSV or GMT of MoAs/PCLs")
-    p.add_argument("--format", choices=["auto", "compoundinfo", "repurposing", "gmt"], default="auto")
-    p.add_argument("--field", choices=["moa", "target"], default="moa",
-                   help="table annotations: moa or target (multi-valued with '|')")
+    p.add_argument(
+        "--annotations",
+        required=required,
+        metavar="FILE",
+        help="compoundinfo table, Repurposing-Hub TSV or GMT of MoAs/PCLs",
+    )
+    p.add_argument(
+        "--format", choices=["auto", "compoundinfo", "repurposing", "gmt"], default="auto"
+    )
+    p.add_argument(
+        "--field",
+        choices=["moa", "target"],
+        default="moa",
+        help="table annotations: moa or target (multi-valued with '|')",
+    )
 
 
 def register(subparsers) -> None:
     c = subparsers.add_parser(
-        "cluster", help="cluster signatures (k-means on PCA) or perturbagens (hierarchical, graph)",
+        "cluster",
+        help="cluster signatures (k-means on PCA) or perturbagens (hierarchical, graph)",
         description="Cluster the signatures of STORE (--method kmeans), the perturbagens of a "
         "pert x pert member (--method hierarchical, --matrix similarity/<name>_pert) or the "
         "kNN graph of a neighbour member (--method graph|leiden|louvain, --neighbours). Labels "
         "become the member clusters/<NAME> (and --table).",
     )
     c.add_argument("store", metavar="STORE")
-    c.add_argument("--method", choices=["kmeans", "hierarchical", "graph", "leiden", "louvain"],
-                   default="kmeans",
-                   help="graph: Leiden where igraph and leidenalg are installed, else Louvain")
+    c.add_argument(
+        "--method",
+        choices=["kmeans", "hierarchical", "graph", "leiden", "louvain"],
+        default="kmeans",
+        help="graph: Leiden where igraph and leidenalg are installed, else Louvain",
+    )
     c.add_argument("--k", type=int, default=None, help="clusters (kmeans, hierarchical)")
     c.add_argument("--components", type=int, default=50, help="kmeans: principal components")
     c.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
     c.add_argument("--init", choices=["k-means||", "sample-k-means++"], default="k-means||")
-    c.add_argument("--solver", choices=["auto", "covariance", "randomized", "full"], default="auto",
-                   help="kmeans: PCA solver (auto: one-pass covariance up to 4,096 genes)")
+    c.add_argument(
+        "--solver",
+        choices=["auto", "covariance", "randomized", "full"],
+        default="auto",
+        help="kmeans: PCA solver (auto: one-pass covariance up to 4,096 genes)",
+    )
     c.add_argument("--n-init", type=int, default=3, help="kmeans: initialisations kept best of")
-    c.add_argument("--matrix", default=None, metavar="MEMBER", help="hierarchical: pert x pert member")
+    c.add_argument(
+        "--matrix", default=None, metavar="MEMBER", help="hierarchical: pert x pert member"
+    )
     c.add_argument("--variable", default="pert_summary", help="hierarchical: variable of --matrix")
-    c.add_argument("--linkage", choices=["average", "complete", "single", "ward"], default="average")
-    c.add_argument("--neighbours", default=None, metavar="MEMBER", help="graph: top-k neighbour member")
+    c.add_argument(
+        "--linkage", choices=["average", "complete", "single", "ward"], default="average"
+    )
+    c.add_argument(
+        "--neighbours", default=None, metavar="MEMBER", help="graph: top-k neighbour member"
+    )
     c.add_argument("--resolution", type=float, default=1.0)
     c.add_argument("--name", required=True, help="member name below clusters/")
     c.add_argument("--table", default=None, metavar="PATH", help="also write labels (TSV/.parquet)")
-    c.add_argument("--heatmap", default=None, metavar="PNG|SVG", help="hierarchical: clustered heatmap")
+    c.add_argument(
+        "--heatmap", default=None, metavar="PNG|SVG", help="hierarchical: clustered heatmap"
+    )
     c.add_argument("--seed", type=int, default=0)
     _annotation_args(c, required=False)
     c.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
@@ -52,44 +78,70 @@ def register(subparsers) -> None:
     c.set_defaults(func=run_cluster)
 
     e = subparsers.add_parser(
-        "enrich", help="MoA/PCL enrichment of ranked lists or of clusters",
+        "enrich",
+        help="MoA/PCL enrichment of ranked lists or of clusters",
         description="Ranked lists: every row of VARIABLE in SOURCE (a query result folder "
         "written by cmapdask query, one of its GCTx matrices, a Zarr query result, or a "
         "store member given with --member) is a list; each annotation set is tested at the "
         "top and bottom (KS running sum with permutation p, Fisher top-N, BH). Clusters: "
         "--clusters MEMBER tests over-representation per cluster (hypergeometric, BH).",
     )
-    e.add_argument("source", metavar="SOURCE",
-                   help="query result folder, GCTx or Zarr result; or a store (--member/--clusters)")
+    e.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="query result folder, GCTx or Zarr result; or a store (--member/--clusters)",
+    )
     e.add_argument("--member", default=None, help="store member holding the lists")
-    e.add_argument("--variable", default=None,
-                   help="lists: ps (tau, default), ncs, cs, ps_pert_summary, ... ; in a store "
-                   "member or Zarr the first of ps, pert_summary, ncs")
-    e.add_argument("--clusters", default=None, metavar="MEMBER", help="cluster member (clusters/NAME)")
+    e.add_argument(
+        "--variable",
+        default=None,
+        help="lists: ps (tau, default), ncs, cs, ps_pert_summary, ... ; in a store "
+        "member or Zarr the first of ps, pert_summary, ncs",
+    )
+    e.add_argument(
+        "--clusters", default=None, metavar="MEMBER", help="cluster member (clusters/NAME)"
+    )
     e.add_argument("--item-field", default=None, help="coordinate matched to set members (pert_id)")
     e.add_argument("--n-top", type=int, default=100)
     e.add_argument("--permutations", type=int, default=1000)
     e.add_argument("--pvalue", choices=["permutation", "analytic"], default="permutation")
     e.add_argument("--weight", choices=["unweighted", "weighted"], default="unweighted")
-    e.add_argument("--exclude", choices=["self", "none"], default="self",
-                   help="self: leave a list's own perturbagen out of it (default)")
-    e.add_argument("--null", choices=["auto", "items", "groups"], default="auto",
-                   help="random sets of items, or of labels with all their items (groups: "
-                   "several signatures per compound); auto picks groups when labels repeat")
+    e.add_argument(
+        "--exclude",
+        choices=["self", "none"],
+        default="self",
+        help="self: leave a list's own perturbagen out of it (default)",
+    )
+    e.add_argument(
+        "--null",
+        choices=["auto", "items", "groups"],
+        default="auto",
+        help="random sets of items, or of labels with all their items (groups: "
+        "several signatures per compound); auto picks groups when labels repeat",
+    )
     e.add_argument("--seed", type=int, default=0, help="seed of the permutations")
     e.add_argument("--max-q", type=float, default=1.0, help="keep rows with some q at most this")
-    e.add_argument("--running-sum", default=None, metavar="PNG|SVG",
-                   help="ranked lists: running-sum plot of the most enriched (list, set) pair")
+    e.add_argument(
+        "--running-sum",
+        default=None,
+        metavar="PNG|SVG",
+        help="ranked lists: running-sum plot of the most enriched (list, set) pair",
+    )
     e.add_argument("--out", required=True, metavar="TSV", help="result table (TSV or .parquet)")
-    e.add_argument("--pcl-gmt", default=None, metavar="GMT",
-                   help="with --clusters on a pert matrix member (--member): write candidate PCLs")
+    e.add_argument(
+        "--pcl-gmt",
+        default=None,
+        metavar="GMT",
+        help="with --clusters on a pert matrix member (--member): write candidate PCLs",
+    )
     _annotation_args(e)
     e.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
     add_cluster_args(e)
     e.set_defaults(func=run_enrich)
 
     r = subparsers.add_parser(
-        "recall", help="MoA recall: AUROC of same- vs different-MoA pairs from neighbour lists",
+        "recall",
+        help="MoA recall: AUROC of same- vs different-MoA pairs from neighbour lists",
         description="For each top-k neighbour member of STORE (default: every similarity/* "
         "member with neighbour lists), the AUROC with which similarity separates same-MoA "
         "from different-MoA signature pairs, overall and per cell line.",
@@ -134,34 +186,49 @@ def run_cluster(args) -> int:
             if not args.k:
                 raise InputError("--method kmeans needs --k")
             ds = open_store(args.store, storage_options=so)
-            res = clustering.kmeans_signatures(ds, n_clusters=args.k, n_components=args.components,
-                                               space=args.space, init=args.init, solver=args.solver,
-                                               n_init=args.n_init, seed=args.seed)
+            res = clustering.kmeans_signatures(
+                ds,
+                n_clusters=args.k,
+                n_components=args.components,
+                space=args.space,
+                init=args.init,
+                solver=args.solver,
+                n_init=args.n_init,
+                seed=args.seed,
+            )
             truth_ids = ds["pert_id"].values if "pert_id" in ds.coords else None
         elif args.method == "hierarchical":
             if not (args.k and args.matrix):
                 raise InputError("--method hierarchical needs --k and --matrix MEMBER")
             mat = open_member(args.store, args.matrix, storage_options=so)
             if args.variable not in mat:
-                raise InputError(f"{args.store}: member {args.matrix!r} has no variable {args.variable!r}")
+                raise InputError(
+                    f"{args.store}: member {args.matrix!r} has no variable {args.variable!r}"
+                )
             mat = mat[args.variable]
-            res = clustering.hierarchical_perts(mat, method=args.linkage, n_clusters=args.k,
-                                                source=f"{args.matrix}:{args.variable}")
+            res = clustering.hierarchical_perts(
+                mat, method=args.linkage, n_clusters=args.k, source=f"{args.matrix}:{args.variable}"
+            )
             truth_ids = res["pert"].values
         else:
             if not args.neighbours:
                 raise InputError(f"--method {args.method} needs --neighbours MEMBER")
             nb = open_member(args.store, args.neighbours, storage_options=so)
-            res = clustering.graph_clusters(nb, method="auto" if args.method == "graph" else args.method,
-                                            resolution=args.resolution, seed=args.seed)
+            res = clustering.graph_clusters(
+                nb,
+                method="auto" if args.method == "graph" else args.method,
+                resolution=args.resolution,
+                seed=args.seed,
+            )
             ds = open_store(args.store, storage_options=so)
             ids = res["sig"].values
             if "pert_id" in ds.coords and set(ids) <= set(ds["sig"].values):
                 truth_ids = ds["pert_id"].sel(sig=ids).values  # signature graph
             else:
                 truth_ids = ids  # a perturbagen graph (its items are pert_ids)
-        out = clustering.write_clusters(res, args.store, name=args.name, table=args.table,
-                                        storage_options=so)
+        out = clustering.write_clusters(
+            res, args.store, name=args.name, table=args.table, storage_options=so
+        )
         quality, moa = {}, None
         if args.annotations and truth_ids is not None:
             from cmapdask.annotations import labels_from_sets
@@ -172,7 +239,10 @@ def run_cluster(args) -> int:
             from cmapdask.plots import plot_clustered_heatmap
 
             plot_clustered_heatmap(mat, res, args.heatmap, moa=moa)
-    say(args, f"cmapdask: wrote {out.get('member')}" + (f" and {out['table']}" if "table" in out else ""))
+    say(
+        args,
+        f"cmapdask: wrote {out.get('member')}" + (f" and {out['table']}" if "table" in out else ""),
+    )
     if quality:
         print(json.dumps(quality))
     return 0
@@ -186,11 +256,14 @@ def _open_lists(args):
         ds = open_member(args.source, args.member, storage_options=args.storage_options)
         var = args.variable or next((v for v in ("ps", "pert_summary", "ncs") if v in ds), None)
         if var is None or var not in ds or ds[var].ndim != 2:
-            raise InputError(f"{args.source}: member {args.member!r} has no list variable "
-                             f"{args.variable or 'ps/pert_summary/ncs'!r}")
+            raise InputError(
+                f"{args.source}: member {args.member!r} has no list variable "
+                f"{args.variable or 'ps/pert_summary/ncs'!r}"
+            )
         return ds[var]
-    return read_ranked_lists(args.source, variable=args.variable,
-                             storage_options=args.storage_options)
+    return read_ranked_lists(
+        args.source, variable=args.variable, storage_options=args.storage_options
+    )
 
 
 def run_enrich(args) -> int:
@@ -217,24 +290,38 @@ def run_enrich(args) -> int:
                     raise InputError("--pcl-gmt needs --member (the pert x pert matrix member)")
                 mat = open_member(args.source, args.member, storage_options=args.storage_options)
                 var = args.variable or "pert_summary"
-                cand = enrich.candidate_pcls(mat[var], cl["cluster"].sel({dim: mat[mat[var].dims[0]].values}).values, sets)
+                cand = enrich.candidate_pcls(
+                    mat[var], cl["cluster"].sel({dim: mat[mat[var].dims[0]].values}).values, sets
+                )
                 enrich.write_pcl_gmt(cand, args.pcl_gmt)
                 say(args, f"cmapdask: {len(cand)} candidate PCLs in {args.pcl_gmt}")
         else:
             lists = _open_lists(args)
             item_field = args.item_field
-            if item_field is None and "pert_id" in lists.coords \
-                    and lists["pert_id"].dims == (lists.dims[1],):
+            if (
+                item_field is None
+                and "pert_id" in lists.coords
+                and lists["pert_id"].dims == (lists.dims[1],)
+            ):
                 item_field = "pert_id"
-            res = enrich.enrich_ranked(lists, sets, item_field=item_field, n_top=args.n_top,
-                                       permutations=args.permutations, pvalue=args.pvalue,
-                                       weight=args.weight, exclude=args.exclude, null=args.null,
-                                       seed=args.seed)
+            res = enrich.enrich_ranked(
+                lists,
+                sets,
+                item_field=item_field,
+                n_top=args.n_top,
+                permutations=args.permutations,
+                pvalue=args.pvalue,
+                weight=args.weight,
+                exclude=args.exclude,
+                null=args.null,
+                seed=args.seed,
+            )
             with progress(args, client):
                 df = enrich.enrichment_table(res, max_q=args.max_q)
             if args.running_sum and len(df):
-                best = df.sort_values(["q_ks_top", "p_ks_top", "es_top"],
-                                      ascending=[True, True, False]).iloc[0]
+                best = df.sort_values(
+                    ["q_ks_top", "p_ks_top", "es_top"], ascending=[True, True, False]
+                ).iloc[0]
                 _plot_best(lists, sets, best, item_field, args)
     _write_table(df, args.out)
     say(args, f"cmapdask: wrote {len(df)} rows to {args.out}")
@@ -254,8 +341,12 @@ def _plot_best(lists, sets, best, item_field, args) -> None:
     mask = np.array([str(v) in members for v in labels])
     if args.exclude == "self":  # as the test did: the list's own perturbagen is not in it
         scores = np.where(np.array([str(v) == str(best["list"]) for v in labels]), np.nan, scores)
-    plot_running_sum(scores, np.flatnonzero(mask & np.isfinite(scores)), args.running_sum,
-                     title=f"{best['list']}: {best['set']} (q = {best['q_ks_top']:.2g})")
+    plot_running_sum(
+        scores,
+        np.flatnonzero(mask & np.isfinite(scores)),
+        args.running_sum,
+        title=f"{best['list']}: {best['set']} (q = {best['q_ks_top']:.2g})",
+    )
     say(args, f"cmapdask: wrote {args.running_sum}")
 
 
@@ -273,15 +364,18 @@ def run_recall(args) -> int:
         raise InputError(f"{args.store}: no signature field {args.pert_field!r}")
     cell_field = args.cell_field or ("cell_id" if "cell_id" in ds.coords else "cell_iname")
     cells = ds[cell_field].values if cell_field in ds.coords else None
-    members = args.member or [m for m in list_members(args.store, storage_options=so)
-                              if m.startswith("similarity/")]
+    members = args.member or [
+        m for m in list_members(args.store, storage_options=so) if m.startswith("similarity/")
+    ]
     rows, first = [], None
     with dask_client(args):
         for name in members:
             nb = open_member(args.store, name, storage_options=so)
             if "top_index" not in nb or "ref_valid" in nb:
                 if args.member:
-                    raise InputError(f"{args.store}: member {name!r} is not a self-similarity neighbour list")
+                    raise InputError(
+                        f"{args.store}: member {name!r} is not a self-similarity neighbour list"
+                    )
                 continue
             ids = ds[args.pert_field].sel(sig=nb["sig"].values).values
             c = None if cells is None else ds[cell_field].sel(sig=nb["sig"].values).values
@@ -290,12 +384,23 @@ def run_recall(args) -> int:
             prov = nb.attrs.get("cmapdask", {})
             for g in res["group"].values:
                 r = res.sel(group=g)
-                rows.append({"member": name, "metric": prov.get("metric"), "space": prov.get("space"),
-                             "group": g, "auroc": float(r["auroc"]), "auroc_min": float(r["auroc_min"]),
-                             "auroc_max": float(r["auroc_max"]), "n_pos": int(r["n_pos"]),
-                             "n_neg": int(r["n_neg"])})
+                rows.append(
+                    {
+                        "member": name,
+                        "metric": prov.get("metric"),
+                        "space": prov.get("space"),
+                        "group": g,
+                        "auroc": float(r["auroc"]),
+                        "auroc_min": float(r["auroc_min"]),
+                        "auroc_max": float(r["auroc_max"]),
+                        "n_pos": int(r["n_pos"]),
+                        "n_neg": int(r["n_neg"]),
+                    }
+                )
     if not rows:
-        raise InputError(f"{args.store}: no self-similarity neighbour member (run cmapdask similarity)")
+        raise InputError(
+            f"{args.store}: no self-similarity neighbour member (run cmapdask similarity)"
+        )
     df = pd.DataFrame(rows)
     if args.out:
         _write_table(df, args.out)

@@ -21,7 +21,8 @@ EXIT_TRANSIENT = 75  # EX_TEMPFAIL of sysexits.h: "try again later"
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "append", help="add signatures (and metadata) to a versioned collection",
+        "append",
+        help="add signatures (and metadata) to a versioned collection",
         description="Add the signatures of NEW.gctx to the collection STORE as a new staged "
         "version (the first append creates the collection). Duplicate signature ids are "
         "refused; metadata fields are reconciled (missing on one side) or refused (numeric "
@@ -29,20 +30,33 @@ def register(subparsers) -> None:
     )
     p.add_argument("store", metavar="STORE", help="collection URL (local path, s3://...)")
     p.add_argument("new", metavar="NEW.gctx", help="GCTx file of new signatures")
-    p.add_argument("--sig-info", default=None, metavar="F", help="siginfo table of the new signatures")
-    p.add_argument("--gene-info", default=None, metavar="F", help="geneinfo table (first append only)")
-    p.add_argument("--chunk-rows", type=int, default=None, help="signatures per chunk (first append only)")
-    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
-                   help="fsspec options for STORE and NEW (e.g. an S3 endpoint)")
+    p.add_argument(
+        "--sig-info", default=None, metavar="F", help="siginfo table of the new signatures"
+    )
+    p.add_argument(
+        "--gene-info", default=None, metavar="F", help="geneinfo table (first append only)"
+    )
+    p.add_argument(
+        "--chunk-rows", type=int, default=None, help="signatures per chunk (first append only)"
+    )
+    p.add_argument(
+        "--storage-options",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="fsspec options for STORE and NEW (e.g. an S3 endpoint)",
+    )
     add_cluster_args(p)
     p.set_defaults(func=run_append)
 
     r = subparsers.add_parser(
-        "rebuild", help="nightly rebuild: fold new signatures into the products, publish",
+        "rebuild",
+        help="nightly rebuild: fold new signatures into the products, publish",
         description="Compute the products of the newest appended version of STORE (top-k "
         "similarity incrementally: new x all merged into the existing lists; query indexes "
         "extended; tau backgrounds shared, or rebuilt when the reference set changed; "
-        "clusters recomputed) and switch STORE/CURRENT to it atomically. Nothing new: a no-op. A killed run "
+        "clusters recomputed) and switch STORE/CURRENT to it atomically. Nothing new: a no-op. A "
+        "killed run "
         "resumes from completed blocks. " + __doc__.split("\n\n")[1],
     )
     r.add_argument("store", metavar="STORE", help="collection URL")
@@ -58,8 +72,11 @@ def register(subparsers) -> None:
 
 def _transient(e: BaseException) -> bool:
     names = {"KilledWorker", "CommClosedError", "FutureCancelledError", "CancelledError"}
-    return isinstance(e, (OSError, TimeoutError, ConnectionError)) and not isinstance(
-        e, (FileNotFoundError, PermissionError)) or type(e).__name__ in names
+    return (
+        isinstance(e, (OSError, TimeoutError, ConnectionError))
+        and not isinstance(e, (FileNotFoundError, PermissionError))
+        or type(e).__name__ in names
+    )
 
 
 def _guard(args, fn) -> int:
@@ -80,12 +97,21 @@ def run_append(args) -> int:
     def go():
         t0 = time.perf_counter()
         with dask_client(args):
-            vid = append(args.store, args.new, sig_info=args.sig_info, gene_info=args.gene_info,
-                         storage_options=args.storage_options,
-                         src_storage_options=args.storage_options if "://" in args.new else None,
-                         chunk_rows=args.chunk_rows, progress=not args.quiet)
-        say(args, f"cmapdask: staged version {vid} of {args.store} in "
-                  f"{time.perf_counter() - t0:.1f} s; publish it with `cmapdask rebuild {args.store}`")
+            vid = append(
+                args.store,
+                args.new,
+                sig_info=args.sig_info,
+                gene_info=args.gene_info,
+                storage_options=args.storage_options,
+                src_storage_options=args.storage_options if "://" in args.new else None,
+                chunk_rows=args.chunk_rows,
+                progress=not args.quiet,
+            )
+        say(
+            args,
+            f"cmapdask: staged version {vid} of {args.store} in "
+            f"{time.perf_counter() - t0:.1f} s; publish it with `cmapdask rebuild {args.store}`",
+        )
         print(vid)
         return 0
 
@@ -98,14 +124,24 @@ def run_rebuild(args) -> int:
     def go():
         t0 = time.perf_counter()
         with dask_client(args):
-            res = rebuild(args.store, full=args.full, metric=args.metric, k=args.k,
-                          space=args.space, block_size=args.block_size,
-                          storage_options=args.storage_options, progress=not args.quiet)
+            res = rebuild(
+                args.store,
+                full=args.full,
+                metric=args.metric,
+                k=args.k,
+                space=args.space,
+                block_size=args.block_size,
+                storage_options=args.storage_options,
+                progress=not args.quiet,
+            )
         if res.status == "nothing-new":
             say(args, f"cmapdask: nothing new in {args.store}; current is {res.version}")
         else:
-            say(args, f"cmapdask: published {res.version} ({res.mode}, {res.n_sig} signatures, "
-                      f"{res.n_new} new) in {time.perf_counter() - t0:.1f} s")
+            say(
+                args,
+                f"cmapdask: published {res.version} ({res.mode}, {res.n_sig} signatures, "
+                f"{res.n_new} new) in {time.perf_counter() - t0:.1f} s",
+            )
         print(json.dumps(dataclasses_asdict(res)))
         return 0
 

@@ -58,15 +58,21 @@ def dask_client(args) -> Iterator[object | None]:
         n = n or max(1, min(os.cpu_count() or 1, 4))
         threads = dask.config.get("cmapdask.cluster.local.threads_per_worker")
         memory = dask.config.get("cmapdask.cluster.local.memory_limit")
-        with LocalCluster(
-            n_workers=n,
-            threads_per_worker=threads,
-            memory_limit=memory,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=40,
-        ) as cluster, Client(cluster) as client:
-            say(args, f"cmapdask: local Dask cluster, {n} workers, dashboard {client.dashboard_link}")
+        with (
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=threads,
+                memory_limit=memory,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=40,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            say(
+                args,
+                f"cmapdask: local Dask cluster, {n} workers, dashboard {client.dashboard_link}",
+            )
             yield client
     elif target == "none":
         with dask.config.set(scheduler="threads"):
@@ -76,15 +82,21 @@ def dask_client(args) -> Iterator[object | None]:
 
         kwargs = {"scheduler_file": target} if os.path.isfile(target) else {"address": target}
         with Client(timeout="30s", **kwargs) as client:
-            say(args, f"cmapdask: Dask cluster {client.scheduler.address}, dashboard {client.dashboard_link}")
+            say(
+                args,
+                f"cmapdask: Dask cluster {client.scheduler.address}, dashboard "
+                f"{client.dashboard_link}",
+            )
             yield client
 
 
 @contextlib.contextmanager
 def progress(args, client) -> Iterator[None]:
     """Show progress of dask work run inside the block (a text bar on stderr)."""
-    if getattr(args, "quiet", False) or not sys.stderr.isatty() and not os.environ.get(
-        "CMAPDASK_PROGRESS"
+    if (
+        getattr(args, "quiet", False)
+        or not sys.stderr.isatty()
+        and not os.environ.get("CMAPDASK_PROGRESS")
     ):
         yield
         return

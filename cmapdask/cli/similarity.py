@@ -23,27 +23,58 @@ def register(subparsers) -> None:
         "summaries per cell line and across cell lines.",
     )
     p.add_argument("store", metavar="STORE", help="signature store URL")
-    p.add_argument("--metric", choices=["pearson", "spearman", "cosine"], default="pearson",
-                   help="similarity metric (default pearson)")
+    p.add_argument(
+        "--metric",
+        choices=["pearson", "spearman", "cosine"],
+        default="pearson",
+        help="similarity metric (default pearson)",
+    )
     p.add_argument("--k", type=int, default=100, help="neighbours per tail (default 100)")
-    p.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark",
-                   help="genes compared: 978 landmarks, BING or all (default landmark)")
-    p.add_argument("--out", default=None, metavar="URL",
-                   help="write to this Zarr URL instead of a member of STORE")
-    p.add_argument("--member", default=None, help="member name (default similarity/<metric>_<space>)")
+    p.add_argument(
+        "--space",
+        choices=["landmark", "bing", "all"],
+        default="landmark",
+        help="genes compared: 978 landmarks, BING or all (default landmark)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="URL",
+        help="write to this Zarr URL instead of a member of STORE",
+    )
+    p.add_argument(
+        "--member", default=None, help="member name (default similarity/<metric>_<space>)"
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--full", action="store_true", help="write the full similarity matrix")
     mode.add_argument("--pert", action="store_true", help="perturbagen-level similarity (maxq)")
     p.add_argument("--gctx", default=None, metavar="PATH", help="with --full: also write a GCTx")
     q = p.add_mutually_exclusive_group()
-    q.add_argument("--ref", default=None, metavar="STORE2",
-                   help="queries-vs-reference: neighbours of STORE's signatures among STORE2's")
-    q.add_argument("--query-ids", default=None, metavar="GRP",
-                   help="file of signature ids: these against the rest of STORE")
-    p.add_argument("--block-size", type=int, default=None,
-                   help="signatures per block (default: dask config cmapdask.similarity.block_rows, 4096)")
-    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
-                   help="fsspec options for the store URLs")
+    q.add_argument(
+        "--ref",
+        default=None,
+        metavar="STORE2",
+        help="queries-vs-reference: neighbours of STORE's signatures among STORE2's",
+    )
+    q.add_argument(
+        "--query-ids",
+        default=None,
+        metavar="GRP",
+        help="file of signature ids: these against the rest of STORE",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="signatures per block (default: dask config cmapdask.similarity.block_rows, 4096)",
+    )
+    p.add_argument(
+        "--storage-options",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="fsspec options for the store URLs",
+    )
     add_cluster_args(p)
     p.set_defaults(func=run_similarity)
 
@@ -64,7 +95,9 @@ def _inputs(args):
         known = ds.indexes["sig"]
         missing = [i for i in ids if i not in known]
         if missing:
-            raise MetadataError(f"{args.query_ids}: {len(missing)} id(s) not in {args.store}, e.g. {missing[0]!r}")
+            raise MetadataError(
+                f"{args.query_ids}: {len(missing)} id(s) not in {args.store}, e.g. {missing[0]!r}"
+            )
         ref = ds.drop_sel(sig=ids)
         ds = ds.sel(sig=ids)
     block = args.block_size or dask.config.get("cmapdask.similarity.block_rows", 4096)
@@ -90,15 +123,25 @@ def run_similarity(args) -> int:
     elif args.pert:
         result = pert_similarity(ds, metric=args.metric, space=args.space)
     else:
-        result = similarity(ds, ref, metric=args.metric, k=args.k, space=args.space, block_size=block)
+        result = similarity(
+            ds, ref, metric=args.metric, k=args.k, space=args.space, block_size=block
+        )
     store = None if args.out else args.store
     with dask_client(args):
         dest = write_similarity(
-            result, store, out=args.out, name=args.member, gctx=args.gctx,
-            storage_options=args.storage_options, progress=not args.quiet,
+            result,
+            store,
+            out=args.out,
+            name=args.member,
+            gctx=args.gctx,
+            storage_options=args.storage_options,
+            progress=not args.quiet,
         )
-    say(args, f"cmapdask: wrote {dest} ({ds.sizes['sig']} signatures, {args.metric}, "
-              f"{args.space}) in {time.perf_counter() - t0:.1f} s")
+    say(
+        args,
+        f"cmapdask: wrote {dest} ({ds.sizes['sig']} signatures, {args.metric}, "
+        f"{args.space}) in {time.perf_counter() - t0:.1f} s",
+    )
     if not (args.full or args.pert):
         _report_invalid(args, dest)
     return 0
@@ -114,6 +157,9 @@ def _report_invalid(args, dest) -> None:
     valid = np.asarray(out["valid"].values, bool)
     if (~valid).any():
         bad = [str(s) for s in np.asarray(out["sig"].values)[~valid]]
-        say(args, f"cmapdask: {len(bad)} signature(s) have non-finite values or no spread in "
-                  f"the {args.space} space and got no neighbours: {', '.join(bad[:5])}"
-                  + (" ..." if len(bad) > 5 else ""))
+        say(
+            args,
+            f"cmapdask: {len(bad)} signature(s) have non-finite values or no spread in "
+            f"the {args.space} space and got no neighbours: {', '.join(bad[:5])}"
+            + (" ..." if len(bad) > 5 else ""),
+        )

@@ -24,16 +24,27 @@ def register(sub) -> None:
     p.add_argument("--sig-info", help="siginfo table (TSV or Parquet, id column sig_id)")
     p.add_argument("--gene-info", help="geneinfo table (id column gene_id)")
     p.add_argument("--compound-info", help="compoundinfo table (id column pert_id)")
-    p.add_argument("--ignore-extra-ids", action="store_true", help="allow table rows whose id is not in SRC")
-    p.add_argument("--chunk-rows", type=int, default=None, help="signatures per chunk (default ~32 MiB)")
+    p.add_argument(
+        "--ignore-extra-ids", action="store_true", help="allow table rows whose id is not in SRC"
+    )
+    p.add_argument(
+        "--chunk-rows", type=int, default=None, help="signatures per chunk (default ~32 MiB)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     p.add_argument("--no-checksum", action="store_true", help="skip the source SHA-256")
-    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON",
-                   help='fsspec options for DEST, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'')
+    p.add_argument(
+        "--storage-options",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='fsspec options for DEST, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'',
+    )
     add_cluster_args(p)
     p.set_defaults(func=run_convert)
 
-    p = sub.add_parser("info", help="shape, fields, chunking and provenance of a GCTx/GCT file or a store")
+    p = sub.add_parser(
+        "info", help="shape, fields, chunking and provenance of a GCTx/GCT file or a store"
+    )
     p.add_argument("target", help="GCTx/GCT file or store URL")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
@@ -59,8 +70,11 @@ def run_convert(args) -> int:
             progress=not args.quiet,
         )
     info = store_info(args.dest, storage_options=args.storage_options)
-    say(args, f"cmapdask: wrote {args.dest}: {info['shape']['sig']} signatures x "
-              f"{info['shape']['gene']} genes in {time.perf_counter() - t0:.1f} s")
+    say(
+        args,
+        f"cmapdask: wrote {args.dest}: {info['shape']['sig']} signatures x "
+        f"{info['shape']['gene']} genes in {time.perf_counter() - t0:.1f} s",
+    )
     return 0
 
 
@@ -84,7 +98,9 @@ def file_info(path, storage_options=None) -> dict:
         "shape": {"sig": ds.sizes["sig"], "gene": ds.sizes["gene"]},
         "dask_chunks": [list(c) for c in ds["expr"].chunks] if ds["expr"].chunks else None,
         "sig_fields": sorted(k for k, c in ds.coords.items() if c.dims == ("sig",) and k != "sig"),
-        "gene_fields": sorted(k for k, c in ds.coords.items() if c.dims == ("gene",) and k != "gene"),
+        "gene_fields": sorted(
+            k for k, c in ds.coords.items() if c.dims == ("gene",) and k != "gene"
+        ),
         "provenance": ds.attrs.get("cmapdask", {}),
     }
 
@@ -97,7 +113,9 @@ def run_info(args) -> int:
         try:
             info = store_info(args.target, storage_options=args.storage_options)
         except StoreError as e:
-            raise StoreError(f"{args.target}: neither a GCTx/GCT file nor a cmapdask store ({e})") from None
+            raise StoreError(
+                f"{args.target}: neither a GCTx/GCT file nor a cmapdask store ({e})"
+            ) from None
     if args.json:
         json.dump(info, sys.stdout, indent=2, default=str)
         print()

@@ -17,23 +17,43 @@ def register(subparsers) -> None:
         "memory is bounded by --block-size. The planted structure is documented in "
         "cmapdask.synthetic.",
     )
-    p.add_argument("outdir", metavar="OUTDIR",
-                   help="folder to write, a path or fsspec URL (created if missing)")
+    p.add_argument(
+        "outdir",
+        metavar="OUTDIR",
+        help="folder to write, a path or fsspec URL (created if missing)",
+    )
     p.add_argument("--n-sigs", type=int, required=True, help="number of signatures")
-    p.add_argument("--genes", choices=["landmark", "bing", "all"], default="landmark",
-                   help="gene space: 978 landmarks, 10,174 BING or all 12,328 (default landmark)")
+    p.add_argument(
+        "--genes",
+        choices=["landmark", "bing", "all"],
+        default="landmark",
+        help="gene space: 978 landmarks, 10,174 BING or all 12,328 (default landmark)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--n-moas", type=int, default=None, help="mechanisms of action")
     p.add_argument("--n-compounds", type=int, default=None, help="compounds")
     p.add_argument("--n-cells", type=int, default=9, help="cell lines, 1 to 16 (default 9)")
-    p.add_argument("--n-replicates", type=int, default=3,
-                   help="replicate plate sets per condition group (default 3)")
-    p.add_argument("--block-size", type=int, default=None,
-                   help="signatures generated per block (default: about 64 MB of values)")
-    p.add_argument("--compression", choices=["none", "gzip"], default="none",
-                   help="GCTx matrix compression (default none, the reference layout)")
-    p.add_argument("--force", action="store_true",
-                   help="write into OUTDIR even if it already holds files")
+    p.add_argument(
+        "--n-replicates",
+        type=int,
+        default=3,
+        help="replicate plate sets per condition group (default 3)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="signatures generated per block (default: about 64 MB of values)",
+    )
+    p.add_argument(
+        "--compression",
+        choices=["none", "gzip"],
+        default="none",
+        help="GCTx matrix compression (default none, the reference layout)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="write into OUTDIR even if it already holds files"
+    )
     add_cluster_args(p)
     p.set_defaults(func=run_synth)
 
@@ -43,19 +63,30 @@ def run_synth(args) -> int:
     from cmapdask.synthetic import synth_design, write_synthetic
 
     design = synth_design(
-        args.n_sigs, genes=args.genes, seed=args.seed, n_moas=args.n_moas,
-        n_compounds=args.n_compounds, n_cells=args.n_cells, n_replicates=args.n_replicates,
+        args.n_sigs,
+        genes=args.genes,
+        seed=args.seed,
+        n_moas=args.n_moas,
+        n_compounds=args.n_compounds,
+        n_cells=args.n_cells,
+        n_replicates=args.n_replicates,
     )
     fs, path = url_to_fs(args.outdir)
     if fs.exists(path) and not fs.isdir(path):
         raise InputError(f"{args.outdir}: exists and is not a folder")
     if fs.isdir(path) and fs.ls(path) and not args.force:
         raise InputError(f"{args.outdir}: folder is not empty (use --force to write into it)")
-    say(args, f"cmapdask: synthetic {design.n_sigs} x {design.n_genes} ({design.genes}), "
-              f"{design.n_moas} MoAs, {design.n_compounds} compounds, seed {design.seed}")
+    say(
+        args,
+        f"cmapdask: synthetic {design.n_sigs} x {design.n_genes} ({design.genes}), "
+        f"{design.n_moas} MoAs, {design.n_compounds} compounds, seed {design.seed}",
+    )
     with dask_client(args):
         paths = write_synthetic(
-            args.outdir, design, block_size=args.block_size, compression=args.compression,
+            args.outdir,
+            design,
+            block_size=args.block_size,
+            compression=args.compression,
             progress=not args.quiet,
         )
     for path in paths.values():

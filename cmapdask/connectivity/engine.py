@@ -29,7 +29,7 @@ FIELDS = ("cs", "cs_up", "cs_dn", "leadf_up", "leadf_dn")
 def query_tails(qs: QuerySet, tail: Tail) -> list[str]:
     """The tail each query is scored with: the option, narrowed to the sets present."""
     out = []
-    for name, u, d in zip(qs.names, qs.up, qs.down):
+    for name, u, d in zip(qs.names, qs.up, qs.down, strict=False):
         if tail == "both":
             out.append("both" if u.size and d.size else ("up" if u.size else "down"))
         elif (tail == "up" and not u.size) or (tail == "down" and not d.size):
@@ -39,8 +39,16 @@ def query_tails(qs: QuerySet, tail: Tail) -> list[str]:
     return out
 
 
-def score_block(ranks, scores, qs: QuerySet, tails, n_genes: int, metric: Metric, *,
-                layout: Literal["sig", "gene"] = "sig"):
+def score_block(
+    ranks,
+    scores,
+    qs: QuerySet,
+    tails,
+    n_genes: int,
+    metric: Metric,
+    *,
+    layout: Literal["sig", "gene"] = "sig",
+):
     """Score every query on one block: ``ranks``/``scores`` are ``(sig, union genes)``
     (``layout="gene"``: ``(union genes, sig)``, as the index stores them).
 
@@ -53,7 +61,7 @@ def score_block(ranks, scores, qs: QuerySet, tails, n_genes: int, metric: Metric
     out = np.zeros((5, nq, n), dtype=np.float32)
     out[3:] = np.nan
     sets, slots = [], []
-    for q, (u, d, tail) in enumerate(zip(qs.up, qs.down, tails)):
+    for q, (u, d, tail) in enumerate(zip(qs.up, qs.down, tails, strict=False)):
         for k, (label, genes) in enumerate((("up", u), ("down", d))):
             if genes.size and tail != ("down" if label == "up" else "up"):
                 sets.append(np.searchsorted(union, genes))
@@ -61,7 +69,7 @@ def score_block(ranks, scores, qs: QuerySet, tails, n_genes: int, metric: Metric
     # all sets in one pass over the block: each signature's row is fetched once
     es, lead = es_of_sets(ranks, scores, sets, n_genes, metric=metric, layout=layout)
     es_up, es_dn = np.zeros((nq, n)), np.zeros((nq, n))
-    for (q, k), e, lf in zip(slots, es, lead):
+    for (q, k), e, lf in zip(slots, es, lead, strict=False):
         (es_up if k == 0 else es_dn)[q] = e
         out[3 + k, q] = lf
     for q, tail in enumerate(tails):

@@ -15,18 +15,90 @@ import numpy as np
 
 from cmapdask.errors import InputError
 
-__all__ = ["enrichment_scores", "es_of_members", "es_of_sets", "combine_wtcs", "transpose", "Metric",
-           "Tail"]
+__all__ = [
+    "enrichment_scores",
+    "es_of_members",
+    "es_of_sets",
+    "combine_wtcs",
+    "transpose",
+    "Metric",
+    "Tail",
+]
 
 Metric = Literal["wtcs", "cs"]
 Tail = Literal["both", "up", "down"]
 
 
 _DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
-_DEBRUIJN_TABLE = np.array([
-    0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43,
-    22, 45, 39, 33, 30, 24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44,
-    32, 23, 11, 46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
+_DEBRUIJN_TABLE = np.array(
+    [
+        0,
+        1,
+        48,
+        2,
+        57,
+        49,
+        28,
+        3,
+        61,
+        58,
+        50,
+        42,
+        38,
+        29,
+        17,
+        4,
+        62,
+        55,
+        59,
+        36,
+        53,
+        51,
+        43,
+        22,
+        45,
+        39,
+        33,
+        30,
+        24,
+        18,
+        12,
+        5,
+        63,
+        47,
+        56,
+        27,
+        60,
+        41,
+        37,
+        16,
+        54,
+        35,
+        52,
+        21,
+        44,
+        32,
+        23,
+        11,
+        46,
+        26,
+        40,
+        15,
+        34,
+        20,
+        31,
+        10,
+        25,
+        14,
+        19,
+        9,
+        13,
+        8,
+        7,
+        6,
+    ],
+    dtype=np.int64,
+)
 
 
 _TILE = 16  # signatures per transposed tile of the gene-major kernel
@@ -41,8 +113,9 @@ def _es_kernel(ranks, scores, members, sizes, n_genes, weighted, es, lead):  # p
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
-def _es_kernel_gm(ranks, scores, members, sizes, n_genes, weighted, es, lead,
-                  tile):  # pragma: no cover
+def _es_kernel_gm(
+    ranks, scores, members, sizes, n_genes, weighted, es, lead, tile
+):  # pragma: no cover
     """:func:`_es_kernel` of gene-major ``(gene, sig)`` blocks, as the index stores them.
 
     Each tile of ``tile`` signatures is transposed into a small buffer that stays in
@@ -68,8 +141,9 @@ def _es_kernel_gm(ranks, scores, members, sizes, n_genes, weighted, es, lead,
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
-def _es_rows(ranks, scores, members, sizes, n_genes, weighted, es, lead, bits, wbuf,
-             out0):  # pragma: no cover
+def _es_rows(
+    ranks, scores, members, sizes, n_genes, weighted, es, lead, bits, wbuf, out0
+):  # pragma: no cover
     """ES of every set in rows ``ranks[i]``, written to column ``out0 + i``.
 
     Ranks are distinct integers in [1, N], so instead of a comparison sort each row marks
@@ -173,8 +247,15 @@ def transpose(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def es_of_sets(ranks, scores, sets, n_genes: int, *, metric: Metric = "wtcs",
-               layout: Literal["sig", "gene"] = "sig"):
+def es_of_sets(
+    ranks,
+    scores,
+    sets,
+    n_genes: int,
+    *,
+    metric: Metric = "wtcs",
+    layout: Literal["sig", "gene"] = "sig",
+):
     """ES and leading edge of several sets (lists of columns) of ``(sig, U)`` blocks.
 
     Returns ``(es, leadf)``, each ``(len(sets), sig)``. ``scores`` may be ``None`` for
@@ -187,7 +268,7 @@ def es_of_sets(ranks, scores, sets, n_genes: int, *, metric: Metric = "wtcs",
     sizes = np.array([len(m) for m in sets], dtype=np.int64)
     members = np.zeros((len(sets), max(1, int(sizes.max(initial=0)))), dtype=np.int64)
     for k, m in enumerate(sets):
-        members[k, :len(m)] = m
+        members[k, : len(m)] = m
     es = np.zeros((len(sets), n_sig))
     lead = np.zeros((len(sets), n_sig))
     if n_sig == 0 or not len(sets):
@@ -206,8 +287,9 @@ def es_of_sets(ranks, scores, sets, n_genes: int, *, metric: Metric = "wtcs",
 
 def es_of_members(ranks, scores, members, n_genes: int, *, metric: Metric = "wtcs"):
     """ES and leading edge of one set (``members``: columns) of ``(sig, U)`` blocks."""
-    es, lead = es_of_sets(ranks, scores, [np.asarray(members, dtype=np.int64)], n_genes,
-                          metric=metric)
+    es, lead = es_of_sets(
+        ranks, scores, [np.asarray(members, dtype=np.int64)], n_genes, metric=metric
+    )
     return es[0], lead[0]
 
 

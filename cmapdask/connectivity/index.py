@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-
 from typing import Literal
 
 import numpy as np
@@ -74,7 +73,8 @@ def space_genes(ds: xr.Dataset, space: Space) -> np.ndarray:
         if flag not in ds.coords:
             raise MetadataError(
                 f"{ds.attrs.get('store_url', 'store')}: no gene field 'feature_space' "
-                f"(or {flag!r}) to select the {space} space; use --space all")
+                f"(or {flag!r}) to select the {space} space; use --space all"
+            )
         sel = np.flatnonzero(np.asarray(ds[flag].values).astype(float) == 1)
     if sel.size == 0:
         raise MetadataError(f"{ds.attrs.get('store_url', 'store')}: no {space} genes")
@@ -152,11 +152,21 @@ def build_index(
         "sig_last": str(sig[-1]) if sig.size else "",
         "chunk_rows": rows,
         "rank_convention": "stable descending (ALGORITHMS.md §1)",
-        "store_provenance": {k: v for k, v in ds.attrs.get("cmapdask", {}).items()
-                             if k in ("created", "package_version", "source")},
+        "store_provenance": {
+            k: v
+            for k, v in ds.attrs.get("cmapdask", {}).items()
+            if k in ("created", "package_version", "source")
+        },
     }
-    return write_member(store_url, index_name(space), out, storage_options=storage_options,
-                        provenance=prov, encoding=enc, progress=progress)
+    return write_member(
+        store_url,
+        index_name(space),
+        out,
+        storage_options=storage_options,
+        provenance=prov,
+        encoding=enc,
+        progress=progress,
+    )
 
 
 def _rank_block(block, url):
@@ -173,7 +183,8 @@ class IndexHandle:
         if not has_member(store_url, name, storage_options=storage_options):
             raise StoreError(
                 f"{store_url}: no query index for space {space!r}; build it with "
-                f"`cmapdask index {store_url} --space {space}`")
+                f"`cmapdask index {store_url} --space {space}`"
+            )
         meta = open_member(store_url, name, storage_options=storage_options)
         self.store_url = str(store_url)
         self.space = space
@@ -184,8 +195,10 @@ class IndexHandle:
         self.n_genes = int(meta.sizes["gene"])
         self.n_sig = int(meta.sizes["sig"])
         self.provenance = dict(meta.attrs.get("cmapdask", {}))
-        self.chunk_rows = int(self.provenance.get("chunk_rows") or meta["rank"].encoding.get(
-            "preferred_chunks", {}).get("sig", self.n_sig))
+        self.chunk_rows = int(
+            self.provenance.get("chunk_rows")
+            or meta["rank"].encoding.get("preferred_chunks", {}).get("sig", self.n_sig)
+        )
 
     def sig_chunks(self, target_rows: int | None = None) -> tuple[int, ...]:
         """Signature blocks aligned with the index's own blocks."""
@@ -219,8 +232,7 @@ class IndexHandle:
         r, s = self.read_gene_major(genes, start, stop, scores=scores)
         return transpose(r), (transpose(s) if s is not None else None)
 
-    def read_gene_major(self, genes: np.ndarray, start: int, stop: int, *,
-                        scores: bool = True):
+    def read_gene_major(self, genes: np.ndarray, start: int, stop: int, *, scores: bool = True):
         """``(rank, score)`` of ``genes`` for signatures [start, stop), ``(len(genes), n)``.
 
         Each gene row of each index block is one uncompressed chunk: read as raw bytes
@@ -238,8 +250,10 @@ class IndexHandle:
         """All genes' ``(rank, score)`` of chosen signatures, ``(len(sig_pos), N)``."""
         rank, score = self._arrays()
         sel = (slice(None), np.asarray(sig_pos, dtype=np.int64))
-        return (np.ascontiguousarray(rank.get_orthogonal_selection(sel).T),
-                np.ascontiguousarray(score.get_orthogonal_selection(sel).T))
+        return (
+            np.ascontiguousarray(rank.get_orthogonal_selection(sel).T),
+            np.ascontiguousarray(score.get_orthogonal_selection(sel).T),
+        )
 
 
 def open_index(store_url, *, space: Space = "bing", storage_options: dict | None = None):
@@ -249,10 +263,14 @@ def open_index(store_url, *, space: Space = "bing", storage_options: dict | None
 
 def _raw_ok(arr) -> bool:
     codecs = arr.metadata.codecs
-    return (len(codecs) == 1 and type(codecs[0]).__name__ == "BytesCodec"
-            and getattr(codecs[0], "endian", None) is not None
-            and str(getattr(codecs[0].endian, "value", codecs[0].endian)) == sys.byteorder
-            and arr.chunks[0] == 1 and getattr(arr, "shards", None) is None)
+    return (
+        len(codecs) == 1
+        and type(codecs[0]).__name__ == "BytesCodec"
+        and getattr(codecs[0], "endian", None) is not None
+        and str(getattr(codecs[0].endian, "value", codecs[0].endian)) == sys.byteorder
+        and arr.chunks[0] == 1
+        and getattr(arr, "shards", None) is None
+    )
 
 
 def _read_rows(arr, genes: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -281,14 +299,15 @@ def _read_rows(arr, genes: np.ndarray, start: int, stop: int) -> np.ndarray:
     path = arr.store_path
 
     async def fetch():
-        return await asyncio.gather(*[(path / k).get(prototype=default_buffer_prototype())
-                                      for k in keys])
+        return await asyncio.gather(
+            *[(path / k).get(prototype=default_buffer_prototype()) for k in keys]
+        )
 
-    for buf, (k, a, b, o) in zip(sync(fetch()), where):
+    for buf, (k, a, b, o) in zip(sync(fetch()), where, strict=False):
         if buf is None:  # chunks equal to the fill value are not stored
-            gene_major[k, o:o + b - a] = fill
+            gene_major[k, o : o + b - a] = fill
         else:
-            gene_major[k, o:o + b - a] = np.frombuffer(buf.as_buffer_like(), dtype=dtype)[a:b]
+            gene_major[k, o : o + b - a] = np.frombuffer(buf.as_buffer_like(), dtype=dtype)[a:b]
     return gene_major
 
 
@@ -309,7 +328,7 @@ def _pread_into(fd, buf, offset) -> int:
             more = os.preadv(fd, [buf[got:]], offset + got)
         else:  # no preadv (Windows): one copy
             raw = os.pread(fd, want - got, offset + got)
-            buf[got:got + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+            buf[got : got + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
             more = len(raw)
         if not more:
             break
@@ -323,17 +342,17 @@ def _read_local(folder, keys, where, out, fill):
     item = out.dtype.itemsize
     flat = out.reshape(-1).view(np.uint8)
     row = out.shape[1] * item
-    for key, (k, a, b, o) in zip(keys, where):
+    for key, (k, a, b, o) in zip(keys, where, strict=False):
         fn = os.path.join(folder, *key.split("/"))
         try:
             fd = os.open(fn, os.O_RDONLY)
         except FileNotFoundError:  # chunks equal to the fill value are not stored
-            out[k, o:o + b - a] = fill
+            out[k, o : o + b - a] = fill
             continue
         lo = k * row + o * item
         want = (b - a) * item
         try:
-            got = _pread_into(fd, flat[lo:lo + want], a * item)
+            got = _pread_into(fd, flat[lo : lo + want], a * item)
         finally:
             os.close(fd)
         if got != want:

@@ -7,7 +7,7 @@ symmetric as (M + Mᵀ)/2. The backgrounds CLUE's τ needs are built from it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import dask.array as da
 import numpy as np
@@ -19,7 +19,13 @@ from cmapdask.connectivity.es import Metric
 from cmapdask.connectivity.index import Space, open_index
 from cmapdask.connectivity.ncs import Grouping
 from cmapdask.connectivity.query import (
-    _check_index, _field, background_name, normalize, select_signatures, sig_groups)
+    _check_index,
+    _field,
+    background_name,
+    normalize,
+    select_signatures,
+    sig_groups,
+)
 from cmapdask.connectivity.summaries import LEVELS, SummaryPlan
 from cmapdask.connectivity.tau import GRID, background_tables, tau_binned
 from cmapdask.connectivity.validation import QuerySet
@@ -103,24 +109,39 @@ def introspect(
     c = np.asarray(cells, dtype=object)[None, :]
     ncs = ncs.rechunk((-1, ncs.chunks[1]))
     tables = da.blockwise(
-        _tables_block, "sk", ncs, "qs",
-        da.from_array(c, chunks=(1, -1)), "oq",
-        da.from_array(c, chunks=(1, ncs.chunks[1])), "os",
-        new_axes={"k": GRID.size}, concatenate=True, dtype=np.float32)
+        _tables_block,
+        "sk",
+        ncs,
+        "qs",
+        da.from_array(c, chunks=(1, -1)),
+        "oq",
+        da.from_array(c, chunks=(1, ncs.chunks[1])),
+        "os",
+        new_axes={"k": GRID.size},
+        concatenate=True,
+        dtype=np.float32,
+    )
     ps = tau_binned(ncs, tables)
     ps = (ps + ps.T) / 2
     sig_coords = {k: v.values for k, v in sub.coords.items() if v.dims == ("sig",) and k != "sig"}
     out = xr.Dataset(
-        {"cs": (("sig", "sig_ref"), cs.astype(np.float32)),
-         "ncs": (("sig", "sig_ref"), ncs.astype(np.float32)),
-         "ps": (("sig", "sig_ref"), ps.astype(np.float32))},
-        coords={"sig": ids, "sig_ref": ids,
-                **{k: ("sig", v) for k, v in sig_coords.items()}},
+        {
+            "cs": (("sig", "sig_ref"), cs.astype(np.float32)),
+            "ncs": (("sig", "sig_ref"), ncs.astype(np.float32)),
+            "ps": (("sig", "sig_ref"), ps.astype(np.float32)),
+        },
+        coords={"sig": ids, "sig_ref": ids, **{k: ("sig", v) for k, v in sig_coords.items()}},
     )
-    out.attrs["cmapdask"] = {"kind": "introspect", "package_version": __version__,
-                             "store": str(store), "space": space, "metric": metric,
-                             "where": where if isinstance(where, str) else "mask",
-                             "n_top": n_top, "n_sig": int(pos.size)}
+    out.attrs["cmapdask"] = {
+        "kind": "introspect",
+        "package_version": __version__,
+        "store": str(store),
+        "space": space,
+        "metric": metric,
+        "where": where if isinstance(where, str) else "mask",
+        "n_top": n_top,
+        "n_sig": int(pos.size),
+    }
     return out
 
 
@@ -159,8 +180,15 @@ def build_background(
     ``n_ref`` the reference size) and one table of 10,001 float32 per reference signature
     and per summary row; stores the cell-masked reference NCS as well, for the exact τ.
     """
-    intro = introspect(store, where=reference, space=space, metric=metric, n_top=n_top,
-                       grouping=grouping, storage_options=storage_options)
+    intro = introspect(
+        store,
+        where=reference,
+        space=space,
+        metric=metric,
+        n_top=n_top,
+        grouping=grouping,
+        storage_options=storage_options,
+    )
     ds = open_store(store, storage_options=storage_options)
     pos = np.flatnonzero(select_signatures(ds, reference))
     ncs = np.asarray(intro["ncs"].data.compute(), dtype=float)
@@ -168,27 +196,44 @@ def build_background(
     pert = _field(ds, "pert_id")
     masked = ncs.copy()
     masked[cells[:, None] != cells[None, :]] = np.nan
-    data = {"tables_sig": (("sig_bg", "grid"), background_tables(ncs, query_cell=cells,
-                                                                  ref_cell=cells)),
-            "ncs_ref": (("ref_query", "sig_bg"), masked.astype(np.float32))}
+    data = {
+        "tables_sig": (
+            ("sig_bg", "grid"),
+            background_tables(ncs, query_cell=cells, ref_cell=cells),
+        ),
+        "ncs_ref": (("ref_query", "sig_bg"), masked.astype(np.float32)),
+    }
     coords = {"sig_bg": intro["sig"].values, "ref_query": intro["sig"].values, "grid": GRID}
     if pert is not None:
         plan = SummaryPlan(pert[pos], cells, pcls)
         levels = plan.apply(ncs)
         for level in LEVELS:
             lc = plan.cells(level)
-            t = background_tables(levels[level], query_cell=cells if lc is not None else None,
-                                  ref_cell=lc)
+            t = background_tables(
+                levels[level], query_cell=cells if lc is not None else None, ref_cell=lc
+            )
             if t.size == 0:
                 t = np.zeros((0, GRID.size), dtype=np.float32)
             data[f"tables_{level}"] = ((f"bg_{level}", "grid"), t)
             coords[f"bg_{level}"] = plan.labels(level)
     out = xr.Dataset(data, coords=coords)
-    prov = {"kind": "tau_background", "space": space, "metric": metric,
-            "reference": reference if isinstance(reference, str) else "mask",
-            "n_reference": int(pos.size), "n_pcls": len(pcls or {}), "n_top": n_top,
-            "grid": "linspace(-4, 4, 10001)",
-            # the sets themselves (pert ids; small), so a rebuild can make the same tables
-            "pcls": {str(k): [str(p) for p in v] for k, v in (pcls or {}).items()}}
-    return write_member(store, background_name(space), out, storage_options=storage_options,
-                        provenance=prov, progress=progress)
+    prov = {
+        "kind": "tau_background",
+        "space": space,
+        "metric": metric,
+        "reference": reference if isinstance(reference, str) else "mask",
+        "n_reference": int(pos.size),
+        "n_pcls": len(pcls or {}),
+        "n_top": n_top,
+        "grid": "linspace(-4, 4, 10001)",
+        # the sets themselves (pert ids; small), so a rebuild can make the same tables
+        "pcls": {str(k): [str(p) for p in v] for k, v in (pcls or {}).items()},
+    }
+    return write_member(
+        store,
+        background_name(space),
+        out,
+        storage_options=storage_options,
+        provenance=prov,
+        progress=progress,
+    )

@@ -58,8 +58,10 @@ def group_labels(pert_type, cell_id, *, grouping: Grouping = "pert_type_cell") -
     cell = np.asarray(cell_id, dtype=object)
     if pt.shape != cell.shape:
         raise InputError("pert_type and cell_id must have one value per signature")
-    return np.array([f"{_CP_ALIASES.get(str(p), str(p))}:{c}" for p, c in zip(pt, cell)],
-                    dtype=object)
+    return np.array(
+        [f"{_CP_ALIASES.get(str(p), str(p))}:{c}" for p, c in zip(pt, cell, strict=False)],
+        dtype=object,
+    )
 
 
 def _partial_stats(w, codes, ref, n_groups):
@@ -100,14 +102,22 @@ def group_stats(wtcs, codes, is_ref, n_groups: int):
         is_ref = da.asarray(is_ref).rechunk((wtcs.chunks[1],))
         nq = wtcs.shape[0]
         parts = [
-            da.from_delayed(dask.delayed(_partial_stats)(w, c, r, n_groups),
-                            shape=(1, nq, 4, n_groups), dtype=float)
-            for w, c, r in zip(wtcs.to_delayed().ravel(), codes.to_delayed().ravel(),
-                               is_ref.to_delayed().ravel())
+            da.from_delayed(
+                dask.delayed(_partial_stats)(w, c, r, n_groups),
+                shape=(1, nq, 4, n_groups),
+                dtype=float,
+            )
+            for w, c, r in zip(
+                wtcs.to_delayed().ravel(),
+                codes.to_delayed().ravel(),
+                is_ref.to_delayed().ravel(),
+                strict=False,
+            )
         ]
         return da.concatenate(parts, axis=0).sum(axis=0)
-    return _partial_stats(np.asarray(wtcs, float), np.asarray(codes), np.asarray(is_ref),
-                          n_groups)[0]
+    return _partial_stats(np.asarray(wtcs, float), np.asarray(codes), np.asarray(is_ref), n_groups)[
+        0
+    ]
 
 
 @dataclass
@@ -127,8 +137,11 @@ def _fallback(mu, group_pt, group_cell):
     rule = np.where(np.isnan(mu), -1, 0).astype(np.int8)
     defined = ~np.isnan(mu)
     for g in np.flatnonzero((~defined).any(axis=0)):
-        for code, peers in ((1, group_pt == group_pt[g]), (2, group_cell == group_cell[g]),
-                            (3, np.ones_like(group_pt, dtype=bool))):
+        for code, peers in (
+            (1, group_pt == group_pt[g]),
+            (2, group_cell == group_cell[g]),
+            (3, np.ones_like(group_pt, dtype=bool)),
+        ):
             todo = rule[:, g] == -1
             if not todo.any():
                 break
@@ -176,7 +189,8 @@ def fit_ncs(stats: np.ndarray, groups: np.ndarray) -> NCSNormalizer:
     mu_neg, rule_neg = _fallback(neg, gpt, gcell)
     counts = {
         f"{sign}_{RULES[c]}": int((r == c).sum())
-        for sign, r in (("pos", rule_pos), ("neg", rule_neg)) for c in range(len(RULES))
+        for sign, r in (("pos", rule_pos), ("neg", rule_neg))
+        for c in range(len(RULES))
     }
     prov = {"mu_floor": MU_FLOOR, "fallback_order": list(RULES[1:4]), "rule_counts": counts}
     return NCSNormalizer(groups, mu_pos, mu_neg, rule_pos, rule_neg, prov)
@@ -188,8 +202,13 @@ def _normalize_block(w, codes, mu_pos, mu_neg):
         w = w.astype(float)
     out = np.empty(w.shape, dtype=float)
     if w.ndim == 2 and w.size:
-        _normalize_kernel(w, np.asarray(codes, dtype=np.int64), np.asarray(mu_pos, dtype=float),
-                          np.asarray(mu_neg, dtype=float), out)
+        _normalize_kernel(
+            w,
+            np.asarray(codes, dtype=np.int64),
+            np.asarray(mu_pos, dtype=float),
+            np.asarray(mu_neg, dtype=float),
+            out,
+        )
     elif w.size:
         w = w.astype(float)
         pos, neg = w > 0, w < 0

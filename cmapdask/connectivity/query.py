@@ -7,8 +7,9 @@ The xarray layer: it reads metadata, validates queries and hands arrays to the e
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 import dask.array as da
 import numpy as np
@@ -48,14 +49,14 @@ def _store_key(store, storage_options):
     fs, _ = url_to_fs(str(store), storage_options)
     opts = None if is_local(fs) else storage_options
     try:
-        meta = dict(zarr.open_group(str(store), mode="r", storage_options=opts)
-                    .attrs.get("cmapdask", {}))
+        meta = dict(
+            zarr.open_group(str(store), mode="r", storage_options=opts).attrs.get("cmapdask", {})
+        )
     except Exception:  # let open_store raise its own clear error
         return None
     if not meta.get("created"):
         return None
-    return (str(store), meta["created"], json.dumps(storage_options, sort_keys=True,
-                                                     default=str))
+    return (str(store), meta["created"], json.dumps(storage_options, sort_keys=True, default=str))
 
 
 def open_store_cached(store, *, storage_options: dict | None = None) -> xr.Dataset:
@@ -78,8 +79,7 @@ def open_store_cached(store, *, storage_options: dict | None = None) -> xr.Datas
 
 def _groups_cached(ds, grouping):
     # labels are a Python loop over every signature: remember them with the store
-    key = (ds.attrs.get("_cache_key"), grouping if isinstance(grouping, str) else
-           tuple(grouping))
+    key = (ds.attrs.get("_cache_key"), grouping if isinstance(grouping, str) else tuple(grouping))
     if key[0] is None:
         return sig_groups(ds, grouping)
     if key not in _CACHE:
@@ -95,8 +95,9 @@ def background_name(space: Space) -> str:
 def _field(ds: xr.Dataset, *names: str):
     for n in names:
         if n in ds.coords and ds[n].dims == ("sig",):
-            return np.array(["" if v is None else str(v) for v in ds[n].values.tolist()],
-                            dtype=object)
+            return np.array(
+                ["" if v is None else str(v) for v in ds[n].values.tolist()], dtype=object
+            )
     return None
 
 
@@ -121,11 +122,14 @@ def select_signatures(ds: xr.Dataset, where) -> np.ndarray:
     if where == "touchstone":
         for f in ("is_touchstone", "is_ncs_sig"):
             if f in ds.coords:
-                return np.asarray(pd.to_numeric(pd.Series(ds[f].values), errors="coerce")
-                                  .fillna(0).to_numpy() == 1)
+                return np.asarray(
+                    pd.to_numeric(pd.Series(ds[f].values), errors="coerce").fillna(0).to_numpy()
+                    == 1
+                )
         raise MetadataError(f"{ds.attrs.get('store_url', 'store')}: no is_touchstone field")
-    frame = pd.DataFrame({k: c.values for k, c in ds.coords.items()
-                          if c.dims == ("sig",) and k != "sig"})
+    frame = pd.DataFrame(
+        {k: c.values for k, c in ds.coords.items() if c.dims == ("sig",) and k != "sig"}
+    )
     frame["sig_id"] = ds["sig"].values
     try:
         mask = frame.eval(where)
@@ -143,11 +147,16 @@ def sig_groups(ds: xr.Dataset, grouping: Grouping | Sequence[str]):
         pt = _field(ds, "pert_type")
         cell = _field(ds, "cell_id", "cell_iname")
         if grouping == "pert_type_cell" and (pt is None or cell is None):
-            raise MetadataError(f"{ds.attrs.get('store_url', 'store')}: NCS groups need "
-                                "pert_type and cell_id (or cell_iname); use grouping='global'")
+            raise MetadataError(
+                f"{ds.attrs.get('store_url', 'store')}: NCS groups need "
+                "pert_type and cell_id (or cell_iname); use grouping='global'"
+            )
         n = ds.sizes["sig"]
-        labels = group_labels(pt if pt is not None else [""] * n,
-                              cell if cell is not None else [""] * n, grouping=grouping)
+        labels = group_labels(
+            pt if pt is not None else [""] * n,
+            cell if cell is not None else [""] * n,
+            grouping=grouping,
+        )
     else:
         cols = []
         for f in grouping:
@@ -155,7 +164,7 @@ def sig_groups(ds: xr.Dataset, grouping: Grouping | Sequence[str]):
             if v is None:
                 raise MetadataError(f"no signature field {f!r} to group NCS by")
             cols.append(v)
-        labels = np.array([":".join(t) for t in zip(*cols)], dtype=object)
+        labels = np.array([":".join(t) for t in zip(*cols, strict=False)], dtype=object)
     groups, codes = np.unique(labels.astype(str), return_inverse=True)
     return groups.astype(object), codes
 
@@ -170,8 +179,18 @@ def normalize(wtcs: da.Array, codes, is_ref, groups) -> tuple[da.Array, da.Array
     wtcs = wtcs.rechunk({0: -1})
     stats = group_stats(wtcs, codes, is_ref, len(groups))
     c = da.from_array(np.asarray(codes)[None, :], chunks=(1, wtcs.chunks[1]))
-    ncs = da.blockwise(partial(_ncs_block, groups=groups), "qs", wtcs, "qs", c, "os",
-                       stats.rechunk(-1), "qkg", concatenate=True, dtype=np.float64)
+    ncs = da.blockwise(
+        partial(_ncs_block, groups=groups),
+        "qs",
+        wtcs,
+        "qs",
+        c,
+        "os",
+        stats.rechunk(-1),
+        "qkg",
+        concatenate=True,
+        dtype=np.float64,
+    )
     return ncs, stats
 
 
@@ -195,7 +214,8 @@ def _pair(up, down) -> dict:
     if up is not None:
         names = list(up)
         if any(n.upper().endswith("_UP") for n in names) and any(
-                n.upper().endswith("_DN") for n in names):
+            n.upper().endswith("_DN") for n in names
+        ):
             return pair_up_down(up)
         return {k.removesuffix("_UP"): (v, None) for k, v in up.items()}
     if down is not None:
@@ -208,9 +228,11 @@ def _tau_blockwise(ncs, ds, space, store_url, method, storage_options):
     if method == "none":
         return None, "not computed"
     if not has_member(store_url, name, storage_options=storage_options):
-        warnings.warn(f"{store_url}: no τ background for space {space!r}; τ is NaN. Build "
-                      f"it with `cmapdask background {store_url} --space {space}`",
-                      stacklevel=3)
+        warnings.warn(
+            f"{store_url}: no τ background for space {space!r}; τ is NaN. Build "
+            f"it with `cmapdask background {store_url} --space {space}`",
+            stacklevel=3,
+        )
         return da.full(ncs.shape, np.nan, chunks=ncs.chunks), "no background"
     bg = open_member(store_url, name, storage_options=storage_options)
     pos = pd.Index(ds["sig"].values).get_indexer(bg["sig_bg"].values)
@@ -297,10 +319,12 @@ def query(
     normalising, and FDR one pass per query over all of its scores (``8 * n_sig`` bytes
     per query).
     """
-    for name, value, allowed in (("metric", metric, ("wtcs", "cs")),
-                                 ("tail", tail, ("both", "up", "down")),
-                                 ("tau", tau, ("binned", "exact", "none")),
-                                 ("fdr", fdr, ("auto", "null", "random", "none"))):
+    for name, value, allowed in (
+        ("metric", metric, ("wtcs", "cs")),
+        ("tail", tail, ("both", "up", "down")),
+        ("tau", tau, ("binned", "exact", "none")),
+        ("fdr", fdr, ("auto", "null", "random", "none")),
+    ):
         if value not in allowed:
             raise InputError(f"{name} must be one of {allowed}, not {value!r}")
     ds = open_store_cached(store, storage_options=storage_options)
@@ -315,8 +339,9 @@ def query(
         raise InputError(f"reference {reference!r} selects no signature")
     ncs, _ = normalize(raw[0], codes, is_ref, groups)
     ps, tau_note = _tau_blockwise(ncs, ds, space, store, tau, storage_options)
-    fdr_used, fdr_q = _fdr(fdr, ncs, ds, handle, qs, metric, tail, codes, is_ref, groups,
-                           n_random, seed, chunk_rows)
+    fdr_used, fdr_q = _fdr(
+        fdr, ncs, ds, handle, qs, metric, tail, codes, is_ref, groups, n_random, seed, chunk_rows
+    )
     dims = ("query", "sig")
     data = {f: (dims, raw[i]) for i, f in enumerate(FIELDS)}
     data["ncs"] = (dims, ncs.astype(np.float32))
@@ -348,14 +373,18 @@ def query(
 def _check_index(handle: IndexHandle, ds: xr.Dataset) -> None:
     sig = ds["sig"].values
     p = handle.provenance
-    if handle.n_sig != sig.size or (sig.size and (p.get("sig_first") != str(sig[0])
-                                                  or p.get("sig_last") != str(sig[-1]))):
-        raise StoreError(f"{handle.store_url}: the {handle.space} index does not match the "
-                         f"store's signatures; rebuild it with `cmapdask index`")
+    if handle.n_sig != sig.size or (
+        sig.size and (p.get("sig_first") != str(sig[0]) or p.get("sig_last") != str(sig[-1]))
+    ):
+        raise StoreError(
+            f"{handle.store_url}: the {handle.space} index does not match the "
+            f"store's signatures; rebuild it with `cmapdask index`"
+        )
 
 
-def _fdr(method, ncs, ds, handle, qs, metric, tail, codes, is_ref, groups, n_random, seed,
-         chunk_rows):
+def _fdr(
+    method, ncs, ds, handle, qs, metric, tail, codes, is_ref, groups, n_random, seed, chunk_rows
+):
     null = select_signatures(ds, "is_null_sig == 1") if "is_null_sig" in ds.coords else None
     has_null = null is not None and null.any()
     if method == "auto":
@@ -370,27 +399,39 @@ def _fdr(method, ncs, ds, handle, qs, metric, tail, codes, is_ref, groups, n_ran
         return "null signatures (is_null_sig)", nlog10(q)
     # random size-matched queries, one batch per distinct (n_up, n_down)
     rng = np.random.default_rng(seed)
-    sizes = sorted({(u.size, d.size) for u, d in zip(qs.up, qs.down)})
+    sizes = sorted({(u.size, d.size) for u, d in zip(qs.up, qs.down, strict=False)})
     rand = {}
     for nu, nd in sizes:
         for k in range(n_random):
             pick = rng.choice(handle.n_genes, size=nu + nd, replace=False)
-            rand[f"rand_{nu}_{nd}_{k}"] = ([str(handle.genes[i]) for i in pick[:nu]] or None,
-                                           [str(handle.genes[i]) for i in pick[nu:]] or None)
+            rand[f"rand_{nu}_{nd}_{k}"] = (
+                [str(handle.genes[i]) for i in pick[:nu]] or None,
+                [str(handle.genes[i]) for i in pick[nu:]] or None,
+            )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rqs = prepare_queries(rand, handle.genes)
     rraw = score_index(handle, rqs, metric=metric, tail=tail, chunk_rows=chunk_rows)
     rncs, _ = normalize(rraw[0], codes, is_ref, groups)
-    which = [sizes.index((u.size, d.size)) for u, d in zip(qs.up, qs.down)]
-    q = da.blockwise(partial(_random_q_block, which=which, n_random=n_random), "qs",
-                     ncs.rechunk({0: -1}), "qs", rncs.rechunk({0: -1}), "rs",
-                     concatenate=True, dtype=float)
-    q = q.rechunk({0: 1, 1: -1}).map_blocks(lambda p: np.stack([fdr_bh(r) for r in p]),
-                                            dtype=float)
+    which = [sizes.index((u.size, d.size)) for u, d in zip(qs.up, qs.down, strict=False)]
+    q = da.blockwise(
+        partial(_random_q_block, which=which, n_random=n_random),
+        "qs",
+        ncs.rechunk({0: -1}),
+        "qs",
+        rncs.rechunk({0: -1}),
+        "rs",
+        concatenate=True,
+        dtype=float,
+    )
+    q = q.rechunk({0: 1, 1: -1}).map_blocks(lambda p: np.stack([fdr_bh(r) for r in p]), dtype=float)
     return f"random queries (n={n_random}, seed={seed}) + Benjamini-Hochberg", nlog10(q)
 
 
 def _random_q_block(x, r, *, which, n_random):
-    return np.stack([random_query_pvalues(x[i], r[k * n_random:(k + 1) * n_random])
-                     for i, k in enumerate(which)])
+    return np.stack(
+        [
+            random_query_pvalues(x[i], r[k * n_random : (k + 1) * n_random])
+            for i, k in enumerate(which)
+        ]
+    )

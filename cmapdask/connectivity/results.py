@@ -44,8 +44,13 @@ def _level_tau(ns, labels, bg, level):
     return out
 
 
-def summarize(result: xr.Dataset, *, pcls: dict[str, list[str]] | None = None,
-              background="auto", storage_options: dict | None = None) -> xr.Dataset:
+def summarize(
+    result: xr.Dataset,
+    *,
+    pcls: dict[str, list[str]] | None = None,
+    background="auto",
+    storage_options: dict | None = None,
+) -> xr.Dataset:
     """NCS and τ at the four summary levels of ALGORITHMS.md §7.
 
     Parameters
@@ -86,26 +91,32 @@ def summarize(result: xr.Dataset, *, pcls: dict[str, list[str]] | None = None,
         meta = result.attrs.get("cmapdask", {})
         store, space = meta.get("store"), meta.get("space")
         name = background_name(space) if space else None
-        background = (open_member(store, name, storage_options=storage_options)
-                      if store and name and has_member(store, name,
-                                                       storage_options=storage_options)
-                      else None)
+        background = (
+            open_member(store, name, storage_options=storage_options)
+            if store and name and has_member(store, name, storage_options=storage_options)
+            else None
+        )
     data, coords, start = {}, {"query": result["query"].values}, 0
     for level in LEVELS:
         k = sizes[level]
         labels = plan.labels(level)
-        ns = agg[:, start:start + k]
+        ns = agg[:, start : start + k]
         start += k
         data[f"ns_{level}"] = (("query", level), ns.astype(np.float32))
-        data[f"ps_{level}"] = (("query", level),
-                               _level_tau(ns, labels, background, level).astype(np.float32))
+        data[f"ps_{level}"] = (
+            ("query", level),
+            _level_tau(ns, labels, background, level).astype(np.float32),
+        )
         coords[level] = labels
     coords["pert_cell_pert_id"] = ("pert_cell", plan.pc_pert)
     coords["pert_cell_cell_id"] = ("pert_cell", plan.pc_cell)
     out = xr.Dataset(data, coords=coords)
-    out.attrs["cmapdask"] = {**result.attrs.get("cmapdask", {}), "kind": "query_summaries",
-                             "n_pcls": len(pcls or {}),
-                             "tau_background": background is not None}
+    out.attrs["cmapdask"] = {
+        **result.attrs.get("cmapdask", {}),
+        "kind": "query_summaries",
+        "n_pcls": len(pcls or {}),
+        "tau_background": background is not None,
+    }
     return out
 
 
@@ -113,12 +124,18 @@ def _as_gctx(arr: xr.DataArray, rows: str) -> xr.Dataset:
     # CLUE's matrices: rows (GCTx rid) = signatures or summary rows, columns = queries.
     # In our data model the GCTx column axis is "sig" and the row axis "gene".
     da_ = arr.transpose("query", rows)
-    ds = xr.Dataset({"expr": (("sig", "gene"), da_.data.astype(np.float32))},
-                    coords={"sig": np.asarray(da_["query"].values, dtype=object),
-                            "gene": np.asarray(da_[rows].values, dtype=object).astype(str)
-                            .astype(object)})
-    extra = {k: ("gene", np.asarray(c.values)) for k, c in da_.coords.items()
-             if c.dims == (rows,) and k != rows}
+    ds = xr.Dataset(
+        {"expr": (("sig", "gene"), da_.data.astype(np.float32))},
+        coords={
+            "sig": np.asarray(da_["query"].values, dtype=object),
+            "gene": np.asarray(da_[rows].values, dtype=object).astype(str).astype(object),
+        },
+    )
+    extra = {
+        k: ("gene", np.asarray(c.values))
+        for k, c in da_.coords.items()
+        if c.dims == (rows,) and k != rows
+    }
     return ds.assign_coords(extra)
 
 
@@ -141,8 +158,9 @@ def ranked_table(result: xr.Dataset, summaries: xr.Dataset | None, query: str) -
     return df.iloc[order].reset_index(drop=True)
 
 
-def write_result(result: xr.Dataset, out_dir, *, summaries: xr.Dataset | None = None,
-                 progress: bool = False) -> str:
+def write_result(
+    result: xr.Dataset, out_dir, *, summaries: xr.Dataset | None = None, progress: bool = False
+) -> str:
     """Write a query result as CLUE's result folder (published atomically).
 
     Parameters
@@ -159,8 +177,11 @@ def write_result(result: xr.Dataset, out_dir, *, summaries: xr.Dataset | None = 
     Computes the result once (persisting it: ``5-8 x query x n_sig`` float32 in memory),
     then streams each matrix to GCTx; ranked tables are one query at a time.
     """
-    names = [v for v in ("cs", "cs_up", "cs_dn", "leadf_up", "leadf_dn", "ncs", "ps",
-                         "fdr_q_nlog10") if v in result]
+    names = [
+        v
+        for v in ("cs", "cs_up", "cs_dn", "leadf_up", "leadf_dn", "ncs", "ps", "fdr_q_nlog10")
+        if v in result
+    ]
     (persisted,) = dask.persist(result[names])
     result = result.assign({k: persisted[k] for k in names})
     if summaries is not None:
@@ -178,8 +199,10 @@ def write_result(result: xr.Dataset, out_dir, *, summaries: xr.Dataset | None = 
         if summaries is not None:
             for level in LEVELS:
                 for kind in ("ns", "ps"):
-                    write_gctx(_as_gctx(summaries[f"{kind}_{level}"], level),
-                               os.path.join(g_dir, f"{kind}_{level}.gctx"))
+                    write_gctx(
+                        _as_gctx(summaries[f"{kind}_{level}"], level),
+                        os.path.join(g_dir, f"{kind}_{level}.gctx"),
+                    )
         for q in result["query"].values:
             d = os.path.join(tmp, "arfs", _SAFE.sub("_", str(q)))
             os.makedirs(d)
@@ -187,9 +210,9 @@ def write_result(result: xr.Dataset, out_dir, *, summaries: xr.Dataset | None = 
             df.to_parquet(os.path.join(d, "query_result.parquet"), index=False)
             df.to_csv(os.path.join(d, "query_result.tsv"), sep="\t", index=False, na_rep="NaN")
         meta = result.attrs.get("cmapdask", {})
-        pd.DataFrame(meta.get("genes", [])).to_csv(os.path.join(tmp, "query_info.tsv"),
-                                                   sep="\t", index=False)
+        pd.DataFrame(meta.get("genes", [])).to_csv(
+            os.path.join(tmp, "query_info.tsv"), sep="\t", index=False
+        )
         with open(os.path.join(tmp, "provenance.json"), "w") as fh:
-            json.dump({k: v for k, v in meta.items() if k != "genes"}, fh, indent=1,
-                      default=str)
+            json.dump({k: v for k, v in meta.items() if k != "genes"}, fh, indent=1, default=str)
     return str(out_dir)

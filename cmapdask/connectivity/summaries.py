@@ -80,8 +80,10 @@ def pcl_members(pcls: dict[str, list[str]], pert_ids) -> dict[str, np.ndarray]:
     pos: dict[str, list[int]] = {}
     for i, p in enumerate(pert_ids):
         pos.setdefault(str(p), []).append(i)
-    return {name: np.array(sorted(i for m in set(members) for i in pos.get(m, [])), dtype=int)
-            for name, members in pcls.items()}
+    return {
+        name: np.array(sorted(i for m in set(members) for i in pos.get(m, [])), dtype=int)
+        for name, members in pcls.items()
+    }
 
 
 def aggregate_sets(scores: np.ndarray, members: list[np.ndarray]) -> np.ndarray:
@@ -119,7 +121,7 @@ class SummaryPlan:
         pert = np.array(["" if p is None else str(p) for p in pert_id], dtype=object)
         cell = np.array(["" if c is None else str(c) for c in cell_id], dtype=object)
         ok = pert != ""
-        pc = np.array([f"{p}:{c}" for p, c in zip(pert, cell)], dtype=object)
+        pc = np.array([f"{p}:{c}" for p, c in zip(pert, cell, strict=False)], dtype=object)
         self.pc_labels, pc_inv = np.unique(pc[ok].astype(str), return_inverse=True)
         self.pc_labels = self.pc_labels.astype(object)
         sig_idx = np.flatnonzero(ok)
@@ -149,29 +151,39 @@ class SummaryPlan:
         self.pcl_cell_labels = np.array(self.pcl_cell_labels, dtype=object)
 
     def sizes(self) -> dict[str, int]:
-        return {"pert_cell": self.pc_labels.size, "pert_summary": self.pert_labels.size,
-                "pcl_cell": self.pcl_cell_labels.size, "pcl_summary": self.pcl_labels.size}
+        return {
+            "pert_cell": self.pc_labels.size,
+            "pert_summary": self.pert_labels.size,
+            "pcl_cell": self.pcl_cell_labels.size,
+            "pcl_summary": self.pcl_labels.size,
+        }
 
     def labels(self, level: str) -> np.ndarray:
-        return {"pert_cell": self.pc_labels, "pert_summary": self.pert_labels,
-                "pcl_cell": self.pcl_cell_labels, "pcl_summary": self.pcl_labels}[level]
+        return {
+            "pert_cell": self.pc_labels,
+            "pert_summary": self.pert_labels,
+            "pcl_cell": self.pcl_cell_labels,
+            "pcl_summary": self.pcl_labels,
+        }[level]
 
     def cells(self, level: str):
         """Cell line of each row of a per-cell level (None for the summary levels)."""
         if level == "pert_cell":
             return self.pc_cell
         if level == "pcl_cell":
-            return np.array([lab.rsplit(":", 1)[1] for lab in self.pcl_cell_labels],
-                            dtype=object)
+            return np.array([lab.rsplit(":", 1)[1] for lab in self.pcl_cell_labels], dtype=object)
         return None
 
     def apply(self, ncs: np.ndarray) -> dict[str, np.ndarray]:
         """Every level of ``(query, sig)`` NCS, in numpy."""
         pc = aggregate_sets(ncs, self.pc_members)
         pert = aggregate_sets(pc, self.pert_members)
-        return {"pert_cell": pc, "pert_summary": pert,
-                "pcl_cell": aggregate_sets(pc, self.pcl_cell_members),
-                "pcl_summary": aggregate_sets(pert, self.pcl_members)}
+        return {
+            "pert_cell": pc,
+            "pert_summary": pert,
+            "pcl_cell": aggregate_sets(pc, self.pcl_cell_members),
+            "pcl_summary": aggregate_sets(pert, self.pcl_members),
+        }
 
     def apply_concat(self, ncs: np.ndarray) -> np.ndarray:
         levels = self.apply(ncs)

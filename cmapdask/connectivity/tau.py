@@ -116,8 +116,9 @@ def tau_binned(ncs, tables):
         raise InputError(f"τ tables {np.shape(tables)} do not match scores {np.shape(ncs)}")
     if isinstance(ncs, da.Array):
         t = da.asarray(tables).rechunk((ncs.chunks[1], -1))
-        return da.blockwise(_interp_block, "qs", ncs.rechunk({0: -1}), "qs", t, "sk",
-                            concatenate=True, dtype=float)
+        return da.blockwise(
+            _interp_block, "qs", ncs.rechunk({0: -1}), "qs", t, "sk", concatenate=True, dtype=float
+        )
     return _interp_block(ncs, np.asarray(tables))
 
 
@@ -142,6 +143,7 @@ def tau_exact(ncs, ref_ncs):
     """
     if isinstance(ncs, da.Array):
         r = da.asarray(ref_ncs).rechunk((-1, ncs.chunks[1]))
-        return da.blockwise(_exact_block, "qs", ncs.rechunk({0: -1}), "qs", r, "rs",
-                            concatenate=True, dtype=float)
+        return da.blockwise(
+            _exact_block, "qs", ncs.rechunk({0: -1}), "qs", r, "rs", concatenate=True, dtype=float
+        )
     return _exact_block(np.asarray(ncs, dtype=float), np.asarray(ref_ncs, dtype=float))

@@ -7,8 +7,8 @@ in both sets, or identical sets is an error; sets outside 10-150 genes warn.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 
@@ -114,11 +114,18 @@ def prepare_queries(
             if not MIN_GENES <= len(keep) <= MAX_GENES:
                 warnings.warn(
                     f"query {name!r}: {len(keep)} {label} genes; CMap queries use "
-                    f"{MIN_GENES}-{MAX_GENES}", stacklevel=2)
+                    f"{MIN_GENES}-{MAX_GENES}",
+                    stacklevel=2,
+                )
             sides.append(np.array(keep, dtype=np.int64))
-            row.update({f"n_{label}": len(keep), f"n_{label}_dropped": len(dropped),
-                        f"{label}_dropped": " ".join(dropped),
-                        f"{label}_duplicates": " ".join(dups)})
+            row.update(
+                {
+                    f"n_{label}": len(keep),
+                    f"n_{label}_dropped": len(dropped),
+                    f"{label}_dropped": " ".join(dropped),
+                    f"{label}_duplicates": " ".join(dups),
+                }
+            )
         u, d = sides
         if u is not None and d is not None:
             both = set(u.tolist()) & set(d.tolist())
@@ -128,7 +135,8 @@ def prepare_queries(
                 ids = sorted(str(gene_ids[i]) for i in both)
                 raise QueryError(
                     f"query {name!r}: {len(ids)} gene(s) in both the up and the down set "
-                    f"(first: {ids[0]})")
+                    f"(first: {ids[0]})"
+                )
         names.append(str(name))
         ups.append(u if u is not None else np.zeros(0, dtype=np.int64))
         downs.append(d if d is not None else np.zeros(0, dtype=np.int64))

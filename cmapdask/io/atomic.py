@@ -84,7 +84,9 @@ def publish_file(dest, *, storage_options: dict | None = None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def publish_dir(dest, *, storage_options: dict | None = None, overwrite: bool = False) -> Iterator[str]:
+def publish_dir(
+    dest, *, storage_options: dict | None = None, overwrite: bool = False
+) -> Iterator[str]:
     """Yield a temporary URL beside ``dest`` to write a directory tree into.
 
     On success the tree becomes ``dest`` (renamed locally, copied server-side remotely);

@@ -20,10 +20,20 @@ class GCTxBackendEntrypoint(BackendEntrypoint):
 
     description = "CMap GCTx (HDF5) matrices, lazily, as (sig, gene)"
     url = "https://github.com/cmapdask/cmapdask"
-    open_dataset_parameters = ("filename_or_obj", "drop_variables", "sigs", "genes", "storage_options")
+    open_dataset_parameters = (
+        "filename_or_obj",
+        "drop_variables",
+        "sigs",
+        "genes",
+        "storage_options",
+    )
 
-    def open_dataset(self, filename_or_obj, *, drop_variables=None, sigs=None, genes=None, storage_options=None):
-        ds = read_gctx(os.fspath(filename_or_obj), sigs=sigs, genes=genes, storage_options=storage_options)
+    def open_dataset(
+        self, filename_or_obj, *, drop_variables=None, sigs=None, genes=None, storage_options=None
+    ):
+        ds = read_gctx(
+            os.fspath(filename_or_obj), sigs=sigs, genes=genes, storage_options=storage_options
+        )
         if drop_variables:
             ds = ds.drop_vars(list(drop_variables), errors="ignore")
         return ds

@@ -151,8 +151,13 @@ def _data_line_fields(raw: bytes, start: int) -> tuple[np.ndarray, np.ndarray]:
 def _first_bad_cell(raw, start, encoding, n_lead, names, path, header_lines) -> str:
     """Locate the first non-numeric data cell (only called once parsing has failed)."""
     df = pd.read_csv(
-        io.BytesIO(raw[start:]), sep="\t", header=None, dtype=str, encoding=encoding,
-        keep_default_na=False, quoting=csv.QUOTE_NONE,
+        io.BytesIO(raw[start:]),
+        sep="\t",
+        header=None,
+        dtype=str,
+        encoding=encoding,
+        keep_default_na=False,
+        quoting=csv.QUOTE_NONE,
     )
     lines, _ = _data_line_fields(raw, start)
     na = set(_DATA_NA)
@@ -281,8 +286,14 @@ def read_gct(
         # Data columns are left to pandas' float inference (per-column dtypes and NA lists
         # cost more than the parse for wide files); anything not numeric is caught below.
         df = pd.read_csv(
-            io.BytesIO(raw[start:]), sep="\t", header=None, encoding=encoding,
-            quoting=csv.QUOTE_NONE, keep_default_na=False, na_values=_DATA_NA, engine="c",
+            io.BytesIO(raw[start:]),
+            sep="\t",
+            header=None,
+            encoding=encoding,
+            quoting=csv.QUOTE_NONE,
+            keep_default_na=False,
+            na_values=_DATA_NA,
+            engine="c",
             dtype={j: str for j in range(n_lead)},
         )
         if any(d.kind not in "fiu" for d in df.dtypes.tolist()[n_lead:]):
@@ -332,8 +343,10 @@ def _text_fields(obj: xr.Dataset, dim: str) -> dict[str, np.ndarray]:
 def _unmerge(sig_fields: dict, gene_fields: dict) -> tuple[dict, dict]:
     """Undo ``merge_coords``' renames so the file carries the original field names."""
     # a coordinate along "sig" cannot be called "gene" or "expr", so these never clash
-    sig_out = {(k[4:] if k.startswith("sig_") and k[4:] in _RESERVED else k): v
-               for k, v in sig_fields.items()}
+    sig_out = {
+        (k[4:] if k.startswith("sig_") and k[4:] in _RESERVED else k): v
+        for k, v in sig_fields.items()
+    }
     gene_out = {}
     for k, v in gene_fields.items():
         base = k[5:]
@@ -378,8 +391,12 @@ def _format_rows(lead: list[list[str]], values: np.ndarray) -> bytes:
             [pd.DataFrame({i: c for i, c in enumerate(lead)}), pd.DataFrame(values.T)], axis=1
         )
         return frame.to_csv(
-            sep="\t", header=False, index=False, na_rep="NaN",
-            quoting=csv.QUOTE_NONE, lineterminator="\n",
+            sep="\t",
+            header=False,
+            index=False,
+            na_rep="NaN",
+            quoting=csv.QUOTE_NONE,
+            lineterminator="\n",
         ).encode("utf-8")
 
 

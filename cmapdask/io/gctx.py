@@ -26,7 +26,7 @@ import xarray as xr
 
 from cmapdask import __version__
 from cmapdask.errors import GCTxFormatError, InputError
-from cmapdask.io.atomic import publish_file, url_to_fs, is_local
+from cmapdask.io.atomic import is_local, publish_file, url_to_fs
 from cmapdask.io.meta import MISSING, merge_coords, normalise_column
 
 __all__ = ["read_gctx", "write_gctx", "gctx_filename", "is_gctx", "matrix_layout", "MATRIX_PATH"]
@@ -165,7 +165,9 @@ def _matrix(f, path) -> h5py.Dataset:
     return m
 
 
-def matrix_layout(path, *, storage_options: dict | None = None) -> tuple[tuple[int, int], tuple[int, int] | None]:
+def matrix_layout(
+    path, *, storage_options: dict | None = None
+) -> tuple[tuple[int, int], tuple[int, int] | None]:
     """``(shape, file_chunks)`` of the GCTx matrix, stored (n_sig, n_gene), without
     reading any metadata (for choosing chunks before :func:`read_gctx`)."""
     path = os.fspath(path) if not isinstance(path, str) else path
@@ -230,7 +232,9 @@ def read_gctx(
         chunks = _dask_chunks(shape, file_chunks, int(config.get("gctx.chunk_mb", 64)) * 2**20)
     lazy = _LazyMatrix(path, storage_options, shape, dtype)
     name = f"gctx-{dask.base.tokenize(path, storage_options, shape, chunks, _mtime(path))}"
-    arr = da.from_array(lazy, chunks=chunks, name=name, lock=False, asarray=False, meta=np.empty((0, 0), np.float32))
+    arr = da.from_array(
+        lazy, chunks=chunks, name=name, lock=False, asarray=False, meta=np.empty((0, 0), np.float32)
+    )
     sig_fields, gene_fields = merge_coords(sig_fields, gene_fields)
     coords = {"sig": ("sig", sig_ids), "gene": ("gene", gene_ids)}
     coords.update({k: ("sig", v) for k, v in sig_fields.items()})
@@ -278,7 +282,8 @@ def _subset(ds: xr.Dataset, *, sigs, genes, path) -> xr.Dataset:
             if (pos < 0).any():
                 missing = wanted[pos < 0]
                 raise InputError(
-                    f"{path}: {len(missing)} requested {dim} id(s) not in the file, e.g. {missing[0]!r}"
+                    f"{path}: {len(missing)} requested {dim} id(s) not in the file, e.g. "
+                    f"{missing[0]!r}"
                 )
         sel[dim] = pos
     return ds.isel(sel) if sel else ds
@@ -400,7 +405,11 @@ def _write_meta(f, group, ids, fields):
 
 def _write_field(g, name, values):
     n = len(values)
-    opts = {"compression": "gzip", "compression_opts": 6, "chunks": (max(1, min(n, 1000)),)} if n else {}
+    opts = (
+        {"compression": "gzip", "compression_opts": 6, "chunks": (max(1, min(n, 1000)),)}
+        if n
+        else {}
+    )
     if values.dtype.kind in "iub":
         g.create_dataset(name, data=values.astype(np.int64), **opts)
     elif values.dtype.kind == "f":
@@ -437,7 +446,7 @@ def _stream_matrix(data, dset, col_chunk, *, progress: bool) -> None:
     for start in range(0, arr.numblocks[0], parallel):
         idx = range(start, min(start + parallel, arr.numblocks[0]))
         blocks = dask.compute(*[arr.blocks[i] for i in idx])
-        for i, block in zip(idx, blocks):
+        for i, block in zip(idx, blocks, strict=False):
             dset[bounds[i] : bounds[i + 1], :] = block
             if bar is not None:
                 bar.update(block.shape[0])

@@ -279,9 +279,7 @@ def _query_ids(sets: Mapping[str, list[str]], pattern: re.Pattern, what: str) ->
         m = pattern.match(name)
         qid = m.group(1) if m else name
         if qid in out:
-            raise QueryError(
-                f"{what} sets {out[qid][0]!r} and {name!r} both name query {qid!r}"
-            )
+            raise QueryError(f"{what} sets {out[qid][0]!r} and {name!r} both name query {qid!r}")
         out[qid] = (name, list(genes))
     return out
 

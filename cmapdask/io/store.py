@@ -70,7 +70,9 @@ def quiet_zarr():
         yield
 
 
-def store_chunk_rows(n_gene: int, *, file_rows: int | None = None, chunk_mb: float | None = None) -> int:
+def store_chunk_rows(
+    n_gene: int, *, file_rows: int | None = None, chunk_mb: float | None = None
+) -> int:
     """Signatures per ``expr`` chunk: about ``chunk_mb`` MiB of float32 with every gene,
     rounded to a multiple of the source's own chunk rows so no source chunk is read twice."""
     chunk_mb = chunk_mb or float(config.get("store.chunk_mb", 32))
@@ -103,7 +105,9 @@ def _strings_to_str(ds: xr.Dataset) -> xr.Dataset:
     out = {}
     for name, c in ds.coords.items():
         if c.dtype.kind == "O":
-            vals = np.array(["" if _missing(v) else str(v) for v in c.values.tolist()], dtype=object)
+            vals = np.array(
+                ["" if _missing(v) else str(v) for v in c.values.tolist()], dtype=object
+            )
             out[name] = (c.dims, vals)
     return ds.assign_coords(out) if out else ds
 
@@ -144,8 +148,13 @@ def write_store(
     the number of signatures except the metadata (O(n_sig) strings, held by the client).
     """
     return _write_dataset(
-        ds, dest, storage_options=storage_options, rows=chunk_rows, overwrite=overwrite,
-        progress=progress, provenance=lambda: dict(provenance or {}),
+        ds,
+        dest,
+        storage_options=storage_options,
+        rows=chunk_rows,
+        overwrite=overwrite,
+        progress=progress,
+        provenance=lambda: dict(provenance or {}),
     )
 
 
@@ -160,7 +169,10 @@ def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, prov
         expr = expr.chunk({"sig": rows, "gene": n_gene})
     out = _strings_to_str(ds.drop_vars([v for v in ds.data_vars if v != "expr"]).assign(expr=expr))
     out.attrs = {}
-    with publish_dir(dest, storage_options=storage_options, overwrite=overwrite) as tmp, quiet_zarr():
+    with (
+        publish_dir(dest, storage_options=storage_options, overwrite=overwrite) as tmp,
+        quiet_zarr(),
+    ):
         # creates the group, every array's metadata and the coordinates now; the
         # returned job (which would write expr) is replaced by _write_expr's tasks
         out.to_zarr(
@@ -175,7 +187,8 @@ def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, prov
         if n_sig and n_gene:
             written = _compute(
                 _write_expr(out["expr"].data, tmp, zarr_options(tmp, storage_options)).sum(),
-                progress=progress, label="write store",
+                progress=progress,
+                label="write store",
             )
             if int(written) != n_sig:  # every block reports its rows; a lost block is an error
                 raise StoreError(f"{dest}: wrote {int(written)} of {n_sig} signatures")
@@ -222,7 +235,12 @@ def _store_block(block, url, storage_options, block_info=None):
 # return memory to the OS promptly), which pins the threshold at 128 KiB. blosc-zstd then
 # maps, faults in and unmaps fresh compression contexts for every block of every chunk:
 # 45,000 page faults per 25 MB chunk, twice the CPU of the compression itself.
-_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+_MALLOC_ENV = (
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_MMAP_MAX_",
+)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _malloc_lock = threading.Lock()
 _malloc_users = 0
@@ -290,7 +308,8 @@ def zarr_options(url, storage_options):
 def _compute(job, *, progress: bool, label: str):
     if progress:
         try:
-            from distributed import get_client, progress as dprogress
+            from distributed import get_client
+            from distributed import progress as dprogress
 
             client = get_client()
         except ValueError:  # no distributed client: the local progress bar
@@ -337,12 +356,17 @@ def _check_complete(url, storage_options, what: str) -> dict:
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
             raise StoreError(f"{url}: no {what} here") from None
         except Exception as e:  # corrupt metadata, bad URL, unreachable server
-            raise StoreError(f"{url}: cannot open {what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise StoreError(
+                f"{url}: cannot open {what}: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
         meta = dict(g.attrs.get("cmapdask", {}))
     if not meta:
         raise StoreError(f"{url}: not a cmapdask {what} (no cmapdask attributes)")
     if not meta.get("complete"):
-        raise StoreError(f"{url}: incomplete {what} (the job that wrote it did not finish); write it again")
+        raise StoreError(
+            f"{url}: incomplete {what} (the job that wrote it did not finish); write it again"
+        )
     return meta
 
 
@@ -445,7 +469,9 @@ def write_member(
 def ensure_parent_groups(store_url, name, storage_options) -> None:
     """Create the groups above member ``name`` (``index`` of ``index/bing``), if missing."""
     with quiet_zarr():
-        g = zarr.open_group(store_url, mode="r+", storage_options=zarr_options(store_url, storage_options))
+        g = zarr.open_group(
+            store_url, mode="r+", storage_options=zarr_options(store_url, storage_options)
+        )
         for p in name.split("/")[:-1]:
             g = g.require_group(p)
 
@@ -459,7 +485,11 @@ def open_member(store_url, name: str, *, storage_options: dict | None = None) ->
         raise StoreError(f"{store_url}: {str(e).split(': ', 1)[-1]}") from None
     with quiet_zarr():
         ds = xr.open_zarr(
-            dest, consolidated=False, zarr_format=3, chunks={}, storage_options=zarr_options(dest, storage_options)
+            dest,
+            consolidated=False,
+            zarr_format=3,
+            chunks={},
+            storage_options=zarr_options(dest, storage_options),
         )
     ds = _coords_to_memory(ds, dest, storage_options)
     ds.attrs = {**ds.attrs, "cmapdask": meta}
@@ -478,7 +508,9 @@ def list_members(store_url, *, storage_options: dict | None = None) -> list[str]
     """Names of the complete member groups of a store (``index/bing``, ...)."""
     found = []
     with quiet_zarr():
-        root = zarr.open_group(store_url, mode="r", storage_options=zarr_options(store_url, storage_options))
+        root = zarr.open_group(
+            store_url, mode="r", storage_options=zarr_options(store_url, storage_options)
+        )
 
         def walk(g, prefix):
             for key, sub in g.groups():
@@ -509,7 +541,9 @@ def store_info(url, *, storage_options: dict | None = None) -> dict:
         "codecs": codecs,
         "stored_bytes": nbytes_stored,
         "sig_fields": sorted(k for k, c in ds.coords.items() if c.dims == ("sig",) and k != "sig"),
-        "gene_fields": sorted(k for k, c in ds.coords.items() if c.dims == ("gene",) and k != "gene"),
+        "gene_fields": sorted(
+            k for k, c in ds.coords.items() if c.dims == ("gene",) and k != "gene"
+        ),
         "members": list_members(url, storage_options=storage_options),
         "provenance": ds.attrs["cmapdask"],
     }
@@ -613,25 +647,57 @@ def convert(
     if checksum:
         # started first, so the one sequential pass over the source overlaps the
         # metadata reads and joins as well as the chunk writes
-        hasher = threading.Thread(target=_sha256, args=(src, src_storage_options, digest, stop), daemon=True)
+        hasher = threading.Thread(
+            target=_sha256, args=(src, src_storage_options, digest, stop), daemon=True
+        )
         hasher.start()
     try:
         return _convert(
-            src, dest, src_name, size, digest, hasher, sig_info, gene_info, compound_info,
-            storage_options=storage_options, src_storage_options=src_storage_options,
-            extra_ids=extra_ids, chunk_rows=chunk_rows, overwrite=overwrite, progress=progress,
+            src,
+            dest,
+            src_name,
+            size,
+            digest,
+            hasher,
+            sig_info,
+            gene_info,
+            compound_info,
+            storage_options=storage_options,
+            src_storage_options=src_storage_options,
+            extra_ids=extra_ids,
+            chunk_rows=chunk_rows,
+            overwrite=overwrite,
+            progress=progress,
         )
     finally:
         stop.set()  # a failed conversion does not leave a hash reading on
 
 
-def _convert(src, dest, src_name, size, digest, hasher, sig_info, gene_info, compound_info, *,
-             storage_options, src_storage_options, extra_ids, chunk_rows, overwrite, progress) -> str:
+def _convert(
+    src,
+    dest,
+    src_name,
+    size,
+    digest,
+    hasher,
+    sig_info,
+    gene_info,
+    compound_info,
+    *,
+    storage_options,
+    src_storage_options,
+    extra_ids,
+    chunk_rows,
+    overwrite,
+    progress,
+) -> str:
     from cmapdask.io.gctx import is_gctx, matrix_layout, read_gctx
 
     if is_gctx(src, src_storage_options):
         (_, n_gene), file_chunks = matrix_layout(src, storage_options=src_storage_options)
-        rows = chunk_rows or store_chunk_rows(n_gene, file_rows=file_chunks[0] if file_chunks else None)
+        rows = chunk_rows or store_chunk_rows(
+            n_gene, file_rows=file_chunks[0] if file_chunks else None
+        )
         ds = read_gctx(src, chunks=(rows, n_gene), storage_options=src_storage_options)
         fmt = "gctx"
     elif str(src).endswith(".gct") or str(src).endswith(".gct.gz"):
@@ -652,13 +718,21 @@ def _convert(src, dest, src_name, size, digest, hasher, sig_info, gene_info, com
             hasher.join()
             if "error" in digest:
                 e = digest["error"]
-                raise StoreError(f"{src}: cannot read it for its SHA-256: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                raise StoreError(
+                    f"{src}: cannot read it for its SHA-256: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                )
             source["sha256"] = digest["sha256"]
         return {"source": source, "tables": tables}
 
     return _write_dataset(
-        ds, dest, storage_options=storage_options, rows=rows, overwrite=overwrite,
-        progress=progress, provenance=provenance,
+        ds,
+        dest,
+        storage_options=storage_options,
+        rows=rows,
+        overwrite=overwrite,
+        progress=progress,
+        provenance=provenance,
     )
 
 
@@ -670,11 +744,15 @@ def _join_tables(ds, src_name, sig_info, gene_info, compound_info, extra_ids):
     if sig_info is not None:
         t = read_table(sig_info)
         tables["sig_info"] = _table_prov(sig_info)
-        sig_fields = join_table(ds["sig"].values, t, kind="sig", source=src_name, extra_ids=extra_ids)
+        sig_fields = join_table(
+            ds["sig"].values, t, kind="sig", source=src_name, extra_ids=extra_ids
+        )
     if gene_info is not None:
         t = read_table(gene_info)
         tables["gene_info"] = _table_prov(gene_info)
-        gene_fields = join_table(ds["gene"].values, t, kind="gene", source=src_name, extra_ids=extra_ids)
+        gene_fields = join_table(
+            ds["gene"].values, t, kind="gene", source=src_name, extra_ids=extra_ids
+        )
     if compound_info is not None:
         t = read_table(compound_info)
         tables["compound_info"] = _table_prov(compound_info)

@@ -52,7 +52,9 @@ def read_table(path, *, storage_options: dict | None = None) -> pd.DataFrame:
     except FileNotFoundError:
         raise MetadataError(f"{path}: no such file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as e:
-        raise MetadataError(f"{name}: not a tab-separated table: {str(e).splitlines()[0]}") from None
+        raise MetadataError(
+            f"{name}: not a tab-separated table: {str(e).splitlines()[0]}"
+        ) from None
     if raw.shape[1] < 1:
         raise MetadataError(f"{name}: table has no columns")
     out = pd.DataFrame(
@@ -106,9 +108,7 @@ def join_table(
             f"{name}: {len(extra)} {col} value(s) are not in {source}, e.g. {extra[0]!r} "
             "(pass extra_ids='ignore' / --ignore-extra-ids to allow)"
         )
-    return {
-        c: _take(table[c].to_numpy(), pos) for c in table.columns if c != col
-    }
+    return {c: _take(table[c].to_numpy(), pos) for c in table.columns if c != col}
 
 
 def _take(values: np.ndarray, pos: np.ndarray) -> np.ndarray:

@@ -218,17 +218,20 @@ def robust_zscore(
             raise MetadataError(f"no signature field {control_field!r} to find vehicle controls")
         flags = np.asarray(ds[control_field].values == control_value, dtype=bool)
     resolved = _resolve_plate_field(ds, plate_field)
-    codes = (
-        np.zeros(x.shape[0], dtype=np.int64) if resolved is None else plate_codes(ds, resolved)
-    )
+    codes = np.zeros(x.shape[0], dtype=np.int64) if resolved is None else plate_codes(ds, resolved)
     _check_reference(ds, codes, flags, min_reference, resolved, reference)
     if resolved is None:
         ref = (x if flags.all() else x[np.flatnonzero(flags)]).astype(np.float64)
         med = da.median(ref, axis=0)
         mad = da.median(abs(ref - med), axis=0)
         out = da.map_blocks(
-            _robust_apply, x, _row_ids(ds, x), med[None, :], mad[None, :],
-            mad_floor=mad_floor, dtype=np.float32,
+            _robust_apply,
+            x,
+            _row_ids(ds, x),
+            med[None, :],
+            mad[None, :],
+            mad_floor=mad_floor,
+            dtype=np.float32,
         )
     else:
         plan = groups.plan_groups(codes, target_rows=_target_rows(x, chunk_rows))
@@ -256,7 +259,11 @@ def _check_reference(ds, codes, flags, minimum, field, reference) -> None:
     counts = np.bincount(codes, weights=flags.astype(np.float64), minlength=codes.max() + 1)
     low = np.flatnonzero(counts < minimum)
     if low.size:
-        name = "the whole matrix" if field is None else f"plate {_first_of(ds, field, codes, low[0])!r}"
+        name = (
+            "the whole matrix"
+            if field is None
+            else f"plate {_first_of(ds, field, codes, low[0])!r}"
+        )
         kind = "vehicle-control wells" if reference == "vehicle" else "signatures"
         raise InputError(
             f"{low.size} plate(s) have fewer than {minimum} {kind} to estimate the median "
@@ -286,7 +293,9 @@ def level4(
         raise InputError(f"normalize must be 'none' or 'quantile', got {normalize!r}")
     if normalize == "quantile":
         field = _resolve_plate_field(ds, robust_z_options.get("plate_field", "auto"))
-        ds = quantile_normalize(ds, plate_field=field, chunk_rows=robust_z_options.get("chunk_rows"))
+        ds = quantile_normalize(
+            ds, plate_field=field, chunk_rows=robust_z_options.get("chunk_rows")
+        )
     return robust_zscore(ds, **robust_z_options)
 
 
@@ -384,7 +393,9 @@ def modz(
     coords["distil_wt"] = ("sig", stats[:, -2])
     out = xr.Dataset({"expr": (("sig", "gene"), expr)}, coords=coords)
     out = out.assign_coords({k: v for k, v in ds.coords.items() if v.dims == ("gene",)})
-    params = dict(group_by=list(fields), n_landmarks=int(len(lm)), clip=clip, weight_floor=weight_floor)
+    params = dict(
+        group_by=list(fields), n_landmarks=int(len(lm)), clip=clip, weight_floor=weight_floor
+    )
     out.attrs = {**ds.attrs, "cmapdask": provenance(ds, "level5", **params)}
     return out
 

@@ -104,7 +104,7 @@ def gather_rows(x: da.Array, order: np.ndarray, chunks: tuple[int, ...]) -> da.A
 
 def _take_rows(blocks, where, n):
     out = np.empty((n, blocks[0].shape[1]), dtype=blocks[0].dtype)
-    for block, (dest, src) in zip(blocks, where):
+    for block, (dest, src) in zip(blocks, where, strict=False):
         out[dest] = block[src]
     return out
 
@@ -127,7 +127,7 @@ def _same_block(x, codes, flags, ids, *, kernel):
     codes, flags = codes[:, 0], flags[:, 0]
     out = np.empty(x.shape, dtype=np.float32)
     bounds = np.flatnonzero(np.diff(codes)) + 1
-    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(codes)]):
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(codes)], strict=False):
         out[lo:hi] = kernel(x[lo:hi], flags[lo:hi])
     return out
 
@@ -176,7 +176,7 @@ def _stats_block(x, codes, ids, *, clip, weight_floor):
     packed = np.empty((len(sizes), stats.shape[1] + 2), dtype=object)
     packed[:, : stats.shape[1]] = stats
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    for g, (s, n) in enumerate(zip(starts.tolist(), sizes.tolist())):
+    for g, (s, n) in enumerate(zip(starts.tolist(), sizes.tolist(), strict=False)):
         w = weights[s : s + n]
         packed[g, -2] = ",".join(f"{v:.2f}" for v in w)
         packed[g, -1] = w
@@ -193,7 +193,12 @@ def _modz_block(x, codes, ids, weights, *, clip):
 
 
 def replicate_statistics(
-    x: da.Array, plan: GroupPlan, *, ids: np.ndarray, landmarks: np.ndarray, clip: float,
+    x: da.Array,
+    plan: GroupPlan,
+    *,
+    ids: np.ndarray,
+    landmarks: np.ndarray,
+    clip: float,
     weight_floor: float,
 ) -> da.Array:
     """Lazy (n_groups, len(STAT_FIELDS) + 2) object array: statistics, weight text, weights.
@@ -203,11 +208,15 @@ def replicate_statistics(
     every = np.array_equal(landmarks, np.arange(x.shape[1]))
     xs = _grouped(x if every else x[:, landmarks], plan)
     return da.map_blocks(
-        _stats_block, xs, _rowwise(plan.codes, plan),
+        _stats_block,
+        xs,
+        _rowwise(plan.codes, plan),
         _rowwise(np.asarray(ids, dtype=object)[plan.order], plan),
-        clip=clip, weight_floor=weight_floor,
+        clip=clip,
+        weight_floor=weight_floor,
         chunks=(plan.groups_per_chunk, (len(kernels.STAT_FIELDS) + 2,)),
-        dtype=object, meta=np.empty((0, 0), object),
+        dtype=object,
+        meta=np.empty((0, 0), object),
     )
 
 
@@ -223,8 +232,13 @@ def modz_from_statistics(
         _row_weights, chunks=(plan.chunks, (1,)), dtype=np.float64, meta=np.empty((0, 0))
     )
     return da.map_blocks(
-        _modz_block, _grouped(x, plan), _rowwise(plan.codes, plan),
-        _rowwise(np.asarray(ids, dtype=object)[plan.order], plan), weights, clip=clip,
-        chunks=(plan.groups_per_chunk, (x.shape[1],)), dtype=np.float32,
+        _modz_block,
+        _grouped(x, plan),
+        _rowwise(plan.codes, plan),
+        _rowwise(np.asarray(ids, dtype=object)[plan.order], plan),
+        weights,
+        clip=clip,
+        chunks=(plan.groups_per_chunk, (x.shape[1],)),
+        dtype=np.float32,
         meta=np.empty((0, 0), np.float32),
     )

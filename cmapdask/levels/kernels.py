@@ -10,6 +10,7 @@ and the tests call them directly as the numpy reference.
 from __future__ import annotations
 
 import numpy as np
+
 from cmapdask.errors import InputError
 
 __all__ = [
@@ -203,9 +204,7 @@ def modz_groups(
         if n_out:
             modz[sel] = np.einsum("gk,gkn->gn", w, zc[rows]).astype(np.float32)
     q75 = np.clip(stats[:, 1], 0.0, 1.0)  # NaN (one replicate) stays NaN: TAS is missing
-    stats[:, 5] = np.sqrt(
-        np.maximum(stats[:, 4], 0.001) * np.maximum(q75, 0.001) / TAS_NGENE
-    )
+    stats[:, 5] = np.sqrt(np.maximum(stats[:, 4], 0.001) * np.maximum(q75, 0.001) / TAS_NGENE)
     return modz, weights, stats
 
 

@@ -108,7 +108,9 @@ def landmark_index(ds: xr.Dataset, landmarks: Sequence[str] | None) -> np.ndarra
             "'feature_space' gene field; pass landmarks="
         )
     if len(pos) < 2:
-        raise MetadataError(f"need at least 2 landmark genes for Spearman weights, found {len(pos)}")
+        raise MetadataError(
+            f"need at least 2 landmark genes for Spearman weights, found {len(pos)}"
+        )
     return pos.astype(np.int64)
 
 
@@ -145,7 +147,10 @@ def level5_coords(ds: xr.Dataset, fields: list[str], plan) -> dict:
     sorted_ids = ids[plan.order]
     coords["distil_id"] = (
         "sig",
-        np.array(["|".join(sorted_ids[a:b]) for a, b in zip(starts[:-1], starts[1:])], dtype=object),
+        np.array(
+            ["|".join(sorted_ids[a:b]) for a, b in zip(starts[:-1], starts[1:], strict=False)],
+            dtype=object,
+        ),
     )
     coords["distil_nsample"] = ("sig", plan.sizes.astype(np.int64))
     return coords

@@ -45,8 +45,12 @@ def file_provenance(url, storage_options=None) -> dict:
     with fs.open(p, "rb") as f:
         while chunk := f.read(16 * 2**20):
             h.update(chunk)
-    return {"name": os.path.basename(str(url)), "url": str(url), "size": int(fs.size(p)),
-            "sha256": h.hexdigest()}
+    return {
+        "name": os.path.basename(str(url)),
+        "url": str(url),
+        "size": int(fs.size(p)),
+        "sha256": h.hexdigest(),
+    }
 
 
 def append(
@@ -108,8 +112,16 @@ def append(
     if not versions:
         if gene_info is not None:
             inputs["gene_info"] = file_provenance(gene_info)
-        convert(new, dest, sig_info, gene_info, storage_options=storage_options,
-                src_storage_options=src_storage_options, chunk_rows=chunk_rows, progress=progress)
+        convert(
+            new,
+            dest,
+            sig_info,
+            gene_info,
+            storage_options=storage_options,
+            src_storage_options=src_storage_options,
+            chunk_rows=chunk_rows,
+            progress=progress,
+        )
         parent, n_old = None, 0
         n_tot = open_version_store(dest, storage_options).sizes["sig"]
     else:
@@ -122,14 +134,31 @@ def append(
             ds = _join_sig_info(ds, sig_info, os.path.basename(str(new)))
         x, fields = _check_new(base, ds, str(new), f"{root} ({parent})")
         n_old, n_tot = base.sizes["sig"], base.sizes["sig"] + ds.sizes["sig"]
-        _extend(version_url(root, parent), dest, x, fields, n_old, storage_options, progress,
-                {"version": vid, "parent": parent})
-    write_manifest(root, {
-        "version": vid, "parent": parent, "status": "staged",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "package_version": __version__, "n_sig": int(n_tot), "n_new": int(n_tot - n_old),
-        "inputs": inputs, "timings": {"append": round(time.perf_counter() - t0, 3)},
-    }, storage_options=storage_options)
+        _extend(
+            version_url(root, parent),
+            dest,
+            x,
+            fields,
+            n_old,
+            storage_options,
+            progress,
+            {"version": vid, "parent": parent},
+        )
+    write_manifest(
+        root,
+        {
+            "version": vid,
+            "parent": parent,
+            "status": "staged",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "package_version": __version__,
+            "n_sig": int(n_tot),
+            "n_new": int(n_tot - n_old),
+            "inputs": inputs,
+            "timings": {"append": round(time.perf_counter() - t0, 3)},
+        },
+        storage_options=storage_options,
+    )
     return vid
 
 
@@ -148,7 +177,9 @@ def _join_sig_info(ds: xr.Dataset, sig_info, src_name: str) -> xr.Dataset:
 
 
 def _sig_fields(ds: xr.Dataset) -> dict[str, np.ndarray]:
-    return {k: np.asarray(c.values) for k, c in ds.coords.items() if c.dims == ("sig",) and k != "sig"}
+    return {
+        k: np.asarray(c.values) for k, c in ds.coords.items() if c.dims == ("sig",) and k != "sig"
+    }
 
 
 def _kind(v: np.ndarray) -> str:
@@ -158,7 +189,9 @@ def _kind(v: np.ndarray) -> str:
         return "float"
     # object arrays from readers: numbers stay numbers, text is str, missing None/NaN
     vals = [x for x in v.tolist() if not (x is None or (isinstance(x, float) and x != x))]
-    if vals and all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in vals):
+    if vals and all(
+        isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in vals
+    ):
         return "float"
     return "str" if vals else "empty"
 
@@ -183,18 +216,25 @@ def reconcile_fields(old: dict, new: dict, n_old: int, n_new: int, *, where: str
         if kinds == {"str", "int"} or kinds == {"str", "float"}:
             raise MetadataError(
                 f"{where}: metadata field {name!r} is {'text' if ka == 'str' else 'numeric'} in "
-                f"the collection but {'text' if kb == 'str' else 'numeric'} in the new signatures")
+                f"the collection but {'text' if kb == 'str' else 'numeric'} in the new signatures"
+            )
         kind = "str" if "str" in kinds else "int" if kinds == {"int"} else "float"
         a = a if a is not None else _missing(n_old, kind)
         b = b if b is not None else _missing(n_new, kind)
         if kind == "int" and a.dtype.kind in "iub" and b.dtype.kind in "iub":
             out[name] = np.concatenate([a.astype(np.int64), b.astype(np.int64)])
         elif kind in ("int", "float"):
-            out[name] = np.concatenate([pd.to_numeric(pd.Series(a, dtype=object)).to_numpy(float),
-                                        pd.to_numeric(pd.Series(b, dtype=object)).to_numpy(float)])
+            out[name] = np.concatenate(
+                [
+                    pd.to_numeric(pd.Series(a, dtype=object)).to_numpy(float),
+                    pd.to_numeric(pd.Series(b, dtype=object)).to_numpy(float),
+                ]
+            )
         else:
-            vals = [None if (v is None or (isinstance(v, float) and v != v)) else str(v)
-                    for v in (*a.tolist(), *b.tolist())]
+            vals = [
+                None if (v is None or (isinstance(v, float) and v != v)) else str(v)
+                for v in (*a.tolist(), *b.tolist())
+            ]
             out[name] = np.array(vals, dtype=object)
     return out
 
@@ -208,12 +248,15 @@ def _check_new(base: xr.Dataset, ds: xr.Dataset, name: str, where: str):
         raise MetadataError(f"{name}: duplicate signature id {ids[ids.duplicated()][0]!r}")
     clash = ids.intersection(base.indexes["sig"])
     if len(clash):
-        raise MetadataError(f"{name}: {len(clash)} signature id(s) already in {where}, e.g. {clash[0]!r}")
+        raise MetadataError(
+            f"{name}: {len(clash)} signature id(s) already in {where}, e.g. {clash[0]!r}"
+        )
     genes = base.indexes["gene"]
     pos = ds.indexes["gene"].get_indexer(genes)
     if (pos < 0).any():
-        raise MetadataError(f"{name}: lacks {int((pos < 0).sum())} gene(s) of {where}, "
-                            f"e.g. {genes[pos < 0][0]!r}")
+        raise MetadataError(
+            f"{name}: lacks {int((pos < 0).sum())} gene(s) of {where}, e.g. {genes[pos < 0][0]!r}"
+        )
     if ds.sizes["gene"] != len(genes):
         extra = ds.indexes["gene"].difference(genes)
         raise MetadataError(f"{name}: {len(extra)} gene(s) not in {where}, e.g. {extra[0]!r}")
@@ -222,8 +265,13 @@ def _check_new(base: xr.Dataset, ds: xr.Dataset, name: str, where: str):
         x = da.from_array(np.asarray(x))
     if not np.array_equal(pos, np.arange(len(genes))):
         x = x[:, pos]
-    fields = reconcile_fields(_sig_fields(base), _sig_fields(ds), base.sizes["sig"],
-                              ds.sizes["sig"], where=f"{name} -> {where}")
+    fields = reconcile_fields(
+        _sig_fields(base),
+        _sig_fields(ds),
+        base.sizes["sig"],
+        ds.sizes["sig"],
+        where=f"{name} -> {where}",
+    )
     fields["sig"] = np.array([*map(str, base.indexes["sig"]), *map(str, ids)], dtype=object)
     return x.astype(np.float32), fields
 
@@ -254,7 +302,7 @@ def _share_base(src: str, dest: str, skip: set[str], partial_chunk: str | None, 
     for name in arrays:
         files += [f for f in fs.find(f"{sp}/{name}")]
     for f in files:
-        rel = f[len(sp) + 1:]
+        rel = f[len(sp) + 1 :]
         target = f"{dp}/{rel}"
         if local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -274,8 +322,11 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     with quiet_zarr():
         g = zarr.open_group(src, mode="r", storage_options=zarr_options(src, storage_options))
         rows = int(g["expr"].chunks[0])
-        sig_arrays = {name for name, a in g.arrays()
-                      if (a.metadata.dimension_names or (None,))[0] == "sig" and name != "expr"}
+        sig_arrays = {
+            name
+            for name, a in g.arrays()
+            if (a.metadata.dimension_names or (None,))[0] == "sig" and name != "expr"
+        }
         sep = "/"
     partial = f"expr/c{sep}{n_old // rows}{sep}0" if n_old % rows else None
     _share_base(src, dest, sig_arrays, partial, storage_options)
@@ -292,8 +343,9 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     chunks = (first, *([rows] * (rest // rows)), *([rest % rows] if rest % rows else []))
     x = x.rechunk({0: chunks, 1: -1})
     with quiet_zarr():
-        job = da.store(x, arr, regions=(slice(n_old, n_tot), slice(None)), lock=False,
-                       compute=False)
+        job = da.store(
+            x, arr, regions=(slice(n_old, n_tot), slice(None)), lock=False, compute=False
+        )
         if progress:
             from dask.diagnostics import ProgressBar
 
@@ -323,13 +375,26 @@ def clone_version(root, parent: str, *, storage_options: dict | None = None) -> 
     opts = zarr_options(dest, storage_options)
     with quiet_zarr():
         g = zarr.open_group(dest, mode="r+", storage_options=opts)
-        g.attrs["cmapdask"] = {**dict(g.attrs.get("cmapdask", {})), "version": vid,
-                               "parent": parent, "complete": True}
+        g.attrs["cmapdask"] = {
+            **dict(g.attrs.get("cmapdask", {})),
+            "version": vid,
+            "parent": parent,
+            "complete": True,
+        }
         n = int(g["expr"].shape[0])
-    write_manifest(root, {
-        "version": vid, "parent": parent, "status": "staged",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "package_version": __version__, "n_sig": n, "n_new": 0, "inputs": {},
-        "timings": {},
-    }, storage_options=storage_options)
+    write_manifest(
+        root,
+        {
+            "version": vid,
+            "parent": parent,
+            "status": "staged",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "package_version": __version__,
+            "n_sig": n,
+            "n_new": 0,
+            "inputs": {},
+            "timings": {},
+        },
+        storage_options=storage_options,
+    )
     return vid

@@ -138,16 +138,23 @@ def _old_block(url, storage_options, x, prev, news, k, metric, lo, n_new_blocks)
         merged = merge_topk([tuple(prev[:4]), _entrants(z @ zn.T, v, vn, prev, news[0][2], k)], k)
         # the new rows' candidates among this block (k of the block's rows: the kernel's
         # efficient case; the old rows' side above needs only the few entrants)
-        cols_parts = [pair_topk(zj, vj, z, v, k=k, a_offset=nlo, b_offset=lo,
-                                diagonal=False, both=False)[0] for zj, vj, nlo in news]
+        cols_parts = [
+            pair_topk(zj, vj, z, v, k=k, a_offset=nlo, b_offset=lo, diagonal=False, both=False)[0]
+            for zj, vj, nlo in news
+        ]
         width = max(p[0].shape[1] for p in cols_parts)
         cols = [np.concatenate([_pad(p[q], width, q) for p in cols_parts]) for q in range(4)]
         bounds = np.cumsum([0, *(p[0].shape[0] for p in cols_parts)])
-        _save(url, storage_options, {
-            **dict(zip(FIELDS, [*merged, np.asarray(prev[4], bool)])),
-            **dict(zip(_COLS, cols)), "col_bounds": bounds,
-        })
-    return [tuple(c[bounds[j]:bounds[j + 1]] for c in cols) for j in range(n_new_blocks)]
+        _save(
+            url,
+            storage_options,
+            {
+                **dict(zip(FIELDS, [*merged, np.asarray(prev[4], bool)], strict=False)),
+                **dict(zip(_COLS, cols, strict=False)),
+                "col_bounds": bounds,
+            },
+        )
+    return [tuple(c[bounds[j] : bounds[j + 1]] for c in cols) for j in range(n_new_blocks)]
 
 
 def _entrants(c, v, vn, prev, offset, k):
@@ -160,8 +167,16 @@ def _entrants(c, v, vn, prev, offset, k):
     (then smaller index), exactly as the kernel orders them.
     """
     ok = v[:, None] & vn[None, :]
-    thr_top = np.where(np.isnan(prev[0][:, -1]), -np.inf, prev[0][:, -1]) if prev[0].shape[1] else np.full(len(c), -np.inf)
-    thr_bot = np.where(np.isnan(prev[2][:, -1]), np.inf, prev[2][:, -1]) if prev[2].shape[1] else np.full(len(c), np.inf)
+    thr_top = (
+        np.where(np.isnan(prev[0][:, -1]), -np.inf, prev[0][:, -1])
+        if prev[0].shape[1]
+        else np.full(len(c), -np.inf)
+    )
+    thr_bot = (
+        np.where(np.isnan(prev[2][:, -1]), np.inf, prev[2][:, -1])
+        if prev[2].shape[1]
+        else np.full(len(c), np.inf)
+    )
     if prev[0].shape[1] < k:  # fewer than k old candidates: every new one may enter
         thr_top[:], thr_bot[:] = -np.inf, np.inf
     top = _select(c, ok & (c > thr_top[:, None]), offset, k, descending=True)
@@ -207,18 +222,19 @@ def _new_block(url, storage_options, j, news, k, *cols):
     z, v, lo = news[j]
     parts = list(cols)
     for j2, (z2, v2, lo2) in enumerate(news):
-        row, _ = pair_topk(z, v, z2, v2, k=k, a_offset=lo, b_offset=lo2,
-                           diagonal=j == j2, both=False)
+        row, _ = pair_topk(
+            z, v, z2, v2, k=k, a_offset=lo, b_offset=lo2, diagonal=j == j2, both=False
+        )
         parts.append(row)
     merged = merge_topk(parts, k)
-    _save(url, storage_options, dict(zip(FIELDS, [*merged, v])))
+    _save(url, storage_options, dict(zip(FIELDS, [*merged, v], strict=False)))
     return url
 
 
 def _identity_block(url, storage_options, *parts):
     fs, path = url_to_fs(url, storage_options)
     if not fs.exists(path):
-        _save(url, storage_options, dict(zip(FIELDS, parts)))
+        _save(url, storage_options, dict(zip(FIELDS, parts, strict=False)))
     return url
 
 
@@ -250,14 +266,29 @@ def topk_full(ds: xr.Dataset, workdir, *, metric, k, space, rows, storage_option
         lo += m
         if name in done:
             continue  # dask culls the similarity work only this block needed
-        tasks.append(dask.delayed(_identity_block, pure=False)(
-            join(workdir, name), storage_options, *[a.blocks[i] for a in arrays],
-            dask_key_name=f"rebuild-save-all-{i}-{tok}"))
+        tasks.append(
+            dask.delayed(_identity_block, pure=False)(
+                join(workdir, name),
+                storage_options,
+                *[a.blocks[i] for a in arrays],
+                dask_key_name=f"rebuild-save-all-{i}-{tok}",
+            )
+        )
     return tasks, layout
 
 
-def topk_incremental(ds: xr.Dataset, prev: xr.Dataset, n_old: int, workdir, *, metric, k,
-                     space, rows, storage_options=None):
+def topk_incremental(
+    ds: xr.Dataset,
+    prev: xr.Dataset,
+    n_old: int,
+    workdir,
+    *,
+    metric,
+    k,
+    space,
+    rows,
+    storage_options=None,
+):
     """Tasks and block layout of the top-k of ``ds`` given ``prev`` (the top-k of its first
     ``n_old`` rows, same metric, space and ``k``), as for :func:`topk_full`.
 
@@ -279,15 +310,20 @@ def topk_incremental(ds: xr.Dataset, prev: xr.Dataset, n_old: int, workdir, *, m
     tok = dask.base.tokenize(str(workdir), n_old, n, rows, k, metric, space)
     old_names = [_name("old", i) for i in range(len(old_b))]
     new_names = [_name("new", j) for j in range(len(new_b))]
-    layout = [*((nm, lo, hi) for nm, (lo, hi) in zip(old_names, old_b)),
-              *((nm, lo, hi) for nm, (lo, hi) in zip(new_names, new_b))]
+    layout = [
+        *((nm, lo, hi) for nm, (lo, hi) in zip(old_names, old_b, strict=False)),
+        *((nm, lo, hi) for nm, (lo, hi) in zip(new_names, new_b, strict=False)),
+    ]
     need_new = [j for j, nm in enumerate(new_names) if nm not in done]
     need_old = [i for i, nm in enumerate(old_names) if nm not in done or need_new]
     if not need_old and not need_new:
         return [], layout
-    news = [dask.delayed(_std_new, pure=True)(x[lo:hi].rechunk({0: -1}), metric, lo,
-                                              dask_key_name=f"rebuild-std-new-{j}-{tok}")
-            for j, (lo, hi) in enumerate(new_b)]
+    news = [
+        dask.delayed(_std_new, pure=True)(
+            x[lo:hi].rechunk({0: -1}), metric, lo, dask_key_name=f"rebuild-std-new-{j}-{tok}"
+        )
+        for j, (lo, hi) in enumerate(new_b)
+    ]
     news_list = dask.delayed(list, pure=True)(news, dask_key_name=f"rebuild-news-{tok}")
     prev_arrays = [prev[f].data for f in FIELDS]
     olds = {}
@@ -299,16 +335,34 @@ def topk_incremental(ds: xr.Dataset, prev: xr.Dataset, n_old: int, workdir, *, m
             xi = x[lo:hi].rechunk({0: -1})
             pi = [a[lo:hi] for a in prev_arrays]
         olds[i] = dask.delayed(_old_block, pure=False)(
-            join(workdir, old_names[i]), storage_options, xi, pi, news_list, k, metric, lo,
-            len(new_b), dask_key_name=f"rebuild-old-{i}-{tok}")
+            join(workdir, old_names[i]),
+            storage_options,
+            xi,
+            pi,
+            news_list,
+            k,
+            metric,
+            lo,
+            len(new_b),
+            dask_key_name=f"rebuild-old-{i}-{tok}",
+        )
     tasks = [olds[i] for i in need_old if old_names[i] not in done]
     for j in need_new:
-        cols = [dask.delayed(_pick, pure=True)(olds[i], j,
-                                               dask_key_name=f"rebuild-pick-{i}-{j}-{tok}")
-                for i in range(len(old_b))]
-        tasks.append(dask.delayed(_new_block, pure=False)(
-            join(workdir, new_names[j]), storage_options, j, news_list, k, *cols,
-            dask_key_name=f"rebuild-new-{j}-{tok}"))
+        cols = [
+            dask.delayed(_pick, pure=True)(olds[i], j, dask_key_name=f"rebuild-pick-{i}-{j}-{tok}")
+            for i in range(len(old_b))
+        ]
+        tasks.append(
+            dask.delayed(_new_block, pure=False)(
+                join(workdir, new_names[j]),
+                storage_options,
+                j,
+                news_list,
+                k,
+                *cols,
+                dask_key_name=f"rebuild-new-{j}-{tok}",
+            )
+        )
     return tasks, layout
 
 
@@ -338,7 +392,7 @@ def _gather(buf, off, idx, out):  # pragma: no cover - compiled
     w = 4
     for q in range(idx.size):
         a, b = off[idx[q]], off[idx[q] + 1]
-        out[w:w + b - a] = buf[a:b]
+        out[w : w + b - a] = buf[a:b]
         w += b - a
 
 
@@ -377,8 +431,19 @@ def _write_chunk(tmp, storage_options, workdir, pieces, lo, hi, rows, records):
     return hi - lo
 
 
-def write_topk_member(store_url, name: str, ds: xr.Dataset, workdir, layout, k: int, rows: int,
-                      *, provenance: dict, storage_options=None, compute=None) -> str:
+def write_topk_member(
+    store_url,
+    name: str,
+    ds: xr.Dataset,
+    workdir,
+    layout,
+    k: int,
+    rows: int,
+    *,
+    provenance: dict,
+    storage_options=None,
+    compute=None,
+) -> str:
     """Publish member ``name`` of ``store_url`` (the top-k lists, as
     :func:`cmapdask.similarity.similarity` returns them) from the saved blocks.
 
@@ -398,17 +463,25 @@ def write_topk_member(store_url, name: str, ds: xr.Dataset, workdir, layout, k: 
     dims = ("sig", "rank")
     shape, ch = (n, k), (rows, k)
     template = xr.Dataset(
-        {"top_score": (dims, da.empty(shape, chunks=ch, dtype=np.float32)),
-         "top_index": (dims, da.empty(shape, chunks=ch, dtype=np.int64)),
-         "top_id": (dims, da.empty(shape, chunks=ch, dtype=str_t)),
-         "bottom_score": (dims, da.empty(shape, chunks=ch, dtype=np.float32)),
-         "bottom_index": (dims, da.empty(shape, chunks=ch, dtype=np.int64)),
-         "bottom_id": (dims, da.empty(shape, chunks=ch, dtype=str_t)),
-         "valid": (("sig",), da.empty((n,), chunks=(rows,), dtype=bool))},
+        {
+            "top_score": (dims, da.empty(shape, chunks=ch, dtype=np.float32)),
+            "top_index": (dims, da.empty(shape, chunks=ch, dtype=np.int64)),
+            "top_id": (dims, da.empty(shape, chunks=ch, dtype=str_t)),
+            "bottom_score": (dims, da.empty(shape, chunks=ch, dtype=np.float32)),
+            "bottom_index": (dims, da.empty(shape, chunks=ch, dtype=np.int64)),
+            "bottom_id": (dims, da.empty(shape, chunks=ch, dtype=str_t)),
+            "valid": (("sig",), da.empty((n,), chunks=(rows,), dtype=bool)),
+        },
         coords={"sig": np.array(sig, dtype=str_t), "rank": np.arange(1, k + 1)},
     )
-    meta = {"schema_version": 1, "package": "cmapdask", "package_version": __version__,
-            "created": _now(), "member": name, **provenance}
+    meta = {
+        "schema_version": 1,
+        "package": "cmapdask",
+        "package_version": __version__,
+        "created": _now(),
+        "member": name,
+        **provenance,
+    }
     template.attrs = {"cmapdask": {**meta, "complete": False}}
     fs, _ = url_to_fs(store_url, storage_options)
     local = is_local(fs)
@@ -416,20 +489,28 @@ def write_topk_member(store_url, name: str, ds: xr.Dataset, workdir, layout, k: 
     dest = join(store_url, name)
     with publish_dir(dest, storage_options=storage_options, overwrite=True) as tmp:
         with quiet_zarr():
-            template.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False,
-                             storage_options=zarr_options(tmp, storage_options))
+            template.to_zarr(
+                tmp,
+                mode="w",
+                zarr_format=3,
+                consolidated=False,
+                compute=False,
+                storage_options=zarr_options(tmp, storage_options),
+            )
         records = dask.delayed(id_records(sig), traverse=False)
         tasks = []
         for c in range(0, n, rows):
             pieces = [nm for nm, lo, hi in layout if c <= lo < c + rows]
-            tasks.append(dask.delayed(_write_chunk, pure=False)(
-                tmp, storage_options, workdir, pieces, c, min(c + rows, n), rows, records))
+            tasks.append(
+                dask.delayed(_write_chunk, pure=False)(
+                    tmp, storage_options, workdir, pieces, c, min(c + rows, n), rows, records
+                )
+            )
         (compute or dask.compute)(tasks)
         if local:
             set_provenance(tmp, {**meta, "complete": True}, storage_options=storage_options)
     mark_complete_remote(dest, storage_options)
     return dest
-
 
 
 def _now() -> str:

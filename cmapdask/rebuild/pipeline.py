@@ -33,8 +33,8 @@ from cmapdask.errors import InputError, StoreError
 from cmapdask.io.atomic import join, remove_leftovers, url_to_fs
 from cmapdask.io.store import has_member, list_members, open_member, open_store
 from cmapdask.rebuild.faults import checkpoint
-from cmapdask.rebuild.products import refresh_products
 from cmapdask.rebuild.incremental import topk_full, topk_incremental, write_topk_member
+from cmapdask.rebuild.products import refresh_products
 from cmapdask.rebuild.versions import (
     current_version,
     list_versions,
@@ -68,7 +68,9 @@ def plan_rebuild(root, *, full: bool = False, storage_options: dict | None = Non
     manifests and the pointer."""
     versions = list_versions(root, storage_options=storage_options)
     if not versions:
-        raise StoreError(f"{root}: no versions (add signatures with `cmapdask append {root} NEW.gctx`)")
+        raise StoreError(
+            f"{root}: no versions (add signatures with `cmapdask append {root} NEW.gctx`)"
+        )
     cur = current_version(root, storage_options=storage_options)
     newer = [m["version"] for m in versions if cur is None or m["version"] > cur]
     return {"base": cur, "target": newer[-1] if newer else None}
@@ -88,7 +90,8 @@ def _compute(tasks, progress: bool) -> None:
         return
     if progress:
         try:
-            from distributed import get_client, progress as dprogress
+            from distributed import get_client
+            from distributed import progress as dprogress
 
             futs = get_client().compute(tasks)
             dprogress(futs)
@@ -184,8 +187,13 @@ def rebuild(
         prev = open_member(burl, name, storage_options=storage_options)
         p = prev.attrs.get("cmapdask", {})
         n_old = prev.sizes["sig"]
-        same = (p.get("k") == k_eff and p.get("metric") == metric and p.get("space") == space
-                and n_old < n and list(map(str, ds.indexes["sig"][:n_old])) == list(map(str, prev.indexes["sig"])))
+        same = (
+            p.get("k") == k_eff
+            and p.get("metric") == metric
+            and p.get("space") == space
+            and n_old < n
+            and list(map(str, ds.indexes["sig"][:n_old])) == list(map(str, prev.indexes["sig"]))
+        )
         if not same:
             prev, n_old = None, 0
     mode = "incremental" if prev is not None else "full"
@@ -195,8 +203,13 @@ def rebuild(
     rows = int(block_size or ds["expr"].data.chunks[0][0])
     tag = f"{metric}_{space}_k{k_eff}_r{rows}_{mode}"
     workdir = join(work_url(root, target), tag)
-    opts = {"metric": metric, "k": k_eff, "space": space, "rows": rows,
-            "storage_options": storage_options}
+    opts = {
+        "metric": metric,
+        "k": k_eff,
+        "space": space,
+        "rows": rows,
+        "storage_options": storage_options,
+    }
     if prev is not None:
         tasks, layout = topk_incremental(ds, prev, n_old, workdir, **opts)
     else:
@@ -205,37 +218,77 @@ def rebuild(
     timer.stage("similarity", t0)
 
     t0 = time.perf_counter()
-    params = {"method": "similarity", "metric": metric, "k": k_eff, "space": space,
-              "block_size": block_size, "mode": "self", "rebuild": mode,
-              "base_version": base, "n_old": n_old}
-    write_topk_member(turl, name, ds, workdir, layout, k_eff, rows, provenance=params,
-                      storage_options=storage_options,
-                      compute=lambda t: _compute(t, progress))
+    params = {
+        "method": "similarity",
+        "metric": metric,
+        "k": k_eff,
+        "space": space,
+        "block_size": block_size,
+        "mode": "self",
+        "rebuild": mode,
+        "base_version": base,
+        "n_old": n_old,
+    }
+    write_topk_member(
+        turl,
+        name,
+        ds,
+        workdir,
+        layout,
+        k_eff,
+        rows,
+        provenance=params,
+        storage_options=storage_options,
+        compute=lambda t: _compute(t, progress),
+    )
     timer.stage("members", t0)
 
     t0 = time.perf_counter()
-    refreshed = [{"member": name, "how": mode if mode == "full" else
-                  "incremental (new x all merged into the previous lists)",
-                  "seconds": timer.timings["similarity"] + timer.timings["members"]}]
+    refreshed = [
+        {
+            "member": name,
+            "how": mode
+            if mode == "full"
+            else "incremental (new x all merged into the previous lists)",
+            "seconds": timer.timings["similarity"] + timer.timings["members"],
+        }
+    ]
     not_refreshed = []
     if burl is not None:
         members = list_members(burl, storage_options=storage_options)
         # products can grow incrementally even when the similarity could not (other k)
         n_base = 0 if full else n_old or _n_sig(burl, storage_options)
         done, not_refreshed = refresh_products(
-            burl, turl, members, n_old=n_base,
-            similarity_name=name, storage_options=storage_options, progress=progress,
-            compute=lambda t: _compute(t, progress))
+            burl,
+            turl,
+            members,
+            n_old=n_base,
+            similarity_name=name,
+            storage_options=storage_options,
+            progress=progress,
+            compute=lambda t: _compute(t, progress),
+        )
         refreshed += done
     timer.stage("products", t0)
 
     t0 = time.perf_counter()
     manifest = {
-        **tman, "status": "published", "base_version": base, "mode": mode,
-        "parameters": {"metric": metric, "k": k_eff, "space": space, "block_size": block_size,
-                       "full": full},
-        "package_version": __version__, "products": refreshed, "not_refreshed": not_refreshed,
-        "n_old": n_old, "timings": {**tman.get("timings", {}), **timer.timings},
+        **tman,
+        "status": "published",
+        "base_version": base,
+        "mode": mode,
+        "parameters": {
+            "metric": metric,
+            "k": k_eff,
+            "space": space,
+            "block_size": block_size,
+            "full": full,
+        },
+        "package_version": __version__,
+        "products": refreshed,
+        "not_refreshed": not_refreshed,
+        "n_old": n_old,
+        "timings": {**tman.get("timings", {}), **timer.timings},
         "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_manifest(root, manifest, storage_options=storage_options)

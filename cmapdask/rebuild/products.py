@@ -55,7 +55,7 @@ def _copy_tree(src, dst, storage_options, *, keep=lambda rel: True, link=lambda 
     sp, dp = sp.rstrip("/"), dp.rstrip("/")
     local = is_local(fs)
     for f in fs.find(sp):
-        rel = f[len(sp) + 1:]
+        rel = f[len(sp) + 1 :]
         if not keep(rel):
             continue
         target = f"{dp}/{rel}"
@@ -74,9 +74,10 @@ def _copy_tree(src, dst, storage_options, *, keep=lambda rel: True, link=lambda 
 def stored_n_sig(store_url, storage_options=None) -> int:
     """Signatures of a store, from the ``expr`` array's metadata alone."""
     with quiet_zarr():
-        g = zarr.open_group(store_url, mode="r", storage_options=zarr_options(store_url, storage_options))
+        g = zarr.open_group(
+            store_url, mode="r", storage_options=zarr_options(store_url, storage_options)
+        )
         return int(g["expr"].shape[0])
-
 
 
 def share_member(base_url, target_url, name, *, storage_options=None) -> str:
@@ -103,12 +104,14 @@ def _index_block(base_idx, target, sel, lo, hi, n_old, tmp, storage_options):
     parts_r, parts_s = [], []
     with quiet_zarr():
         if lo < n_old:
-            g = zarr.open_group(base_idx, mode="r", storage_options=zarr_options(base_idx, storage_options))
-            parts_r.append(g["rank"][:, lo:min(hi, n_old)])
-            parts_s.append(g["score"][:, lo:min(hi, n_old)])
+            g = zarr.open_group(
+                base_idx, mode="r", storage_options=zarr_options(base_idx, storage_options)
+            )
+            parts_r.append(g["rank"][:, lo : min(hi, n_old)])
+            parts_s.append(g["score"][:, lo : min(hi, n_old)])
         if hi > n_old:
             ds = open_store(target, storage_options=storage_options)
-            x = np.asarray(ds["expr"].data[max(lo, n_old):hi].compute(scheduler="sync"))[:, sel]
+            x = np.asarray(ds["expr"].data[max(lo, n_old) : hi].compute(scheduler="sync"))[:, sel]
             if np.isnan(x).any():
                 raise InputError(f"{target}: a new signature has NaN scores; it cannot be ranked")
             parts_r.append(rank_descending(x).T)
@@ -120,8 +123,9 @@ def _index_block(base_idx, target, sel, lo, hi, n_old, tmp, storage_options):
     return hi - lo
 
 
-def extend_index(base_url, target_url, space, n_old: int, *, storage_options=None,
-                 compute=None) -> str | None:
+def extend_index(
+    base_url, target_url, space, n_old: int, *, storage_options=None, compute=None
+) -> str | None:
     """Extend the query index ``index/<space>`` of ``base_url`` (its ``n_old`` signatures
     are the first of ``target_url``) to every signature of ``target_url``.
 
@@ -140,14 +144,19 @@ def extend_index(base_url, target_url, space, n_old: int, *, storage_options=Non
     base_idx, dest = join(base_url, name), join(target_url, name)
     meta = dict(open_member(base_url, name, storage_options=storage_options).attrs["cmapdask"])
     with quiet_zarr():
-        g = zarr.open_group(base_idx, mode="r", storage_options=zarr_options(base_idx, storage_options))
+        g = zarr.open_group(
+            base_idx, mode="r", storage_options=zarr_options(base_idx, storage_options)
+        )
         shape, rows = g["rank"].shape, int(g["rank"].chunks[1])
         genes = np.asarray(g["gene"][:])
     target = open_store(target_url, storage_options=storage_options)
     n = target.sizes["sig"]
     sel = space_genes(target, space)
-    if shape[1] != n_old or n <= n_old or list(map(str, genes)) != [
-            str(v) for v in target["gene"].values[sel]]:
+    if (
+        shape[1] != n_old
+        or n <= n_old
+        or list(map(str, genes)) != [str(v) for v in target["gene"].values[sel]]
+    ):
         return None
     b0 = n_old // rows  # blocks before b0 are whole and shared
 
@@ -160,20 +169,34 @@ def extend_index(base_url, target_url, space, n_old: int, *, storage_options=Non
     ensure_parent_groups(target_url, name, storage_options)
     local = is_local(url_to_fs(dest, storage_options)[0])
     with publish_dir(dest, storage_options=storage_options, overwrite=True) as tmp:
-        _copy_tree(base_idx, tmp, storage_options, keep=keep,
-                   link=lambda rel: rel.split("/")[0] in ("rank", "score") and "/c/" in rel)
+        _copy_tree(
+            base_idx,
+            tmp,
+            storage_options,
+            keep=keep,
+            link=lambda rel: rel.split("/")[0] in ("rank", "score") and "/c/" in rel,
+        )
         with quiet_zarr():
-            out = zarr.open_group(tmp, mode="r+", storage_options=zarr_options(tmp, storage_options))
+            out = zarr.open_group(
+                tmp, mode="r+", storage_options=zarr_options(tmp, storage_options)
+            )
             for v in ("rank", "score"):
                 out[v].resize((shape[0], n))
-        tasks = [dask.delayed(_index_block, pure=False)(
-                     base_idx, str(target_url), sel, lo, min(lo + rows, n), n_old, tmp,
-                     storage_options)
-                 for lo in range(b0 * rows, n, rows)]
+        tasks = [
+            dask.delayed(_index_block, pure=False)(
+                base_idx, str(target_url), sel, lo, min(lo + rows, n), n_old, tmp, storage_options
+            )
+            for lo in range(b0 * rows, n, rows)
+        ]
         (compute or dask.compute)(tasks)
         sig = target["sig"].values
-        meta = {**meta, "n_sig": int(n), "sig_first": str(sig[0]), "sig_last": str(sig[-1]),
-                "extended_from": {"store": str(base_url), "n_sig": int(n_old)}}
+        meta = {
+            **meta,
+            "n_sig": int(n),
+            "sig_first": str(sig[0]),
+            "sig_last": str(sig[-1]),
+            "extended_from": {"store": str(base_url), "n_sig": int(n_old)},
+        }
         set_provenance(tmp, {**meta, "complete": local}, storage_options=storage_options)
     mark_complete_remote(dest, storage_options)
     return dest
@@ -188,19 +211,34 @@ def _background(base_url, target_url, member, storage_options, progress):
     prov = dict(open_member(base_url, member, storage_options=storage_options).attrs["cmapdask"])
     ref = prov.get("reference")
     if ref in (None, "mask"):
-        return None, "built from a signature mask the member does not record; rebuild it with build_background"
+        return (
+            None,
+            "built from a signature mask the member does not record; rebuild it with "
+            "build_background",
+        )
     pcls = prov.get("pcls") or None
     if prov.get("n_pcls") and not pcls:  # made before members recorded their PCL sets
-        return None, "built with PCL sets the member does not record; rebuild it with build_background(pcls=...)"
+        return (
+            None,
+            "built with PCL sets the member does not record; "
+            "rebuild it with build_background(pcls=...)",
+        )
     old = open_member(base_url, member, storage_options=storage_options)
     ds = open_store(target_url, storage_options=storage_options)
     ids = [str(s) for s in ds["sig"].values[select_signatures(ds, ref)]]
     if ids == [str(s) for s in old["sig_bg"].values]:
         share_member(base_url, target_url, member, storage_options=storage_options)
         return "shared (reference set unchanged)", None
-    build_background(target_url, reference=ref, space=prov.get("space", "bing"),
-                     metric=prov.get("metric", "wtcs"), n_top=int(prov.get("n_top", 50)),
-                     pcls=pcls, storage_options=storage_options, progress=progress)
+    build_background(
+        target_url,
+        reference=ref,
+        space=prov.get("space", "bing"),
+        metric=prov.get("metric", "wtcs"),
+        n_top=int(prov.get("n_top", 50)),
+        pcls=pcls,
+        storage_options=storage_options,
+        progress=progress,
+    )
     return "rebuilt (reference set changed)", None
 
 
@@ -210,31 +248,53 @@ def _clusters(base_url, target_url, member, similarity_name, storage_options):
     prov = dict(open_member(base_url, member, storage_options=storage_options).attrs["cmapdask"])
     method, name = prov.get("method"), member.split("/", 1)[1]
     if method == "kmeans":
-        keys = ("n_clusters", "n_components", "space", "scale", "solver", "init", "n_init",
-                "max_iter", "tol", "seed")
-        res = clustering.kmeans_signatures(open_store(target_url, storage_options=storage_options),
-                                           **{k: prov[k] for k in keys if k in prov})
+        keys = (
+            "n_clusters",
+            "n_components",
+            "space",
+            "scale",
+            "solver",
+            "init",
+            "n_init",
+            "max_iter",
+            "tol",
+            "seed",
+        )
+        res = clustering.kmeans_signatures(
+            open_store(target_url, storage_options=storage_options),
+            **{k: prov[k] for k in keys if k in prov},
+        )
     elif method in ("leiden", "louvain"):
         if similarity_name is None:
             return None, "kNN-graph clusters need the neighbour member, which was not rebuilt"
         nb = open_member(target_url, similarity_name, storage_options=storage_options)
         if int(prov.get("k", 0)) > nb.sizes["rank"]:
             return None, f"made from {prov.get('k')} neighbours, more than {similarity_name} holds"
-        res = clustering.graph_clusters(nb, method=method, k=int(prov["k"]) if "k" in prov else None,
-                                        resolution=float(prov.get("resolution", 1.0)),
-                                        min_score=float(prov.get("min_score", 0.0)),
-                                        seed=int(prov.get("seed", 0)))
+        res = clustering.graph_clusters(
+            nb,
+            method=method,
+            k=int(prov["k"]) if "k" in prov else None,
+            resolution=float(prov.get("resolution", 1.0)),
+            min_score=float(prov.get("min_score", 0.0)),
+            seed=int(prov.get("seed", 0)),
+        )
     elif method == "hierarchical" and prov.get("source"):
         member_name, _, variable = str(prov["source"]).rpartition(":")
         if not has_member(target_url, member_name, storage_options=storage_options):
             return None, f"its matrix {member_name} is not in the new version"
         mat = open_member(target_url, member_name, storage_options=storage_options)[variable]
         res = clustering.hierarchical_perts(
-            mat, method=prov.get("linkage", "average"), n_clusters=prov.get("n_clusters"),
-            threshold=prov.get("threshold"), source=prov["source"])
+            mat,
+            method=prov.get("linkage", "average"),
+            n_clusters=prov.get("n_clusters"),
+            threshold=prov.get("threshold"),
+            source=prov["source"],
+        )
     else:
-        return None, (f"{method or 'unknown'} clusters of a matrix the member does not name; "
-                      "make them again with `cmapdask cluster --method hierarchical --matrix ...`")
+        return None, (
+            f"{method or 'unknown'} clusters of a matrix the member does not name; "
+            "make them again with `cmapdask cluster --method hierarchical --matrix ...`"
+        )
     clustering.write_clusters(res, target_url, name=name, storage_options=storage_options)
     return "recomputed (clustering is global, not incremental)", None
 
@@ -247,21 +307,37 @@ def _similarity(base_url, target_url, member, storage_options, progress):
     prov = dict(open_member(base_url, member, storage_options=storage_options).attrs["cmapdask"])
     ds = open_store(target_url, storage_options=storage_options)
     if prov.get("level") == "pert":
-        res = pert_similarity(ds, metric=prov["metric"], space=prov["space"],
-                              pert_field=prov.get("pert_field", "pert_id"),
-                              cell_field=prov.get("cell_field"))
+        res = pert_similarity(
+            ds,
+            metric=prov["metric"],
+            space=prov["space"],
+            pert_field=prov.get("pert_field", "pert_id"),
+            cell_field=prov.get("cell_field"),
+        )
     elif prov.get("mode") == "self" and "k" in prov and not prov.get("full"):
         res = similarity(ds, metric=prov["metric"], k=int(prov["k"]), space=prov["space"])
     else:
-        return None, ("a query-mode or full-matrix similarity: make it again on the new "
-                      "version (`cmapdask similarity`)")
-    write_similarity(res, target_url, name=member, storage_options=storage_options,
-                     progress=progress)
+        return None, (
+            "a query-mode or full-matrix similarity: make it again on the new "
+            "version (`cmapdask similarity`)"
+        )
+    write_similarity(
+        res, target_url, name=member, storage_options=storage_options, progress=progress
+    )
     return "recomputed in full (from its recorded parameters)", None
 
 
-def refresh_products(base_url, target_url, members, *, n_old: int, similarity_name: str | None,
-                     storage_options=None, progress=False, compute=None):
+def refresh_products(
+    base_url,
+    target_url,
+    members,
+    *,
+    n_old: int,
+    similarity_name: str | None,
+    storage_options=None,
+    progress=False,
+    compute=None,
+):
     """Carry every member of the base version (but ``similarity_name``, made by the caller)
     into the target: ``(refreshed, not_refreshed)``, lists of dicts for the manifest
     (member, how or reason, seconds)."""
@@ -270,8 +346,10 @@ def refresh_products(base_url, target_url, members, *, n_old: int, similarity_na
     done, skipped = [], []
     # backgrounds need indexes; hierarchical clusters need their (pert) similarity matrix
     rank = {"index": 0, "similarity": 1, "background": 2, "clusters": 3}
-    order = sorted((m for m in members if m != similarity_name),
-                   key=lambda m: (rank.get(m.split("/", 1)[0], 4), m))
+    order = sorted(
+        (m for m in members if m != similarity_name),
+        key=lambda m: (rank.get(m.split("/", 1)[0], 4), m),
+    )
     for member in order:
         t0 = time.perf_counter()
         kind = member.split("/", 1)[0]
@@ -280,13 +358,20 @@ def refresh_products(base_url, target_url, members, *, n_old: int, similarity_na
             space = member.split("/", 1)[1]
             url = None
             if n_old:
-                url = extend_index(base_url, target_url, space, n_old,
-                                   storage_options=storage_options, compute=compute)
+                url = extend_index(
+                    base_url,
+                    target_url,
+                    space,
+                    n_old,
+                    storage_options=storage_options,
+                    compute=compute,
+                )
             if url is not None:
                 how = "extended (whole blocks shared, new signatures ranked)"
             else:
-                build_index(target_url, space=space, storage_options=storage_options,
-                            progress=progress)
+                build_index(
+                    target_url, space=space, storage_options=storage_options, progress=progress
+                )
                 how = "rebuilt"
         elif kind == "background":
             how, why = _background(base_url, target_url, member, storage_options, progress)

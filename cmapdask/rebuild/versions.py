@@ -63,7 +63,10 @@ def _transient(e: BaseException) -> bool:
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
     return isinstance(e, (OSError, TimeoutError, ConnectionError)) or type(e).__name__ in (
-        "ClientError", "EndpointConnectionError", "ReadTimeoutError", "ConnectTimeoutError",
+        "ClientError",
+        "EndpointConnectionError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
     )
 
 
@@ -152,8 +155,11 @@ def switch_current(root, vid: str, *, storage_options: dict | None = None) -> No
     """Point ``CURRENT`` at ``vid`` in one atomic step (retried on transient errors)."""
     _write_json(
         join(str(root), POINTER),
-        {"version": vid, "url": version_url(root, vid),
-         "switched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        {
+            "version": vid,
+            "url": version_url(root, vid),
+            "switched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
         storage_options,
     )
 

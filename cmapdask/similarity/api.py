@@ -28,7 +28,11 @@ _DEFAULT_BLOCK = 4096
 
 def _name(ds: xr.Dataset) -> str:
     src = ds.attrs.get("cmapdask", {})
-    return str(src.get("source", "signature dataset")) if isinstance(src, dict) else "signature dataset"
+    return (
+        str(src.get("source", "signature dataset"))
+        if isinstance(src, dict)
+        else "signature dataset"
+    )
 
 
 def _check_dataset(ds: xr.Dataset, what: str) -> None:
@@ -227,11 +231,19 @@ def similarity(
         coords={"sig": _ids(ds), "rank": np.arange(1, k + 1)},
     )
     if ref is not None:
-        out["ref_valid"] = xr.DataArray(res.ref_valid, dims=("sig_ref",), coords={"sig_ref": ids_src})
+        out["ref_valid"] = xr.DataArray(
+            res.ref_valid, dims=("sig_ref",), coords={"sig_ref": ids_src}
+        )
     out.attrs["cmapdask"] = _provenance(
-        ds, metric=metric, k=int(k), space=space, n_genes=int(genes.size),
-        mode=res.plan.mode, block_rows=list(res.plan.row_chunks)[:1],
-        n_block_pairs=len(res.plan.pairs), split_every=split_every,
+        ds,
+        metric=metric,
+        k=int(k),
+        space=space,
+        n_genes=int(genes.size),
+        mode=res.plan.mode,
+        block_rows=list(res.plan.row_chunks)[:1],
+        n_block_pairs=len(res.plan.pairs),
+        split_every=split_every,
     )
     return out
 
@@ -261,12 +273,18 @@ def similarity_matrix(
     m = gram_array(x, xr_, metric=metric)
     ref_ds = ds if ref is None else ref
     out = xr.DataArray(
-        m, dims=("sig", "sig_ref"), coords={"sig": _ids(ds), "sig_ref": _ids(ref_ds)},
+        m,
+        dims=("sig", "sig_ref"),
+        coords={"sig": _ids(ds), "sig_ref": _ids(ref_ds)},
         name="similarity",
     )
     out.attrs["cmapdask"] = _provenance(
-        ds, metric=metric, space=space, n_genes=int(genes.size),
-        mode="self" if ref is None else "query", full=True,
+        ds,
+        metric=metric,
+        space=space,
+        n_genes=int(genes.size),
+        mode="self" if ref is None else "query",
+        full=True,
     )
     return out
 

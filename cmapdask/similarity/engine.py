@@ -65,8 +65,15 @@ def standardized(x: da.Array, metric: Metric) -> tuple[str, HighLevelGraph, da.A
 
 def _pair_task(sa, sb, k, a_offset, b_offset, diagonal, both):
     return pair_keys(
-        sa[0], sa[1], sb[0], sb[1],
-        k=k, a_offset=a_offset, b_offset=b_offset, diagonal=diagonal, both=both,
+        sa[0],
+        sa[1],
+        sb[0],
+        sb[1],
+        k=k,
+        a_offset=a_offset,
+        b_offset=b_offset,
+        diagonal=diagonal,
+        both=both,
     )
 
 
@@ -107,7 +114,14 @@ def topk_arrays(
     for i, j in plan.pairs:
         diagonal, both = selfmode and i == j, selfmode and i != j
         dsk[(pname, i, j)] = (
-            _pair_task, (sname, i), (rname, j), k, int(rb[i]), int(cb[j]), diagonal, both,
+            _pair_task,
+            (sname, i),
+            (rname, j),
+            k,
+            int(rb[i]),
+            int(cb[j]),
+            diagonal,
+            both,
         )
         # each side its own key, so the row side is freed once merged even while the
         # column side still waits for its row block's merge
@@ -119,7 +133,9 @@ def topk_arrays(
             for g, (s0, s1) in enumerate(ranges):
                 final = lvl == len(levels) - 1  # the root sorts and decodes
                 if lvl == 0:
-                    res = [(xname, i, j, 0 if side == "row" else 1) for i, j, side in sources[s0:s1]]
+                    res = [
+                        (xname, i, j, 0 if side == "row" else 1) for i, j, side in sources[s0:s1]
+                    ]
                     task = (_merge_parts, res, k, final)
                 else:
                     prev_parts = [(mname, r, lvl - 1, q) for q in range(s0, s1)]

@@ -28,7 +28,12 @@ from cmapdask.similarity.topk import (
 )
 
 __all__ = [
-    "standardize", "pair_keys", "merge_key_parts", "pair_topk", "merge_topk", "gram",
+    "standardize",
+    "pair_keys",
+    "merge_key_parts",
+    "pair_topk",
+    "merge_topk",
+    "gram",
 ]
 
 Metric = Literal["pearson", "spearman", "cosine"]
@@ -123,8 +128,9 @@ def merge_key_parts(parts: list[Keys], k: int, *, final: bool = False):
 
 def pair_topk(za, va, zb, vb, *, k, a_offset, b_offset, diagonal, both):
     """:func:`pair_keys`, sorted and decoded (for inspection and tests)."""
-    row, col = pair_keys(za, va, zb, vb, k=k, a_offset=a_offset, b_offset=b_offset,
-                         diagonal=diagonal, both=both)
+    row, col = pair_keys(
+        za, va, zb, vb, k=k, a_offset=a_offset, b_offset=b_offset, diagonal=diagonal, both=both
+    )
     kr = row[0].shape[1]
     dec = merge_key_parts([row], kr, final=True)
     return dec, (merge_key_parts([col], col[0].shape[1], final=True) if both else None)
@@ -133,7 +139,5 @@ def pair_topk(za, va, zb, vb, *, k, a_offset, b_offset, diagonal, both):
 def merge_topk(parts: list[Partial], k: int) -> Partial:
     """Merge partial results ``(top_score, top_index, bottom_score, bottom_index)`` of the
     same rows (any order, index -1 for missing) into the first ``k`` of each tail, padded."""
-    keys = [
-        (encode_keys(p[0], p[1], top=True), encode_keys(p[2], p[3], top=False)) for p in parts
-    ]
+    keys = [(encode_keys(p[0], p[1], top=True), encode_keys(p[2], p[3], top=False)) for p in parts]
     return merge_key_parts(keys, k, final=True)

@@ -96,11 +96,18 @@ def pert_similarity(
         cell_field = "cell_id" if "cell_id" in ds.coords else "cell_iname"
     for f in (pert_field, cell_field):
         if f not in ds.coords or ds[f].dims != ("sig",):
-            raise MetadataError(f"{_name(ds)}: no signature coordinate {f!r} for perturbagen similarity")
+            raise MetadataError(
+                f"{_name(ds)}: no signature coordinate {f!r} for perturbagen similarity"
+            )
     genes, x, _ = _inputs(ds, None, space, None)
     pert = np.asarray(ds[pert_field].values, dtype=object)
     cell = np.asarray(ds[cell_field].values, dtype=object)
-    ok = np.array([p is not None and c is not None and p == p and c == c for p, c in zip(pert, cell)])
+    ok = np.array(
+        [
+            p is not None and c is not None and p == p and c == c
+            for p, c in zip(pert, cell, strict=False)
+        ]
+    )
     if not ok.any():
         raise MetadataError(f"{_name(ds)}: every signature lacks {pert_field} or {cell_field}")
     perts, pidx = np.unique(pert[ok].astype(str), return_inverse=True)
@@ -113,17 +120,29 @@ def pert_similarity(
         task = dask.delayed(_cell_task, pure=True)(x[sel], pidx[cidx == c], P, metric)
         per_cell.append(da.from_delayed(task, (P, P), dtype=np.float32))
     pc = da.stack(per_cell)
-    summary = da.blockwise(_summary, "jk", pc.rechunk({0: -1}), "ijk", dtype=np.float32,
-                           concatenate=True)
-    coords = {"cell": cells.astype(object), "pert": perts.astype(object),
-              "pert_ref": perts.astype(object)}
+    summary = da.blockwise(
+        _summary, "jk", pc.rechunk({0: -1}), "ijk", dtype=np.float32, concatenate=True
+    )
+    coords = {
+        "cell": cells.astype(object),
+        "pert": perts.astype(object),
+        "pert_ref": perts.astype(object),
+    }
     out = xr.Dataset(
-        {"pert_cell": (("cell", "pert", "pert_ref"), pc),
-         "pert_summary": (("pert", "pert_ref"), summary)},
+        {
+            "pert_cell": (("cell", "pert", "pert_ref"), pc),
+            "pert_summary": (("pert", "pert_ref"), summary),
+        },
         coords=coords,
     )
     out.attrs["cmapdask"] = _provenance(
-        ds, metric=metric, space=space, n_genes=int(genes.size), level="pert",
-        aggregate="maxq", pert_field=pert_field, cell_field=cell_field,
+        ds,
+        metric=metric,
+        space=space,
+        n_genes=int(genes.size),
+        level="pert",
+        aggregate="maxq",
+        pert_field=pert_field,
+        cell_field=cell_field,
     )
     return out

@@ -90,7 +90,9 @@ def plan_blocks(
     ((0, 1, 'col'), (1, 1, 'row'), (1, 2, 'row'))
     """
     row_chunks = tuple(int(c) for c in row_chunks)
-    if any(c < 0 for c in row_chunks) or (col_chunks is not None and any(c < 0 for c in col_chunks)):
+    if any(c < 0 for c in row_chunks) or (
+        col_chunks is not None and any(c < 0 for c in col_chunks)
+    ):
         raise InputError("similarity plan: block sizes must be non-negative")
     if col_chunks is None:
         nb = len(row_chunks)
@@ -102,7 +104,9 @@ def plan_blocks(
         return BlockPlan("self", row_chunks, row_chunks, pairs, sources)
     col_chunks = tuple(int(c) for c in col_chunks)
     pairs = tuple((i, j) for i in range(len(row_chunks)) for j in range(len(col_chunks)))
-    sources = tuple(tuple((r, j, "row") for j in range(len(col_chunks))) for r in range(len(row_chunks)))
+    sources = tuple(
+        tuple((r, j, "row") for j in range(len(col_chunks))) for r in range(len(row_chunks))
+    )
     return BlockPlan("query", row_chunks, col_chunks, pairs, sources)
 
 

@@ -164,7 +164,7 @@ def _lanes(row, lanes, gmax, gmin):
         gmax[g] = row[g]
         gmin[g] = row[g]
     for base in range(lanes, full, lanes):
-        seg = row[base:base + lanes]
+        seg = row[base : base + lanes]
         for g in range(lanes):
             gmax[g] = max(gmax[g], seg[g])
             gmin[g] = min(gmin[g], seg[g])
@@ -416,8 +416,19 @@ def block_topk_keys(
         ngc = _n_groups(kc, m) if kc else 0
         colmax = np.full((max(ngc, 1), n if ngc else 0), -np.inf, np.float32)
         colmin = np.full((max(ngc, 1), n if ngc else 0), np.inf, np.float32)
-        _rows_pass(c, bits, np.asarray(cols, np.int64), diagonal, lanes, kr, ngc,
-                   row[0], row[1], colmax, colmin)
+        _rows_pass(
+            c,
+            bits,
+            np.asarray(cols, np.int64),
+            diagonal,
+            lanes,
+            kr,
+            ngc,
+            row[0],
+            row[1],
+            colmax,
+            colmin,
+        )
         if kc:
             _cols_pass(c, bits, np.asarray(rows, np.int64), kc, ngc, colmax, colmin, *col)
     return row, (col if both else None)

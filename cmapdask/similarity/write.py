@@ -29,7 +29,9 @@ def _as_dataset(result) -> xr.Dataset:
         return ds
     if isinstance(result, xr.Dataset):
         return result
-    raise InputError(f"write_similarity: expected a similarity Dataset or DataArray, got {type(result)}")
+    raise InputError(
+        f"write_similarity: expected a similarity Dataset or DataArray, got {type(result)}"
+    )
 
 
 def write_similarity(
@@ -82,13 +84,22 @@ def write_similarity(
         from cmapdask.io.store import write_member
 
         return write_member(
-            store, name or default_member_name(result), ds,
-            storage_options=storage_options, provenance=prov, progress=progress,
+            store,
+            name or default_member_name(result),
+            ds,
+            storage_options=storage_options,
+            provenance=prov,
+            progress=progress,
         )
     from cmapdask.io.atomic import publish_dir
     from cmapdask.io.store import quiet_zarr
 
     with publish_dir(out, storage_options=storage_options, overwrite=True) as tmp, quiet_zarr():
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False,
-                   storage_options=storage_options if "://" in str(tmp) else None)
+        ds.to_zarr(
+            tmp,
+            mode="w",
+            zarr_format=3,
+            consolidated=False,
+            storage_options=storage_options if "://" in str(tmp) else None,
+        )
     return str(out)
