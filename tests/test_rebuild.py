@@ -480,6 +480,7 @@ def test_rerun_removes_temporaries_of_a_killed_publish(staged_template, referenc
 
 
 @pytest.mark.slow
+@pytest.mark.slow_ci
 def test_worker_killed_mid_rebuild_on_real_cluster(data, reference, tmp_path, monkeypatch):
     from distributed import Client
 
@@ -506,6 +507,7 @@ def test_worker_killed_mid_rebuild_on_real_cluster(data, reference, tmp_path, mo
 
 
 @pytest.mark.slow
+@pytest.mark.slow_ci
 def test_end_to_end_on_s3(data, reference, s3_server):
     root = f"s3://cmapdask-test/{uuid.uuid4().hex[:8]}/coll"
     _staged(data, root, so=s3_server)
