@@ -187,28 +187,32 @@ def recall_labels(row_moa, col_moa=None, *, row_cells=None, col_cells=None, self
     )
 
 
+def _partner_groups(lab: RecallLabels, lo: int, hi: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per MoA combination of the rows ``lo <= s < hi``: its rows and their partner columns.
+
+    Partner columns: every annotated column sharing a MoA with the combination (ascending);
+    the row itself is still among them.
+    """
+    rows = lo + np.flatnonzero(lab.row_code[lo:hi] >= 0).astype(np.int64)
+    cols = np.flatnonzero(lab.col_code >= 0).astype(np.int64)
+    rcode = lab.row_code[rows]
+    return [(rows[rcode == c], cols[lab.share[c, lab.col_code[cols]]]) for c in np.unique(rcode)]
+
+
 def partner_pairs(lab: RecallLabels, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ordered same-MoA pairs ``(s, t)`` of the rows ``lo <= s < hi``, sorted by ``(s, t)``.
+    """Ordered same-MoA pairs ``(s, t)`` of the rows ``lo <= s < hi``.
 
     ``t`` runs over every annotated column sharing a MoA with ``s``, except ``s`` itself;
-    validity is not looked at (invalid signatures are dropped at the end).
+    validity is not looked at (invalid signatures are dropped at the end). Order: by MoA
+    combination of ``s``, then ``s``, then ``t`` (every task rebuilds the same order).
     """
-    rows = np.arange(lo, hi, dtype=np.int64)
-    rows = rows[lab.row_code[lo:hi] >= 0]
-    if rows.size == 0:
+    groups = _partner_groups(lab, lo, hi)
+    if not groups:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    cols = np.flatnonzero(lab.col_code >= 0).astype(np.int64)
-    ss, ts = [], []
-    for c in np.unique(lab.row_code[rows]):
-        rc = rows[lab.row_code[rows] == c]
-        tc = cols[lab.share[c, lab.col_code[cols]]]
-        ss.append(np.repeat(rc, tc.size))
-        ts.append(np.tile(tc, rc.size))
-    s, t = np.concatenate(ss), np.concatenate(ts)
+    s = np.concatenate([np.repeat(rc, tc.size) for rc, tc in groups])
+    t = np.concatenate([np.tile(tc, rc.size) for rc, tc in groups])
     keep = t != lab.self_col[s]
-    s, t = s[keep], t[keep]
-    order = np.lexsort((t, s))
-    return s[order], t[order]
+    return s[keep], t[keep]
 
 
 # ----------------------------------------------------------------------------- numpy kernels
@@ -259,8 +263,13 @@ def _rank_counts(S, row_ids, col_ids, col_lo, n_cols, ps, ts, pscore, self_col):
     flat = np.sort((K + np.arange(need.size, dtype=np.int64)[:, None] * _ROW).ravel())
     q = _keys(pscore) + inv.astype(np.int64) * _ROW
     base = inv.astype(np.int64) * n
-    below = np.searchsorted(flat, q, side="left") - base
-    le = np.searchsorted(flat, q, side="right") - base
+    # sorted queries: the binary searches then walk the sorted keys in order (cache-friendly)
+    order = np.argsort(q)
+    below, le = np.empty_like(q), np.empty_like(q)
+    below[order] = np.searchsorted(flat, q[order], side="left")
+    le[order] = np.searchsorted(flat, q[order], side="right")
+    below -= base
+    le -= base
     ties = le - below
     # the partner itself, when it is a pool column of this block
     inblk = np.flatnonzero((ts >= col_lo) & (ts < col_lo + n_cols))
@@ -370,21 +379,26 @@ def pair_recall(
 
 
 def _partner_piece(sa, sb, lab, a_lo, b_lo):
-    """Scores of the partner pairs of block a's rows whose partner lies in block b."""
-    za, nb = sa[0], len(sb[1])
-    ps, ts = partner_pairs(lab, a_lo, a_lo + len(sa[1]))
-    sel = (ts >= b_lo) & (ts < b_lo + nb)
-    za_p, zb_p = za[ps[sel] - a_lo], sb[0][ts[sel] - b_lo]
-    return np.einsum("pg,pg->p", za_p, zb_p, dtype=np.float32)
-
-
-def _gather_partners(pieces, lab, a_lo, a_n, col_bounds):
-    ps, ts = partner_pairs(lab, a_lo, a_lo + a_n)
-    out = np.full(ps.size, np.nan, np.float32)
-    blk = np.searchsorted(col_bounds, ts, side="right") - 1
-    for j, piece in enumerate(pieces):
-        out[blk == j] = piece
+    """Scores of block a's rows with their partners in block b: one product per combination."""
+    za, zb, nb = sa[0], sb[0], len(sb[1])
+    out = []
+    for rc, tc in _partner_groups(lab, a_lo, a_lo + len(sa[1])):
+        t0, t1 = np.searchsorted(tc, [b_lo, b_lo + nb])
+        out.append(za[rc - a_lo] @ zb[tc[t0:t1] - b_lo].T)
     return out
+
+
+def _gather_partners(pieces, lab, a_lo, a_n):
+    """Partner scores of a row block in :func:`partner_pairs` order (float32)."""
+    groups = _partner_groups(lab, a_lo, a_lo + a_n)
+    if not groups:
+        return np.empty(0, np.float32)
+    flat = np.concatenate(
+        [np.concatenate([p[g] for p in pieces], axis=1).ravel() for g in range(len(groups))]
+    )
+    s = np.concatenate([np.repeat(rc, tc.size) for rc, tc in groups])
+    t = np.concatenate([np.tile(tc, rc.size) for rc, tc in groups])
+    return flat[t != lab.self_col[s]].astype(np.float32, copy=False)
 
 
 def _sum_parts(parts):
@@ -407,8 +421,14 @@ def _auroc(h: np.ndarray) -> np.ndarray:
     return np.stack([auc, bound, P, N], axis=-1)
 
 
-def recall_statistics(hist, mhist, counts, row_valid, col_valid, lab: RecallLabels) -> dict:
-    """Final numbers from the summed histograms and rank counts (numpy, small)."""
+def recall_statistics(
+    hist, mhist, counts, row_valid, col_valid, lab: RecallLabels, row_bounds
+) -> dict:
+    """Final numbers from the summed histograms and rank counts (numpy, small).
+
+    ``counts``: per row block (bounds ``row_bounds``) the ``(2, P)`` rank counts of its
+    :func:`partner_pairs`.
+    """
     row_valid = np.concatenate([np.asarray(v, bool) for v in row_valid])
     col_valid = (
         row_valid
@@ -417,7 +437,10 @@ def recall_statistics(hist, mhist, counts, row_valid, col_valid, lab: RecallLabe
     )
     g = _auroc(hist)
     m = _auroc(mhist) if lab.n_moas else np.zeros((0, 4))
-    ps, ts = partner_pairs(lab, 0, lab.row_code.size)
+    bounds = zip(row_bounds[:-1], row_bounds[1:], strict=True)
+    parts = [partner_pairs(lab, int(a), int(b)) for a, b in bounds]
+    ps = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
+    ts = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
     below, ties = (np.concatenate([c[0] for c in counts]), np.concatenate([c[1] for c in counts]))
     col_pool = col_valid & (lab.col_code >= 0)
     n_pool = int(col_pool.sum())
@@ -513,7 +536,6 @@ def recall_arrays(
             lname,
             int(rb[r]),
             int(plan.row_chunks[r]),
-            cb,
         )
     for i, j in plan.pairs:
         diagonal, both = selfmode and i == j, selfmode and i != j
@@ -553,6 +575,7 @@ def recall_arrays(
         [(valid.name, q) for q in range(nr)],
         [(ref_valid.name, q) for q in range(nc)],
         lname,
+        rb,
     )
     hlg = HighLevelGraph.merge(shlg, rhlg, valid.dask, ref_valid.dask)
     hlg = _add_layer(hlg, fname, dsk, {sname, rname, valid.name, ref_valid.name})
@@ -577,8 +600,9 @@ def _pick(t, which):
     return tuple(t[q] for q in which)
 
 
-def _final(hist, roots, row_valid, col_valid, lab):
-    return recall_statistics(hist[0], hist[1], [r[0] for r in roots], row_valid, col_valid, lab)
+def _final(hist, roots, row_valid, col_valid, lab, row_bounds):
+    counts = [r[0] for r in roots]
+    return recall_statistics(hist[0], hist[1], counts, row_valid, col_valid, lab, row_bounds)
 
 
 def _pair_task(sa, sb, pa, pb, lab, a_lo, b_lo, diagonal, both, bins, moa_bins):
