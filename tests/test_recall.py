@@ -85,9 +85,9 @@ def brute(x, moa, cells=None, y=None, ymoa=None, ycells=None, self_col=None):
         sel = pos | neg
         prs = []
         for r in np.flatnonzero(rp & rin):
-            others = cp & (np.arange(len(cp)) != self_col[r])
+            others = vy & (np.arange(len(cp)) != self_col[r])  # every valid signature
             v = np.sort(s[r, others])
-            ts = np.flatnonzero(others & cin)
+            ts = np.flatnonzero(others & cp & cin)
             lo = np.searchsorted(v, s[r, ts], side="left")
             hi = np.searchsorted(v, s[r, ts], side="right")
             n_o = others.sum() - 1

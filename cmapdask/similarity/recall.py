@@ -3,10 +3,10 @@
 The question: does similarity put signatures of the same MoA closer than signatures of
 different MoAs? Three layers, like the rest of :mod:`cmapdask.similarity`:
 
-- numpy kernels of one block pair (:func:`pair_recall`): the float32 product of two
-  standardised signature blocks, restricted to the *pool* (valid signatures with a MoA),
-  turned into score histograms of same-MoA and different-MoA pairs (overall, per cell line,
-  per MoA) and into exact rank counts of each same-MoA partner within its signature's row;
+- numpy kernels of one block pair (:func:`pair_recall`): the float32 product of the valid
+  signatures of two standardised blocks, turned into score histograms of same-MoA and
+  different-MoA pairs (overall, per cell line, per MoA) and into exact rank counts of each
+  same-MoA partner within its signature's row;
 - the dask graph (:func:`recall_arrays`): one task per planned block pair
   (:func:`~cmapdask.similarity.plan.plan_blocks`), histograms summed in one tree, rank
   counts summed in one tree per row block, a final small task for the statistics. Never
@@ -22,9 +22,10 @@ counted half. Per cell line: pairs within that line. Per MoA ``m``: positive pai
 pairs whose two signatures both have ``m``; negative pairs those with at least one signature
 of ``m`` whose MoA sets are disjoint (pairs sharing another MoA only are neither). The
 percentile rank of a same-MoA pair ``(s, t)`` (ordered) is
-``100 (#{u: S(s,u) < S(s,t)} + #{u: S(s,u) = S(s,t)} / 2) / (n_s - 1)`` over the pool
-signatures ``u`` other than ``s`` and ``t`` (``n_s``: pool signatures other than ``s``);
-100 means ``t`` is the most similar; per MoA the median over its ordered same-MoA pairs.
+``100 (#{u: S(s,u) < S(s,t)} + #{u: S(s,u) = S(s,t)} / 2) / (n_s - 1)`` over all valid
+signatures ``u`` other than ``s`` and ``t``, annotated or not (``n_s``: valid signatures
+other than ``s``; of the reference store for two stores); 100 means ``t`` is the most
+similar; per MoA the median over its ordered same-MoA pairs.
 
 Exactness. Rank counts and pair counts are exact (integer counts on the float32 scores the
 similarity engine uses). AUROC comes from score histograms with ``bins`` equal-width bins
@@ -232,14 +233,14 @@ def _bin(s: np.ndarray, bins: int) -> np.ndarray:
 def _rank_counts(S, row_ids, col_ids, col_lo, n_cols, ps, ts, pscore, self_col):
     """Below/tied counts of each partner score within its row of one block, ``(2, P)``.
 
-    ``S`` holds rows ``row_ids`` (global) x pool columns ``col_ids`` (global, within
+    ``S`` holds rows ``row_ids`` (global) x valid columns ``col_ids`` (global, within
     ``[col_lo, col_lo + n_cols)``); ``ps``, ``ts``, ``pscore``: the pairs and their scores.
     The row's own column and the partner itself are not counted.
     """
     out = np.zeros((2, ps.size), np.int64)
     if ps.size == 0 or col_ids.size == 0 or row_ids.size == 0:
         return out
-    # pairs of rows outside the pool (invalid signatures) are dropped at the end
+    # pairs of invalid rows are dropped at the end
     rpos_all = np.searchsorted(row_ids, ps)
     inpool = (rpos_all < row_ids.size) & (
         row_ids[np.minimum(rpos_all, max(row_ids.size - 1, 0))] == ps
@@ -252,7 +253,7 @@ def _rank_counts(S, row_ids, col_ids, col_lo, n_cols, ps, ts, pscore, self_col):
         return out
     need, inv = np.unique(ps, return_inverse=True)
     rpos = np.searchsorted(row_ids, need)
-    K = _keys(S[rpos])  # (rows with partners, pool columns)
+    K = _keys(S[rpos])  # (rows with partners, valid columns)
     own = self_col[need]
     hit = np.flatnonzero((own >= col_lo) & (own < col_lo + n_cols))
     if hit.size:
@@ -346,10 +347,13 @@ def pair_recall(
     na, nb = len(va), len(vb)
     ga = np.arange(a_lo, a_lo + na, dtype=np.int64)
     gb = np.arange(b_lo, b_lo + nb, dtype=np.int64)
-    ri = np.flatnonzero(va & (lab.row_code[ga] >= 0))
-    ci = np.flatnonzero(vb & (lab.col_code[gb] >= 0))
-    rows, cols = ga[ri], gb[ci]
-    S = za[ri] @ zb[ci].T  # pool rows x pool columns, float32
+    # valid rows x valid columns (float32): ranks are among every valid signature,
+    # pairs (histograms) among the annotated ones
+    vr, vc = ga[va], gb[vb]
+    s_all = (za if vr.size == na else za[va]) @ (zb if vc.size == nb else zb[vb]).T
+    ar, ac = lab.row_code[vr] >= 0, lab.col_code[vc] >= 0
+    rows, cols = vr[ar], vc[ac]
+    S = s_all if ar.all() and ac.all() else s_all[np.ix_(ar, ac)]
     mask = np.ones(S.shape, dtype=bool)
     if diagonal:
         mask &= rows[:, None] < cols[None, :]
@@ -370,11 +374,11 @@ def pair_recall(
         moa_bins,
     )
     ps, ts = partner_pairs(lab, a_lo, a_lo + na)
-    row_counts = _rank_counts(S, rows, cols, b_lo, nb, ps, ts, pa, lab.self_col)
+    row_counts = _rank_counts(s_all, vr, vc, b_lo, nb, ps, ts, pa, lab.self_col)
     col_counts = None
     if both:
         ps, ts = partner_pairs(lab, b_lo, b_lo + nb)
-        col_counts = _rank_counts(S.T, cols, rows, a_lo, na, ps, ts, pb, lab.self_col)
+        col_counts = _rank_counts(s_all.T, vc, vr, a_lo, na, ps, ts, pb, lab.self_col)
     return hist, mhist, row_counts, col_counts
 
 
@@ -442,11 +446,11 @@ def recall_statistics(
     ps = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
     ts = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
     below, ties = (np.concatenate([c[0] for c in counts]), np.concatenate([c[1] for c in counts]))
-    col_pool = col_valid & (lab.col_code >= 0)
+    col_pool = col_valid  # ranks are among every valid signature
     n_pool = int(col_pool.sum())
     own = lab.self_col[ps]
     own_in = (own >= 0) & col_pool[np.maximum(own, 0)]
-    others = n_pool - own_in.astype(np.int64) - 1  # pool columns other than s and t
+    others = n_pool - own_in.astype(np.int64) - 1  # valid columns other than s and t
     ok = row_valid[ps] & col_pool[ts] & (others > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         pr = 100.0 * (below + 0.5 * ties) / others
@@ -700,7 +704,10 @@ def moa_recall(
     counts of its rows' same-MoA pairs. Partner scores (same-MoA pairs only) are dot
     products computed beforehand, one small task per block pair. Work ``N^2 G`` like
     all-by-all similarity; memory never N x N; the client holds the labels (O(N)) and the
-    final tables.
+    final tables. The exact median percentile ranks need two int64 counts per ordered
+    same-MoA pair: one row block's in each task, all of them in the final task
+    (``16 sum_m n_m^2`` bytes for MoAs of ``n_m`` signatures), which is what bounds the
+    scale of the per-MoA table (not of the AUROCs).
     """
     from cmapdask.similarity.api import _check_metric, _ids, _inputs, _provenance
 
