@@ -6,6 +6,7 @@ import json
 import sys
 import time
 
+from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.errors import StoreError
 
@@ -28,7 +29,10 @@ def register(sub) -> None:
         "--ignore-extra-ids", action="store_true", help="allow table rows whose id is not in SRC"
     )
     p.add_argument(
-        "--chunk-rows", type=int, default=None, help="signatures per chunk (default ~32 MiB)"
+        "--chunk-rows",
+        type=positive_int,
+        default=None,
+        help="signatures per chunk (default ~32 MiB)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     p.add_argument("--no-checksum", action="store_true", help="skip the source SHA-256")
