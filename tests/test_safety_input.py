@@ -1,0 +1,183 @@
+"""Bad input refused at the door with one line and exit code 2; filters are data, not code.
+
+Every case here is a row of docs/errors.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+import dask
+import numpy as np
+import pytest
+import zarr
+
+from cmapdask.cli import main
+from cmapdask.connectivity.index import build_index
+from tests.test_connectivity_query import make_store
+
+INJECT = "@pd.io.common.os.system('touch {f}') == 0"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("safety") / "s.zarr")
+    ds = make_store(path, seed=3, n_sig=24)
+    with dask.config.set(scheduler="threads"):
+        build_index(path, space="all", chunk_rows=10)
+    return path, ds
+
+
+def _one_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cmapdask: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["introspect", "background", "query"])
+def test_filter_text_is_not_code(store, tmp_path, capsys, command):
+    url, ds = store
+    flag = tmp_path / "ran"
+    expr = INJECT.format(f=flag)
+    g = list(ds["gene"].values)
+    args = {
+        "introspect": ["introspect", url, "--out", str(tmp_path / "o"), "--where", expr],
+        "background": ["background", url, "--reference", expr],
+        "query": [
+            "query",
+            url,
+            "--genes-up",
+            ",".join(g[:5]),
+            "--genes-down",
+            ",".join(g[5:10]),
+            "--out",
+            str(tmp_path / "o"),
+            "--reference",
+            expr,
+        ],
+    }[command]
+    rc = main([*args, "--space", "all", "--cluster", "none", "--quiet"])
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2
+    assert not flag.exists()  # the shell command never ran
+    assert repr(expr) in line and "unexpected '@'" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_filter_selects_by_fields(store, tmp_path, capsys):
+    url, ds = store
+    out = tmp_path / "o"
+    where = "cell_id in ('MCF7', 'PC3') and not pert_type == 'trt_sh'"
+    rc = main(
+        ["introspect", url, "--out", str(out), "--where", where, "--space", "all"]
+        + ["--n-top", "5", "--cluster", "none", "--quiet"]
+    )
+    assert rc == 0, capsys.readouterr().err
+    from cmapdask.io.gctx import read_gctx
+
+    got = list(read_gctx(str(out / "cs.gctx"))["sig"].values)
+    want = ds["sig"].values[
+        np.isin(ds["cell_id"].values, ["MCF7", "PC3"]) & (ds["pert_type"].values != "trt_sh")
+    ]
+    assert sorted(got) == sorted(want.tolist())
+
+
+def test_filter_unknown_field_names_it(store, tmp_path, capsys):
+    url, _ = store
+    rc = main(
+        ["introspect", url, "--out", str(tmp_path / "o"), "--where", "cel_id == 'MCF7'"]
+        + ["--space", "all", "--cluster", "none", "--quiet"]
+    )
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and "no field 'cel_id'" in line and "cell_id" in line
+
+
+# ------------------------------------------------------------------------------ rebuild
+
+
+def _set_reference(member_url, value):
+    g = zarr.open_group(member_url, mode="r+")
+    meta = dict(g.attrs["cmapdask"])
+    meta["reference"] = value
+    g.attrs["cmapdask"] = meta
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    from cmapdask.io.gctx import write_gctx
+    from cmapdask.synthetic import synth_dataset, synth_design
+
+    d = tmp_path_factory.mktemp("safety_rebuild")
+    ds = synth_dataset(synth_design(90, seed=2), metadata="tables").compute()
+    for name, sl in (("old", slice(0, 60)), ("new1", slice(60, 75)), ("new2", slice(75, 90))):
+        write_gctx(ds.isel(sig=sl), d / f"{name}.gctx")
+    return d, ds
+
+
+def _rebuild_args(root):
+    return ["rebuild", root, "--k", "5", "--block-size", "32", "--cluster", "none", "--quiet"]
+
+
+def test_rebuild_stored_reference_is_parsed_not_evaluated(collection, tmp_path, capsys):
+    from cmapdask.connectivity.introspect import build_background
+    from cmapdask.rebuild import open_current, read_manifest
+
+    d, ds = collection
+    root = str(tmp_path / "coll")
+    flag = tmp_path / "ran"
+    with dask.config.set(scheduler="threads"):
+        assert main(["append", root, str(d / "old.gctx"), "--quiet", "--cluster", "none"]) == 0
+        assert main(_rebuild_args(root)) == 0
+        v1 = open_current(root).attrs["store_url"]
+        build_index(v1, space="landmark")
+        build_background(v1, reference="pert_type == 'ctl_vehicle'", space="landmark", n_top=5)
+    member = f"{v1}/background/landmark"
+    rec = zarr.open_group(member, mode="r").attrs["cmapdask"]["reference"]
+    assert rec == ["==", {"field": "pert_type"}, {"value": "ctl_vehicle"}]  # data, not text
+
+    # a store written before references were data: the text is parsed, and still works
+    _set_reference(member, "pert_type == 'ctl_vehicle'")
+    assert main(["append", root, str(d / "new1.gctx"), "--quiet", "--cluster", "none"]) == 0
+    with dask.config.set(scheduler="threads"):
+        assert main(_rebuild_args(root)) == 0, capsys.readouterr().err
+    cur = open_current(root).attrs
+    how = {p["member"]: p["how"] for p in read_manifest(root, cur["version"])["products"]}
+    assert how["background/landmark"].split()[0] in ("shared", "rebuilt")
+
+    # an edited store carrying code: refused naming the member and the text; nothing runs
+    v2 = cur["store_url"]
+    expr = INJECT.format(f=flag)
+    _set_reference(f"{v2}/background/landmark", expr)
+    assert main(["append", root, str(d / "new2.gctx"), "--quiet", "--cluster", "none"]) == 0
+    capsys.readouterr()
+    with dask.config.set(scheduler="threads"):
+        rc = main(_rebuild_args(root))
+    line = _one_line(capsys.readouterr().err)
+    assert rc == 2 and not flag.exists()
+    assert "background/landmark" in line and repr(expr) in line
+    assert open_current(root).attrs["store_url"] == v2  # not switched
+
+
+def test_option_counts_refuse_zero_and_negatives(capsys):
+    for argv in (
+        ["convert", "a.gctx", "b.zarr", "--chunk-rows", "0"],
+        ["convert", "a.gctx", "b.zarr", "--chunk-rows", "-5"],
+        ["rebuild", "x", "--block-size", "0"],
+        ["index", "x", "--chunk-rows", "0"],
+        ["similarity", "x", "--k", "0"],
+        ["append", "x", "y.gctx", "--chunk-rows", "ten"],
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        line = _one_line(capsys.readouterr().err)
+        assert e.value.code == 2
+        assert argv[-2] in line and repr(argv[-1]) in line, line
+
+
+def test_manifest_json_is_data():  # the recorded form is plain JSON, nothing callable
+    from cmapdask.where import parse, selection_record
+
+    rec = selection_record("is_touchstone == 1 or cell_id in ['A', 'B']")
+    assert json.loads(json.dumps(rec)) == rec
+    assert selection_record("touchstone") == "touchstone" and selection_record(None) == "all"
+    assert parse("is_touchstone == 1").to_data() == ["==", {"field": "is_touchstone"}, {"value": 1}]
