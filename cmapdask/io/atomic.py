@@ -63,6 +63,7 @@ def publish_file(dest, *, storage_options: dict | None = None) -> Iterator[str]:
     """Yield a local temporary path; on success it becomes ``dest`` in one step."""
     fs, path = url_to_fs(dest, storage_options)
     if is_local(fs):
+        _check_local_parent(dest, path)
         parent = os.path.dirname(os.path.abspath(path)) or "."
         os.makedirs(parent, exist_ok=True)
         tmp = _tmp_name(os.path.abspath(path))
@@ -83,6 +84,17 @@ def publish_file(dest, *, storage_options: dict | None = None) -> Iterator[str]:
             os.remove(tmp)
 
 
+def _check_local_parent(dest, path: str) -> None:
+    """Refuse at the door a local destination under a file or an unwritable folder."""
+    up = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(up) and os.path.dirname(up) != up:
+        up = os.path.dirname(up)
+    if not os.path.isdir(up):
+        raise StoreError(f"{dest}: cannot create it: {up} is a file, not a folder")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise StoreError(f"{dest}: cannot create it: no permission to write in {up}")
+
+
 @contextlib.contextmanager
 def publish_dir(
     dest, *, storage_options: dict | None = None, overwrite: bool = False
@@ -98,6 +110,8 @@ def publish_dir(
         raise StoreError(f"{dest}: already exists (choose another destination or remove it)")
     tmp = _tmp_name(path)
     local = is_local(fs)
+    if local:
+        _check_local_parent(dest, path)
     tmp_url = tmp if local else fs.unstrip_protocol(tmp)
     try:
         yield tmp_url

@@ -53,6 +53,17 @@ def file_provenance(url, storage_options=None) -> dict:
     }
 
 
+def _check_source(new, storage_options) -> None:
+    """A missing source or a folder is bad input (exit 2), not a traceback or a retry."""
+    from cmapdask.io.atomic import url_to_fs
+
+    fs, p = url_to_fs(str(new), storage_options)
+    if not fs.exists(p):
+        raise InputError(f"{new}: no such file")
+    if fs.isdir(p):
+        raise InputError(f"{new}: is a folder, not a GCTx file")
+
+
 def append(
     root,
     new,
@@ -102,6 +113,7 @@ def append(
     from cmapdask.io.store import convert
 
     t0 = time.perf_counter()
+    _check_source(new, src_storage_options)
     versions = list_versions(root, storage_options=storage_options)
     vid = next_version_id(root, storage_options=storage_options)
     dest = version_url(root, vid)
