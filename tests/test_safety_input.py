@@ -181,3 +181,137 @@ def test_manifest_json_is_data():  # the recorded form is plain JSON, nothing ca
     assert json.loads(json.dumps(rec)) == rec
     assert selection_record("touchstone") == "touchstone" and selection_record(None) == "all"
     assert parse("is_touchstone == 1").to_data() == ["==", {"field": "is_touchstone"}, {"value": 1}]
+
+
+# ------------------------------------------------------------------------------ the door
+
+
+@pytest.fixture(scope="module")
+def gctx(tmp_path_factory):
+    from cmapdask.io.gctx import write_gctx
+    from cmapdask.synthetic import synth_dataset, synth_design
+
+    d = tmp_path_factory.mktemp("door")
+    ds = synth_dataset(synth_design(12, seed=1), metadata="tables").compute()
+    write_gctx(ds, d / "ok.gctx")
+    write_gctx(ds.isel(sig=slice(0, 0)), d / "empty.gctx")
+    bad = ds.copy(deep=True)
+    bad["expr"].values[3, 5] = np.nan
+    bad["expr"].values[7, 1] = np.inf
+    write_gctx(bad, d / "nonfinite.gctx")
+    return d, ds
+
+
+def _cli(argv, capsys):
+    rc = main([*argv, "--cluster", "none", "--quiet"])
+    return rc, capsys.readouterr().err
+
+
+def test_table_header_repeated_or_two_id_columns(gctx, tmp_path, capsys):
+    d, ds = gctx
+    sig = ds["sig"].values
+    for header, col in (
+        ("sig_id\tpert_id\tpert_id", "'pert_id'"),
+        ("sig_id\tsig_id\tx", "'sig_id'"),
+    ):
+        t = tmp_path / "siginfo.txt"
+        t.write_text(header + "\n" + "".join(f"{s}\ta\tb\n" for s in sig))
+        out = tmp_path / "s.zarr"
+        rc, err = _cli(["convert", str(d / "ok.gctx"), str(out), "--sig-info", str(t)], capsys)
+        line = _one_line(err)
+        assert rc == 2 and f"column {col} appears twice in the header" in line
+        assert "siginfo.txt" in line and not out.exists()
+
+
+def test_empty_matrix_refused(gctx, tmp_path, capsys):
+    d, _ = gctx
+    rc, err = _cli(["convert", str(d / "empty.gctx"), str(tmp_path / "e.zarr")], capsys)
+    assert rc == 2 and "empty.gctx: the matrix is empty" in _one_line(err)
+    assert not (tmp_path / "e.zarr").exists()
+
+
+def test_nonfinite_warned_at_convert_and_refused_by_index(gctx, tmp_path, capsys):
+    d, ds = gctx
+    out = tmp_path / "n.zarr"
+    rc, err = _cli(["convert", str(d / "nonfinite.gctx"), str(out)], capsys)
+    first = str(ds["sig"].values[3])
+    assert rc == 0 and err.strip() == (
+        f"cmapdask: warning: {out}: 2 signature(s) hold NaN or infinite values, e.g. "
+        f"{first!r}; `cmapdask index` refuses such a store"
+    )
+    rc, err = _cli(["index", str(out), "--space", "all"], capsys)
+    line = _one_line(err)
+    assert rc == 2 and "2 signature(s) have NaN or infinite scores" in line and repr(first) in line
+    assert not (out / "index").exists()  # refused before anything was written
+    # a store converted clean records it, and index trusts the record
+    rc, err = _cli(["convert", str(d / "ok.gctx"), str(tmp_path / "ok.zarr")], capsys)
+    assert rc == 0 and not err
+    meta = zarr.open_group(str(tmp_path / "ok.zarr"), mode="r").attrs["cmapdask"]
+    assert meta["nonfinite"] == {"n_sig": 0}
+
+
+def test_destination_under_a_file(gctx, store, tmp_path, capsys):
+    d, _ = gctx
+    (tmp_path / "afile").write_text("x")
+    rc, err = _cli(["convert", str(d / "ok.gctx"), str(tmp_path / "afile" / "x.zarr")], capsys)
+    line = _one_line(err)
+    assert rc == 2 and "is a file, not a folder" in line and "afile" in line
+    url, ds = store
+    g = list(ds["gene"].values)
+    rc, err = _cli(
+        ["query", url, "--genes-up", ",".join(g[:5]), "--genes-down", ",".join(g[5:10])]
+        + ["--out", str(tmp_path / "afile" / "res"), "--space", "all"],
+        capsys,
+    )
+    assert rc == 2 and "is a file, not a folder" in _one_line(err)
+
+
+def test_append_missing_file_or_folder(tmp_path, capsys):
+    root = str(tmp_path / "coll")
+    rc, err = _cli(["append", root, str(tmp_path / "missing.gctx")], capsys)
+    assert rc == 2 and "missing.gctx: no such file" in _one_line(err)
+    rc, err = _cli(["append", root, str(tmp_path)], capsys)
+    assert rc == 2 and "is a folder, not a GCTx file" in _one_line(err)
+
+
+def test_s3_destination_missing_bucket_or_refused_endpoint(gctx, s3_server, capsys):
+    d, _ = gctx
+    so = json.dumps(s3_server)
+    rc, err = _cli(
+        ["convert", str(d / "ok.gctx"), "s3://no-such-bucket/x.zarr", "--storage-options", so],
+        capsys,
+    )
+    assert rc == 2 and "bucket 'no-such-bucket' does not exist" in _one_line(err)
+    from tests.conftest import _free_port
+
+    closed = {
+        **s3_server,
+        "client_kwargs": {
+            **s3_server["client_kwargs"],
+            "endpoint_url": f"http://127.0.0.1:{_free_port()}",
+        },
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2},
+    }
+    rc, err = _cli(
+        ["convert", str(d / "ok.gctx"), "s3://cmapdask-test/x.zarr"]
+        + ["--storage-options", json.dumps(closed)],
+        capsys,
+    )
+    assert rc == 2 and "cannot reach the object store" in _one_line(err)
+
+
+def test_s3_source_gets_the_storage_options(gctx, s3_server, tmp_path, capsys):
+    import s3fs
+
+    d, ds = gctx
+    s3fs.S3FileSystem(**s3_server).put(str(d / "ok.gctx"), "cmapdask-test/src/ok.gctx")
+    out = tmp_path / "from_s3.zarr"
+    rc, err = _cli(
+        ["convert", "s3://cmapdask-test/src/ok.gctx", str(out)]
+        + ["--storage-options", json.dumps(s3_server)],
+        capsys,
+    )
+    assert rc == 0, err
+    from cmapdask.io.store import open_store
+
+    assert list(open_store(str(out))["sig"].values) == list(ds["sig"].values)
