@@ -315,3 +315,57 @@ def test_s3_source_gets_the_storage_options(gctx, s3_server, tmp_path, capsys):
     from cmapdask.io.store import open_store
 
     assert list(open_store(str(out))["sig"].values) == list(ds["sig"].values)
+
+
+def test_s3_destination_wrong_credentials(gctx, tmp_path, capsys):
+    """A server that checks keys (moto with authentication on) refuses unknown ones."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import _free_port, _stop, _wait_port
+
+    d, _ = gctx
+    moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    port = _free_port()
+    with open(tmp_path / "moto.log", "w") as log:
+        proc = subprocess.Popen(
+            [moto, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+        )
+        try:
+            _wait_port(port, proc)
+            so = {
+                "key": "wrong",
+                "secret": "wrong",
+                "client_kwargs": {
+                    "endpoint_url": f"http://127.0.0.1:{port}",
+                    "region_name": "us-east-1",
+                },
+            }
+            rc, err = _cli(
+                ["convert", str(d / "ok.gctx"), "s3://cmapdask-test/x.zarr"]
+                + ["--storage-options", json.dumps(so)],
+                capsys,
+            )
+        finally:
+            _stop([proc])
+    line = _one_line(err)
+    assert rc == 2 and "access to bucket 'cmapdask-test' refused (check the credentials)" in line
+
+
+def test_library_counts_refuse_zero(gctx, tmp_path):
+    from cmapdask.errors import InputError
+    from cmapdask.io.store import convert
+    from cmapdask.rebuild import rebuild
+
+    d, _ = gctx
+    with pytest.raises(InputError, match="chunk_rows must be a positive integer, got 0"):
+        convert(d / "ok.gctx", str(tmp_path / "x.zarr"), chunk_rows=0)
+    with pytest.raises(InputError, match="block_size must be a positive integer, got 0"):
+        rebuild(str(tmp_path / "coll"), block_size=0)
+    assert not (tmp_path / "x.zarr").exists()

@@ -34,7 +34,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from cmapdask import __version__, config
-from cmapdask.errors import NonFiniteWarning, StoreError
+from cmapdask.errors import InputError, NonFiniteWarning, StoreError
 from cmapdask.io.atomic import is_local, join, publish_dir, url_to_fs
 
 __all__ = [
@@ -662,6 +662,8 @@ def convert(
     is compressed once and written once; the metadata are read once. Nothing is visible
     at ``dest`` until the store is complete.
     """
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or int(chunk_rows) < 1):
+        raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
     src_name = os.path.basename(str(src).rstrip("/"))
     fs, p = url_to_fs(src, src_storage_options)
     if not fs.exists(p):
