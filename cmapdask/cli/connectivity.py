@@ -10,6 +10,8 @@ from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
 
 __all__ = ["register"]
 
+FILTER_HELP = "a filter such as \"cell_id in ('MCF7', 'PC3')\" (docs/errors.md)"
+
 _SPACES = ["landmark", "bing", "all"]
 
 
@@ -86,7 +88,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--reference",
         default="all",
-        help="NCS reference: all, touchstone, or a metadata expression",
+        help="NCS reference: all, touchstone, or " + FILTER_HELP,
     )
     p.add_argument("--tau", choices=["binned", "exact", "none"], default="binned")
     p.add_argument("--fdr", choices=["auto", "null", "random", "none"], default="auto")
@@ -104,7 +106,11 @@ def register(subparsers) -> None:
     )
     _common(p)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--where", default="all", help="all, touchstone, or a metadata expression")
+    p.add_argument(
+        "--where",
+        default="all",
+        help="all, touchstone, or " + FILTER_HELP,
+    )
     p.add_argument("--n-top", type=positive_int, default=50, help="genes per set (default 50)")
     p.set_defaults(func=run_introspect)
 
@@ -118,7 +124,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--reference",
         default="touchstone",
-        help="touchstone (default), all, or a metadata expression",
+        help="touchstone (default), all, or " + FILTER_HELP,
     )
     p.add_argument("--pcl", default=None, metavar="GMT", help="PCL definitions")
     p.add_argument("--n-top", type=positive_int, default=50)
