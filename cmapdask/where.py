@@ -410,16 +410,18 @@ def _compare_values(col: np.ndarray, op: str, value, expr, name) -> np.ndarray:
             return np.asarray(_OPS[op](col, value), dtype=bool)
     if op == "==":  # elementwise in C; missing and other kinds are never equal to a literal
         return np.asarray(col == value, dtype=bool)
-    want_num = _is_num(value)
-    f = _OPS[op]
+    # ordering: only values of the literal's kind take part (C-level compares on them)
+    kind = _IS_NUM if _is_num(value) else _IS_STR
+    same = kind(col).astype(bool) if len(col) else np.zeros(0, dtype=bool)
     out = np.zeros(len(col), dtype=bool)
-    for i, v in enumerate(col.tolist()):
-        if _missing(v) or _is_num(v) != want_num:
-            continue
-        if not want_num and not isinstance(v, str):
-            continue
-        out[i] = bool(f(v, value))
+    if same.any():
+        with np.errstate(invalid="ignore"):
+            out[same] = np.asarray(_OPS[op](col[same], value), dtype=bool)
     return out
+
+
+_IS_STR = np.frompyfunc(lambda v: isinstance(v, str), 1, 1)
+_IS_NUM = np.frompyfunc(lambda v: _is_num(v) and not _missing(v), 1, 1)
 
 
 def _compare(table, op, left, right, expr) -> np.ndarray:

@@ -70,7 +70,7 @@ exprs = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(exprs)
 def test_text_round_trip(e):
     text = str(e)
@@ -78,7 +78,7 @@ def test_text_round_trip(e):
     assert str(parse(text)) == text
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(exprs)
 def test_data_round_trip_through_json(e):
     data = json.loads(json.dumps(e.to_data()))
@@ -152,7 +152,7 @@ def _row_value(row, e):  # a row-by-row reference of the documented meaning
     return match(e.op, row[e.left.name], e.right.value)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(frame_exprs)
 def test_mask_matches_row_by_row_meaning(e):
     got = e.mask(FRAME)
