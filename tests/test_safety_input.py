@@ -369,3 +369,28 @@ def test_library_counts_refuse_zero(gctx, tmp_path):
     with pytest.raises(InputError, match="block_size must be a positive integer, got 0"):
         rebuild(str(tmp_path / "coll"), block_size=0)
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_append_counts_nonfinite_so_index_refuses(gctx, tmp_path, capsys):
+    """A clean collection extended with a NaN signature no longer claims to be clean."""
+    from cmapdask.rebuild import append
+
+    d, ds = gctx
+    from cmapdask.io.gctx import write_gctx
+
+    old, new = ds.isel(sig=slice(0, 8)), ds.isel(sig=slice(8, None)).copy(deep=True)
+    new["expr"].values[2, 0] = np.nan
+    write_gctx(old, tmp_path / "old.gctx")
+    write_gctx(new, tmp_path / "new.gctx")
+    root = str(tmp_path / "coll")
+    with dask.config.set(scheduler="threads"):
+        append(root, tmp_path / "old.gctx")
+        vid = append(root, tmp_path / "new.gctx")
+    from cmapdask.rebuild.versions import version_url
+
+    url = version_url(root, vid)
+    meta = zarr.open_group(str(url), mode="r").attrs["cmapdask"]
+    first = str(new["sig"].values[2])
+    assert meta["nonfinite"] == {"n_sig": 1, "first": first}
+    rc, err = _cli(["index", str(url), "--space", "all"], capsys)
+    assert rc == 2 and repr(first) in _one_line(err)
