@@ -394,3 +394,23 @@ def test_append_counts_nonfinite_so_index_refuses(gctx, tmp_path, capsys):
     assert meta["nonfinite"] == {"n_sig": 1, "first": first}
     rc, err = _cli(["index", str(url), "--space", "all"], capsys)
     assert rc == 2 and repr(first) in _one_line(err)
+
+
+def test_destination_in_an_unwritable_folder(gctx, tmp_path, capsys, monkeypatch):
+    """As root every folder is writable, so the permission answer is simulated."""
+    import os
+
+    import cmapdask.io.atomic as atomic
+
+    d, _ = gctx
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(
+            atomic.os, "access", lambda p, m: False if str(p) == str(ro) else real(p, m)
+        )
+    rc, err = _cli(["convert", str(d / "ok.gctx"), str(ro / "x.zarr")], capsys)
+    assert rc == 2 and f"no permission to write in {ro}" in _one_line(err)
+    assert not (ro / "x.zarr").exists()
