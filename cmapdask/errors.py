@@ -16,6 +16,7 @@ __all__ = [
     "StoreError",
     "QueryError",
     "InputError",
+    "NonFiniteWarning",
 ]
 
 
@@ -53,3 +54,7 @@ class QueryError(CmapdaskError):
 
 class InputError(CmapdaskError):
     """Any other invalid argument or data (NaN where not allowed, k too large, ...)."""
+
+
+class NonFiniteWarning(UserWarning):
+    """A matrix holds NaN or infinite values (stored as they are; ``index`` refuses them)."""

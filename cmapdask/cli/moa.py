@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
 from cmapdask.errors import InputError
 
@@ -44,8 +45,10 @@ def register(subparsers) -> None:
         default="kmeans",
         help="graph: Leiden where igraph and leidenalg are installed, else Louvain",
     )
-    c.add_argument("--k", type=int, default=None, help="clusters (kmeans, hierarchical)")
-    c.add_argument("--components", type=int, default=50, help="kmeans: principal components")
+    c.add_argument("--k", type=positive_int, default=None, help="clusters (kmeans, hierarchical)")
+    c.add_argument(
+        "--components", type=positive_int, default=50, help="kmeans: principal components"
+    )
     c.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
     c.add_argument("--init", choices=["k-means||", "sample-k-means++"], default="k-means||")
     c.add_argument(
@@ -54,7 +57,9 @@ def register(subparsers) -> None:
         default="auto",
         help="kmeans: PCA solver (auto: one-pass covariance up to 4,096 genes)",
     )
-    c.add_argument("--n-init", type=int, default=3, help="kmeans: initialisations kept best of")
+    c.add_argument(
+        "--n-init", type=positive_int, default=3, help="kmeans: initialisations kept best of"
+    )
     c.add_argument(
         "--matrix", default=None, metavar="MEMBER", help="hierarchical: pert x pert member"
     )
@@ -102,8 +107,8 @@ def register(subparsers) -> None:
         "--clusters", default=None, metavar="MEMBER", help="cluster member (clusters/NAME)"
     )
     e.add_argument("--item-field", default=None, help="coordinate matched to set members (pert_id)")
-    e.add_argument("--n-top", type=int, default=100)
-    e.add_argument("--permutations", type=int, default=1000)
+    e.add_argument("--n-top", type=positive_int, default=100)
+    e.add_argument("--permutations", type=positive_int, default=1000)
     e.add_argument("--pvalue", choices=["permutation", "analytic"], default="permutation")
     e.add_argument("--weight", choices=["unweighted", "weighted"], default="unweighted")
     e.add_argument(
