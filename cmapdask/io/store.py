@@ -35,7 +35,7 @@ from zarr.codecs import BloscCodec
 
 from cmapdask import __version__, config
 from cmapdask.errors import StoreError
-from cmapdask.io.atomic import is_local, join, publish_dir, url_to_fs
+from cmapdask.io.atomic import check_destination, is_local, join, publish_dir, url_to_fs
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -227,6 +227,9 @@ def _store_block(block, url, storage_options, block_info=None):
         # (a tenth of the conversion's CPU), and an all-NaN block is stored like any other
         arr = arr.with_config({"write_empty_chunks": True})
         arr[start:stop, :] = np.asarray(block, dtype=np.float32)
+    from cmapdask.rebuild.faults import checkpoint
+
+    checkpoint("write")  # fault injection for the kill tests (a no-op unless asked)
     return np.array([stop - start], dtype=np.int64)
 
 
@@ -605,8 +608,9 @@ def convert(
     src
         ``.gctx`` (HDF5, sniffed) or ``.gct`` text file, local or fsspec URL.
     dest
-        Store URL: local path, ``memory://...``, ``s3://...``. Must not exist unless
-        ``overwrite``.
+        Store URL: local path, ``memory://...``, ``s3://...``. Absent or an empty folder;
+        with ``overwrite`` a store cmapdask wrote is replaced (never another folder or a
+        file; see :mod:`cmapdask.io.atomic`).
     sig_info, gene_info, compound_info
         Optional release tables (TSV or Parquet): ``siginfo`` (one row per signature,
         id column ``sig_id``), ``geneinfo`` (``gene_id``), ``compoundinfo`` (``pert_id``,
@@ -636,6 +640,7 @@ def convert(
     is compressed once and written once; the metadata are read once. Nothing is visible
     at ``dest`` until the store is complete.
     """
+    check_destination(dest, storage_options=storage_options, overwrite=overwrite)
     src_name = os.path.basename(str(src).rstrip("/"))
     fs, p = url_to_fs(src, src_storage_options)
     if not fs.exists(p):
