@@ -93,6 +93,9 @@ def append(
         Signature ids already in the collection or repeated, genes that differ from the
         collection's, or a metadata field that is numeric on one side and text on the
         other.
+    LockedError
+        Another append or rebuild of ``root`` is at work (``ROOT/LOCK``, see
+        :mod:`cmapdask.io.lock`).
 
     Notes
     -----

@@ -152,6 +152,12 @@ def rebuild(
     -------
     RebuildResult
 
+    Raises
+    ------
+    LockedError
+        Another append or rebuild of ``root`` is at work (``ROOT/LOCK``, see
+        :mod:`cmapdask.io.lock`).
+
     Notes
     -----
     Reads the new signatures' blocks against every block of the collection once
