@@ -29,7 +29,16 @@ from collections.abc import Iterator
 
 from cmapdask import config
 from cmapdask.errors import LockedError
-from cmapdask.io.atomic import _HOST, is_local, join, owner_alive, owner_token, url_to_fs
+from cmapdask.io.atomic import (
+    _HOST,
+    _tmp_name,
+    is_local,
+    join,
+    owner_alive,
+    owner_token,
+    remove_leftovers,
+    url_to_fs,
+)
 
 __all__ = ["collection_lock", "LOCK_NAME"]
 
@@ -65,7 +74,8 @@ class _Lock:
         """Create the lock if absent, atomically; False if it exists."""
         if self.local:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            tmp = f"{self.path}.{self.token}"
+            remove_leftovers(os.path.dirname(self.path), depth=1, name=LOCK_NAME)
+            tmp = _tmp_name(self.path)  # .LOCK.tmp-<owner>: a dead one is removed above
             with open(tmp, "wb") as f:
                 f.write(self.body)
             try:
