@@ -14,6 +14,7 @@ __all__ = [
     "GeneSetFormatError",
     "MetadataError",
     "StoreError",
+    "LockedError",
     "QueryError",
     "InputError",
     "NonFiniteWarning",
@@ -46,6 +47,10 @@ class MetadataError(CmapdaskError):
 
 class StoreError(CmapdaskError):
     """A Zarr signature store is missing, incomplete, or lacks a member that was asked for."""
+
+
+class LockedError(StoreError):
+    """Another live writer holds a collection's lock (``append``, ``rebuild``)."""
 
 
 class QueryError(CmapdaskError):

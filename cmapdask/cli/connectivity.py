@@ -79,6 +79,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, metavar="DIR", help="result folder")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR if it is a result folder cmapdask wrote (never other files)",
+    )
+    p.add_argument(
         "--metric",
         choices=["wtcs", "cs"],
         default="wtcs",
@@ -106,6 +111,11 @@ def register(subparsers) -> None:
     )
     _common(p)
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR if it is a result folder cmapdask wrote (never other files)",
+    )
     p.add_argument(
         "--where",
         default="all",
@@ -153,8 +163,10 @@ def run_query(args) -> int:
     from cmapdask.connectivity.query import query
     from cmapdask.connectivity.results import summarize, write_result
     from cmapdask.errors import InputError
+    from cmapdask.io.atomic import check_destination
     from cmapdask.io.gmt import read_gene_sets
 
+    check_destination(args.out, overwrite=args.overwrite)  # refused before any work
     up, down = args.up, args.down
     if args.genes_up or args.genes_down:
         if up or down:
@@ -186,7 +198,7 @@ def run_query(args) -> int:
             if "pert_id" in res.coords
             else None
         )
-        write_result(res, args.out, summaries=summ)
+        write_result(res, args.out, summaries=summ, overwrite=args.overwrite)
     for row in res.attrs["cmapdask"]["genes"]:
         say(
             args,
@@ -202,9 +214,10 @@ def run_introspect(args) -> int:
 
     from cmapdask.connectivity.introspect import introspect
     from cmapdask.connectivity.results import _as_gctx
-    from cmapdask.io.atomic import publish_dir
+    from cmapdask.io.atomic import check_destination, publish_dir
     from cmapdask.io.gctx import write_gctx
 
+    check_destination(args.out, overwrite=args.overwrite)  # refused before any work
     res = introspect(
         args.store,
         where=args.where,
@@ -213,7 +226,7 @@ def run_introspect(args) -> int:
         storage_options=args.storage_options,
     )
     with dask_client(args) as client, progress(args, client):
-        with publish_dir(args.out, overwrite=True) as tmp:
+        with publish_dir(args.out, overwrite=args.overwrite, mark="introspect result") as tmp:
             for v in ("cs", "ncs", "ps"):
                 m = res[v].rename(sig="query").rename(sig_ref="sig")
                 write_gctx(_as_gctx(m, "sig"), os.path.join(tmp, f"{v}.gctx"))

@@ -23,7 +23,11 @@ def _common(p) -> None:
         default=None,
         help="signatures per task (default: the input's chunk size)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DEST if it is a store cmapdask wrote (never another folder or a file)",
+    )
     p.add_argument(
         "--storage-options",
         type=json.loads,

@@ -44,6 +44,11 @@ def register(subparsers) -> None:
         help="write to this Zarr URL instead of a member of STORE",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it is a Zarr result cmapdask wrote (never other files)",
+    )
+    p.add_argument(
         "--member", default=None, help="member name (default similarity/<metric>_<space>)"
     )
     mode = p.add_mutually_exclusive_group()
@@ -117,6 +122,10 @@ def run_similarity(args) -> int:
         raise InputError("--gctx needs --full")
     if args.pert and (args.ref or args.query_ids):
         raise InputError("--pert works on one store; drop --ref/--query-ids")
+    if args.out:
+        from cmapdask.io.atomic import check_destination
+
+        check_destination(args.out, storage_options=args.storage_options, overwrite=args.overwrite)
     t0 = time.perf_counter()
     ds, ref, block = _inputs(args)
     if args.full:
@@ -137,6 +146,7 @@ def run_similarity(args) -> int:
             gctx=args.gctx,
             storage_options=args.storage_options,
             progress=not args.quiet,
+            overwrite=args.overwrite,
         )
     say(
         args,

@@ -35,7 +35,11 @@ def register(sub) -> None:
         default=None,
         help="signatures per chunk (default ~32 MiB)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DEST if it is a store cmapdask wrote (never another folder or a file)",
+    )
     p.add_argument("--no-checksum", action="store_true", help="skip the source SHA-256")
     p.add_argument(
         "--storage-options",

@@ -26,7 +26,7 @@ import xarray as xr
 from cmapdask.connectivity.query import _field, background_name
 from cmapdask.connectivity.summaries import LEVELS, SummaryPlan
 from cmapdask.connectivity.tau import tau_binned
-from cmapdask.io.atomic import publish_dir
+from cmapdask.io.atomic import check_destination, publish_dir
 from cmapdask.io.gctx import write_gctx
 from cmapdask.io.store import has_member, open_member
 
@@ -159,7 +159,12 @@ def ranked_table(result: xr.Dataset, summaries: xr.Dataset | None, query: str) -
 
 
 def write_result(
-    result: xr.Dataset, out_dir, *, summaries: xr.Dataset | None = None, progress: bool = False
+    result: xr.Dataset,
+    out_dir,
+    *,
+    summaries: xr.Dataset | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
 ) -> str:
     """Write a query result as CLUE's result folder (published atomically).
 
@@ -168,9 +173,12 @@ def write_result(
     result : xarray.Dataset
         From :func:`cmapdask.connectivity.query.query`.
     out_dir : str
-        Destination folder (replaced if it exists).
+        Destination folder: absent or empty (see ``overwrite``).
     summaries : xarray.Dataset, optional
         From :func:`summarize`; adds the ``{ns,ps}_<level>.gctx`` matrices.
+    overwrite : bool
+        Replace an existing result folder (only one cmapdask wrote: it holds the
+        ``.cmapdask`` marker; see :mod:`cmapdask.io.atomic`).
 
     Notes
     -----
@@ -182,11 +190,12 @@ def write_result(
         for v in ("cs", "cs_up", "cs_dn", "leadf_up", "leadf_dn", "ncs", "ps", "fdr_q_nlog10")
         if v in result
     ]
+    check_destination(str(out_dir), overwrite=overwrite)  # before the work, not after
     (persisted,) = dask.persist(result[names])
     result = result.assign({k: persisted[k] for k in names})
     if summaries is not None:
         (summaries,) = dask.persist(summaries)
-    with publish_dir(str(out_dir), overwrite=True) as tmp:
+    with publish_dir(str(out_dir), overwrite=overwrite, mark="query result") as tmp:
         q_dir = os.path.join(tmp, "matrices", "query")
         g_dir = os.path.join(tmp, "matrices", "gutc")
         os.makedirs(q_dir)

@@ -1,27 +1,64 @@
-"""Write elsewhere, then publish: no reader ever sees half an output.
+"""Write elsewhere, then publish: no reader ever sees half an output, and nothing that
+is not ours is ever replaced.
 
 Local paths are written beside the destination and renamed into place (a rename is atomic
 on POSIX). Object stores have no rename: a single file is uploaded in one PUT (atomic per
 object), and a directory tree is written under a temporary prefix, copied server-side to
 its destination, and only then marked complete by the caller (see ``cmapdask.io.store``,
 whose readers refuse a store without that mark).
+
+Ownership rules (one place for every command):
+
+- **Temporaries** are named ``.NAME.tmp-<owner>`` beside the destination ``NAME``, where
+  ``<owner>`` is ``host.pid.start.random`` (the writing process and its start time). A
+  later publish of the same destination removes the temporaries whose owner is dead (same
+  host, no such process) or, from another host, older than the dask config
+  ``cmapdask.atomic.foreign_leftover_hours``; a live writer's are left alone.
+- **Ours**: a Zarr group whose ``zarr.json`` has ``cmapdask`` attributes (a store, a
+  member, a similarity result), a folder holding the marker file ``.cmapdask`` (result
+  folders; :func:`publish_dir` with ``mark=``), or an object-store tree holding
+  ``.cmapdask-writing`` (a publish in progress, naming its owner).
+- **Destinations**: absent or an empty folder -- written. A plain file -- always refused.
+  A non-empty folder -- refused unless ``overwrite``, and then replaced only if it is ours.
+  Ours but unfinished (complete flag false, or a dead writer's ``.cmapdask-writing``) --
+  replaced without ``overwrite``: nobody can read it, and a rerun must not be blocked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
+import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from cmapdask import config
 from cmapdask.errors import StoreError
 
-__all__ = ["url_to_fs", "is_local", "publish_file", "publish_dir", "join", "remove_leftovers"]
+__all__ = [
+    "url_to_fs",
+    "is_local",
+    "publish_file",
+    "publish_dir",
+    "join",
+    "remove_leftovers",
+    "check_destination",
+    "owner_token",
+    "owner_alive",
+    "MARKER",
+]
+
+MARKER = ".cmapdask"  # marker file of a result folder we published
+WRITING = ".cmapdask-writing"  # object stores: a publish in progress (its owner inside)
 
 
 def url_to_fs(url: str, storage_options: dict | None = None):
@@ -37,25 +74,156 @@ def join(url: str, *parts: str) -> str:
     return "/".join([str(url).rstrip("/"), *[p.strip("/") for p in parts]])
 
 
+# ------------------------------------------------------------------------------ owners
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+_TOKEN_RE = re.compile(r"^(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.(?P<start>\d+)\.[0-9a-f]+$")
+
+
+def _start_time(pid: int) -> int | None:
+    """Start time of process ``pid`` (whole seconds since the epoch), None if none runs."""
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ValueError):
+        return None
+
+
+def owner_token() -> str:
+    """``host.pid.start.random``: names this process (and this call) as an owner."""
+    pid = os.getpid()
+    return f"{_HOST}.{pid}.{_start_time(pid) or 0}.{uuid.uuid4().hex[:8]}"
+
+
+def owner_alive(token: str, *, foreign_seconds: float | None = None) -> bool:
+    """Whether the owner named by ``token`` may still be at work.
+
+    Same host: its process exists and started when the token says (a reused pid is
+    another process). Another host: cannot be asked, so alive until its start is more
+    than ``foreign_seconds`` ago (default ``cmapdask.atomic.foreign_leftover_hours``).
+    A token without owner (older cmapdask) counts as dead.
+    """
+    m = _TOKEN_RE.match(token)
+    if not m:
+        return False
+    start = int(m["start"])
+    if m["host"] == _HOST:
+        now = _start_time(int(m["pid"]))
+        return now is not None and abs(now - start) <= 1
+    if foreign_seconds is None:
+        foreign_seconds = float(config.get("atomic.foreign_leftover_hours", 24)) * 3600
+    return time.time() - start < foreign_seconds
+
+
 def _tmp_name(path: str) -> str:
     head, _, tail = path.rstrip("/").rpartition("/")
-    name = f".{tail}.tmp-{uuid.uuid4().hex[:12]}"
+    name = f".{tail}.tmp-{owner_token()}"
     return f"{head}/{name}" if head else name
 
 
-def remove_leftovers(url, *, storage_options: dict | None = None, depth: int = 2) -> list[str]:
-    """Delete the temporaries of publishes that were killed (``.NAME.tmp-*``) in ``url``
-    and its folders down to ``depth`` levels; returns what was removed.
+def _tmp_owner(name: str) -> str:
+    token = name.rstrip("/").rpartition("/")[2].partition(".tmp-")[2]
+    return token.removesuffix(".old")
 
-    Only for a destination that no one else is writing to: a run resuming its own work.
+
+def _remove(fs, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=True)
+
+
+def remove_leftovers(
+    url, *, storage_options: dict | None = None, depth: int = 2, name: str | None = None
+) -> list[str]:
+    """Delete the temporaries (``.NAME.tmp-*``) of dead publishes in ``url`` and its
+    folders down to ``depth`` levels (only those of ``name`` with ``name``, depth 1);
+    returns what was removed. A live owner's temporaries are left alone.
     """
     fs, path = url_to_fs(url, storage_options)
     removed = []
+    pattern = f".{name}.tmp-*" if name else ".*.tmp-*"
     for level in range(depth):
-        for p in fs.glob(join(path, *["*"] * level, ".*.tmp-*")):
-            fs.rm(p, recursive=True)
-            removed.append(p)
+        try:
+            found = fs.glob(join(path, *["*"] * level, pattern))
+        except FileNotFoundError:
+            found = []
+        for p in found:
+            if not owner_alive(_tmp_owner(p)):
+                _remove(fs, p)
+                removed.append(p)
+    if removed and not is_local(fs):
+        fs.invalidate_cache()
     return removed
+
+
+# ------------------------------------------------------------------------------ destinations
+
+
+def _read_json(fs, path: str) -> dict | None:
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read().decode())
+    except (FileNotFoundError, ValueError, UnicodeDecodeError, IsADirectoryError):
+        return None
+
+
+def _state(fs, path: str) -> str:
+    """What is at ``path``: "absent", "file", "empty", "unfinished", "ours", "foreign"."""
+    if not fs.exists(path):
+        return "absent"
+    if not fs.isdir(path):
+        return "file"
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return "absent"
+    if not entries:
+        return "empty"
+    names = {e.rstrip("/").rpartition("/")[2] for e in entries}
+    if WRITING in names:
+        w = _read_json(fs, join(path, WRITING)) or {}
+        return "busy" if owner_alive(str(w.get("owner", ""))) else "unfinished"
+    if "zarr.json" in names:
+        meta = _read_json(fs, join(path, "zarr.json")) or {}
+        prov = (meta.get("attributes") or {}).get("cmapdask")
+        if isinstance(prov, dict):
+            return "unfinished" if prov.get("complete") is False else "ours"
+    if MARKER in names:
+        return "ours"
+    return "foreign"
+
+
+def check_destination(dest, *, storage_options: dict | None = None, overwrite: bool = False):
+    """Refuse a destination folder we may not replace (:class:`StoreError`, one line);
+    returns its state. See the module's ownership rules."""
+    fs, path = url_to_fs(dest, storage_options)
+    state = _state(fs, path.rstrip("/"))
+    if state == "file":
+        raise StoreError(f"{dest}: is a file, not a folder; refusing to replace it")
+    if state == "busy":
+        raise StoreError(f"{dest}: another cmapdask process is writing it; try again later")
+    if state in ("ours", "foreign") and not overwrite:
+        raise StoreError(
+            f"{dest}: already exists and is not empty (choose another destination, "
+            "or --overwrite to replace what cmapdask wrote there)"
+        )
+    if state == "foreign":
+        raise StoreError(
+            f"{dest}: was not written by cmapdask (no store, member or result marker); "
+            "refusing to replace it even with --overwrite"
+        )
+    return state
+
+
+def _mark(tmp_url: str, mark: str, storage_options) -> None:
+    fs, p = url_to_fs(tmp_url, storage_options)
+    body = {
+        "written_by": "cmapdask",
+        "kind": mark,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    fs.makedirs(p, exist_ok=True)
+    fs.pipe_file(join(p, MARKER), json.dumps(body).encode())
 
 
 @contextlib.contextmanager
@@ -66,6 +234,7 @@ def publish_file(dest, *, storage_options: dict | None = None) -> Iterator[str]:
         _check_local_parent(dest, path)
         parent = os.path.dirname(os.path.abspath(path)) or "."
         os.makedirs(parent, exist_ok=True)
+        remove_leftovers(parent, depth=1, name=os.path.basename(path))
         tmp = _tmp_name(os.path.abspath(path))
         try:
             yield tmp
@@ -125,12 +294,31 @@ def check_bucket(fs, dest, path: str) -> None:
 
 @contextlib.contextmanager
 def publish_dir(
-    dest, *, storage_options: dict | None = None, overwrite: bool = False
+    dest,
+    *,
+    storage_options: dict | None = None,
+    overwrite: bool = False,
+    mark: str | None = None,
 ) -> Iterator[str]:
     """Yield a temporary URL beside ``dest`` to write a directory tree into.
 
     On success the tree becomes ``dest`` (renamed locally, copied server-side remotely);
     on failure the temporary tree is removed and ``dest`` is untouched.
+
+    Parameters
+    ----------
+    overwrite
+        Replace an existing non-empty ``dest`` -- only one cmapdask wrote (see the
+        module's ownership rules; a plain file or a foreign folder is always refused).
+    mark
+        Write the marker file ``.cmapdask`` (``{"kind": mark, ...}``) into the tree, so a
+        later ``overwrite`` knows the folder is ours (result folders; stores and members
+        are known by their ``cmapdask`` attributes).
+
+    Notes
+    -----
+    Temporaries of dead earlier publishes of the same ``dest`` are removed first (one
+    listing of the parent).
     """
     fs, path = url_to_fs(dest, storage_options)
     path = path.rstrip("/")
@@ -138,13 +326,23 @@ def publish_dir(
         _check_local_parent(dest, path)
     else:
         check_bucket(fs, dest, path)
-    if fs.exists(path) and not overwrite:
-        raise StoreError(f"{dest}: already exists (choose another destination or remove it)")
+    head, _, tail = path.rpartition("/")
+    remove_leftovers(
+        fs.unstrip_protocol(head) if not is_local(fs) else (head or "."),
+        storage_options=storage_options,
+        depth=1,
+        name=tail,
+    )
+    check_destination(dest, storage_options=storage_options, overwrite=overwrite)
     tmp = _tmp_name(path)
     local = is_local(fs)
     tmp_url = tmp if local else fs.unstrip_protocol(tmp)
     try:
         yield tmp_url
+        if mark:
+            _mark(tmp_url, mark, storage_options)
+        # checked again: another process may have published meanwhile
+        check_destination(dest, storage_options=storage_options, overwrite=overwrite)
         if local:
             if os.path.exists(path):
                 trash = _tmp_name(path) + ".old"
@@ -155,10 +353,23 @@ def publish_dir(
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
                 os.replace(tmp, path)
         else:
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-            fs.copy(tmp, path, recursive=True)
-            fs.invalidate_cache()
+            _copy_remote(fs, tmp, path)
     finally:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
+
+
+def _copy_remote(fs, tmp: str, path: str) -> None:
+    """Object stores: the finished tree at ``tmp`` becomes ``path``. A ``.cmapdask-writing``
+    object naming this process is put first and removed last, so a run killed midway
+    leaves a destination that a rerun recognises as an unfinished one of a dead owner."""
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    writing = join(path, WRITING)
+    fs.pipe_file(writing, json.dumps({"owner": owner_token()}).encode())
+    files = [f for f in fs.find(tmp) if f.rpartition("/")[2] != WRITING]
+    targets = [join(path, f[len(tmp) + 1 :]) for f in files]
+    if files:
+        fs.copy(files, targets)
+    fs.rm(writing)
+    fs.invalidate_cache()

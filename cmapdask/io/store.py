@@ -35,7 +35,7 @@ from zarr.codecs import BloscCodec
 
 from cmapdask import __version__, config
 from cmapdask.errors import InputError, NonFiniteWarning, StoreError
-from cmapdask.io.atomic import is_local, join, publish_dir, url_to_fs
+from cmapdask.io.atomic import check_destination, is_local, join, publish_dir, url_to_fs
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -238,6 +238,9 @@ def _store_block(block, url, storage_options, block_info=None):
         arr[start:stop, :] = values
     bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
     first = start + int(bad[0]) if bad.size else -1
+    from cmapdask.rebuild.faults import checkpoint
+
+    checkpoint("write")  # fault injection for the kill tests (a no-op unless asked)
     return np.array([[stop - start, bad.size, first]], dtype=np.int64)
 
 
@@ -631,8 +634,9 @@ def convert(
     src
         ``.gctx`` (HDF5, sniffed) or ``.gct`` text file, local or fsspec URL.
     dest
-        Store URL: local path, ``memory://...``, ``s3://...``. Must not exist unless
-        ``overwrite``.
+        Store URL: local path, ``memory://...``, ``s3://...``. Absent or an empty folder;
+        with ``overwrite`` a store cmapdask wrote is replaced (never another folder or a
+        file; see :mod:`cmapdask.io.atomic`).
     sig_info, gene_info, compound_info
         Optional release tables (TSV or Parquet): ``siginfo`` (one row per signature,
         id column ``sig_id``), ``geneinfo`` (``gene_id``), ``compoundinfo`` (``pert_id``,
@@ -664,6 +668,7 @@ def convert(
     """
     if chunk_rows is not None and (isinstance(chunk_rows, bool) or int(chunk_rows) < 1):
         raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    check_destination(dest, storage_options=storage_options, overwrite=overwrite)
     src_name = os.path.basename(str(src).rstrip("/"))
     fs, p = url_to_fs(src, src_storage_options)
     if not fs.exists(p):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -26,7 +27,9 @@ import zarr
 from cmapdask import __version__
 from cmapdask.errors import InputError, MetadataError
 from cmapdask.io.atomic import is_local, url_to_fs
+from cmapdask.io.lock import collection_lock
 from cmapdask.io.store import quiet_zarr, zarr_options
+from cmapdask.rebuild.faults import checkpoint
 from cmapdask.rebuild.versions import (
     list_versions,
     next_version_id,
@@ -101,6 +104,9 @@ def append(
         Signature ids already in the collection or repeated, genes that differ from the
         collection's, or a metadata field that is numeric on one side and text on the
         other.
+    LockedError
+        Another append or rebuild of ``root`` is at work (``ROOT/LOCK``, see
+        :mod:`cmapdask.io.lock`).
 
     Notes
     -----
@@ -109,6 +115,22 @@ def append(
     partial one) and the signature metadata (O(n_sig) strings, held by the client). Time
     is proportional to the new signatures, plus one link/copy per existing chunk object.
     """
+    with collection_lock(root, storage_options=storage_options, command="append"):
+        return _append(
+            root,
+            new,
+            sig_info=sig_info,
+            gene_info=gene_info,
+            storage_options=storage_options,
+            src_storage_options=src_storage_options,
+            chunk_rows=chunk_rows,
+            progress=progress,
+        )
+
+
+def _append(
+    root, new, *, sig_info, gene_info, storage_options, src_storage_options, chunk_rows, progress
+) -> str:
     from cmapdask.io.gctx import read_gctx
     from cmapdask.io.store import convert
 
@@ -316,7 +338,9 @@ def _share_base(src: str, dest: str, skip: set[str], partial_chunk: str | None, 
     for f in files:
         rel = f[len(sp) + 1 :]
         target = f"{dp}/{rel}"
-        if local:
+        if rel == "zarr.json":  # incomplete until the caller has finished the version
+            _copy_incomplete(fs, f, target)
+        elif local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if rel.startswith("expr/c/") and rel != partial_chunk:
                 os.link(f, target)  # immutable chunk: share it
@@ -326,6 +350,17 @@ def _share_base(src: str, dest: str, skip: set[str], partial_chunk: str | None, 
             fs.copy(f, target)
     if not local:
         fs.invalidate_cache()
+
+
+def _copy_incomplete(fs, src: str, dest: str) -> None:
+    """Copy a group's ``zarr.json`` with ``attributes.cmapdask.complete`` false: a version
+    killed while being made never reads as complete when opened directly."""
+    with fs.open(src, "rb") as f:
+        meta = json.loads(f.read().decode())
+    attrs = meta.setdefault("attributes", {})
+    attrs["cmapdask"] = {**dict(attrs.get("cmapdask") or {}), "complete": False}
+    fs.makedirs(os.path.dirname(dest), exist_ok=True)
+    fs.pipe_file(dest, json.dumps(meta, indent=2).encode())
 
 
 def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
@@ -342,6 +377,7 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
         sep = "/"
     partial = f"expr/c{sep}{n_old // rows}{sep}0" if n_old % rows else None
     _share_base(src, dest, sig_arrays, partial, storage_options)
+    checkpoint("append")  # fault injection for the tests (a no-op unless asked)
     opts = zarr_options(dest, storage_options)
     with quiet_zarr():
         root = zarr.open_group(dest, mode="r+", storage_options=opts)
@@ -366,6 +402,7 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
                 _, bad = dask.compute(job, bad)
         else:
             _, bad = dask.compute(job, bad)
+    checkpoint("append")
     coords = {}
     for k, v in fields.items():
         if v.dtype.kind == "O":

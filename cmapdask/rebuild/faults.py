@@ -2,8 +2,11 @@
 
 ``CMAPDASK_FAULT_KILL="block:3"`` kills the process (the CLI, or the worker that ran the
 task) right after its third completed similarity block; ``"stage:2"`` after the second
-completed pipeline stage. With ``CMAPDASK_FAULT_ONCE=PATH`` only the first process to get
-there dies (the file records that it happened), so a restarted worker carries on. Unset
+completed pipeline stage; ``"append:1"`` in an append after the previous version's
+files are shared, ``"append:2"`` after the new rows are written; ``"write:N"`` after
+the N-th ``expr`` chunk a store write (convert) wrote. With ``CMAPDASK_FAULT_ONCE=PATH``
+only the first process to get there dies (the file records that it happened), so a
+restarted worker carries on. Unset
 (the default), :func:`checkpoint` does nothing.
 """
 

@@ -31,6 +31,7 @@ import dask
 from cmapdask import __version__
 from cmapdask.errors import InputError, StoreError
 from cmapdask.io.atomic import join, remove_leftovers, url_to_fs
+from cmapdask.io.lock import collection_lock
 from cmapdask.io.store import has_member, list_members, open_member, open_store
 from cmapdask.rebuild.faults import checkpoint
 from cmapdask.rebuild.incremental import topk_full, topk_incremental, write_topk_member
@@ -151,6 +152,12 @@ def rebuild(
     -------
     RebuildResult
 
+    Raises
+    ------
+    LockedError
+        Another append or rebuild of ``root`` is at work (``ROOT/LOCK``, see
+        :mod:`cmapdask.io.lock`).
+
     Notes
     -----
     Reads the new signatures' blocks against every block of the collection once
@@ -163,6 +170,22 @@ def rebuild(
         raise InputError(f"k must be a positive integer, got {k!r}")
     if block_size is not None and (isinstance(block_size, bool) or int(block_size) < 1):
         raise InputError(f"block_size must be a positive integer, got {block_size!r}")
+    with collection_lock(root, storage_options=storage_options, command="rebuild"):
+        return _rebuild(
+            root,
+            full=full,
+            metric=metric,
+            k=k,
+            space=space,
+            block_size=block_size,
+            storage_options=storage_options,
+            progress=progress,
+        )
+
+
+def _rebuild(
+    root, *, full, metric, k, space, block_size, storage_options, progress
+) -> RebuildResult:
     timer = _Timer()
     t0 = time.perf_counter()
     plan = plan_rebuild(root, full=full, storage_options=storage_options)

@@ -43,6 +43,7 @@ def write_similarity(
     gctx: str | None = None,
     storage_options: dict | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> str:
     """Compute and write a similarity result; returns where it went.
 
@@ -57,8 +58,9 @@ def write_similarity(
         atomically with provenance; ``expr`` is never rewritten. Queries-vs-reference
         results get ``..._query``.
     out
-        Instead of a member, a stand-alone Zarr URL (published atomically; replaced if it
-        exists).
+        Instead of a member, a stand-alone Zarr URL (published atomically): absent or
+        empty, or with ``overwrite`` a Zarr group cmapdask wrote (never another folder
+        or a file; see :mod:`cmapdask.io.atomic`).
     gctx
         Full matrices only: also write a GCTx file (rows ``sig_ref``, columns ``sig``).
     storage_options
@@ -73,6 +75,10 @@ def write_similarity(
         raise InputError("write_similarity: give exactly one of store= or out=")
     ds = _as_dataset(result)
     prov = dict(ds.attrs.get("cmapdask", {}))
+    if out is not None:
+        from cmapdask.io.atomic import check_destination
+
+        check_destination(out, storage_options=storage_options, overwrite=overwrite)
     if gctx is not None:
         if "similarity" not in ds or ds["similarity"].dims != ("sig", "sig_ref"):
             raise InputError(f"{gctx}: only a full similarity matrix can be written as GCTx")
@@ -94,7 +100,12 @@ def write_similarity(
     from cmapdask.io.atomic import publish_dir
     from cmapdask.io.store import quiet_zarr
 
-    with publish_dir(out, storage_options=storage_options, overwrite=True) as tmp, quiet_zarr():
+    ds = ds.copy()
+    ds.attrs = {**ds.attrs, "cmapdask": {**prov, "package": "cmapdask"}}  # marks it as ours
+    with (
+        publish_dir(out, storage_options=storage_options, overwrite=overwrite) as tmp,
+        quiet_zarr(),
+    ):
         ds.to_zarr(
             tmp,
             mode="w",
