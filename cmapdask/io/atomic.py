@@ -197,6 +197,8 @@ def check_destination(dest, *, storage_options: dict | None = None, overwrite: b
     """Refuse a destination folder we may not replace (:class:`StoreError`, one line);
     returns its state. See the module's ownership rules."""
     fs, path = url_to_fs(dest, storage_options)
+    if not is_local(fs):  # an unreachable store is one line naming it, before any listing
+        check_bucket(fs, dest, path.rstrip("/"))
     state = _state(fs, path.rstrip("/"))
     if state == "file":
         raise StoreError(f"{dest}: is a file, not a folder; refusing to replace it")
