@@ -53,3 +53,7 @@ class QueryError(CmapdaskError):
 
 class InputError(CmapdaskError):
     """Any other invalid argument or data (NaN where not allowed, k too large, ...)."""
+
+
+class TransferError(CmapdaskError, ConnectionError):
+    """A download or upload that failed after its retries (the network, the server)."""

@@ -590,6 +590,9 @@ def convert(
     gene_info=None,
     compound_info=None,
     *,
+    cell_info=None,
+    inst_info=None,
+    genetic_info=None,
     storage_options: dict | None = None,
     src_storage_options: dict | None = None,
     extra_ids: Literal["error", "ignore"] = "error",
@@ -612,6 +615,10 @@ def convert(
         id column ``sig_id``), ``geneinfo`` (``gene_id``), ``compoundinfo`` (``pert_id``,
         joined through the signatures' ``pert_id``; several rows of a compound fold into
         ``|``-separated values). Table fields override same-named fields of the file.
+    cell_info, inst_info, genetic_info
+        Optional release tables kept beside the others (``cellinfo``, ``instinfo``,
+        ``geneticinfo``), not joined. Every table given is kept in the store as Parquet
+        (the ``tables`` member) for :mod:`cmapdask.data` and :func:`cmapdask.sql`.
     extra_ids
         ``"error"``: a table row whose id is not in the matrix is an error;
         ``"ignore"``: such rows are skipped (release-wide tables with a subset matrix).
@@ -652,7 +659,7 @@ def convert(
         )
         hasher.start()
     try:
-        return _convert(
+        dest = _convert(
             src,
             dest,
             src_name,
@@ -671,6 +678,38 @@ def convert(
         )
     finally:
         stop.set()  # a failed conversion does not leave a hash reading on
+    given = {
+        "siginfo": sig_info,
+        "geneinfo": gene_info,
+        "compoundinfo": compound_info,
+        "cellinfo": cell_info,
+        "instinfo": inst_info,
+        "geneticinfo": genetic_info,
+    }
+    if any(v is not None for v in given.values()):
+        _keep_tables(dest, given, storage_options)
+    return dest
+
+
+def _keep_tables(dest, given: dict, storage_options) -> None:
+    """The release's tables as the store's ``tables`` member (siginfo and geneinfo
+    restricted to the store's signatures and genes, in store order)."""
+    from cmapdask.data.tables import write_tables
+    from cmapdask.io.tables import ID_COLUMNS, read_table
+
+    ds = open_store(dest, storage_options=storage_options)
+    tables = {}
+    for name, path in given.items():
+        if path is None:
+            continue
+        df = read_table(path)
+        kind = {"siginfo": "sig", "geneinfo": "gene"}.get(name)
+        if kind:
+            col = next(c for c in ID_COLUMNS[kind] if c in df.columns)
+            df = df.assign(**{col: df[col].astype(str)}).drop_duplicates(col).set_index(col)
+            df = df.reindex(ds[kind].values.astype(str)).rename_axis(f"{kind}_id").reset_index()
+        tables[name] = df
+    write_tables(dest, tables, storage_options=storage_options)
 
 
 def _convert(
