@@ -161,7 +161,8 @@ def _say(quiet: bool, msg: str) -> None:
 def _fetch(fs, url: str, dest: str, *, expected: int | None, retries: int, quiet: bool) -> None:
     """Copy ``url`` to ``dest`` through ``dest.part``, resuming after a cut connection."""
     part = dest + ".part"
-    block = 8 * 2**20
+    # what a cut connection can lose: the block in flight (the rest is on disk)
+    block = max(4096, int(float(dask.config.get("cmapdask.download.block_mb", 8)) * 2**20))
     attempt = 0
     bar = None
     if not quiet and sys.stderr.isatty():
