@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cmapdask.data.tables import read_tables, to_frame
+from cmapdask.data.tables import column_cache, frame, read_tables
 from cmapdask.errors import InputError, MetadataError
 
 __all__ = ["sigs", "compounds", "genes", "cells", "genetic_perts", "moas", "targets", "matrix"]
@@ -144,20 +144,32 @@ def _multi(cell) -> list[str]:
     return [] if cell is None else [p.strip() for p in str(cell).split("|")]
 
 
+def _factorized(df: pd.DataFrame, name: str) -> tuple[np.ndarray, list[str]]:
+    """Codes and canonical spellings of a column's distinct values, computed once per
+    cached table: a filter is then a lookup over the few distinct values and one numpy
+    take over the rows."""
+    cache = column_cache(df)
+    if name not in cache:
+        codes, uniques = pd.factorize(df[name], use_na_sentinel=True)
+        cache[name] = (codes, [_canon(u) for u in uniques])
+    return cache[name]
+
+
 def _filter(df: pd.DataFrame, table: str, filters: dict, where: str | None) -> np.ndarray:
     keep = np.ones(len(df), dtype=bool)
     for key, value in filters.items():
         wanted = _values(value)
         if wanted is None:
             continue
-        col = df[_column(df, key, table)]
+        name = _column(df, key, table)
+        codes, canon = _factorized(df, name)
         if key in ("moa", "target"):
             want = set(wanted)
-            keep &= np.fromiter((bool(want & set(_multi(v))) for v in col), bool, len(col))
+            hit = np.array([bool(want & set(_multi(u))) for u in canon] + [False])
         else:
             want = {_canon(w) for w in wanted}
-            canon = col.map(_canon) if col.dtype.kind not in "biuf" else col.map(_canon)
-            keep &= canon.isin(want).to_numpy()
+            hit = np.array([u in want for u in canon] + [False])
+        keep &= hit[codes]  # code -1 (missing) takes the trailing False
     if where is not None:
         from cmapdask.where import parse
 
@@ -183,7 +195,7 @@ def _table(store, name: str, storage_options) -> pd.DataFrame:
     tables = read_tables(store, storage_options=storage_options)
     if name not in tables:
         raise MetadataError(f"{store}: no {name} table (convert with the release's {name})")
-    return to_frame(tables[name])
+    return frame(tables[name])
 
 
 def sigs(
@@ -353,9 +365,9 @@ def genetic_perts(
     the store's genetic signatures' perturbagens (``cmap_name`` is the gene symbol)."""
     tables = read_tables(store, storage_options=storage_options)
     if "geneticinfo" in tables:
-        df, table = to_frame(tables["geneticinfo"]), "geneticinfo"
+        df, table = frame(tables["geneticinfo"]), "geneticinfo"
     else:
-        sig = to_frame(tables["siginfo"])
+        sig = frame(tables["siginfo"])
         if "pert_type" not in sig:
             raise MetadataError(f"{store}: no pert_type field to find genetic perturbagens")
         sig = sig[sig["pert_type"].astype(str).isin(_GENETIC_TYPES)]

@@ -51,20 +51,35 @@ def sql(store, query: str, *, storage_options: dict | None = None) -> pd.DataFra
     if head not in ("select", "with", "from", "values", "table"):
         raise InputError(f"only SELECT queries are answered, not {head.upper()!r}")
     tables = read_tables(store, storage_options=storage_options)
-    con = duckdb.connect(":memory:")
+    cur = _connection(tables).cursor()
     try:
+        if len(cur.extract_statements(text)) != 1:
+            raise InputError("SQL: give exactly one statement")
+        return cur.execute(text).fetch_df()
+    except duckdb.Error as e:
+        raise InputError(f"SQL: {str(e).strip().splitlines()[0]}") from None
+    finally:
+        cur.close()
+
+
+_CONNECTIONS: dict[int, tuple[dict, object]] = {}
+
+
+def _connection(tables: dict):
+    """One in-memory DuckDB connection per cached set of tables, registered once."""
+    import duckdb
+
+    with _LOCK:
+        hit = _CONNECTIONS.get(id(tables))
+        if hit is not None and hit[0] is tables:
+            return hit[1]
+        con = duckdb.connect(":memory:")
         for name, table in tables.items():
             con.register(name, table)
         # after registering: from here on the connection reads nothing but these tables
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
-        with _LOCK:
-            try:
-                if len(con.extract_statements(text)) != 1:
-                    raise InputError("SQL: give exactly one statement")
-                return con.execute(text).fetch_df()
-            except duckdb.Error as e:
-                first = str(e).strip().splitlines()[0]
-                raise InputError(f"SQL: {first}") from None
-    finally:
-        con.close()
+        _CONNECTIONS[id(tables)] = (tables, con)
+        while len(_CONNECTIONS) > 4:
+            _CONNECTIONS.pop(next(iter(_CONNECTIONS)))[1].close()
+        return con

@@ -86,7 +86,9 @@ def write_tables(store_url, tables: dict[str, pd.DataFrame], *, storage_options=
             complete=_is_local_url(dest, storage_options),
         )
     mark_complete_remote(dest, storage_options)
-    _CACHE.clear()
+    with _LOCK:
+        _CACHE.clear()
+        _FRAMES.clear()
     return dest
 
 
@@ -117,7 +119,7 @@ def read_tables(store_url, *, storage_options=None) -> dict[str, pa.Table]:
             _CACHE.move_to_end(key)
             return _CACHE[key]
     found = _read_member(store_url, storage_options)
-    derived = _derive(store_url, storage_options, have=set(found))
+    derived = _derive(store_url, storage_options, found)
     out = {**derived, **found}
     with _LOCK:
         _CACHE[key] = out
@@ -149,37 +151,80 @@ def _read_member(store_url, storage_options) -> dict[str, pa.Table]:
 _COMPOUND_FIELDS = ("cmap_name", "pert_iname", "moa", "target", "canonical_smiles", "inchi_key")
 
 
-def _derive(store_url, storage_options, *, have: set[str]) -> dict[str, pa.Table]:
-    from cmapdask.io.store import open_store
+def _coords(store_url, storage_options, dim: str) -> pd.DataFrame:
+    """The store's coordinates along ``dim`` read straight from Zarr (nothing else)."""
+    import zarr
 
-    need = {"siginfo", "geneinfo", "compoundinfo", "cellinfo"} - have
+    from cmapdask.io.store import quiet_zarr, zarr_options
+
+    cols = {}
+    with quiet_zarr():
+        g = zarr.open_group(
+            store_url, mode="r", storage_options=zarr_options(store_url, storage_options)
+        )
+        for name, arr in g.arrays():
+            if tuple(arr.metadata.dimension_names or ()) != (dim,):
+                continue
+            vals = np.asarray(arr[:])
+            if vals.dtype.kind in "OUST":
+                vals = np.array([None if v == "" else str(v) for v in vals.tolist()], object)
+            key = {"sig": "sig_id", "gene": "gene_id"}.get(name, name)
+            if dim == "gene" and key.startswith("gene_") and key != "gene_id":
+                key = key.removeprefix("gene_") if key[5:] not in cols else key
+            cols[key] = vals
+    first = {"sig": "sig_id", "gene": "gene_id"}[dim]
+    return pd.DataFrame({first: cols.pop(first), **cols})
+
+
+def _derive(store_url, storage_options, found: dict) -> dict[str, pa.Table]:
+    need = {"siginfo", "geneinfo", "compoundinfo", "cellinfo"} - set(found)
     if not need:
         return {}
-    ds = open_store(store_url, storage_options=storage_options)
-    sig = pd.DataFrame({"sig_id": ds["sig"].values})
-    for name, c in ds.coords.items():
-        if c.dims == ("sig",) and name != "sig":
-            sig[name] = c.values
-    gene = pd.DataFrame({"gene_id": ds["gene"].values})
-    for name, c in ds.coords.items():
-        if c.dims == ("gene",) and name != "gene":
-            gene[name.removeprefix("gene_") if name.startswith("gene_") else name] = c.values
     out = {}
-    if "siginfo" in need:  # moa and target come from compoundinfo in a release's layout
-        out["siginfo"] = _frame_to_arrow(
-            sig.drop(columns=[c for c in ("moa", "target") if c in sig])
-        )
     if "geneinfo" in need:
-        out["geneinfo"] = _frame_to_arrow(gene)
-    if "compoundinfo" in need and "pert_id" in sig:
-        cols = ["pert_id"] + [c for c in _COMPOUND_FIELDS if c in sig]
-        comp = sig[cols].drop_duplicates("pert_id").reset_index(drop=True)
-        out["compoundinfo"] = _frame_to_arrow(comp)
-    cell_col = next((c for c in ("cell_iname", "cell_id") if c in sig), None)
-    if "cellinfo" in need and cell_col:
-        cells = sig[cell_col].dropna().value_counts().rename_axis("cell_iname")
-        out["cellinfo"] = _frame_to_arrow(cells.rename("n_sigs").reset_index())
+        out["geneinfo"] = _frame_to_arrow(_coords(store_url, storage_options, "gene"))
+    if need & {"siginfo", "compoundinfo", "cellinfo"}:
+        if "siginfo" in found:
+            sig = found["siginfo"].to_pandas()
+        else:
+            sig = _coords(store_url, storage_options, "sig")
+            joined = [c for c in ("moa", "target") if c in sig]  # compoundinfo's, in a release
+            out["siginfo"] = _frame_to_arrow(sig.drop(columns=joined))
+        if "compoundinfo" in need and "pert_id" in sig:
+            cols = ["pert_id"] + [c for c in _COMPOUND_FIELDS if c in sig]
+            comp = sig[cols].drop_duplicates("pert_id").reset_index(drop=True)
+            out["compoundinfo"] = _frame_to_arrow(comp)
+        cell_col = next((c for c in ("cell_iname", "cell_id") if c in sig), None)
+        if "cellinfo" in need and cell_col:
+            cells = sig[cell_col].dropna().value_counts().rename_axis("cell_iname")
+            out["cellinfo"] = _frame_to_arrow(cells.rename("n_sigs").reset_index())
     return out
+
+
+_FRAMES: dict[int, tuple[pa.Table, pd.DataFrame, dict]] = {}
+
+
+def frame(table: pa.Table) -> pd.DataFrame:
+    """:func:`to_frame` of a cached table, converted once (treat it as read-only)."""
+    with _LOCK:
+        hit = _FRAMES.get(id(table))
+        if hit is not None and hit[0] is table:
+            return hit[1]
+    df = to_frame(table)
+    with _LOCK:
+        _FRAMES[id(table)] = (table, df, {})
+        while len(_FRAMES) > 24:
+            _FRAMES.pop(next(iter(_FRAMES)))
+    return df
+
+
+def column_cache(df: pd.DataFrame) -> dict:
+    """A scratch dict that lives as long as the cached frame ``df`` (empty for others)."""
+    with _LOCK:
+        for _, cached, scratch in _FRAMES.values():
+            if cached is df:
+                return scratch
+    return {}
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
