@@ -16,7 +16,7 @@
 2. MoA recall from the neighbour lists of M signatures (default 100,000): synthetic
    top-k / bottom-k lists (k = 100) generated in chunks (distinct signatures, never the
    signature itself), half of each top list from the signature's own MoA and ranked
-   first (so AUROC > 0.5), cmapdask.enrich.moa_recall overall and per cell line; prints
+   first (so AUROC > 0.5), cmapdask.enrich.moa_recall_approx overall and per cell line; prints
    wall time and peak memory.
 3. Graph clustering of the same lists' kNN graph (first 15 neighbours): Leiden
    (igraph/leidenalg) at the recall size, and networkx's Louvain where N <= 20,000;
@@ -47,7 +47,7 @@ from _measure import PeakRSS  # noqa: E402
 
 from cmapdask import synthetic as sy  # noqa: E402
 from cmapdask.clustering import kmeans_signatures  # noqa: E402
-from cmapdask.enrich import moa_recall  # noqa: E402
+from cmapdask.enrich import moa_recall_approx  # noqa: E402
 from cmapdask.io.store import open_store, write_store  # noqa: E402
 
 
@@ -203,10 +203,10 @@ def bench_recall(m: int, k: int = 100) -> None:
     before = _rss_gib()
     with dask.config.set(scheduler="threads"), PeakRSS() as mem:
         t0 = time.perf_counter()
-        res = moa_recall(nb, labels, cells=cells).compute()
+        res = moa_recall_approx(nb, labels, cells=cells).compute()
         t = time.perf_counter() - t0
     print(
-        f"moa_recall N={m} k={k} (top and bottom lists, {n_moas} MoAs): {t:7.1f} s  "
+        f"moa_recall_approx N={m} k={k} (top and bottom lists, {n_moas} MoAs): {t:7.1f} s  "
         f"peak {mem.peak / 2**30:5.2f} GiB (RSS before {before:4.2f})  "
         f"({len(res['group'])} groups; AUROC all {float(res['auroc'].sel(group='all')):.3f}, "
         f"bounds [{float(res['auroc_min'].sel(group='all')):.3f}, "

@@ -41,7 +41,7 @@ from cmapdask.enrich import (  # noqa: E402
     cluster_enrichment,
     enrich_ranked,
     enrichment_table,
-    moa_recall,
+    moa_recall_approx,
     read_ranked_lists,
     roc_curve,
     write_pcl_gmt,
@@ -88,6 +88,7 @@ from cmapdask.rebuild import (  # noqa: E402
     rebuild,
 )
 from cmapdask.similarity import (  # noqa: E402
+    moa_recall,
     pert_similarity,
     similarity,
     similarity_matrix,
@@ -158,6 +159,7 @@ __all__ = [
     "enrichment_table",
     "cluster_enrichment",
     "moa_recall",
+    "moa_recall_approx",
     "candidate_pcls",
     "write_pcl_gmt",
     "read_ranked_lists",

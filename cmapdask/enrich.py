@@ -12,9 +12,9 @@ Four questions, one module:
   folder, one of its GCTx matrices, or Zarr) as lists.
 - :func:`cluster_enrichment`: hypergeometric over-representation of each set in each
   cluster against a background, BH over all (cluster, set) pairs.
-- :func:`moa_recall`: AUROC with which similarity separates same-MoA from different-MoA
-  signature pairs, from top-k/bottom-k neighbour lists (never an N x N matrix), overall
-  and per cell line: one score histogram per block of signatures, summed.
+- :func:`moa_recall_approx`: an *estimate* of the MoA recall AUROC from top-k/bottom-k
+  neighbour lists, with bounds (``auroc_min``, ``auroc_max``); the exact recall over every
+  pair is :func:`cmapdask.similarity.recall.moa_recall` (``cmapdask.moa_recall``).
 - :func:`candidate_pcls`: clusters with high internal connectivity and a shared
   annotation, scored; :func:`write_pcl_gmt` writes them as a GMT file.
 
@@ -50,7 +50,7 @@ __all__ = [
     "enrichment_table",
     "read_ranked_lists",
     "cluster_enrichment",
-    "moa_recall",
+    "moa_recall_approx",
     "roc_curve",
     "candidate_pcls",
     "write_pcl_gmt",
@@ -870,7 +870,7 @@ def _recall_stats(hist: np.ndarray) -> np.ndarray:
     return np.concatenate([a[0], lo[:, None], hi[:, None]], axis=1)
 
 
-def moa_recall(
+def moa_recall_approx(
     neighbours: xr.Dataset,
     labels,
     *,
@@ -879,7 +879,12 @@ def moa_recall(
     score_range: tuple[float, float] = (-1.0, 1.0),
     unseen: Unseen = "midpoint",
 ) -> xr.Dataset:
-    """AUROC of similarity for same-MoA vs different-MoA pairs, from neighbour lists (lazy).
+    """Approximate MoA recall AUROC from neighbour lists, with its bounds (lazy).
+
+    An estimate: pairs outside the lists are only known to score between a signature's
+    k-th most opposite and k-th most similar neighbour, so unless ``2k`` covers every
+    candidate the AUROC is only known within ``[auroc_min, auroc_max]`` (reported). The
+    exact AUROC over every pair is :func:`cmapdask.similarity.recall.moa_recall`.
 
     Parameters
     ----------
@@ -923,25 +928,27 @@ def moa_recall(
     miss = [v for v in need if v not in neighbours]
     if miss:
         raise InputError(
-            f"moa_recall: neighbour lists lack {', '.join(miss)} (a similarity() result?)"
+            f"moa_recall_approx: neighbour lists lack {', '.join(miss)} (a similarity() result?)"
         )
     if "ref_valid" in neighbours:
-        raise InputError("moa_recall: needs a self-similarity result, not queries-vs-reference")
+        raise InputError(
+            "moa_recall_approx: needs a self-similarity result, not queries-vs-reference"
+        )
     n = neighbours.sizes["sig"]
     labels = _labels(labels)
     if labels.size != n:
-        raise InputError(f"moa_recall: {labels.size} labels for {n} signatures")
+        raise InputError(f"moa_recall_approx: {labels.size} labels for {n} signatures")
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
         raise InputError(f"bins must be an integer >= 2, got {bins!r}")
     code, share = _combos(labels)
     if code.max(initial=-1) < 0:
-        raise InputError("moa_recall: no signature has a MoA label")
+        raise InputError("moa_recall_approx: no signature has a MoA label")
     if cells is None:
         cell_names, cell = np.array([], dtype=object), np.full(n, -1, np.int64)
     else:
         cl = _labels(cells)
         if cl.size != n:
-            raise InputError(f"moa_recall: {cl.size} cell lines for {n} signatures")
+            raise InputError(f"moa_recall_approx: {cl.size} cell lines for {n} signatures")
         cell, cell_names = pd.factorize(pd.Series(cl), sort=True)
         cell_names = np.asarray(cell_names, dtype=object)
     n_groups = 1 + cell_names.size
@@ -1020,8 +1027,9 @@ def moa_recall(
 
     prov = dict(neighbours.attrs.get("cmapdask", {}))
     out.attrs["cmapdask"] = {
-        "method": "moa_recall",
+        "method": "moa_recall_approx",
         "package_version": __version__,
+        "estimate": "neighbour lists only; exact value within [auroc_min, auroc_max]",
         "k": int(k),
         "bins": int(bins),
         "unseen": unseen,

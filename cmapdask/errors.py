@@ -16,6 +16,7 @@ __all__ = [
     "StoreError",
     "QueryError",
     "InputError",
+    "NonFiniteWarning",
 ]
 
 
@@ -57,3 +58,7 @@ class InputError(CmapdaskError):
 
 class TransferError(CmapdaskError, ConnectionError):
     """A download or upload that failed after its retries (the network, the server)."""
+
+
+class NonFiniteWarning(UserWarning):
+    """A matrix holds NaN or infinite values (stored as they are; ``index`` refuses them)."""

@@ -3,7 +3,8 @@
 - :func:`plot_clustered_heatmap`: a perturbagen x perturbagen matrix in dendrogram order
   with a MoA colour bar on each side;
 - :func:`plot_running_sum`: the running-sum walk of a set in a ranked list, hits as ticks;
-- :func:`plot_roc`: ROC curves from :func:`cmapdask.enrich.moa_recall` histograms.
+- :func:`plot_roc`: ROC curves from :func:`cmapdask.moa_recall` histograms (or the estimate
+  ``enrich.moa_recall_approx``).
 
 Each function writes one file atomically and returns its path.
 """
@@ -111,7 +112,7 @@ def plot_running_sum(scores, members, path, *, title: str = "") -> str:
 
 
 def plot_roc(recall: xr.Dataset, path, *, groups=None, title: str = "") -> str:
-    """ROC curves of a :func:`~cmapdask.enrich.moa_recall` result (AUROC in the legend)."""
+    """ROC curves of a :func:`cmapdask.moa_recall` result (AUROC in the legend)."""
     from cmapdask.enrich import roc_curve
 
     plt = _figure()

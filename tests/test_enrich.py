@@ -29,7 +29,7 @@ from cmapdask.enrich import (
     enrich_ranked,
     enrichment_table,
     ks_statistics,
-    moa_recall,
+    moa_recall_approx,
     roc_curve,
     running_sum,
     write_pcl_gmt,
@@ -392,7 +392,7 @@ def _exact_auroc(ds, moa, cells):
 
 
 @pytest.mark.parametrize("chunks", [(90,), (30, 30, 30), (7, 50, 1, 32)])
-def test_moa_recall_exact_with_complete_lists(chunks):
+def test_moa_recall_approx_exact_with_complete_lists(chunks):
     from cmapdask.similarity import similarity
 
     ds, moa, cells = _recall_inputs()
@@ -404,7 +404,7 @@ def test_moa_recall_exact_with_complete_lists(chunks):
             for v in ("top_index", "top_score", "bottom_index", "bottom_score")
         }
     )
-    res = moa_recall(nb, moa, cells=cells, bins=20000).compute()
+    res = moa_recall_approx(nb, moa, cells=cells, bins=20000).compute()
     for g, want in ref.items():
         got = res.sel(group=g)
         assert abs(float(got["auroc"]) - want) <= float(got["auroc_bin_error"]) + 1e-9, (
@@ -416,17 +416,17 @@ def test_moa_recall_exact_with_complete_lists(chunks):
     assert res["n_pos"].sel(group="all") > 0
 
 
-def test_moa_recall_bounds_hold_with_short_lists_and_are_lazy():
+def test_moa_recall_approx_bounds_hold_with_short_lists_and_are_lazy():
     from cmapdask.similarity import similarity
 
     ds, moa, cells = _recall_inputs(seed=2)
     ref = _exact_auroc(ds, moa, cells)
     nb = similarity(ds, k=5, space="all").persist()
     with dask.config.set(scheduler=_NoCompute()):
-        lazy = moa_recall(nb, moa, cells=cells)
+        lazy = moa_recall_approx(nb, moa, cells=cells)
     assert isinstance(lazy["auroc"].data, da.Array)
     res = lazy.compute()
-    full = moa_recall(similarity(ds, k=50, space="all"), moa, cells=cells).compute()
+    full = moa_recall_approx(similarity(ds, k=50, space="all"), moa, cells=cells).compute()
     for g, want in ref.items():
         r = res.sel(group=g)
         assert float(r["auroc_min"]) - 1e-9 <= want <= float(r["auroc_max"]) + 1e-9
@@ -437,17 +437,17 @@ def test_moa_recall_bounds_hold_with_short_lists_and_are_lazy():
     assert fpr[0] == 0 and tpr[-1] == pytest.approx(1) and np.all(np.diff(fpr) >= 0)
 
 
-def test_moa_recall_bad_input():
+def test_moa_recall_approx_bad_input():
     from cmapdask.similarity import similarity
 
     ds, moa, cells = _recall_inputs(n=30)
     nb = similarity(ds, k=3, space="all")
     with pytest.raises(InputError, match="labels"):
-        moa_recall(nb, moa[:-1])
+        moa_recall_approx(nb, moa[:-1])
     with pytest.raises(InputError, match="no signature has a MoA"):
-        moa_recall(nb, [None] * 30)
+        moa_recall_approx(nb, [None] * 30)
     with pytest.raises(InputError, match="lack"):
-        moa_recall(nb.drop_vars("bottom_index"), moa)
+        moa_recall_approx(nb.drop_vars("bottom_index"), moa)
 
 
 # ----------------------------------------------------------------------------- annotations
@@ -527,13 +527,13 @@ def test_enrichment_finds_each_planted_moa_for_its_members(planted):
     assert all(truth[lst] == s for lst, s in zip(best["list"], best["set"], strict=False))
 
 
-def test_moa_recall_on_planted_classes(planted):
+def test_moa_recall_approx_on_planted_classes(planted):
     from cmapdask.similarity import similarity
 
     design, strong, sets, ps = planted
     labels = labels_from_sets(sets, strong["pert_id"].values)
     nb = similarity(strong, k=200)
-    res = moa_recall(nb, labels, cells=strong["cell_iname"].values).compute()
+    res = moa_recall_approx(nb, labels, cells=strong["cell_iname"].values).compute()
     assert float(res["auroc_min"].sel(group="all")) >= 0.9  # measured: 0.99999
     assert (res["auroc"].values >= 0.9).all()
 

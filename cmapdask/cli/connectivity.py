@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import warnings
 
+from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
 
 __all__ = ["register"]
+
+FILTER_HELP = "a filter such as \"cell_id in ('MCF7', 'PC3')\" (docs/errors.md)"
 
 _SPACES = ["landmark", "bing", "all"]
 
@@ -41,7 +44,7 @@ def register(subparsers) -> None:
     _common(p)
     p.add_argument(
         "--chunk-rows",
-        type=int,
+        type=positive_int,
         default=None,
         help="signatures per index block (default: about 256 MiB per block)",
     )
@@ -85,11 +88,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--reference",
         default="all",
-        help="NCS reference: all, touchstone, or a metadata expression",
+        help="NCS reference: all, touchstone, or " + FILTER_HELP,
     )
     p.add_argument("--tau", choices=["binned", "exact", "none"], default="binned")
     p.add_argument("--fdr", choices=["auto", "null", "random", "none"], default="auto")
-    p.add_argument("--n-random", type=int, default=100, help="random queries for --fdr random")
+    p.add_argument(
+        "--n-random", type=positive_int, default=100, help="random queries for --fdr random"
+    )
     p.add_argument("--pcl", default=None, metavar="GMT", help="PCL definitions (pert_id sets)")
     p.set_defaults(func=run_query)
 
@@ -101,8 +106,12 @@ def register(subparsers) -> None:
     )
     _common(p)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--where", default="all", help="all, touchstone, or a metadata expression")
-    p.add_argument("--n-top", type=int, default=50, help="genes per set (default 50)")
+    p.add_argument(
+        "--where",
+        default="all",
+        help="all, touchstone, or " + FILTER_HELP,
+    )
+    p.add_argument("--n-top", type=positive_int, default=50, help="genes per set (default 50)")
     p.set_defaults(func=run_introspect)
 
     p = subparsers.add_parser(
@@ -115,10 +124,10 @@ def register(subparsers) -> None:
     p.add_argument(
         "--reference",
         default="touchstone",
-        help="touchstone (default), all, or a metadata expression",
+        help="touchstone (default), all, or " + FILTER_HELP,
     )
     p.add_argument("--pcl", default=None, metavar="GMT", help="PCL definitions")
-    p.add_argument("--n-top", type=int, default=50)
+    p.add_argument("--n-top", type=positive_int, default=50)
     p.set_defaults(func=run_background)
 
 

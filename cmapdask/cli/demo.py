@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 
+from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.errors import InputError
 
@@ -27,7 +28,7 @@ def register(sub) -> None:
         "--out", default="cmapdask-demo", help="working folder (default ./cmapdask-demo)"
     )
     p.add_argument(
-        "--n-sigs", type=int, default=20_000, help="synthetic signatures (default 20000)"
+        "--n-sigs", type=positive_int, default=20_000, help="synthetic signatures (default 20000)"
     )
     p.add_argument("--genes", choices=["landmark", "bing", "all"], default="landmark")
     p.add_argument("--seed", type=int, default=0)

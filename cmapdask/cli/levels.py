@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 
+from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 
 __all__ = ["register", "run_level4", "run_level5"]
@@ -18,7 +19,7 @@ def _common(p) -> None:
     p.add_argument("dest", help="output store URL to create")
     p.add_argument(
         "--chunk-rows",
-        type=int,
+        type=positive_int,
         default=None,
         help="signatures per task (default: the input's chunk size)",
     )

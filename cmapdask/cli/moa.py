@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
 from cmapdask.errors import InputError
 
@@ -44,8 +45,10 @@ def register(subparsers) -> None:
         default="kmeans",
         help="graph: Leiden where igraph and leidenalg are installed, else Louvain",
     )
-    c.add_argument("--k", type=int, default=None, help="clusters (kmeans, hierarchical)")
-    c.add_argument("--components", type=int, default=50, help="kmeans: principal components")
+    c.add_argument("--k", type=positive_int, default=None, help="clusters (kmeans, hierarchical)")
+    c.add_argument(
+        "--components", type=positive_int, default=50, help="kmeans: principal components"
+    )
     c.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
     c.add_argument("--init", choices=["k-means||", "sample-k-means++"], default="k-means||")
     c.add_argument(
@@ -54,7 +57,9 @@ def register(subparsers) -> None:
         default="auto",
         help="kmeans: PCA solver (auto: one-pass covariance up to 4,096 genes)",
     )
-    c.add_argument("--n-init", type=int, default=3, help="kmeans: initialisations kept best of")
+    c.add_argument(
+        "--n-init", type=positive_int, default=3, help="kmeans: initialisations kept best of"
+    )
     c.add_argument(
         "--matrix", default=None, metavar="MEMBER", help="hierarchical: pert x pert member"
     )
@@ -102,8 +107,8 @@ def register(subparsers) -> None:
         "--clusters", default=None, metavar="MEMBER", help="cluster member (clusters/NAME)"
     )
     e.add_argument("--item-field", default=None, help="coordinate matched to set members (pert_id)")
-    e.add_argument("--n-top", type=int, default=100)
-    e.add_argument("--permutations", type=int, default=1000)
+    e.add_argument("--n-top", type=positive_int, default=100)
+    e.add_argument("--permutations", type=positive_int, default=1000)
     e.add_argument("--pvalue", choices=["permutation", "analytic"], default="permutation")
     e.add_argument("--weight", choices=["unweighted", "weighted"], default="unweighted")
     e.add_argument(
@@ -141,17 +146,42 @@ def register(subparsers) -> None:
 
     r = subparsers.add_parser(
         "recall",
-        help="MoA recall: AUROC of same- vs different-MoA pairs from neighbour lists",
-        description="For each top-k neighbour member of STORE (default: every similarity/* "
-        "member with neighbour lists), the AUROC with which similarity separates same-MoA "
-        "from different-MoA signature pairs, overall and per cell line.",
+        help="MoA recall: exact AUROC of same- vs different-MoA signature pairs",
+        description="Exact MoA recall (ALGORITHMS.md 13) over every pair of annotated "
+        "signatures of STORE (or every pair of a STORE signature with a --ref signature), "
+        "computed in one blockwise similarity pass: AUROC overall and per cell line, and per "
+        "MoA its pairs, AUROC and median percentile rank of same-MoA partners. AUROCs come "
+        "with a proven binning bound (auroc_bound). --approximate instead estimates the "
+        "AUROC from stored top-k neighbour members and prints the interval it is known in.",
     )
     r.add_argument("store", metavar="STORE")
-    r.add_argument("--member", action="append", default=None, help="neighbour member (repeatable)")
+    r.add_argument("--ref", default=None, metavar="STORE", help="reference store (two stores)")
+    r.add_argument("--metric", choices=["pearson", "spearman", "cosine"], default="pearson")
+    r.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
+    r.add_argument("--block-size", type=int, default=None, help="signatures per block")
+    r.add_argument("--bins", type=int, default=1 << 16, help="AUROC score bins (bound shrinks)")
+    r.add_argument("--moa-bins", type=int, default=4096, help="per-MoA AUROC score bins")
+    r.add_argument(
+        "--approximate",
+        action="store_true",
+        help="estimate from neighbour lists (--member) instead; prints its error interval",
+    )
+    r.add_argument(
+        "--member",
+        action="append",
+        default=None,
+        help="--approximate: neighbour member (repeatable; default every similarity/*)",
+    )
     r.add_argument("--pert-field", default="pert_id")
     r.add_argument("--cell-field", default=None, help="default cell_id, else cell_iname")
-    r.add_argument("--out", default=None, metavar="TSV", help="table of AUROCs (default stdout)")
-    r.add_argument("--roc", default=None, metavar="PNG|SVG", help="ROC plot of the first member")
+    r.add_argument("--out", default=None, metavar="TSV", help="AUROC per group (default: stdout)")
+    r.add_argument(
+        "--moa-out",
+        default=None,
+        metavar="TSV",
+        help="per-MoA table (default: next to --out as NAME.moa.tsv)",
+    )
+    r.add_argument("--roc", default=None, metavar="PNG|SVG", help="ROC plot")
     _annotation_args(r)
     r.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
     add_cluster_args(r)
@@ -350,13 +380,101 @@ def _plot_best(lists, sets, best, item_field, args) -> None:
     say(args, f"cmapdask: wrote {args.running_sum}")
 
 
+def _moa_out(args) -> str | None:
+    if args.moa_out or not args.out:
+        return args.moa_out
+    out = str(args.out)
+    for ext in (".tsv", ".txt", ".parquet"):
+        if out.endswith(ext):
+            return out[: -len(ext)] + ".moa" + ext
+    return out + ".moa.tsv"
+
+
+def _labelled(args, url, sets):
+    from cmapdask.annotations import labels_from_sets
+    from cmapdask.io.store import open_store
+
+    ds = open_store(url, storage_options=args.storage_options)
+    if args.pert_field not in ds.coords:
+        raise InputError(f"{url}: no signature field {args.pert_field!r}")
+    cell_field = args.cell_field or ("cell_id" if "cell_id" in ds.coords else "cell_iname")
+    cells = ds[cell_field].values if cell_field in ds.coords else None
+    return ds, labels_from_sets(sets, ds[args.pert_field].values), cells
+
+
 def run_recall(args) -> int:
+    if args.approximate:
+        return _run_recall_approx(args)
+    if args.member:
+        raise InputError("--member names neighbour lists: it goes with --approximate")
+    from cmapdask.similarity.recall import moa_recall, recall_tables
+
+    sets = _sets(args)
+    ds, moa, cells = _labelled(args, args.store, sets)
+    ref, ref_moa, ref_cells = (None, None, None)
+    if args.ref:
+        ref, ref_moa, ref_cells = _labelled(args, args.ref, sets)
+    with dask_client(args) as client:
+        res = moa_recall(
+            ds,
+            ref,
+            moa=moa,
+            ref_moa=ref_moa,
+            cells=cells,
+            ref_cells=ref_cells,
+            metric=args.metric,
+            space=args.space,
+            block_size=args.block_size,
+            bins=args.bins,
+            moa_bins=args.moa_bins,
+        )
+        with progress(args, client):
+            res = res.compute()
+    groups, moas = recall_tables(res)
+    groups.insert(1, "metric", args.metric)
+    groups.insert(2, "space", args.space)
+    moa_out = _moa_out(args)
+    if args.out:
+        _write_table(groups, args.out)
+    if moa_out:
+        _write_table(moas, moa_out)
+    if not args.out:
+        print(groups.to_csv(sep="\t", index=False), end="")
+        if not moa_out:
+            print()
+            print(moas.to_csv(sep="\t", index=False), end="")
+    a = groups.iloc[0]
+    ranked = moas["median_percentile"].dropna()
+    summary = (
+        f"cmapdask: MoA recall ({args.metric}, {args.space}"
+        f"{', against ' + str(args.ref) if args.ref else ''}): AUROC {a['auroc']:.4f}"
+        f" (exact within {a['auroc_bound']:.1e}) over {int(a['n_pos']):,} same-MoA and"
+        f" {int(a['n_neg']):,} different-MoA pairs; {len(groups) - 1} cell line(s);"
+        f" {len(moas)} MoA(s)"
+    )
+    if len(ranked):
+        summary += f", median same-MoA percentile rank {ranked.median():.1f} (median of MoAs)"
+    if args.out:
+        print(summary)
+        say(args, f"cmapdask: wrote {args.out}" + (f" and {moa_out}" if moa_out else ""))
+    else:
+        say(args, summary)
+    if args.roc:
+        from cmapdask.plots import plot_roc
+
+        plot_roc(res, args.roc, title=f"{args.store} ({args.metric}, {args.space})")
+    return 0
+
+
+def _run_recall_approx(args) -> int:
     import pandas as pd
 
     from cmapdask.annotations import labels_from_sets
-    from cmapdask.enrich import moa_recall
+    from cmapdask.enrich import moa_recall_approx
     from cmapdask.io.store import list_members, open_member, open_store
 
+    if args.ref:
+        raise InputError("--approximate reads one store's neighbour lists; --ref is exact only")
     so = args.storage_options
     sets = _sets(args)
     ds = open_store(args.store, storage_options=so)
@@ -379,7 +497,7 @@ def run_recall(args) -> int:
                 continue
             ids = ds[args.pert_field].sel(sig=nb["sig"].values).values
             c = None if cells is None else ds[cell_field].sel(sig=nb["sig"].values).values
-            res = moa_recall(nb, labels_from_sets(sets, ids), cells=c).compute()
+            res = moa_recall_approx(nb, labels_from_sets(sets, ids), cells=c).compute()
             first = first if first is not None else (name, res)
             prov = nb.attrs.get("cmapdask", {})
             for g in res["group"].values:
@@ -390,7 +508,7 @@ def run_recall(args) -> int:
                         "metric": prov.get("metric"),
                         "space": prov.get("space"),
                         "group": g,
-                        "auroc": float(r["auroc"]),
+                        "auroc_estimate": float(r["auroc"]),
                         "auroc_min": float(r["auroc_min"]),
                         "auroc_max": float(r["auroc_max"]),
                         "n_pos": int(r["n_pos"]),
@@ -406,6 +524,18 @@ def run_recall(args) -> int:
         _write_table(df, args.out)
     else:
         print(df.to_csv(sep="\t", index=False), end="")
+    for row in df[df["group"] == "all"].itertuples():
+        msg = (
+            f"cmapdask: {row.member}: AUROC estimate {row.auroc_estimate:.4f} from neighbour"
+            f" lists; the exact value is only known within [{row.auroc_min:.4f},"
+            f" {row.auroc_max:.4f}] (error up to"
+            f" {max(row.auroc_max - row.auroc_estimate, row.auroc_estimate - row.auroc_min):.4f};"
+            " run without --approximate for the exact AUROC)"
+        )
+        if args.out:
+            print(msg)
+        else:
+            say(args, msg)
     if args.roc and first is not None:
         from cmapdask.plots import plot_roc
 

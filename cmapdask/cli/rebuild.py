@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 
+from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 
 __all__ = ["register", "run_append", "run_rebuild", "EXIT_TRANSIENT"]
@@ -37,7 +38,10 @@ def register(subparsers) -> None:
         "--gene-info", default=None, metavar="F", help="geneinfo table (first append only)"
     )
     p.add_argument(
-        "--chunk-rows", type=int, default=None, help="signatures per chunk (first append only)"
+        "--chunk-rows",
+        type=positive_int,
+        default=None,
+        help="signatures per chunk (first append only)",
     )
     p.add_argument(
         "--storage-options",
@@ -62,9 +66,11 @@ def register(subparsers) -> None:
     r.add_argument("store", metavar="STORE", help="collection URL")
     r.add_argument("--full", action="store_true", help="recompute everything from scratch")
     r.add_argument("--metric", choices=["pearson", "spearman", "cosine"], default="pearson")
-    r.add_argument("--k", type=int, default=100, help="neighbours per tail (default 100)")
+    r.add_argument("--k", type=positive_int, default=100, help="neighbours per tail (default 100)")
     r.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
-    r.add_argument("--block-size", type=int, default=None, help="signatures per similarity block")
+    r.add_argument(
+        "--block-size", type=positive_int, default=None, help="signatures per similarity block"
+    )
     r.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
     add_cluster_args(r)
     r.set_defaults(func=run_rebuild)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.errors import InputError, MetadataError
 
@@ -29,7 +30,7 @@ def register(subparsers) -> None:
         default="pearson",
         help="similarity metric (default pearson)",
     )
-    p.add_argument("--k", type=int, default=100, help="neighbours per tail (default 100)")
+    p.add_argument("--k", type=positive_int, default=100, help="neighbours per tail (default 100)")
     p.add_argument(
         "--space",
         choices=["landmark", "bing", "all"],
@@ -64,7 +65,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--block-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="signatures per block (default: dask config cmapdask.similarity.block_rows, 4096)",
     )

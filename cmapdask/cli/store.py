@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 
+from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
-from cmapdask.errors import StoreError
+from cmapdask.errors import NonFiniteWarning, StoreError
 
 __all__ = ["register"]
 
@@ -28,7 +30,10 @@ def register(sub) -> None:
         "--ignore-extra-ids", action="store_true", help="allow table rows whose id is not in SRC"
     )
     p.add_argument(
-        "--chunk-rows", type=int, default=None, help="signatures per chunk (default ~32 MiB)"
+        "--chunk-rows",
+        type=positive_int,
+        default=None,
+        help="signatures per chunk (default ~32 MiB)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     p.add_argument("--no-checksum", action="store_true", help="skip the source SHA-256")
@@ -55,7 +60,9 @@ def run_convert(args) -> int:
     from cmapdask.io.store import convert, store_info
 
     t0 = time.perf_counter()
-    with dask_client(args):
+    src_so = args.storage_options if "://" in str(args.src) else None
+    with dask_client(args), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", NonFiniteWarning)
         convert(
             args.src,
             args.dest,
@@ -63,12 +70,18 @@ def run_convert(args) -> int:
             gene_info=args.gene_info,
             compound_info=args.compound_info,
             storage_options=args.storage_options,
+            src_storage_options=src_so,
             extra_ids="ignore" if args.ignore_extra_ids else "error",
             chunk_rows=args.chunk_rows,
             overwrite=args.overwrite,
             checksum=not args.no_checksum,
             progress=not args.quiet,
         )
+    for w in seen:  # ours as one line; anything else as Python would show it
+        if issubclass(w.category, NonFiniteWarning):
+            print(f"cmapdask: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     info = store_info(args.dest, storage_options=args.storage_options)
     say(
         args,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.errors import InputError
 
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
         metavar="OUTDIR",
         help="folder to write, a path or fsspec URL (created if missing)",
     )
-    p.add_argument("--n-sigs", type=int, required=True, help="number of signatures")
+    p.add_argument("--n-sigs", type=positive_int, required=True, help="number of signatures")
     p.add_argument(
         "--genes",
         choices=["landmark", "bing", "all"],
@@ -30,18 +31,20 @@ def register(subparsers) -> None:
         help="gene space: 978 landmarks, 10,174 BING or all 12,328 (default landmark)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--n-moas", type=int, default=None, help="mechanisms of action")
-    p.add_argument("--n-compounds", type=int, default=None, help="compounds")
-    p.add_argument("--n-cells", type=int, default=9, help="cell lines, 1 to 16 (default 9)")
+    p.add_argument("--n-moas", type=positive_int, default=None, help="mechanisms of action")
+    p.add_argument("--n-compounds", type=positive_int, default=None, help="compounds")
+    p.add_argument(
+        "--n-cells", type=positive_int, default=9, help="cell lines, 1 to 16 (default 9)"
+    )
     p.add_argument(
         "--n-replicates",
-        type=int,
+        type=positive_int,
         default=3,
         help="replicate plate sets per condition group (default 3)",
     )
     p.add_argument(
         "--block-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="signatures generated per block (default: about 64 MB of values)",
     )

@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Literal
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
@@ -123,6 +124,10 @@ def build_index(
     Writing goes through ``write_member`` (atomic; ``expr`` is never rewritten).
     """
     ds = open_store(store_url, storage_options=storage_options)
+    if ds.sizes["sig"] == 0:
+        raise InputError(f"{store_url}: the store has no signatures to index")
+    if chunk_rows is not None and int(chunk_rows) < 1:
+        raise InputError(f"chunk_rows must be a positive integer, not {chunk_rows!r}")
     sel = space_genes(ds, space)
     n = sel.size
     rows = int(chunk_rows or index_chunk_rows(n))
@@ -130,6 +135,7 @@ def build_index(
     if sel.size != ds.sizes["gene"] or not np.array_equal(sel, np.arange(n)):
         expr = expr[:, sel]
     expr = expr.rechunk((rows, -1))
+    _check_finite(ds, expr, store_url, space)
     ranks = expr.map_blocks(_rank_block, dtype=rank_dtype(n), url=str(store_url))
     out = xr.Dataset(
         {"rank": (("gene", "sig"), ranks.T), "score": (("gene", "sig"), expr.T.astype(np.float32))},
@@ -167,6 +173,25 @@ def build_index(
         encoding=enc,
         progress=progress,
     )
+
+
+def _check_finite(ds, expr, url, space) -> None:
+    """Refuse, before anything is written, signatures with NaN or infinite scores.
+
+    A store whose conversion counted none (``nonfinite`` in its provenance) is trusted;
+    otherwise the space's columns are read once to find them.
+    """
+    rec = ds.attrs.get("cmapdask", {}).get("nonfinite")
+    if isinstance(rec, dict) and rec.get("n_sig") == 0:
+        return
+    ok = np.asarray(da.isfinite(expr).all(axis=1).compute())
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        raise InputError(
+            f"{url}: {bad.size} signature(s) have NaN or infinite scores in space {space!r}, "
+            f"e.g. {str(ds['sig'].values[bad[0]])!r}; they cannot be ranked (remove or "
+            "repair them and convert again)"
+        )
 
 
 def _rank_block(block, url):

@@ -31,6 +31,7 @@ from cmapdask.connectivity.tau import GRID, background_tables, tau_binned
 from cmapdask.connectivity.validation import QuerySet
 from cmapdask.errors import InputError
 from cmapdask.io.store import open_store, write_member
+from cmapdask.where import parse, selection_record, selection_text
 
 __all__ = ["introspect", "build_background"]
 
@@ -85,13 +86,17 @@ def introspect(
     are ``n x n``: meant for reference sets (Touchstone: about 9,000 signatures), not for
     a whole release.
     """
+    if isinstance(where, str) and where not in ("all", "touchstone"):
+        where = parse(where)  # a bad filter fails before anything is read
     ds = open_store(store, storage_options=storage_options)
     handle = open_index(store, space=space, storage_options=storage_options)
     _check_index(handle, ds)
     pos = np.flatnonzero(select_signatures(ds, where or "all"))
     n_genes = handle.n_genes
     if pos.size < 2:
-        raise InputError(f"introspect needs at least 2 signatures; {where!r} selects {pos.size}")
+        raise InputError(
+            f"introspect needs at least 2 signatures; {selection_text(where)!r} selects {pos.size}"
+        )
     if not 0 < n_top <= n_genes // 2:
         raise InputError(f"n_top must be between 1 and {n_genes // 2}, not {n_top}")
     ranks, _ = handle.read_sigs(pos)
@@ -138,7 +143,7 @@ def introspect(
         "store": str(store),
         "space": space,
         "metric": metric,
-        "where": where if isinstance(where, str) else "mask",
+        "where": selection_text(where),
         "n_top": n_top,
         "n_sig": int(pos.size),
     }
@@ -180,6 +185,8 @@ def build_background(
     ``n_ref`` the reference size) and one table of 10,001 float32 per reference signature
     and per summary row; stores the cell-masked reference NCS as well, for the exact τ.
     """
+    if isinstance(reference, str) and reference not in ("all", "touchstone"):
+        reference = parse(reference)  # recorded as data (to_data), never as code
     intro = introspect(
         store,
         where=reference,
@@ -221,7 +228,7 @@ def build_background(
         "kind": "tau_background",
         "space": space,
         "metric": metric,
-        "reference": reference if isinstance(reference, str) else "mask",
+        "reference": selection_record(reference),
         "n_reference": int(pos.size),
         "n_pcls": len(pcls or {}),
         "n_top": n_top,

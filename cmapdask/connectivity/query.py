@@ -26,6 +26,7 @@ from cmapdask.connectivity.tau import tau_binned, tau_exact
 from cmapdask.connectivity.validation import prepare_queries
 from cmapdask.errors import InputError, MetadataError, StoreError
 from cmapdask.io.store import has_member, open_member, open_store
+from cmapdask.where import parse, selection_text
 
 __all__ = ["query", "select_signatures", "sig_groups", "normalize", "background_name"]
 
@@ -106,20 +107,24 @@ def select_signatures(ds: xr.Dataset, where) -> np.ndarray:
 
     Parameters
     ----------
-    where : {"all", "touchstone"} or str or array of bool
+    where : {"all", "touchstone"} or str or cmapdask.where.Expr or array of bool
         ``"all"``: every signature. ``"touchstone"``: ``is_touchstone == 1`` (else
-        ``is_ncs_sig == 1``). Any other string is a pandas expression over the signature
-        metadata, e.g. ``"pert_type == 'trt_cp' and cell_id == 'MCF7'"``.
+        ``is_ncs_sig == 1``). Any other string is a filter of :mod:`cmapdask.where` over
+        the signature metadata (``sig_id`` is the signature id), e.g.
+        ``"pert_type == 'trt_cp' and cell_id in ('MCF7', 'PC3')"``; it is parsed, never
+        evaluated as code.
     """
+    from cmapdask.where import Expr, parse
+
     n = ds.sizes["sig"]
     if where is None or (isinstance(where, str) and where == "all"):
         return np.ones(n, dtype=bool)
-    if not isinstance(where, str):
+    if not isinstance(where, (str, Expr)):
         mask = np.asarray(where, dtype=bool)
         if mask.shape != (n,):
             raise InputError(f"signature mask has shape {mask.shape}, expected ({n},)")
         return mask
-    if where == "touchstone":
+    if isinstance(where, str) and where == "touchstone":
         for f in ("is_touchstone", "is_ncs_sig"):
             if f in ds.coords:
                 return np.asarray(
@@ -127,18 +132,8 @@ def select_signatures(ds: xr.Dataset, where) -> np.ndarray:
                     == 1
                 )
         raise MetadataError(f"{ds.attrs.get('store_url', 'store')}: no is_touchstone field")
-    frame = pd.DataFrame(
-        {k: c.values for k, c in ds.coords.items() if c.dims == ("sig",) and k != "sig"}
-    )
-    frame["sig_id"] = ds["sig"].values
-    try:
-        mask = frame.eval(where)
-    except Exception as e:  # pandas raises many kinds for a bad expression
-        raise InputError(f"cannot evaluate signature expression {where!r}: {e}") from None
-    mask = np.asarray(mask)
-    if mask.dtype != bool or mask.shape != (n,):
-        raise InputError(f"signature expression {where!r} is not a true/false test")
-    return mask
+    expr = parse(where) if isinstance(where, str) else where
+    return expr.mask(ds, dim="sig")
 
 
 def sig_groups(ds: xr.Dataset, grouping: Grouping | Sequence[str]):
@@ -327,6 +322,8 @@ def query(
     ):
         if value not in allowed:
             raise InputError(f"{name} must be one of {allowed}, not {value!r}")
+    if isinstance(reference, str) and reference not in ("all", "touchstone"):
+        reference = parse(reference)  # a bad filter fails before anything is read
     ds = open_store_cached(store, storage_options=storage_options)
     handle = open_index(store, space=space, storage_options=storage_options)
     _check_index(handle, ds)
@@ -336,7 +333,7 @@ def query(
     groups, codes = _groups_cached(ds, grouping)
     is_ref = select_signatures(ds, reference)
     if not is_ref.any():
-        raise InputError(f"reference {reference!r} selects no signature")
+        raise InputError(f"reference {selection_text(reference)!r} selects no signature")
     ncs, _ = normalize(raw[0], codes, is_ref, groups)
     ps, tau_note = _tau_blockwise(ncs, ds, space, store, tau, storage_options)
     fdr_used, fdr_q = _fdr(
@@ -359,7 +356,7 @@ def query(
         "n_genes_space": handle.n_genes,
         "metric": metric,
         "tail": tail,
-        "reference": reference if isinstance(reference, str) else "mask",
+        "reference": selection_text(reference),
         "n_reference": int(is_ref.sum()),
         "grouping": grouping if isinstance(grouping, str) else list(grouping),
         "ncs_fallback": "median of groups with the same pert_type, else cell_id, else all",

@@ -63,6 +63,7 @@ def publish_file(dest, *, storage_options: dict | None = None) -> Iterator[str]:
     """Yield a local temporary path; on success it becomes ``dest`` in one step."""
     fs, path = url_to_fs(dest, storage_options)
     if is_local(fs):
+        _check_local_parent(dest, path)
         parent = os.path.dirname(os.path.abspath(path)) or "."
         os.makedirs(parent, exist_ok=True)
         tmp = _tmp_name(os.path.abspath(path))
@@ -83,6 +84,45 @@ def publish_file(dest, *, storage_options: dict | None = None) -> Iterator[str]:
             os.remove(tmp)
 
 
+def _check_local_parent(dest, path: str) -> None:
+    """Refuse at the door a local destination under a file or an unwritable folder."""
+    up = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(up) and os.path.dirname(up) != up:
+        up = os.path.dirname(up)
+    if not os.path.isdir(up):
+        raise StoreError(f"{dest}: cannot create it: {up} is a file, not a folder")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise StoreError(f"{dest}: cannot create it: no permission to write in {up}")
+
+
+_BUCKETED = {"s3", "s3a", "gs", "gcs", "abfs", "az"}
+
+
+def check_bucket(fs, dest, path: str) -> None:
+    """Refuse at the door a missing bucket, refused credentials or an unreachable endpoint
+    of object storage, with one line naming ``dest`` (not a traceback at the first write)."""
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if not protocols & _BUCKETED:
+        return
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.ls(bucket, refresh=True)
+    except FileNotFoundError:
+        raise StoreError(f"{dest}: bucket {bucket!r} does not exist") from None
+    except PermissionError as e:
+        raise StoreError(
+            f"{dest}: access to bucket {bucket!r} refused (check the credentials): "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+    except Exception as e:  # botocore's connection errors are not OSError
+        if "Connect" not in type(e).__name__ and not isinstance(e, (OSError, TimeoutError)):
+            raise
+        raise StoreError(
+            f"{dest}: cannot reach the object store: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+
+
 @contextlib.contextmanager
 def publish_dir(
     dest, *, storage_options: dict | None = None, overwrite: bool = False
@@ -94,6 +134,10 @@ def publish_dir(
     """
     fs, path = url_to_fs(dest, storage_options)
     path = path.rstrip("/")
+    if is_local(fs):
+        _check_local_parent(dest, path)
+    else:
+        check_bucket(fs, dest, path)
     if fs.exists(path) and not overwrite:
         raise StoreError(f"{dest}: already exists (choose another destination or remove it)")
     tmp = _tmp_name(path)

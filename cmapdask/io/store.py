@@ -34,7 +34,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from cmapdask import __version__, config
-from cmapdask.errors import StoreError
+from cmapdask.errors import InputError, NonFiniteWarning, StoreError
 from cmapdask.io.atomic import is_local, join, publish_dir, url_to_fs
 
 __all__ = [
@@ -184,19 +184,27 @@ def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, prov
             compute=False,
             storage_options=zarr_options(tmp, storage_options),
         )
+        nonfinite = {"n_sig": 0}
         if n_sig and n_gene:
-            written = _compute(
-                _write_expr(out["expr"].data, tmp, zarr_options(tmp, storage_options)).sum(),
-                progress=progress,
-                label="write store",
-            )
-            if int(written) != n_sig:  # every block reports its rows; a lost block is an error
-                raise StoreError(f"{dest}: wrote {int(written)} of {n_sig} signatures")
+            stats = np.asarray(
+                _compute(
+                    _write_expr(out["expr"].data, tmp, zarr_options(tmp, storage_options)),
+                    progress=progress,
+                    label="write store",
+                )
+            ).reshape(-1, 3)
+            written = int(stats[:, 0].sum())
+            if written != n_sig:  # every block reports its rows; a lost block is an error
+                raise StoreError(f"{dest}: wrote {written} of {n_sig} signatures")
+            nonfinite = _nonfinite(stats, out["sig"].values, dest)
         g = zarr.open_group(tmp, mode="r+", storage_options=zarr_options(tmp, storage_options))
         # locally the rename publishes a complete store; remotely the flag is set only
         # after the server-side copy (a copied "complete" could precede copied chunks)
         g.attrs["cmapdask"] = _provenance(
-            **provenance(), chunk_rows=rows, complete=_is_local_url(dest, storage_options)
+            **provenance(),
+            chunk_rows=rows,
+            nonfinite=nonfinite,
+            complete=_is_local_url(dest, storage_options),
         )
     mark_complete_remote(dest, storage_options)
     return str(dest)
@@ -205,17 +213,17 @@ def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, prov
 def _write_expr(data, url, storage_options):
     """One task per block of whole signatures: write it as its own ``expr`` chunk.
 
-    Returns a dask array of the rows each block wrote. Blocks must be the store's chunks
+    Returns a dask array ``(blocks, 3)``: per block the rows written, the rows holding
+    NaN or an infinity, and the first such row (-1 if none). Blocks must be the store's chunks
     (``_write_dataset`` rechunks to them), so every write is a whole chunk, compressed once,
     never read back."""
     return data.map_blocks(
         _store_block,
         url=url,
         storage_options=storage_options,
-        drop_axis=1,
-        chunks=((1,) * data.numblocks[0],),
+        chunks=((1,) * data.numblocks[0], (3,)),
         dtype=np.int64,
-        meta=np.empty((0,), np.int64),
+        meta=np.empty((0, 0), np.int64),
     )
 
 
@@ -226,8 +234,26 @@ def _store_block(block, url, storage_options, block_info=None):
         # every chunk is written: no pass over each chunk comparing it with the fill value
         # (a tenth of the conversion's CPU), and an all-NaN block is stored like any other
         arr = arr.with_config({"write_empty_chunks": True})
-        arr[start:stop, :] = np.asarray(block, dtype=np.float32)
-    return np.array([stop - start], dtype=np.int64)
+        values = np.asarray(block, dtype=np.float32)
+        arr[start:stop, :] = values
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    first = start + int(bad[0]) if bad.size else -1
+    return np.array([[stop - start, bad.size, first]], dtype=np.int64)
+
+
+def _nonfinite(stats: np.ndarray, sig: np.ndarray, dest) -> dict:
+    """Record (and warn about) signatures holding NaN or an infinity; ``index`` refuses them."""
+    n_bad = int(stats[:, 1].sum())
+    if not n_bad:
+        return {"n_sig": 0}
+    first = str(sig[int(stats[stats[:, 2] >= 0, 2].min())])
+    warnings.warn(
+        f"{dest}: {n_bad} signature(s) hold NaN or infinite values, e.g. {first!r}; "
+        "`cmapdask index` refuses such a store",
+        NonFiniteWarning,
+        stacklevel=2,
+    )
+    return {"n_sig": n_bad, "first": first}
 
 
 # glibc's malloc adjusts its mmap threshold to the sizes a program frees, unless one of
@@ -643,6 +669,8 @@ def convert(
     is compressed once and written once; the metadata are read once. Nothing is visible
     at ``dest`` until the store is complete.
     """
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or int(chunk_rows) < 1):
+        raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
     src_name = os.path.basename(str(src).rstrip("/"))
     fs, p = url_to_fs(src, src_storage_options)
     if not fs.exists(p):
@@ -749,6 +777,11 @@ def _convert(
         from cmapdask.errors import GCTxFormatError
 
         raise GCTxFormatError(f"{src}: neither a GCTx (HDF5 with /0/DATA/0/matrix) nor a .gct file")
+    if ds.sizes["sig"] == 0 or ds.sizes["gene"] == 0:
+        raise StoreError(
+            f"{src}: the matrix is empty ({ds.sizes['gene']} genes x {ds.sizes['sig']} "
+            "signatures); nothing to convert"
+        )
     ds, tables = _join_tables(ds, src_name, sig_info, gene_info, compound_info, extra_ids)
     source = {"name": src_name, "url": str(src), "format": fmt, "size": size}
 

@@ -57,11 +57,31 @@ def read_table(path, *, storage_options: dict | None = None) -> pd.DataFrame:
         ) from None
     if raw.shape[1] < 1:
         raise MetadataError(f"{name}: table has no columns")
+    if not p.endswith(".parquet"):
+        _check_header(name, text)
     out = pd.DataFrame(
         {c: normalise_column(raw[c].to_numpy(dtype=object)) for c in raw.columns}, index=raw.index
     )
     out.attrs["source"] = name
     return out
+
+
+def _check_header(name: str, text: str) -> None:
+    """Refuse a header with a repeated or empty column name (pandas would rename it
+    ``pert_id.1`` / ``Unnamed: 3`` and the table would silently lose the field)."""
+    import csv
+
+    line = text.split("\n", 1)[0].rstrip("\r")
+    header = next(csv.reader([line], delimiter="\t"), [])
+    seen: dict[str, int] = {}
+    for i, col in enumerate(header, start=1):
+        if not col.strip():
+            raise MetadataError(f"{name}: header column {i} has no name")
+        if col in seen:
+            raise MetadataError(
+                f"{name}: column {col!r} appears twice in the header (columns {seen[col]} and {i})"
+            )
+        seen[col] = i
 
 
 def write_table(df: pd.DataFrame, path) -> None:

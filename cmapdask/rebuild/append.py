@@ -53,6 +53,17 @@ def file_provenance(url, storage_options=None) -> dict:
     }
 
 
+def _check_source(new, storage_options) -> None:
+    """A missing source or a folder is bad input (exit 2), not a traceback or a retry."""
+    from cmapdask.io.atomic import url_to_fs
+
+    fs, p = url_to_fs(str(new), storage_options)
+    if not fs.exists(p):
+        raise InputError(f"{new}: no such file")
+    if fs.isdir(p):
+        raise InputError(f"{new}: is a folder, not a GCTx file")
+
+
 def append(
     root,
     new,
@@ -102,6 +113,7 @@ def append(
     from cmapdask.io.store import convert
 
     t0 = time.perf_counter()
+    _check_source(new, src_storage_options)
     versions = list_versions(root, storage_options=storage_options)
     vid = next_version_id(root, storage_options=storage_options)
     dest = version_url(root, vid)
@@ -346,13 +358,14 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
         job = da.store(
             x, arr, regions=(slice(n_old, n_tot), slice(None)), lock=False, compute=False
         )
+        bad = (~da.isfinite(x)).any(axis=1)  # counted in the same pass as the write
         if progress:
             from dask.diagnostics import ProgressBar
 
             with ProgressBar():
-                dask.compute(job)
+                _, bad = dask.compute(job, bad)
         else:
-            dask.compute(job)
+            _, bad = dask.compute(job, bad)
     coords = {}
     for k, v in fields.items():
         if v.dtype.kind == "O":
@@ -362,7 +375,19 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     with quiet_zarr():
         sig_ds.to_zarr(dest, mode="a", zarr_format=3, consolidated=False, storage_options=opts)
         root = zarr.open_group(dest, mode="r+", storage_options=opts)
-        root.attrs["cmapdask"] = {**meta, **prov, "n_sig": int(n_tot), "complete": True}
+        rec = _nonfinite_record(meta.pop("nonfinite", None), bad, fields["sig"], n_old)
+        root.attrs["cmapdask"] = {**meta, **prov, **rec, "n_sig": int(n_tot), "complete": True}
+
+
+def _nonfinite_record(old, bad, sig, n_old) -> dict:
+    """The parent's count of NaN/Inf signatures plus the new ones (``index`` trusts a
+    count of 0); nothing when the parent did not count them."""
+    if not isinstance(old, dict):
+        return {}
+    new = np.flatnonzero(np.asarray(bad))
+    out = {"n_sig": int(old.get("n_sig", 0)) + int(new.size)}
+    first = old.get("first") or (str(sig[n_old + new[0]]) if new.size else None)
+    return {"nonfinite": {**out, "first": first} if first else out}
 
 
 def clone_version(root, parent: str, *, storage_options: dict | None = None) -> str:

@@ -161,6 +161,8 @@ def rebuild(
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
+    if block_size is not None and (isinstance(block_size, bool) or int(block_size) < 1):
+        raise InputError(f"block_size must be a positive integer, got {block_size!r}")
     timer = _Timer()
     t0 = time.perf_counter()
     plan = plan_rebuild(root, full=full, storage_options=storage_options)

@@ -31,7 +31,7 @@ import dask
 import numpy as np
 import zarr
 
-from cmapdask.errors import InputError
+from cmapdask.errors import InputError, StoreError
 from cmapdask.io.atomic import is_local, join, publish_dir, url_to_fs
 from cmapdask.io.store import (
     ensure_parent_groups,
@@ -207,10 +207,16 @@ def extend_index(
 
 def _background(base_url, target_url, member, storage_options, progress):
     from cmapdask.connectivity import build_background, select_signatures
+    from cmapdask.where import selection_from_record
 
     prov = dict(open_member(base_url, member, storage_options=storage_options).attrs["cmapdask"])
-    ref = prov.get("reference")
-    if ref in (None, "mask"):
+    try:  # parsed as data, never evaluated: a store is data, whoever edited it
+        ref = selection_from_record(prov.get("reference"))
+    except InputError as e:
+        raise StoreError(
+            f"{base_url}: {member} records a reference that is not a filter: {e}"
+        ) from None
+    if ref is None:
         return (
             None,
             "built from a signature mask the member does not record; rebuild it with "

@@ -2,7 +2,8 @@
 
 Layers: :mod:`.plan` (pure block-pair planning), :mod:`.kernels` (numpy maths on blocks),
 :mod:`.engine` (the dask task graph), :mod:`.api` (xarray labels, checks, provenance),
-:mod:`.pert` (perturbagen-level aggregation) and :mod:`.write` (store members, Zarr, GCTx).
+:mod:`.pert` (perturbagen-level aggregation), :mod:`.recall` (exact MoA recall in the same
+blockwise pass) and :mod:`.write` (store members, Zarr, GCTx).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from cmapdask.similarity.api import count_invalid, feature_genes, similarity, similarity_matrix
 from cmapdask.similarity.pert import pert_similarity
 from cmapdask.similarity.plan import BlockPlan, plan_blocks
+from cmapdask.similarity.recall import moa_recall, recall_tables
 from cmapdask.similarity.write import write_similarity
 
 __all__ = [
@@ -21,4 +23,6 @@ __all__ = [
     "count_invalid",
     "plan_blocks",
     "BlockPlan",
+    "moa_recall",
+    "recall_tables",
 ]
