@@ -11,7 +11,7 @@ from cmapdask.errors import InputError
 
 __all__ = ["sql"]
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 
 
 def sql(store, query: str, *, storage_options: dict | None = None) -> pd.DataFrame:
@@ -51,15 +51,14 @@ def sql(store, query: str, *, storage_options: dict | None = None) -> pd.DataFra
     if head not in ("select", "with", "from", "values", "table"):
         raise InputError(f"only SELECT queries are answered, not {head.upper()!r}")
     tables = read_tables(store, storage_options=storage_options)
-    cur = _connection(tables).cursor()
-    try:
-        if len(cur.extract_statements(text)) != 1:
-            raise InputError("SQL: give exactly one statement")
-        return cur.execute(text).fetch_df()
-    except duckdb.Error as e:
-        raise InputError(f"SQL: {str(e).strip().splitlines()[0]}") from None
-    finally:
-        cur.close()
+    con = _connection(tables)
+    with _LOCK:  # registered tables live on the connection: one query at a time on it
+        try:
+            if len(con.extract_statements(text)) != 1:
+                raise InputError("SQL: give exactly one statement")
+            return con.execute(text).fetch_df()
+        except duckdb.Error as e:
+            raise InputError(f"SQL: {str(e).strip().splitlines()[0]}") from None
 
 
 _CONNECTIONS: dict[int, tuple[dict, object]] = {}
