@@ -244,6 +244,16 @@ def test_s3_virtual_equals_copied(tmp_path, s3_server, layout):
         open_store(url, storage_options=s3_server)
 
 
+@pytest.mark.cluster
+def test_read_on_worker_processes(tmp_path, cluster_client):
+    src = _gctx(tmp_path / "x.gctx", **LAYOUTS["gzip_shuffle_f8"])
+    copied = open_store(convert(src, tmp_path / "c.zarr", chunk_rows=16))
+    virt = open_store(convert(src, tmp_path / "v.zarr", virtual=True, chunk_rows=16))
+    assert virt["expr"].data.numblocks[0] > 1
+    got = cluster_client.compute(virt["expr"].data).result()  # tasks on worker processes
+    np.testing.assert_array_equal(got, copied["expr"].values)
+
+
 def _cli(*args, cwd):
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run(

@@ -62,6 +62,12 @@ def source_stamp(url, storage_options=None) -> dict:
         info = fs.info(p)
     except FileNotFoundError:
         raise StoreError(f"{url}: the source of the virtual store is gone") from None
+    except Exception as e:  # credentials, endpoint, network
+        raise StoreError(
+            f"{url}: cannot reach the source of the virtual store ({_first_line(e)}); give "
+            "its fsspec options (the store's storage options when both are on the same "
+            "storage, else dask config cmapdask.virtual.storage_options)"
+        ) from None
     stamp = {"size": int(info["size"])}
     etag = info.get("ETag") or info.get("etag")
     if etag:
