@@ -421,6 +421,10 @@ def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
             storage_options=zarr_options(url, storage_options),
         )
     ds = _coords_to_memory(ds, url, storage_options)
+    if meta.get("virtual"):  # expr reads the source GCTx's chunks in place
+        from cmapdask.io.virtual import open_virtual
+
+        ds = open_virtual(ds, meta, url, storage_options)
     ds.attrs = {"cmapdask": meta, "store_url": str(url)}
     return ds
 
@@ -555,14 +559,21 @@ def store_info(url, *, storage_options: dict | None = None) -> dict:
     ds = open_store(url, storage_options=storage_options)
     with quiet_zarr():
         g = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
-        arr = g["expr"]
-        codecs = [type(c).__name__ for c in arr.metadata.codecs]
+        if "expr" in g:
+            arr = g["expr"]
+            codecs = [type(c).__name__ for c in arr.metadata.codecs]
+        else:  # a virtual store: expr is the source's matrix, read in place
+            arr = ds["expr"].data
+            v = ds.attrs["cmapdask"]["virtual"]
+            codecs = [f"virtual:{v['layout']}:{v['dtype']}"] + [
+                {1: "deflate", 2: "shuffle", 3: "fletcher32"}[c] for c in v["filters"]
+            ]
         nbytes_stored = _stored_bytes(url, storage_options)
     return {
         "kind": "store",
         "url": str(url),
         "shape": {"sig": ds.sizes["sig"], "gene": ds.sizes["gene"]},
-        "chunks": list(arr.chunks),
+        "chunks": [int(c[0]) if isinstance(c, tuple) else int(c) for c in arr.chunks],
         "dtype": str(arr.dtype),
         "codecs": codecs,
         "stored_bytes": nbytes_stored,
@@ -625,6 +636,7 @@ def convert(
     chunk_rows: int | None = None,
     overwrite: bool = False,
     checksum: bool = True,
+    virtual: bool = False,
     progress: bool = False,
 ) -> str:
     """Convert a GCTx (or GCT) file into a new signature store, with metadata joined.
@@ -654,6 +666,11 @@ def convert(
     checksum
         Record the SHA-256 of the source (read once more, sequentially, in a thread of
         the calling process beside the conversion; ``convert`` fails if it cannot).
+    virtual
+        Write a virtual store (GCTx only): metadata as usual, but no ``expr`` array;
+        :func:`open_store` reads the source's own chunks in place (local or ``s3://``) from
+        byte references kept in the store (:mod:`cmapdask.io.virtual`). The source must
+        stay where it is, unchanged (its size and mtime/ETag are checked on open).
 
     Returns
     -------
@@ -668,6 +685,13 @@ def convert(
     the metadata (O(n_sig + n_gene)) and one 8 MiB buffer for the checksum. Every chunk
     is compressed once and written once; the metadata are read once. Nothing is visible
     at ``dest`` until the store is complete.
+
+    A virtual store reads only the source's HDF5 metadata and chunk index at conversion
+    (nothing of the matrix but the checksum's pass). Copy instead of referencing when the
+    store will be read often or remotely: a GCTx read in place is read in the file's own
+    chunks and compression (small or gene-split chunks mean many small requests), the
+    source must never move or change, and members that need the matrix rearranged (the
+    query index, ``cmapdask index``; rechunked or appended stores) read all of it anyway.
     """
     if chunk_rows is not None and (isinstance(chunk_rows, bool) or int(chunk_rows) < 1):
         raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
@@ -687,7 +711,7 @@ def convert(
         )
         hasher.start()
     try:
-        dest = _convert(
+        dest = (_convert_virtual if virtual else _convert)(
             src,
             dest,
             src_name,
@@ -738,6 +762,12 @@ def _keep_tables(dest, given: dict, storage_options) -> None:
             df = df.reindex(ds[kind].values.astype(str)).rename_axis(f"{kind}_id").reset_index()
         tables[name] = df
     write_tables(dest, tables, storage_options=storage_options)
+
+
+def _convert_virtual(*args, **kwargs) -> str:
+    from cmapdask.io.virtual import convert_virtual
+
+    return convert_virtual(*args, **kwargs)
 
 
 def _convert(
