@@ -61,5 +61,9 @@ class InputError(CmapdaskError):
     """Any other invalid argument or data (NaN where not allowed, k too large, ...)."""
 
 
+class TransferError(CmapdaskError, ConnectionError):
+    """A download or upload that failed after its retries (the network, the server)."""
+
+
 class NonFiniteWarning(UserWarning):
     """A matrix holds NaN or infinite values (stored as they are; ``index`` refuses them)."""

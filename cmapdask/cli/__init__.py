@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "cmapdask.cli.levels",
     "cmapdask.cli.moa",
     "cmapdask.cli.rebuild",
+    "cmapdask.cli.data",
     "cmapdask.cli.demo",
 ]
 

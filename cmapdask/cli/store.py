@@ -42,6 +42,20 @@ def register(sub) -> None:
     )
     p.add_argument("--no-checksum", action="store_true", help="skip the source SHA-256")
     p.add_argument(
+        "--virtual",
+        action="store_true",
+        help="reference SRC's chunks in place instead of copying them (GCTx only; SRC must "
+        "stay unchanged; copy for stores read often or remotely, see README)",
+    )
+    p.add_argument(
+        "--src-storage-options",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="fsspec options for SRC (default: those of --storage-options when SRC and DEST "
+        "are on the same kind of storage)",
+    )
+    p.add_argument(
         "--storage-options",
         type=json.loads,
         default=None,
@@ -79,6 +93,8 @@ def run_convert(args) -> int:
             chunk_rows=args.chunk_rows,
             overwrite=args.overwrite,
             checksum=not args.no_checksum,
+            virtual=args.virtual,
+            src_storage_options=_src_options(args),
             progress=not args.quiet,
         )
     for w in seen:  # ours as one line; anything else as Python would show it
@@ -93,6 +109,13 @@ def run_convert(args) -> int:
         f"{info['shape']['gene']} genes in {time.perf_counter() - t0:.1f} s",
     )
     return 0
+
+
+def _src_options(args):
+    if args.src_storage_options is not None:
+        return args.src_storage_options
+    proto = [u.split("://", 1)[0] if "://" in u else "file" for u in (args.src, args.dest)]
+    return args.storage_options if proto[0] == proto[1] != "file" else None
 
 
 def file_info(path, storage_options=None) -> dict:

@@ -424,6 +424,10 @@ def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
             storage_options=zarr_options(url, storage_options),
         )
     ds = _coords_to_memory(ds, url, storage_options)
+    if meta.get("virtual"):  # expr reads the source GCTx's chunks in place
+        from cmapdask.io.virtual import open_virtual
+
+        ds = open_virtual(ds, meta, url, storage_options)
     ds.attrs = {"cmapdask": meta, "store_url": str(url)}
     return ds
 
@@ -558,14 +562,21 @@ def store_info(url, *, storage_options: dict | None = None) -> dict:
     ds = open_store(url, storage_options=storage_options)
     with quiet_zarr():
         g = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
-        arr = g["expr"]
-        codecs = [type(c).__name__ for c in arr.metadata.codecs]
+        if "expr" in g:
+            arr = g["expr"]
+            codecs = [type(c).__name__ for c in arr.metadata.codecs]
+        else:  # a virtual store: expr is the source's matrix, read in place
+            arr = ds["expr"].data
+            v = ds.attrs["cmapdask"]["virtual"]
+            codecs = [f"virtual:{v['layout']}:{v['dtype']}"] + [
+                {1: "deflate", 2: "shuffle", 3: "fletcher32"}[c] for c in v["filters"]
+            ]
         nbytes_stored = _stored_bytes(url, storage_options)
     return {
         "kind": "store",
         "url": str(url),
         "shape": {"sig": ds.sizes["sig"], "gene": ds.sizes["gene"]},
-        "chunks": list(arr.chunks),
+        "chunks": [int(c[0]) if isinstance(c, tuple) else int(c) for c in arr.chunks],
         "dtype": str(arr.dtype),
         "codecs": codecs,
         "stored_bytes": nbytes_stored,
@@ -619,12 +630,16 @@ def convert(
     gene_info=None,
     compound_info=None,
     *,
+    cell_info=None,
+    inst_info=None,
+    genetic_info=None,
     storage_options: dict | None = None,
     src_storage_options: dict | None = None,
     extra_ids: Literal["error", "ignore"] = "error",
     chunk_rows: int | None = None,
     overwrite: bool = False,
     checksum: bool = True,
+    virtual: bool = False,
     progress: bool = False,
 ) -> str:
     """Convert a GCTx (or GCT) file into a new signature store, with metadata joined.
@@ -642,6 +657,10 @@ def convert(
         id column ``sig_id``), ``geneinfo`` (``gene_id``), ``compoundinfo`` (``pert_id``,
         joined through the signatures' ``pert_id``; several rows of a compound fold into
         ``|``-separated values). Table fields override same-named fields of the file.
+    cell_info, inst_info, genetic_info
+        Optional release tables kept beside the others (``cellinfo``, ``instinfo``,
+        ``geneticinfo``), not joined. Every table given is kept in the store as Parquet
+        (the ``tables`` member) for :mod:`cmapdask.data` and :func:`cmapdask.sql`.
     extra_ids
         ``"error"``: a table row whose id is not in the matrix is an error;
         ``"ignore"``: such rows are skipped (release-wide tables with a subset matrix).
@@ -651,6 +670,11 @@ def convert(
     checksum
         Record the SHA-256 of the source (read once more, sequentially, in a thread of
         the calling process beside the conversion; ``convert`` fails if it cannot).
+    virtual
+        Write a virtual store (GCTx only): metadata as usual, but no ``expr`` array;
+        :func:`open_store` reads the source's own chunks in place (local or ``s3://``) from
+        byte references kept in the store (:mod:`cmapdask.io.virtual`). The source must
+        stay where it is, unchanged (its size and mtime/ETag are checked on open).
 
     Returns
     -------
@@ -665,6 +689,13 @@ def convert(
     the metadata (O(n_sig + n_gene)) and one 8 MiB buffer for the checksum. Every chunk
     is compressed once and written once; the metadata are read once. Nothing is visible
     at ``dest`` until the store is complete.
+
+    A virtual store reads only the source's HDF5 metadata and chunk index at conversion
+    (nothing of the matrix but the checksum's pass). Copy instead of referencing when the
+    store will be read often or remotely: a GCTx read in place is read in the file's own
+    chunks and compression (small or gene-split chunks mean many small requests), the
+    source must never move or change, and members that need the matrix rearranged (the
+    query index, ``cmapdask index``; rechunked or appended stores) read all of it anyway.
     """
     if chunk_rows is not None and (isinstance(chunk_rows, bool) or int(chunk_rows) < 1):
         raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
@@ -685,7 +716,7 @@ def convert(
         )
         hasher.start()
     try:
-        return _convert(
+        dest = (_convert_virtual if virtual else _convert)(
             src,
             dest,
             src_name,
@@ -704,6 +735,44 @@ def convert(
         )
     finally:
         stop.set()  # a failed conversion does not leave a hash reading on
+    given = {
+        "siginfo": sig_info,
+        "geneinfo": gene_info,
+        "compoundinfo": compound_info,
+        "cellinfo": cell_info,
+        "instinfo": inst_info,
+        "geneticinfo": genetic_info,
+    }
+    if any(v is not None for v in given.values()):
+        _keep_tables(dest, given, storage_options)
+    return dest
+
+
+def _keep_tables(dest, given: dict, storage_options) -> None:
+    """The release's tables as the store's ``tables`` member (siginfo and geneinfo
+    restricted to the store's signatures and genes, in store order)."""
+    from cmapdask.data.tables import write_tables
+    from cmapdask.io.tables import ID_COLUMNS, read_table
+
+    ds = open_store(dest, storage_options=storage_options)
+    tables = {}
+    for name, path in given.items():
+        if path is None:
+            continue
+        df = read_table(path)
+        kind = {"siginfo": "sig", "geneinfo": "gene"}.get(name)
+        if kind:
+            col = next(c for c in ID_COLUMNS[kind] if c in df.columns)
+            df = df.assign(**{col: df[col].astype(str)}).drop_duplicates(col).set_index(col)
+            df = df.reindex(ds[kind].values.astype(str)).rename_axis(f"{kind}_id").reset_index()
+        tables[name] = df
+    write_tables(dest, tables, storage_options=storage_options)
+
+
+def _convert_virtual(*args, **kwargs) -> str:
+    from cmapdask.io.virtual import convert_virtual
+
+    return convert_virtual(*args, **kwargs)
 
 
 def _convert(
