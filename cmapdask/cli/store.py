@@ -78,7 +78,6 @@ def run_convert(args) -> int:
     from cmapdask.io.store import convert, store_info
 
     t0 = time.perf_counter()
-    src_so = args.storage_options if "://" in str(args.src) else None
     with dask_client(args), warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always", NonFiniteWarning)
         convert(
@@ -88,7 +87,6 @@ def run_convert(args) -> int:
             gene_info=args.gene_info,
             compound_info=args.compound_info,
             storage_options=args.storage_options,
-            src_storage_options=src_so,
             extra_ids="ignore" if args.ignore_extra_ids else "error",
             chunk_rows=args.chunk_rows,
             overwrite=args.overwrite,
@@ -112,10 +110,11 @@ def run_convert(args) -> int:
 
 
 def _src_options(args):
+    """--src-storage-options, else --storage-options for a remote source (the usual case:
+    one object store holds both)."""
     if args.src_storage_options is not None:
         return args.src_storage_options
-    proto = [u.split("://", 1)[0] if "://" in u else "file" for u in (args.src, args.dest)]
-    return args.storage_options if proto[0] == proto[1] != "file" else None
+    return args.storage_options if "://" in str(args.src) else None
 
 
 def file_info(path, storage_options=None) -> dict:
