@@ -54,6 +54,37 @@ signatures of one compound more than either (tests/test_synthetic.py checks this
 :func:`synth_truth` gives the ground truth per signature (``moa``, strength ``s * r``) and
 :func:`synth_moa_directions` the directions ``u``.
 
+Genetic perturbagens (``genetic=True``; ``cmapdask synth``'s default)
+---------------------------------------------------------------------
+Every group ``g % 4 == 1`` is a genetic plate set instead of a compound one (compound
+plate maps go on in order over the other groups). Its 24 control wells are empty
+vectors (``pert_id`` ``EMPTY_VECTOR``, ``pert_type`` ``ctl_vector``, ``is_null_sig``);
+the 360 others hold 120 gene slots x 3 classes in well order: shRNA consensus
+(``trt_sh.cgs``, ``pert_id`` ``CGS001-<gene_id>``), CRISPR (``trt_xpr``, ``XPR001-``) and
+overexpression (``trt_oe``, ``OE001-``); slot ``k`` of genetic map ``m`` (``m`` = the
+genetic group's ordinal modulo the number of maps) holds gene ``(120 m + k) %
+n_genetic_genes``. ``cmap_name`` is the gene symbol, dose fields are missing and the time
+is 96 h; the exemplar (first replicate) signatures are all Touchstone, as CLUE's
+Touchstone holds its knockdowns and overexpressions. The genes are landmark genes drawn
+by the seed; gene ``i < n_moas`` is the target of MoA ``i``, named in compoundinfo's
+``target`` (``G<gene_id>``, the synthetic gene symbol), the others are decoys. Values::
+
+    x = eps + gamma * w[cell] + g * (d[gene] + beta * sign(g) * o[gene, class])
+
+- ``d[gene]``: the MoA's direction ``u`` for a target, a private sparse direction (10 %
+  of the genes) for a decoy; ``o``: a reagent-specific off-target component (5 %);
+- ``g = genetic_strength * c[class] * q[cell, gene] * sign``, ``c`` = 2.5 (shRNA), 3.0
+  (CRISPR), 2.5 (overexpression), ``q[cell, gene] ~ U(0.25, 1.25)`` (cell-line-dependent
+  strength), ``sign`` = +1 for the loss of function (shRNA, CRISPR) of the target of an
+  inhibitor or antagonist or of a decoy, -1 for an agonist's target; overexpression has
+  the opposite sign. So the knockdown of gene X looks like inhibitors of X, and its
+  overexpression like agonists of X. :func:`synth_genetic_truth` has the genes, their
+  MoA, sign and sensitivities; :func:`synth_geneticinfo` the perturbagen table
+  (``pert_id``, ``cmap_name``, ``pert_type``, ``gene_id``).
+
+``genetic=False`` (the default of :func:`synth_design`) gives the compound-only release
+of earlier versions byte for byte.
+
 Table fields that are derived, not random
 -----------------------------------------
 - ``ss_ngene``: landmarks with ``|x| >= 2`` in the signature (consistent with the matrix);
@@ -63,7 +94,8 @@ Table fields that are derived, not random
 - ``is_exemplar_sig`` = ``is_ncs_sig``: the first well of each (pert_id, dose) on the first
   plate set of its group; ``is_null_sig``: vehicle controls;
 - ``is_touchstone``: exemplar 10 µM signatures of Touchstone compounds (the first compound
-  of every MoA, ``c < n_moas``, and a random 25 % of the others).
+  of every MoA, ``c < n_moas``, and a random 25 % of the others), and exemplar genetic
+  signatures.
 - 2020 names: ``cell_iname`` (``cell_id`` before 2020), ``cmap_name`` (``pert_iname``).
 
 Everything is a function of the seed and the design: the same seed gives the same bytes,

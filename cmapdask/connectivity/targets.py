@@ -13,6 +13,11 @@ and ranks the genes:
 - ``summary``: maxq of the ``pert_summary`` τ between all of the compound's queries and
   the gene's perturbagens (each summarised across cell lines).
 
+Each class is pooled on its own and the gene keeps its highest class (column
+``pert_class``): a compound resembles the knockdown *or* the knockout of its target.
+With ``OE`` among the classes an agonist finds its target through the overexpression
+(its target's loss has the opposite sign).
+
 Rank 1 is the highest τ (the gene whose loss looks most like the compound). Where the
 compounds name targets (compoundinfo's ``target``, ``|``-separated), :func:`target_recall`
 gives each compound's AUROC of its targets among all ranked genes and their mean over
