@@ -64,8 +64,10 @@ the 360 others hold 120 gene slots x 3 classes in well order: shRNA consensus
 overexpression (``trt_oe``, ``OE001-``); slot ``k`` of genetic map ``m`` (``m`` = the
 genetic group's ordinal modulo the number of maps) holds gene ``(120 m + k) %
 n_genetic_genes``. ``cmap_name`` is the gene symbol, dose fields are missing and the time
-is 96 h; the exemplar (first replicate) signatures are all Touchstone, as CLUE's
-Touchstone holds its knockdowns and overexpressions. The genes are landmark genes drawn
+is 96 h; the exemplar (first replicate) signatures of the first three genetic groups
+of each genetic map are Touchstone, as CLUE's Touchstone holds knockdowns and
+overexpressions in a few core cell lines (so the τ reference, an all-by-all introspect,
+stays small in large releases). The genes are landmark genes drawn
 by the seed; gene ``i < n_moas`` is the target of MoA ``i``, named in compoundinfo's
 ``target`` (``G<gene_id>``, the synthetic gene symbol), the others are decoys. Values::
 
@@ -95,7 +97,7 @@ Table fields that are derived, not random
   plate set of its group; ``is_null_sig``: vehicle controls;
 - ``is_touchstone``: exemplar 10 µM signatures of Touchstone compounds (the first compound
   of every MoA, ``c < n_moas``, and a random 25 % of the others), and exemplar genetic
-  signatures.
+  signatures of the first three passes over each genetic map.
 - 2020 names: ``cell_iname`` (``cell_id`` before 2020), ``cmap_name`` (``pert_iname``).
 
 Everything is a function of the seed and the design: the same seed gives the same bytes,
@@ -204,6 +206,7 @@ GENETIC_SENSITIVITY = (0.25, 1.25)
 GENETIC_PERIOD = 4  # groups g with g % 4 == 1 are genetic plate sets
 GENETIC_TIME = 96
 GENE_SLOTS = 120  # genes per genetic plate map: 120 x 3 classes + 24 controls = 384 wells
+GENETIC_TOUCHSTONE = 3  # the first 3 passes over each genetic map are Touchstone
 VECTOR = "EMPTY_VECTOR"
 GENETICINFO_COLUMNS = ("pert_id", "cmap_name", "pert_type", "gene_id")
 
@@ -959,7 +962,11 @@ def synth_siginfo(design: SynthDesign, *, start: int = 0, stop: int | None = Non
                     & (tile.dose == len(DOSES_UM) - 1)
                     & touch[np.maximum(tile.compound, 0)]
                 )
-                | (tile.exemplar & (tile.gene >= 0))
+                | (
+                    tile.exemplar
+                    & (tile.gene >= 0)
+                    & (tile.group // GENETIC_PERIOD < GENETIC_TOUCHSTONE * design.n_gene_maps)
+                )
             ).astype(np.int64),
             is_ncs_sig=tile.exemplar.astype(np.int64),
             is_null_sig=tile.control.astype(np.int64),

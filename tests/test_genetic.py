@@ -46,6 +46,14 @@ def test_genetic_plate_sets_layout_and_tables():
     assert set(sig.loc[genetic, "pert_id"]) == set(info["pert_id"])
     assert (sig.loc[genetic, "is_touchstone"] == 1).all()
     assert (sig.loc[sig["pert_type"] == "ctl_vector", "is_null_sig"] == 1).all()
+    # in larger releases only the first three passes over the genetic map are Touchstone
+    big = S.synth_design(**{**DESIGN, "n_sigs": 24 * S.TILE})
+    bsig = S.synth_siginfo(big)
+    bgroup = np.arange(big.n_sigs) // S.TILE
+    bgen = bsig["pert_type"].isin(S.GENETIC_TYPES).to_numpy()
+    touch = bsig["is_touchstone"].to_numpy() == 1
+    assert set(bgroup[bgen]) == {1, 5, 9, 13, 17, 21}
+    assert set(bgroup[bgen & touch]) == {1, 5, 9}
     merged = sig[genetic].merge(info, on="pert_id", suffixes=("", "_info"))
     assert (merged["cmap_name"] == merged["cmap_name_info"]).all()
     assert (merged["cmap_name"] == "G" + merged["gene_id"].astype(str)).all()
