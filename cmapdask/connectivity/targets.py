@@ -148,8 +148,10 @@ def targets(
         Columns :data:`TARGET_COLUMNS`: one row per compound (``pert_id``,
         ``cmap_name``), cell line (``cell_id``; ``"summary"`` across cell lines) and gene
         (``gene_symbol``, ``gene_id`` where the store's genes name it, the
-        ``genetic_pert_ids`` behind it), with ``tau``, ``rank`` (1 = strongest; missing
-        without τ), ``n_genes`` ranked and ``is_target`` (an annotated target).
+        ``genetic_pert_ids`` behind it and the ``pert_class`` of the strongest), with
+        ``tau``, ``rank`` (1 = strongest), ``n_genes`` ranked and ``is_target`` (an
+        annotated target). Genes without τ there (no row in the background's reference)
+        are left out of that compound's and cell line's ranking.
         ``attrs["cmapdask"]`` holds the parameters and :func:`target_recall`'s summary.
 
     Notes
