@@ -371,8 +371,10 @@ def test_targets_cli(store, tmp_path):
     url, _ = store
     out = tmp_path / "t.tsv"
     cmd = [sys.executable, "-m", "cmapdask", "targets", url, "--space", "landmark"]
+    first = "is_touchstone == 1 and pert_id < 'SYN-K00000012'"  # one compound per MoA
     proc = subprocess.run(
-        [*cmd, "--classes", "KD,CRISPR,OE", "--out", str(out), "--cluster", "none"],
+        [*cmd, "--compounds", first, "--classes", "KD,CRISPR,OE", "--out", str(out)]
+        + ["--cluster", "none"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -382,7 +384,7 @@ def test_targets_cli(store, tmp_path):
     assert "annotated targets: AUROC 1.000" in proc.stderr or "AUROC 0.9" in proc.stderr
     t = pd.read_csv(out, sep="\t")
     assert tuple(t.columns) == TARGET_COLUMNS
-    assert set(t["cell_id"]) > {"summary"}
+    assert set(t["cell_id"]) > {"summary"} and t["pert_id"].nunique() == 12
     assert (t.loc[t["is_target"] & (t["cell_id"] == "summary"), "rank"] == 1).mean() > 0.8
     # without --out: the top rows on stdout; bad input: one line, exit 2
     proc = subprocess.run(
