@@ -36,6 +36,8 @@ from cmapdask.connectivity import (  # noqa: E402
     summarize,
     write_result,
 )
+from cmapdask.connectivity.classes import filter_class, pert_class, split_by_class  # noqa: E402
+from cmapdask.connectivity.targets import target_recall, targets  # noqa: E402
 from cmapdask.enrich import (  # noqa: E402
     candidate_pcls,
     cluster_enrichment,
@@ -94,7 +96,13 @@ from cmapdask.similarity import (  # noqa: E402
     similarity_matrix,
     write_similarity,
 )
-from cmapdask.synthetic import synth_dataset, synth_design, synth_truth, write_synthetic  # noqa: E402
+from cmapdask.synthetic import (  # noqa: E402
+    synth_dataset,
+    synth_design,
+    synth_genetic_truth,
+    synth_truth,
+    write_synthetic,
+)
 
 __all__ = [
     "__version__",
@@ -135,6 +143,11 @@ __all__ = [
     "build_background",
     "summarize",
     "write_result",
+    "pert_class",
+    "filter_class",
+    "split_by_class",
+    "targets",
+    "target_recall",
     # similarity
     "similarity",
     "similarity_matrix",
@@ -179,5 +192,6 @@ __all__ = [
     "synth_design",
     "synth_dataset",
     "synth_truth",
+    "synth_genetic_truth",
     "write_synthetic",
 ]

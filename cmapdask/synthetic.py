@@ -54,6 +54,39 @@ signatures of one compound more than either (tests/test_synthetic.py checks this
 :func:`synth_truth` gives the ground truth per signature (``moa``, strength ``s * r``) and
 :func:`synth_moa_directions` the directions ``u``.
 
+Genetic perturbagens (``genetic=True``; ``cmapdask synth``'s default)
+---------------------------------------------------------------------
+Every group ``g % 4 == 1`` is a genetic plate set instead of a compound one (compound
+plate maps go on in order over the other groups). Its 24 control wells are empty
+vectors (``pert_id`` ``EMPTY_VECTOR``, ``pert_type`` ``ctl_vector``, ``is_null_sig``);
+the 360 others hold 120 gene slots x 3 classes in well order: shRNA consensus
+(``trt_sh.cgs``, ``pert_id`` ``CGS001-<gene_id>``), CRISPR (``trt_xpr``, ``XPR001-``) and
+overexpression (``trt_oe``, ``OE001-``); slot ``k`` of genetic map ``m`` (``m`` = the
+genetic group's ordinal modulo the number of maps) holds gene ``(120 m + k) %
+n_genetic_genes``. ``cmap_name`` is the gene symbol, dose fields are missing and the time
+is 96 h; the exemplar (first replicate) signatures of the first three genetic groups
+of each genetic map are Touchstone, as CLUE's Touchstone holds knockdowns and
+overexpressions in a few core cell lines (so the τ reference, an all-by-all introspect,
+stays small in large releases). The genes are landmark genes drawn
+by the seed; gene ``i < n_moas`` is the target of MoA ``i``, named in compoundinfo's
+``target`` (``G<gene_id>``, the synthetic gene symbol), the others are decoys. Values::
+
+    x = eps + gamma * w[cell] + g * (d[gene] + beta * sign(g) * o[gene, class])
+
+- ``d[gene]``: the MoA's direction ``u`` for a target, a private sparse direction (10 %
+  of the genes) for a decoy; ``o``: a reagent-specific off-target component (5 %);
+- ``g = genetic_strength * c[class] * q[cell, gene] * sign``, ``c`` = 2.5 (shRNA), 3.0
+  (CRISPR), 2.5 (overexpression), ``q[cell, gene] ~ U(0.25, 1.25)`` (cell-line-dependent
+  strength), ``sign`` = +1 for the loss of function (shRNA, CRISPR) of the target of an
+  inhibitor or antagonist or of a decoy, -1 for an agonist's target; overexpression has
+  the opposite sign. So the knockdown of gene X looks like inhibitors of X, and its
+  overexpression like agonists of X. :func:`synth_genetic_truth` has the genes, their
+  MoA, sign and sensitivities; :func:`synth_geneticinfo` the perturbagen table
+  (``pert_id``, ``cmap_name``, ``pert_type``, ``gene_id``).
+
+``genetic=False`` (the default of :func:`synth_design`) gives the compound-only release
+of earlier versions byte for byte.
+
 Table fields that are derived, not random
 -----------------------------------------
 - ``ss_ngene``: landmarks with ``|x| >= 2`` in the signature (consistent with the matrix);
@@ -63,7 +96,8 @@ Table fields that are derived, not random
 - ``is_exemplar_sig`` = ``is_ncs_sig``: the first well of each (pert_id, dose) on the first
   plate set of its group; ``is_null_sig``: vehicle controls;
 - ``is_touchstone``: exemplar 10 µM signatures of Touchstone compounds (the first compound
-  of every MoA, ``c < n_moas``, and a random 25 % of the others).
+  of every MoA, ``c < n_moas``, and a random 25 % of the others), and exemplar genetic
+  signatures of the first three passes over each genetic map.
 - 2020 names: ``cell_iname`` (``cell_id`` before 2020), ``cmap_name`` (``pert_iname``).
 
 Everything is a function of the seed and the design: the same seed gives the same bytes,
@@ -99,6 +133,8 @@ __all__ = [
     "synth_gene_ids",
     "synth_geneinfo",
     "synth_compoundinfo",
+    "synth_geneticinfo",
+    "synth_genetic_truth",
     "synth_siginfo",
     "synth_pcl",
     "synth_truth",
@@ -112,6 +148,8 @@ __all__ = [
     "SIGINFO_COLUMNS",
     "GENEINFO_COLUMNS",
     "COMPOUNDINFO_COLUMNS",
+    "GENETICINFO_COLUMNS",
+    "GENETIC_TYPES",
 ]
 
 GeneSpace = Literal["landmark", "bing", "all"]
@@ -121,7 +159,7 @@ SLOTS = 60  # compound slots per plate map: 60 x 6 doses + 24 vehicles = 384 wel
 DOSES_UM = (0.04, 0.12, 0.37, 1.11, 3.33, 10.0)
 TIMES_H = (6, 24)
 TIME_P = (0.25, 0.75)
-TIME_FACTOR = {6: 0.75, 24: 1.0}
+TIME_FACTOR = {6: 0.75, 24: 1.0, 96: 1.0}
 EC50_UM = 1.0
 POTENCY, POTENCY_LOG_SD = 3.0, 0.25
 BETA, GAMMA = 0.5, 0.3
@@ -155,6 +193,22 @@ VEHICLE = "DMSO"
 _ROWS = "ABCDEFGHIJKLMNOP"
 # SeedSequence stream tags: each kind of randomness has its own stream.
 _NOISE, _SIG, _GROUP, _COMPOUND, _MOA, _CELL, _TABLE, _SENS = range(8)
+_GENE_PICK, _PATHWAY, _REAGENT, _GENE_SENS = range(8, 12)
+
+# Genetic perturbagens (``genetic=True``): classes in well order, their pert_id prefixes
+# and planted strengths; a knockdown or knockout (loss of function) mimics an inhibitor or
+# antagonist of the gene and opposes an agonist, an overexpression the reverse.
+GENETIC_TYPES = ("trt_sh.cgs", "trt_xpr", "trt_oe")
+GENETIC_PREFIX = {"trt_sh.cgs": "CGS001", "trt_xpr": "XPR001", "trt_oe": "OE001"}
+GENETIC_STRENGTH = (2.5, 3.0, 2.5)
+GENETIC_LOF = (True, True, False)
+GENETIC_SENSITIVITY = (0.25, 1.25)
+GENETIC_PERIOD = 4  # groups g with g % 4 == 1 are genetic plate sets
+GENETIC_TIME = 96
+GENE_SLOTS = 120  # genes per genetic plate map: 120 x 3 classes + 24 controls = 384 wells
+GENETIC_TOUCHSTONE = 3  # the first 3 passes over each genetic map are Touchstone
+VECTOR = "EMPTY_VECTOR"
+GENETICINFO_COLUMNS = ("pert_id", "cmap_name", "pert_type", "gene_id")
 
 SIGINFO_COLUMNS = (
     "sig_id",
@@ -214,6 +268,9 @@ class SynthDesign:
     n_compounds: int
     n_cells: int
     n_replicates: int
+    genetic: bool = False
+    n_genetic_genes: int = 0
+    genetic_strength: float = 1.0
 
     @property
     def n_genes(self) -> int:
@@ -227,6 +284,20 @@ class SynthDesign:
     def n_maps(self) -> int:
         return -(-self.n_compounds // SLOTS)
 
+    @property
+    def n_gene_maps(self) -> int:
+        return -(-self.n_genetic_genes // GENE_SLOTS) if self.genetic else 0
+
+    def is_genetic_group(self, g: int) -> bool:
+        """Whether plate-set group ``g`` holds genetic perturbagens."""
+        return self.genetic and g % GENETIC_PERIOD == 1
+
+    def compound_group(self, g: int) -> int:
+        """Ordinal of group ``g`` among the compound groups (``g`` without genetics)."""
+        if not self.genetic:
+            return g
+        return g - (g + GENETIC_PERIOD - 2) // GENETIC_PERIOD
+
 
 def synth_design(
     n_sigs: int,
@@ -237,6 +308,9 @@ def synth_design(
     n_compounds: int | None = None,
     n_cells: int = 9,
     n_replicates: int = 3,
+    genetic: bool = False,
+    n_genetic_genes: int | None = None,
+    genetic_strength: float = 1.0,
 ) -> SynthDesign:
     """Validate the parameters of a synthetic data set and fill in the defaults.
 
@@ -257,6 +331,16 @@ def synth_design(
         Cell lines, 1 to 16 (the first 9 are the Touchstone core lines).
     n_replicates
         Plate sets per group: how often each condition is repeated with fresh noise.
+    genetic
+        Also genetic perturbagens (shRNA consensus ``trt_sh.cgs``, CRISPR ``trt_xpr``,
+        overexpression ``trt_oe``) on every group ``g % 4 == 1``, with the MoAs' targets
+        among their genes. Off by default here so that existing designs keep their bytes;
+        ``cmapdask synth`` turns it on.
+    n_genetic_genes
+        Genes with genetic perturbagens (``genetic`` only): the ``n_moas`` targets first,
+        then decoys. Default ``min(978, max(120, 2 * n_moas))``; landmark genes.
+    genetic_strength
+        Scale of the planted genetic effects (0: knockdowns carry no signal).
 
     Examples
     --------
@@ -292,6 +376,17 @@ def synth_design(
             f"synthetic: need 1 <= n_moas <= n_compounds, got n_moas={n_moas}, "
             f"n_compounds={n_compounds}"
         )
+    if n_genetic_genes is None:
+        n_genetic_genes = min(978, max(GENE_SLOTS, 2 * n_moas)) if genetic else 0
+    if genetic and not n_moas <= n_genetic_genes <= 978:
+        raise InputError(
+            f"synthetic: n_genetic_genes must be between n_moas ({n_moas}) and 978, "
+            f"got {n_genetic_genes}"
+        )
+    if not np.isfinite(genetic_strength) or genetic_strength < 0:
+        raise InputError(
+            f"synthetic: genetic_strength must be a non-negative number, got {genetic_strength}"
+        )
     return SynthDesign(
         int(n_sigs),
         genes,
@@ -300,6 +395,9 @@ def synth_design(
         int(n_compounds),
         int(n_cells),
         int(n_replicates),
+        bool(genetic),
+        int(n_genetic_genes) if genetic else 0,
+        float(genetic_strength),
     )
 
 
@@ -383,6 +481,74 @@ def _compound_table(seed: int, n_compounds: int, n_moas: int) -> tuple[np.ndarra
     return potency, touch
 
 
+@functools.lru_cache(maxsize=8)
+def _genetic_genes(seed: int, n: int) -> np.ndarray:
+    """Landmark positions of the genes with genetic perturbagens (the first ``n_moas``
+    are the MoAs' targets, in MoA order)."""
+    return _rng(seed, _GENE_PICK).permutation(978)[:n]
+
+
+def _target_symbol(design: SynthDesign, a: int) -> str:
+    if not design.genetic:
+        return f"SYNT{a:03d}"
+    return f"G{landmark_gene_ids()[_genetic_genes(design.seed, design.n_genetic_genes)[a]]}"
+
+
+def _genetic_pert_id(k: int, gene_id: str) -> str:
+    return f"{GENETIC_PREFIX[GENETIC_TYPES[k]]}-{gene_id}"
+
+
+def _is_agonist(a: int) -> bool:
+    return a % 3 == 1
+
+
+def synth_geneticinfo(design: SynthDesign) -> pd.DataFrame:
+    """``geneticinfo``: one row per genetic perturbagen (empty without ``genetic``).
+
+    Columns :data:`GENETICINFO_COLUMNS`: ``pert_id`` (``CGS001-<gene_id>`` for shRNA
+    consensus, ``XPR001-`` CRISPR, ``OE001-`` overexpression), ``cmap_name`` (the gene
+    symbol, as in siginfo), ``pert_type`` and the target ``gene_id``; genes in the order
+    of :func:`synth_genetic_truth`, classes in the order of :data:`GENETIC_TYPES`.
+    """
+    rows = []
+    lm = landmark_gene_ids()
+    for i in _genetic_genes(design.seed, design.n_genetic_genes).tolist():
+        for k, pt in enumerate(GENETIC_TYPES):
+            rows.append((_genetic_pert_id(k, lm[i]), f"G{lm[i]}", pt, int(lm[i])))
+    return pd.DataFrame(rows, columns=list(GENETICINFO_COLUMNS)).astype(
+        {"pert_id": object, "cmap_name": object, "pert_type": object, "gene_id": np.int64}
+    )
+
+
+def synth_genetic_truth(design: SynthDesign) -> pd.DataFrame:
+    """Planted truth of the genes with genetic perturbagens, one row per gene.
+
+    Columns: ``gene_id`` (str), ``gene_symbol``, ``moa_index`` (the MoA whose target the
+    gene is, -1 for a decoy), ``moa``, ``lof_sign`` (+1: a knockdown or knockout mimics
+    the MoA's compounds, -1: it opposes them (agonists); an overexpression has the
+    opposite sign) and ``sensitivity_<cell>`` (the cell line's strength factor).
+    """
+    lm = landmark_gene_ids()
+    genes = _genetic_genes(design.seed, design.n_genetic_genes)
+    idx = np.arange(genes.size)
+    moa = np.where(idx < design.n_moas, idx, -1)
+    df = pd.DataFrame(
+        {
+            "gene_id": np.array([lm[i] for i in genes.tolist()], dtype=object),
+            "gene_symbol": np.array([f"G{lm[i]}" for i in genes.tolist()], dtype=object),
+            "moa_index": moa.astype(np.int64),
+            "moa": np.array([_moa_name(a) if a >= 0 else None for a in moa], dtype=object),
+            "lof_sign": np.array(
+                [-1 if a >= 0 and _is_agonist(a) else 1 for a in moa], dtype=np.int64
+            ),
+        }
+    )
+    sens = _gene_sensitivity(design.seed, design.n_cells, design.n_genetic_genes)
+    for c in range(design.n_cells):
+        df[f"sensitivity_{CELL_LINES[c]}"] = sens[c]
+    return df
+
+
 def synth_compoundinfo(design: SynthDesign) -> pd.DataFrame:
     """``compoundinfo``: one row per compound plus the vehicle ``DMSO``.
 
@@ -395,7 +561,7 @@ def synth_compoundinfo(design: SynthDesign) -> pd.DataFrame:
         {
             "pert_id": [_pert_id(i) for i in c],
             "cmap_name": [f"synth-{i:05d}" for i in c],
-            "target": [f"SYNT{i:03d}" for i in a],
+            "target": [_target_symbol(design, i) for i in a],
             "moa": [_moa_name(i) for i in a],
             "canonical_smiles": None,
             "inchi_key": None,
@@ -451,6 +617,18 @@ class _Tile:
     compound: np.ndarray  # -1 for the vehicle
     dose: np.ndarray  # index into DOSES_UM, -1 for the vehicle
     exemplar: np.ndarray  # bool
+    # genetic plate sets only (else all -1): index into the genetic genes, and class
+    gene: np.ndarray
+    gclass: np.ndarray
+
+    @property
+    def genetic(self) -> bool:
+        return bool(self.gene.size) and bool((self.gene >= 0).any())
+
+    @property
+    def control(self) -> np.ndarray:
+        """Vehicle (compound plates) or empty-vector (genetic plates) wells."""
+        return (self.compound < 0) & (self.gene < 0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -464,13 +642,24 @@ def _tile(design: SynthDesign, t: int, *, full: bool = False) -> _Tile:
     bead = int(grng.integers(1, 40))
     vehicle = well % 16 == 0
     j = well - (well // 16) - 1  # ordinal among treatment wells
-    slot, dose = np.divmod(j, len(DOSES_UM))
-    compound = np.where(vehicle, -1, ((g % design.n_maps) * SLOTS + slot) % design.n_compounds)
-    dose = np.where(vehicle, -1, dose)
-    _, first = np.unique(np.stack([compound, dose]), axis=1, return_index=True)
+    none = np.full(len(well), -1, dtype=np.int64)
+    if design.is_genetic_group(g):
+        time = GENETIC_TIME
+        slot, gclass = np.divmod(j, len(GENETIC_TYPES))
+        m = (g // GENETIC_PERIOD) % design.n_gene_maps
+        gene = np.where(vehicle, -1, (m * GENE_SLOTS + slot) % design.n_genetic_genes)
+        gclass = np.where(vehicle, -1, gclass)
+        compound, dose, key = none, none, np.where(vehicle, -1, gene * len(GENETIC_TYPES) + gclass)
+    else:
+        slot, dose = np.divmod(j, len(DOSES_UM))
+        m = design.compound_group(g) % design.n_maps
+        compound = np.where(vehicle, -1, (m * SLOTS + slot) % design.n_compounds)
+        dose = np.where(vehicle, -1, dose)
+        gene, gclass, key = none, none, compound
+    _, first = np.unique(np.stack([key, dose]), axis=1, return_index=True)
     exemplar = np.zeros(len(well), bool)
     exemplar[first] = rep == 0
-    return _Tile(t, g, rep, cell, time, bead, well, compound, dose, exemplar)
+    return _Tile(t, g, rep, cell, time, bead, well, compound, dose, exemplar, gene, gclass)
 
 
 def _tiles(design: SynthDesign, start: int, stop: int) -> range:
@@ -515,6 +704,54 @@ def _map_dirs(seed: int, n_compounds: int, m: int, seg: int) -> np.ndarray:
     return np.stack([_sparse(_rng(seed, _COMPOUND, int(c), seg), n, COMPOUND_SUPPORT) for c in cs])
 
 
+@functools.lru_cache(maxsize=16)
+def _pathway_dirs(seed: int, n_moas: int, n_genetic: int, seg: int) -> np.ndarray:
+    """Direction planted by the loss of each genetic gene: its MoA's ``u`` for a target,
+    a private sparse direction (same support as a MoA) for a decoy."""
+    n = SEGMENTS[seg][1]
+    u = _moa_dirs(seed, n_moas, seg)
+    decoys = [
+        _sparse(_rng(seed, _PATHWAY, i, seg), n, MOA_SUPPORT) for i in range(n_moas, n_genetic)
+    ]
+    return np.concatenate([u[:n_genetic], np.stack(decoys)]) if decoys else u[:n_genetic].copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _gene_sensitivity(seed: int, n_cells: int, n_genetic: int) -> np.ndarray:
+    return _rng(seed, _GENE_SENS).uniform(*GENETIC_SENSITIVITY, (n_cells, n_genetic))
+
+
+@functools.lru_cache(maxsize=24)
+def _reagent_dirs(seed: int, n_genetic: int, m: int, seg: int) -> np.ndarray:
+    """Reagent-specific (off-target) directions of the 360 wells of genetic map ``m``."""
+    n = SEGMENTS[seg][1]
+    j = np.arange(SLOTS * len(DOSES_UM))
+    slot, k = np.divmod(j, len(GENETIC_TYPES))
+    gene = (m * GENE_SLOTS + slot) % n_genetic
+    return np.stack(
+        [
+            _sparse(_rng(seed, _REAGENT, int(i), int(c), seg), n, COMPOUND_SUPPORT)
+            for i, c in zip(gene.tolist(), k.tolist(), strict=True)
+        ]
+    )
+
+
+def _genetic_strength(design: SynthDesign, tile: _Tile) -> np.ndarray:
+    """Signed strength of the planted pathway direction per well (0: not genetic):
+    ``genetic_strength * class strength * sensitivity[cell, gene] * sign``."""
+    out = np.zeros(len(tile.well))
+    on = np.flatnonzero(tile.gene >= 0)
+    if not on.size:
+        return out
+    gene, k = tile.gene[on], tile.gclass[on]
+    sens = _gene_sensitivity(design.seed, design.n_cells, design.n_genetic_genes)[tile.cell, gene]
+    lof = np.asarray(GENETIC_LOF)[k]
+    agonist = (gene < design.n_moas) & (gene % 3 == 1)
+    sign = np.where(lof != agonist, 1.0, -1.0)
+    out[on] = design.genetic_strength * np.asarray(GENETIC_STRENGTH)[k] * sens * sign
+    return out
+
+
 def _strength(design: SynthDesign, tile: _Tile) -> np.ndarray:
     """MoA strength ``s * r[cell, moa]`` and compound strength ``s`` per well (0: vehicle)."""
     potency, _ = _compound_table(design.seed, design.n_compounds, design.n_moas)
@@ -544,9 +781,17 @@ def _group_signal(design: SynthDesign, g: int, seg: int) -> np.ndarray:
         moa_s[treated, None].astype(np.float32) * _moa_dirs(design.seed, design.n_moas, seg)[moa]
     )
     effect += (BETA * cpd_s[treated, None]).astype(np.float32) * _map_dirs(
-        design.seed, design.n_compounds, tile.group % design.n_maps, seg
+        design.seed, design.n_compounds, design.compound_group(tile.group) % design.n_maps, seg
     )[slot]
     signal[treated] += effect
+    on = np.flatnonzero(tile.gene >= 0)
+    if on.size:
+        gs = _genetic_strength(design, tile)[on].astype(np.float32)
+        n_gen = design.n_genetic_genes
+        dirs = _pathway_dirs(design.seed, design.n_moas, n_gen, seg)[tile.gene[on]]
+        m = (g // GENETIC_PERIOD) % design.n_gene_maps
+        off = _reagent_dirs(design.seed, n_gen, m, seg)[tile.well[on] - tile.well[on] // 16 - 1]
+        signal[on] += gs[:, None] * dirs + (BETA * np.abs(gs))[:, None] * off
     signal.setflags(write=False)
     return signal
 
@@ -626,16 +871,30 @@ def _tile_meta(design: SynthDesign, tile: _Tile) -> dict[str, np.ndarray | list]
     n = len(tile.well)
     treated = tile.compound >= 0
     dose = np.asarray(DOSES_UM)[np.maximum(tile.dose, 0)]
-    pert = np.array(
-        [_pert_id(c) if c >= 0 else VEHICLE for c in tile.compound.tolist()], dtype=object
-    )
+    if tile.genetic:
+        lm = landmark_gene_ids()
+        gid = _genetic_genes(design.seed, design.n_genetic_genes)
+        ids = [lm[gid[i]] if i >= 0 else None for i in tile.gene.tolist()]
+        k = tile.gclass.tolist()
+        pert = np.array(
+            [_genetic_pert_id(c, g) if g else VECTOR for c, g in zip(k, ids, strict=True)],
+            dtype=object,
+        )
+        name = np.array([f"G{g}" if g else VECTOR for g in ids], dtype=object)
+        ptype = np.array([GENETIC_TYPES[c] if c >= 0 else "ctl_vector" for c in k], dtype=object)
+    else:
+        pert = np.array(
+            [_pert_id(c) if c >= 0 else VEHICLE for c in tile.compound.tolist()], dtype=object
+        )
+        name = np.array(
+            [f"synth-{c:05d}" if c >= 0 else VEHICLE for c in tile.compound.tolist()], dtype=object
+        )
+        ptype = np.where(treated, "trt_cp", "ctl_vehicle").astype(object)
     return {
         "sig_id": [f"{rna_plate}:{w}" for w in _well_name(tile.well)],
         "pert_id": pert,
-        "cmap_name": np.array(
-            [f"synth-{c:05d}" if c >= 0 else VEHICLE for c in tile.compound.tolist()], dtype=object
-        ),
-        "pert_type": np.where(treated, "trt_cp", "ctl_vehicle").astype(object),
+        "cmap_name": name,
+        "pert_type": ptype,
         "cell_iname": np.full(n, cell, dtype=object),
         "pert_idose": np.array(
             [f"{d:g} uM" if ok else None for d, ok in zip(dose, treated, strict=False)],
@@ -697,13 +956,20 @@ def synth_siginfo(design: SynthDesign, *, start: int = 0, stop: int | None = Non
             ss_ngene=ss_ngene,
             is_exemplar_sig=tile.exemplar.astype(np.int64),
             is_touchstone=(
-                tile.exemplar
-                & treated
-                & (tile.dose == len(DOSES_UM) - 1)
-                & touch[np.maximum(tile.compound, 0)]
+                (
+                    tile.exemplar
+                    & treated
+                    & (tile.dose == len(DOSES_UM) - 1)
+                    & touch[np.maximum(tile.compound, 0)]
+                )
+                | (
+                    tile.exemplar
+                    & (tile.gene >= 0)
+                    & (tile.group // GENETIC_PERIOD < GENETIC_TOUCHSTONE * design.n_gene_maps)
+                )
             ).astype(np.int64),
             is_ncs_sig=tile.exemplar.astype(np.int64),
-            is_null_sig=(~treated).astype(np.int64),
+            is_null_sig=tile.control.astype(np.int64),
         )
         lo, hi = max(start, t * TILE) - t * TILE, min(stop, (t + 1) * TILE) - t * TILE
         parts.append(pd.DataFrame({k: meta[k][lo:hi] for k in SIGINFO_COLUMNS}))
@@ -729,6 +995,10 @@ def synth_truth(design: SynthDesign) -> pd.DataFrame:
     (-1 for vehicles), ``cell_iname``, ``pert_dose`` (NaN for vehicles), ``pert_time``,
     ``strength`` (``s * r[cell, moa]``, the weight of the MoA direction; 0 for vehicles),
     ``group`` (plate-set group: signatures of one condition and group are replicates).
+    With ``genetic`` also ``gene_index`` (row of :func:`synth_genetic_truth`, -1 for
+    other signatures) and ``gene_strength`` (the signed weight of the gene's pathway
+    direction, which is its MoA's ``u`` for a target; 0 for other signatures). Genetic
+    signatures have ``moa_index`` -1: their link to a MoA is in the gene table.
 
     Notes
     -----
@@ -740,6 +1010,11 @@ def synth_truth(design: SynthDesign) -> pd.DataFrame:
         meta = _tile_meta(design, tile)
         moa_s, _ = _strength(design, tile)
         moa_i = np.where(tile.compound >= 0, tile.compound % design.n_moas, -1)
+        extra = (
+            {"gene_index": tile.gene, "gene_strength": _genetic_strength(design, tile)}
+            if design.genetic
+            else {}
+        )
         parts.append(
             pd.DataFrame(
                 {
@@ -755,6 +1030,7 @@ def synth_truth(design: SynthDesign) -> pd.DataFrame:
                     "pert_time": meta["pert_time"],
                     "strength": moa_s,
                     "group": np.full(len(tile.well), tile.group, np.int64),
+                    **extra,
                 }
             )
         )
@@ -923,7 +1199,8 @@ def write_synthetic(
     """Write a release-shaped data set into the folder ``outdir`` (path or fsspec URL).
 
     Files: ``synth_<genes>_n<sigs>x<genes>.gctx`` (ids only), ``siginfo.txt``,
-    ``geneinfo.txt``, ``compoundinfo.txt`` (tab separated, header, missing as ``-666``),
+    ``geneinfo.txt``, ``compoundinfo.txt``, with ``genetic`` ``geneticinfo.txt`` (tab
+    separated, header, missing as ``-666``),
     ``pcl.gmt`` and ``synth.json`` (the design and package version). Each file is written
     beside its destination and renamed into place when complete.
 
@@ -942,7 +1219,7 @@ def write_synthetic(
     -------
     dict
         File kind (``gctx``, ``siginfo``, ``geneinfo``, ``compoundinfo``, ``pcl``,
-        ``design``) to path.
+        ``design``, with ``genetic`` ``geneticinfo``) to path.
 
     Notes
     -----
@@ -974,12 +1251,14 @@ def write_synthetic(
         "pcl": "pcl.gmt",
         "design": "synth.json",
     }
+    if design.genetic:
+        names["geneticinfo"] = "geneticinfo.txt"
     paths = {kind: join(outdir, name) for kind, name in names.items()}
     so = {"storage_options": storage_options}
-    for kind, table in (
-        ("geneinfo", synth_geneinfo(design)),
-        ("compoundinfo", synth_compoundinfo(design)),
-    ):
+    tables = [("geneinfo", synth_geneinfo(design)), ("compoundinfo", synth_compoundinfo(design))]
+    if design.genetic:
+        tables.append(("geneticinfo", synth_geneticinfo(design)))
+    for kind, table in tables:
         with publish_file(paths[kind], **so) as tmp:
             _write_table(table, tmp, header=True)
     pcl = synth_pcl(design)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 
-def test_demo_runs_and_finds_the_planted_moa(tmp_path):
+def test_demo_runs_and_finds_the_planted_moa_target_and_reversers(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
         [
@@ -30,6 +30,17 @@ def test_demo_runs_and_finds_the_planted_moa(tmp_path):
     text = proc.stdout + proc.stderr  # progress and results go to stderr
     hits = int(re.search(r"(\d+)/10 of the top perturbagens have the planted MoA", text).group(1))
     assert hits >= 6, text  # chance is about 3/10 (4 MoAs)
+    # results by perturbagen class: the MoA's target is the strongest knockdown
+    target = re.search(r"annotated target (G\d+)\)", text).group(1)
+    for cls in ("CP", "KD", "CRISPR", "OE"):
+        assert re.search(rf"^\s+{cls}\s+\S+\s+\S+\s+τ =", text, re.M), cls
+    assert re.search(rf"^\s+KD\s+CGS001-{target[1:]}\s+{target}\s", text, re.M), text
+    # target identification: the planted target of the first compound comes first
+    rank = int(re.search(r"its planted target ranks (\d+) of 120", text).group(1))
+    assert rank <= 3, text
+    # disease query: the compounds that reverse the loss of an agonist's target
+    m = re.search(r"(\d+)/10 of the restoring compounds are .* \(chance (\d+)%\)", text)
+    assert int(m.group(1)) >= 4 and int(m.group(2)) < 40, text
     share = re.search(r"neighbours sharing the signature's MoA: (\d+)% \(chance (\d+)%\)", text)
     assert int(share.group(1)) > 2 * int(share.group(2)), text
     for path in (
@@ -37,6 +48,8 @@ def test_demo_runs_and_finds_the_planted_moa(tmp_path):
         "store.zarr/background/landmark",
         "store.zarr/similarity/pearson_landmark",
         "query/matrices/query/cs.gctx",
+        "targets.tsv",
+        "release/geneticinfo.txt",
     ):
         assert (out / path).exists(), path
     # a second run refuses to replace the folder without --force

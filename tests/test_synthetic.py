@@ -357,6 +357,8 @@ def test_cli_writes_a_release_shaped_folder(tmp_path, capsys):
             "3",
             "--n-compounds",
             "9",
+            "--n-replicates",
+            "1",
             "--block-size",
             "250",
             "--cluster",
@@ -365,7 +367,8 @@ def test_cli_writes_a_release_shaped_folder(tmp_path, capsys):
         ]
     )
     assert rc == 0
-    design = S.synth_design(700, seed=4, n_moas=3, n_compounds=9)
+    # genetic perturbagens are on by default in the CLI (group 1: the second plate set)
+    design = S.synth_design(700, seed=4, n_moas=3, n_compounds=9, n_replicates=1, genetic=True)
     printed = capsys.readouterr().out.split()
     gctx = out / "synth_landmark_n700x978.gctx"
     assert str(gctx) in printed
@@ -377,9 +380,10 @@ def test_cli_writes_a_release_shaped_folder(tmp_path, capsys):
     sig = pd.read_csv(out / "siginfo.txt", sep="\t", dtype=str, keep_default_na=False)
     assert tuple(sig.columns) == S.SIGINFO_COLUMNS
     assert sig["sig_id"].tolist() == list(ds.sig.values)
-    vehicle = sig["pert_type"] == "ctl_vehicle"
+    vehicle = sig["pert_type"] != "trt_cp"
     assert (sig.loc[vehicle, ["pert_idose", "pert_dose", "pert_dose_unit"]] == "-666").all().all()
     assert set(sig.loc[~vehicle, "pert_idose"]) == {f"{d:g} uM" for d in S.DOSES_UM}
+    assert set(sig["pert_type"]) == {"trt_cp", "ctl_vehicle", "ctl_vector", *S.GENETIC_TYPES}
     expected = S.synth_siginfo(design)
     np.testing.assert_allclose(sig["tas"].astype(float), expected["tas"])
     np.testing.assert_array_equal(sig["ss_ngene"].astype(int), expected["ss_ngene"])
@@ -389,6 +393,11 @@ def test_cli_writes_a_release_shaped_folder(tmp_path, capsys):
     assert (gene["ensembl_id"] == "-666").all()
     cpd = pd.read_csv(out / "compoundinfo.txt", sep="\t", dtype=str, keep_default_na=False)
     assert tuple(cpd.columns) == S.COMPOUNDINFO_COLUMNS and len(cpd) == 10
+    gen = pd.read_csv(out / "geneticinfo.txt", sep="\t", dtype=str, keep_default_na=False)
+    assert tuple(gen.columns) == S.GENETICINFO_COLUMNS
+    assert set(gen["pert_id"]) >= set(sig.loc[sig["pert_type"].isin(S.GENETIC_TYPES), "pert_id"])
+    # every planted target is a gene with genetic perturbagens
+    assert set(cpd["target"].replace("-666", np.nan).dropna()) <= set(gen["cmap_name"])
     lines = (out / "pcl.gmt").read_text().splitlines()
     assert len(lines) == 3
     for line in lines:

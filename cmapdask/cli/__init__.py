@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "cmapdask.cli.similarity",
     "cmapdask.cli.levels",
     "cmapdask.cli.moa",
+    "cmapdask.cli.targets",
     "cmapdask.cli.rebuild",
     "cmapdask.cli.data",
     "cmapdask.cli.demo",

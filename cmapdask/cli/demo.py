@@ -1,8 +1,10 @@
 """``cmapdask demo``: the whole pipeline on a synthetic release, on a local cluster.
 
-synth -> convert -> info -> query index and τ background -> a query with the planted
-response of one MoA -> similarity top-k,
-printing what a user would look at after each step. Every step is the public API.
+synth (compounds and genetic perturbagens) -> convert -> info -> query index and τ
+background -> a query with the planted response of one MoA (by perturbagen class) ->
+target identification (the genes whose loss a compound mimics) -> a "disease" query (a
+planted loss-of-function signature reversed: which compounds restore it) -> similarity
+top-k, printing what a user would look at after each step. Every step is the public API.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="run the pipeline on a synthetic release "
-        "(synth, convert, info, index, query, similarity)",
+        "(synth, convert, info, index, query, targets, disease query, similarity)",
     )
     p.add_argument(
         "--out", default="cmapdask-demo", help="working folder (default ./cmapdask-demo)"
@@ -37,6 +39,12 @@ def register(sub) -> None:
     p.set_defaults(func=run_demo)
 
 
+def _design(args):
+    from cmapdask.synthetic import synth_design
+
+    return synth_design(args.n_sigs, genes=args.genes, seed=args.seed, genetic=True)
+
+
 def _step(args, title: str):
     say(args, f"\n== {title}")
     return time.perf_counter()
@@ -45,7 +53,7 @@ def _step(args, title: str):
 def run_demo(args) -> int:
     from cmapdask.cli.store import run_info
     from cmapdask.io.store import convert
-    from cmapdask.synthetic import synth_design, write_synthetic
+    from cmapdask.synthetic import write_synthetic
 
     out = os.path.abspath(args.out)
     if os.path.exists(out):
@@ -55,7 +63,7 @@ def run_demo(args) -> int:
     raw, store = os.path.join(out, "release"), os.path.join(out, "store.zarr")
     with dask_client(args) as client:
         t = _step(args, f"1. synthetic release: {args.n_sigs} signatures ({args.genes})")
-        design = synth_design(args.n_sigs, genes=args.genes, seed=args.seed)
+        design = _design(args)
         paths = write_synthetic(raw, design, progress=not args.quiet)
         say(args, f"   wrote {raw} in {time.perf_counter() - t:.1f} s")
 
@@ -86,9 +94,10 @@ def _stage_query(args, client, store, paths, out) -> None:
     import pandas as pd
 
     from cmapdask.connectivity import build_background, build_index, query, summarize, write_result
+    from cmapdask.connectivity.classes import filter_class, split_by_class
     from cmapdask.io.gmt import read_gene_sets
     from cmapdask.io.store import open_store
-    from cmapdask.synthetic import synth_design, synth_moa_directions
+    from cmapdask.synthetic import synth_moa_directions
 
     space = "landmark"
     t = _step(args, f"4. query index ({space} space) and τ background from Touchstone signatures")
@@ -98,7 +107,7 @@ def _stage_query(args, client, store, paths, out) -> None:
     say(args, f"   added index/{space} and background/{space} in {time.perf_counter() - t:.1f} s")
 
     # The planted response of the first MoA: its 50 most up and 50 most down genes.
-    design = synth_design(args.n_sigs, genes=args.genes, seed=args.seed)
+    design = _design(args)
     u = synth_moa_directions(design).isel(moa=0)
     moa = str(u["moa"].values)
     order = np.argsort(-u.values, kind="stable")
@@ -111,14 +120,95 @@ def _stage_query(args, client, store, paths, out) -> None:
 
     sig = open_store(store)
     moa_of = pd.Series(sig["moa"].values, index=sig["pert_id"].values).groupby(level=0).first()
-    tau = summ["ps_pert_summary"].isel(query=0).to_series().dropna().sort_values(ascending=False)
+    cp = filter_class(summ, "CP")  # compounds; genetic classes below
+    tau = cp["ps_pert_summary"].isel(query=0).to_series().dropna().sort_values(ascending=False)
     top = tau.head(10)
-    say(args, "   top perturbagens by τ (pert summary):")
+    say(args, "   top compounds by τ (pert summary):")
     for pert, value in top.items():
         say(args, f"     {pert:<16} τ = {value:6.1f}   moa = {moa_of.get(pert)}")
     hits = int((moa_of.reindex(top.index) == moa).sum())
     base = float((moa_of.reindex(tau.index) == moa).mean())
     say(args, f"   {hits}/10 of the top perturbagens have the planted MoA (chance {base:.0%})")
+    say(args, "   strongest connection per perturbagen class (pert summary):")
+    name_of = pd.Series(sig["cmap_name"].values, index=sig["pert_id"].values)
+    name_of = name_of.groupby(level=0).first()
+    for cls, part in split_by_class(summ.isel(query=0)).items():
+        t = part["ps_pert_summary"].to_series().dropna()
+        if cls in ("CTL", "OTHER") or t.empty:
+            continue
+        pert = str(t.idxmax())
+        say(args, f"     {cls:<7} {pert:<16} {name_of.get(pert)!s:<12} τ = {t.max():6.1f}")
+
+
+def _stage_targets(args, client, store, paths, out) -> None:
+    """Target identification: the genes whose knockdown / knockout each compound mimics."""
+    from cmapdask.connectivity.targets import targets
+    from cmapdask.synthetic import synth_compoundinfo
+
+    t = _step(args, "6. target identification: which gene's loss does each compound mimic?")
+    table = targets(store, space="landmark")
+    dest = os.path.join(out, "targets.tsv")
+    table.to_csv(dest, sep="\t", index=False, na_rep="NaN", float_format="%.6g")
+    say(args, f"   wrote {dest} in {time.perf_counter() - t:.1f} s")
+    info = synth_compoundinfo(_design(args)).set_index("pert_id")
+    pert = str(info.index[0])  # the first compound of the first MoA (an inhibitor)
+    rows = table[(table["pert_id"] == pert) & (table["cell_id"] == "summary")].head(5)
+    target = info.loc[pert, "target"]
+    say(args, f"   {pert} ({info.loc[pert, 'moa']}; annotated target {target}):")
+    for r in rows.itertuples():
+        mark = "   <- annotated target" if r.is_target else ""
+        say(args, f"     {r.rank}. {r.gene_symbol:<8} {r.pert_class:<7} τ = {r.tau:6.1f}{mark}")
+    rank = table.loc[
+        (table["pert_id"] == pert) & (table["cell_id"] == "summary") & table["is_target"], "rank"
+    ]
+    say(args, f"   its planted target ranks {int(rank.min())} of {int(rows['n_genes'].iloc[0])}")
+    r = table.attrs["cmapdask"]["recall"]
+    say(
+        args,
+        f"   over {r['n_compounds']} compounds: AUROC of the annotated target {r['auroc']:.2f}, "
+        f"in the top {r['top_k']} for {r['hit_rate']:.0%} (agonists' targets are at the "
+        "bottom: their loss opposes them)",
+    )
+
+
+def _stage_disease(args, client, store, paths, out) -> None:
+    """A disease signature: the planted loss of an agonist's target, reversed."""
+    import numpy as np
+    import pandas as pd
+
+    from cmapdask.connectivity import query, summarize
+    from cmapdask.connectivity.classes import filter_class
+    from cmapdask.io.store import open_store
+    from cmapdask.synthetic import synth_genetic_truth, synth_moa_directions
+
+    design = _design(args)
+    genes = synth_genetic_truth(design)
+    g = genes[genes["lof_sign"] < 0].iloc[0]  # the target of the first agonist MoA
+    u = synth_moa_directions(design).isel(moa=int(g["moa_index"]))
+    loss = g["lof_sign"] * u.values  # what losing the gene does
+    order = np.argsort(-loss, kind="stable")
+    up, down = list(u["gene"].values[order[:50]]), list(u["gene"].values[order[-50:]])
+    t = _step(
+        args,
+        f"7. disease query: the loss of {g['gene_symbol']} (50 up, 50 down genes); "
+        "which compounds reverse it?",
+    )
+    res = query(store, {"disease": up}, {"disease": down}, space="landmark")
+    summ = filter_class(summarize(res), "CP").isel(query=0)
+    tau = summ["ps_pert_summary"].to_series().dropna().sort_values()
+    say(args, f"   scored in {time.perf_counter() - t:.1f} s; most negative τ (restoring):")
+    sig = open_store(store)
+    moa_of = pd.Series(sig["moa"].values, index=sig["pert_id"].values).groupby(level=0).first()
+    top = tau.head(10)
+    for pert, value in top.items():
+        say(args, f"     {pert:<16} τ = {value:6.1f}   moa = {moa_of.get(pert)}")
+    hits = int((moa_of.reindex(top.index) == g["moa"]).sum())
+    base = float((moa_of.reindex(tau.index) == g["moa"]).mean())
+    say(
+        args,
+        f"   {hits}/10 of the restoring compounds are {g['moa']}s of {g['gene_symbol']} "
+        f"(chance {base:.0%})",
+    )
 
 
 def _stage_similarity(args, client, store, paths, out) -> None:
@@ -129,7 +219,7 @@ def _stage_similarity(args, client, store, paths, out) -> None:
     from cmapdask.similarity import similarity, write_similarity
 
     k, name = 20, "similarity/pearson_landmark"
-    t = _step(args, f"6. similarity: top and bottom {k} Pearson neighbours of every signature")
+    t = _step(args, f"8. similarity: top and bottom {k} Pearson neighbours of every signature")
     ds = open_store(store)
     res = similarity(ds, k=k, metric="pearson", space="landmark")
     dest = write_similarity(res, store, name=name, progress=not args.quiet)
@@ -148,4 +238,4 @@ def _stage_similarity(args, client, store, paths, out) -> None:
 
 
 # Stages after convert and info: each takes (args, client, store, paths, out).
-_LATER_STAGES: list = [_stage_query, _stage_similarity]
+_LATER_STAGES: list = [_stage_query, _stage_targets, _stage_disease, _stage_similarity]

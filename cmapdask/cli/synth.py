@@ -12,11 +12,13 @@ __all__ = ["register", "run_synth"]
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "synth",
-        help="write synthetic Level-5 data with planted MoA structure",
-        description="Write a GCTx with ids only, siginfo.txt, geneinfo.txt, compoundinfo.txt "
-        "and pcl.gmt (2020 release column names) into OUTDIR. Deterministic by --seed; "
-        "memory is bounded by --block-size. The planted structure is documented in "
-        "cmapdask.synthetic.",
+        help="write synthetic Level-5 data with planted MoA and target structure",
+        description="Write a GCTx with ids only, siginfo.txt, geneinfo.txt, compoundinfo.txt, "
+        "geneticinfo.txt and pcl.gmt (2020 release column names) into OUTDIR. Genetic "
+        "perturbagens (shRNA consensus, CRISPR, overexpression of the MoAs' targets and of "
+        "decoy genes) are on every fourth plate-set group unless --no-genetic. "
+        "Deterministic by --seed; memory is bounded by --block-size. The planted "
+        "structure is documented in cmapdask.synthetic.",
     )
     p.add_argument(
         "outdir",
@@ -41,6 +43,25 @@ def register(subparsers) -> None:
         type=positive_int,
         default=3,
         help="replicate plate sets per condition group (default 3)",
+    )
+    p.add_argument(
+        "--no-genetic",
+        dest="genetic",
+        action="store_false",
+        help="compounds and vehicles only: no shRNA, CRISPR or overexpression signatures "
+        "(and no geneticinfo.txt): the compound-only layout, byte for byte",
+    )
+    p.add_argument(
+        "--n-genetic-genes",
+        type=int,
+        default=None,
+        help="genes with genetic perturbagens (default max(120, 2 x MoAs), at most 978)",
+    )
+    p.add_argument(
+        "--genetic-strength",
+        type=float,
+        default=1.0,
+        help="scale of the planted genetic effects (default 1; 0: no signal)",
     )
     p.add_argument(
         "--block-size",
@@ -73,6 +94,9 @@ def run_synth(args) -> int:
         n_compounds=args.n_compounds,
         n_cells=args.n_cells,
         n_replicates=args.n_replicates,
+        genetic=args.genetic,
+        n_genetic_genes=args.n_genetic_genes,
+        genetic_strength=args.genetic_strength,
     )
     fs, path = url_to_fs(args.outdir)
     if fs.exists(path) and not fs.isdir(path):
@@ -82,7 +106,9 @@ def run_synth(args) -> int:
     say(
         args,
         f"cmapdask: synthetic {design.n_sigs} x {design.n_genes} ({design.genes}), "
-        f"{design.n_moas} MoAs, {design.n_compounds} compounds, seed {design.seed}",
+        f"{design.n_moas} MoAs, {design.n_compounds} compounds, "
+        + (f"{design.n_genetic_genes} genes knocked down, " if design.genetic else "")
+        + f"seed {design.seed}",
     )
     with dask_client(args):
         paths = write_synthetic(

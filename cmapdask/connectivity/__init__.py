@@ -3,7 +3,8 @@
 Array layer: :mod:`.ranks`, :mod:`.es` (ES/WTCS/leading edge), :mod:`.ncs`, :mod:`.tau`,
 :mod:`.fdr`, :mod:`.summaries`. Store layer: :mod:`.index` (the gene-major query index),
 :mod:`.engine` (batched scoring), :mod:`.query`, :mod:`.introspect` (introspect and τ
-backgrounds), :mod:`.results` (summaries and CLUE's result folder).
+backgrounds), :mod:`.results` (summaries and CLUE's result folder), :mod:`.classes`
+(perturbagen classes: CP, KD, CRISPR, OE) and :mod:`.targets` (target identification).
 """
 
 from __future__ import annotations

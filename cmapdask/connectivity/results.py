@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from cmapdask.connectivity.classes import pert_class
 from cmapdask.connectivity.query import _field, background_name
 from cmapdask.connectivity.summaries import LEVELS, SummaryPlan
 from cmapdask.connectivity.tau import tau_binned
@@ -67,7 +68,10 @@ def summarize(
     Returns
     -------
     xarray.Dataset
-        ``ns_<level>`` and ``ps_<level>`` with dims ``("query", <level>)``. Lazy.
+        ``ns_<level>`` and ``ps_<level>`` with dims ``("query", <level>)``. Lazy. Rows of
+        ``pert_cell`` and ``pert_summary`` carry ``pert_type`` and ``pert_class`` (CP, KD,
+        CRISPR, OE, ...; :mod:`.classes`) when the result has ``pert_type``, to filter or
+        split with :func:`.classes.filter_class` / :func:`.classes.split_by_class`.
 
     Notes
     -----
@@ -110,6 +114,7 @@ def summarize(
         coords[level] = labels
     coords["pert_cell_pert_id"] = ("pert_cell", plan.pc_pert)
     coords["pert_cell_cell_id"] = ("pert_cell", plan.pc_cell)
+    coords.update(_class_coords(result, plan))
     out = xr.Dataset(data, coords=coords)
     out.attrs["cmapdask"] = {
         **result.attrs.get("cmapdask", {}),
@@ -118,6 +123,22 @@ def summarize(
         "tau_background": background is not None,
     }
     return out
+
+
+def _class_coords(result: xr.Dataset, plan: SummaryPlan) -> dict:
+    """``pert_type`` and ``pert_class`` of each pert_cell and pert_summary row (the
+    first signature's, should a pert_id have several)."""
+    pt = _field(result, "pert_type")
+    if pt is None:
+        return {}
+    pc = np.array([pt[m[0]] for m in plan.pc_members], dtype=object)
+    ps = np.array([pc[m[0]] for m in plan.pert_members], dtype=object)
+    return {
+        "pert_cell_pert_type": ("pert_cell", pc),
+        "pert_cell_pert_class": ("pert_cell", pert_class(pc)),
+        "pert_summary_pert_type": ("pert_summary", ps),
+        "pert_summary_pert_class": ("pert_summary", pert_class(ps)),
+    }
 
 
 def _as_gctx(arr: xr.DataArray, rows: str) -> xr.Dataset:
@@ -153,6 +174,8 @@ def ranked_table(result: xr.Dataset, summaries: xr.Dataset | None, query: str) -
         if v in r:
             cols["tau" if v == "ps" else ("wtcs" if v == "cs" else v)] = np.asarray(r[v].values)
     df = pd.DataFrame(cols)
+    if "pert_type" in df:
+        df.insert(df.columns.get_loc("pert_type") + 1, "pert_class", pert_class(df["pert_type"]))
     key = df["tau"].fillna(df["ncs"] * 0) if "tau" in df else df["ncs"]
     order = np.lexsort((-df["ncs"].to_numpy(), -key.to_numpy()))
     return df.iloc[order].reset_index(drop=True)
