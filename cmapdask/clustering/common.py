@@ -1,0 +1,61 @@
+"""Checks and provenance shared by the clustering modules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cmapdask.errors import InputError
+
+
+def _provenance(**params) -> dict:
+    from cmapdask import __version__
+
+    return {"package_version": __version__, **params}
+
+
+def _check_int(name, v, lo=1):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+
+def _name(ds: xr.Dataset) -> str:
+    src = ds.attrs.get("cmapdask", {})
+    return (
+        str(src.get("source", "signature dataset"))
+        if isinstance(src, dict)
+        else "signature dataset"
+    )
+
+
+def _check_signatures(ds) -> None:
+    what = _name(ds) if isinstance(ds, xr.Dataset) else "kmeans_signatures"
+    if not isinstance(ds, xr.Dataset) or "expr" not in ds.data_vars:
+        raise InputError(f"{what}: expected an xarray Dataset with an 'expr' variable")
+    if ds["expr"].dims != ("sig", "gene"):
+        raise InputError(f"{what}: 'expr' must have dims ('sig', 'gene'), not {ds['expr'].dims}")
+    if ds.sizes["sig"] == 0 or ds.sizes["gene"] == 0:
+        raise InputError(f"{what}: no signatures or no genes")
+    if "sig" not in ds.indexes or not ds.indexes["sig"].is_unique:
+        raise InputError(f"{what}: signature ids ('sig') missing or not unique")
+
+
+def _square(matrix: xr.DataArray, what: str, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    if (
+        not isinstance(matrix, xr.DataArray)
+        or matrix.ndim != 2
+        or matrix.shape[0] != matrix.shape[1]
+    ):
+        raise InputError(f"{what}: need a square 2-D DataArray (pert, pert_ref)")
+    r, c = matrix.dims
+    ids = np.asarray([str(v) for v in matrix[r].values], dtype=object)
+    if len(set(ids)) != ids.size:
+        raise InputError(f"{what}: duplicate ids along {r!r}")
+    other = np.asarray([str(v) for v in matrix[c].values], dtype=object)
+    if set(ids) != set(other):
+        raise InputError(f"{what}: rows and columns hold different ids")
+    if not np.array_equal(other, ids):
+        matrix = matrix.isel({c: pd.Index(other).get_indexer(ids)})
+    m = np.asarray(matrix.values, dtype=dtype)
+    return ids, m
