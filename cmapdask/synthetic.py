@@ -79,7 +79,6 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from importlib.resources import files
 from typing import Literal
 
 import dask
@@ -90,6 +89,9 @@ import xarray as xr
 from dask.base import tokenize
 
 from cmapdask.errors import InputError
+from cmapdask.model.missing import is_missing
+from cmapdask.model.spaces import landmark_ids
+from cmapdask.model.types import Space
 
 __all__ = [
     "TILE",
@@ -114,7 +116,7 @@ __all__ = [
     "COMPOUNDINFO_COLUMNS",
 ]
 
-GeneSpace = Literal["landmark", "bing", "all"]
+GeneSpace = Space  # the option type, defined once in cmapdask.model.types
 
 TILE = 384
 SLOTS = 60  # compound slots per plate map: 60 x 6 doses + 24 vehicles = 384 wells
@@ -313,8 +315,7 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
 @functools.cache
 def landmark_gene_ids() -> tuple[str, ...]:
     """The 978 landmark Entrez ids (as ``str``), in the order of the Broad's GRP file."""
-    text = files("cmapdask").joinpath("data/landmark_gene_ids_n978.txt").read_text()
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    return landmark_ids()
 
 
 @functools.cache
@@ -895,11 +896,11 @@ def _coord(col: pd.Series) -> np.ndarray:
     with ``None`` for missing."""
     if pd.api.types.is_numeric_dtype(col):
         return col.to_numpy()
-    return np.array([None if pd.isna(v) else str(v) for v in col.tolist()], dtype=object)
+    return np.array([None if is_missing(v) else str(v) for v in col.tolist()], dtype=object)
 
 
 def _provenance(design: SynthDesign) -> dict:
-    from cmapdask import __version__
+    from cmapdask._version import __version__
 
     return {
         "source": "cmapdask.synthetic",

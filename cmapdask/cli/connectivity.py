@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import warnings
+from typing import get_args
 
 from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
+from cmapdask.model.types import ConnectivityMetric, Space
 
 __all__ = ["register"]
 
-_SPACES = ["landmark", "bing", "all"]
+_SPACES = get_args(Space)
 
 
 def _common(p, *, space_default="bing"):
@@ -77,7 +79,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="result folder")
     p.add_argument(
         "--metric",
-        choices=["wtcs", "cs"],
+        choices=get_args(ConnectivityMetric),
         default="wtcs",
         help="weighted (wtcs, default) or unweighted (cs) enrichment",
     )

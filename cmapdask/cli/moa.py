@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
 from cmapdask.errors import InputError
+from cmapdask.model.types import Space
 
 __all__ = ["register", "run_cluster", "run_enrich", "run_recall"]
 
@@ -46,7 +48,7 @@ def register(subparsers) -> None:
     )
     c.add_argument("--k", type=int, default=None, help="clusters (kmeans, hierarchical)")
     c.add_argument("--components", type=int, default=50, help="kmeans: principal components")
-    c.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
+    c.add_argument("--space", choices=get_args(Space), default="landmark")
     c.add_argument("--init", choices=["k-means||", "sample-k-means++"], default="k-means||")
     c.add_argument(
         "--solver",

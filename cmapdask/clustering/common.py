@@ -1,4 +1,5 @@
-"""Checks and provenance shared by the clustering modules."""
+"""Argument checks shared by the clustering modules (the dataset check and provenance
+are the data model's: :mod:`cmapdask.model`)."""
 
 from __future__ import annotations
 
@@ -9,36 +10,9 @@ import xarray as xr
 from cmapdask.errors import InputError
 
 
-def _provenance(**params) -> dict:
-    from cmapdask import __version__
-
-    return {"package_version": __version__, **params}
-
-
 def _check_int(name, v, lo=1):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
         raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
-
-
-def _name(ds: xr.Dataset) -> str:
-    src = ds.attrs.get("cmapdask", {})
-    return (
-        str(src.get("source", "signature dataset"))
-        if isinstance(src, dict)
-        else "signature dataset"
-    )
-
-
-def _check_signatures(ds) -> None:
-    what = _name(ds) if isinstance(ds, xr.Dataset) else "kmeans_signatures"
-    if not isinstance(ds, xr.Dataset) or "expr" not in ds.data_vars:
-        raise InputError(f"{what}: expected an xarray Dataset with an 'expr' variable")
-    if ds["expr"].dims != ("sig", "gene"):
-        raise InputError(f"{what}: 'expr' must have dims ('sig', 'gene'), not {ds['expr'].dims}")
-    if ds.sizes["sig"] == 0 or ds.sizes["gene"] == 0:
-        raise InputError(f"{what}: no signatures or no genes")
-    if "sig" not in ds.indexes or not ds.indexes["sig"].is_unique:
-        raise InputError(f"{what}: signature ids ('sig') missing or not unique")
 
 
 def _square(matrix: xr.DataArray, what: str, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:

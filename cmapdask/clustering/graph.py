@@ -8,9 +8,10 @@ import dask
 import numpy as np
 import xarray as xr
 
-from cmapdask.clustering.common import _check_int, _provenance, _square
+from cmapdask.clustering.common import _check_int, _square
 from cmapdask.clustering.kernels import _by_size, _knn_edges
 from cmapdask.errors import InputError
+from cmapdask.model.provenance import provenance_record
 
 __all__ = ["knn_from_matrix", "graph_clusters"]
 
@@ -161,8 +162,8 @@ def graph_clusters(
     out = xr.Dataset(
         {"cluster": (("sig",), _by_size(lab))}, coords={"sig": neighbours["sig"].values}
     )
-    out.attrs["cmapdask"] = _provenance(
-        method=method,
+    out.attrs["cmapdask"] = provenance_record(
+        method,
         backend="leidenalg" if method == "leiden" else "networkx",
         k=int(idx.shape[1]),
         resolution=float(resolution),

@@ -7,9 +7,10 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from cmapdask.clustering.common import _check_int, _provenance, _square
+from cmapdask.clustering.common import _check_int, _square
 from cmapdask.clustering.kernels import _condensed_similarity
 from cmapdask.errors import InputError
+from cmapdask.model.provenance import provenance_record
 
 __all__ = ["hierarchical_perts"]
 
@@ -99,8 +100,8 @@ def hierarchical_perts(
             "field": np.array(["left", "right", "distance", "size"], dtype=object),
         },
     )
-    out.attrs["cmapdask"] = _provenance(
-        method="hierarchical",
+    out.attrs["cmapdask"] = provenance_record(
+        "hierarchical",
         linkage=method,
         n_clusters=n_clusters,
         threshold=threshold,

@@ -12,7 +12,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cmapdask.clustering.common import _check_int, _check_signatures, _name, _provenance
+from cmapdask.clustering.common import _check_int
 from cmapdask.clustering.kernels import (
     _cost_block,
     _nearest,
@@ -22,6 +22,10 @@ from cmapdask.clustering.kernels import (
 )
 from cmapdask.clustering.pca import _COVARIANCE_MAX_GENES, covariance_pca
 from cmapdask.errors import InputError
+from cmapdask.model.checks import check_signatures, dataset_name
+from cmapdask.model.provenance import provenance_record
+from cmapdask.model.spaces import feature_genes
+from cmapdask.model.types import Space
 
 __all__ = ["kmeans_signatures", "kmeans_parallel_init"]
 
@@ -35,7 +39,7 @@ def kmeans_signatures(
     *,
     n_clusters: int,
     n_components: int = 50,
-    space: Literal["landmark", "bing", "all"] = "landmark",
+    space: Space = "landmark",
     scale: Scale = "zscore",
     solver: Solver = "auto",
     init: Init = "k-means||",
@@ -107,9 +111,7 @@ def kmeans_signatures(
     """
     import time
 
-    from cmapdask.similarity import feature_genes
-
-    _check_signatures(ds)
+    check_signatures(ds, None if isinstance(ds, xr.Dataset) else "kmeans_signatures")
     _check_int("n_clusters", n_clusters, 2)
     _check_int("n_components", n_components)
     _check_int("max_iter", max_iter)
@@ -125,7 +127,7 @@ def kmeans_signatures(
     genes = feature_genes(ds, space)
     n = ds.sizes["sig"]
     if n_clusters > n:
-        raise InputError(f"{_name(ds)}: n_clusters={n_clusters} exceeds the {n} signatures")
+        raise InputError(f"{dataset_name(ds)}: n_clusters={n_clusters} exceeds the {n} signatures")
     n_components = min(n_components, genes.size, n)
     if solver == "auto":
         solver = "covariance" if genes.size <= _COVARIANCE_MAX_GENES else "randomized"
@@ -136,7 +138,8 @@ def kmeans_signatures(
     if scale == "zscore":
         x = x.map_blocks(_zscore_rows, dtype=np.float32)
     nonfinite = InputError(
-        f"{_name(ds)}: signatures with non-finite values cannot be clustered (drop them first)"
+        f"{dataset_name(ds)}: signatures with non-finite values cannot be clustered "
+        "(drop them first)"
     )
     timing = {}
     t0 = time.perf_counter()
@@ -198,8 +201,8 @@ def kmeans_signatures(
             **{k: c for k, c in ds.coords.items() if c.dims == ("sig",) and k != "sig"},
         },
     )
-    out.attrs["cmapdask"] = _provenance(
-        method="kmeans",
+    out.attrs["cmapdask"] = provenance_record(
+        "kmeans",
         n_clusters=int(n_clusters),
         n_components=int(n_components),
         space=space,
@@ -213,7 +216,7 @@ def kmeans_signatures(
         n_iter=int(getattr(km, "n_iter_", -1)),
         inertia=float(getattr(km, "inertia_", np.nan)),
         timing_s={k: round(v, 3) for k, v in timing.items()},
-        input=str(ds.attrs.get("store_url", ds.attrs.get("cmapdask", {}).get("source", ""))),
+        input=dataset_name(ds, default=""),
     )
     return out
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from cmapdask.errors import InputError
+from cmapdask.model.missing import is_missing
 
 __all__ = ["cluster_quality"]
 
@@ -48,7 +49,7 @@ def cluster_quality(
         t = np.asarray(truth, dtype=object).ravel()
         if t.size != lab.size:
             raise InputError(f"cluster_quality: {t.size} annotations for {lab.size} labels")
-        ok = np.array([v is not None and v == v for v in t])
+        ok = np.array([not is_missing(v) for v in t], dtype=bool)
         if ok.sum() < 2:
             raise InputError("cluster_quality: fewer than 2 annotated items")
         tt, ll = t[ok].astype(str), lab[ok]

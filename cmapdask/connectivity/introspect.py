@@ -13,7 +13,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cmapdask import __version__
+from cmapdask._version import __version__
 from cmapdask.connectivity.engine import score_index
 from cmapdask.connectivity.es import Metric
 from cmapdask.connectivity.index import Space, open_index

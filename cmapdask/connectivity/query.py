@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cmapdask import __version__
+from cmapdask._version import __version__
 from cmapdask.connectivity.engine import FIELDS, score_index
 from cmapdask.connectivity.es import Metric, Tail
 from cmapdask.connectivity.fdr import fdr_bh, fdr_null, nlog10, random_query_pvalues

@@ -10,8 +10,9 @@ import pandas as pd
 import scipy.stats
 
 from cmapdask.annotations import membership
-from cmapdask.enrich.kernels import _labels, bh
+from cmapdask.enrich.kernels import bh
 from cmapdask.errors import InputError
+from cmapdask.model.missing import labels as _labels
 
 __all__ = ["cluster_enrichment"]
 

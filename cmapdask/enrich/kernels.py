@@ -296,13 +296,3 @@ def _enrich_block(
     for f in _P_FIELDS:
         out[:, :, F["q" + f[1:]]] = bh(out[:, :, F[f]])
     return out
-
-
-def _labels(values) -> np.ndarray:
-    return np.array(
-        [
-            None if v is None or (isinstance(v, float) and v != v) else str(v)
-            for v in np.asarray(values, dtype=object).tolist()
-        ],
-        dtype=object,
-    )

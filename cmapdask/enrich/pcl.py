@@ -10,8 +10,9 @@ import pandas as pd
 import xarray as xr
 
 from cmapdask.enrich.clusters import cluster_enrichment
-from cmapdask.enrich.kernels import _labels, bh
+from cmapdask.enrich.kernels import bh
 from cmapdask.errors import InputError
+from cmapdask.model.missing import labels as _labels
 
 __all__ = ["candidate_pcls", "write_pcl_gmt"]
 

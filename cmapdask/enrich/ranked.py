@@ -17,8 +17,10 @@ import pandas as pd
 import xarray as xr
 
 from cmapdask.annotations import membership
-from cmapdask.enrich.kernels import _P_FIELDS, FIELDS, _enrich_block, _labels
+from cmapdask.enrich.kernels import _P_FIELDS, FIELDS, _enrich_block
 from cmapdask.errors import InputError
+from cmapdask.model.missing import labels as _labels
+from cmapdask.model.provenance import provenance_record
 
 __all__ = ["enrich_ranked", "read_ranked_lists", "enrichment_table"]
 
@@ -195,21 +197,18 @@ def enrich_ranked(
             "set_size": ("set", np.bincount(set_idx, minlength=n_sets)),
         },
     )
-    from cmapdask import __version__
-
-    out.attrs["cmapdask"] = {
-        "method": "enrich_ranked",
-        "package_version": __version__,
-        "n_top": int(n_top),
-        "permutations": int(permutations),
-        "pvalue": pvalue,
-        "weight": weight,
-        "exclude": exclude,
-        "null": null,
-        "seed": int(seed),
-        "item_field": item_field,
-        "fdr": "Benjamini-Hochberg over the sets of each list, per statistic and tail",
-    }
+    out.attrs["cmapdask"] = provenance_record(
+        "enrich_ranked",
+        n_top=int(n_top),
+        permutations=int(permutations),
+        pvalue=pvalue,
+        weight=weight,
+        exclude=exclude,
+        null=null,
+        seed=int(seed),
+        item_field=item_field,
+        fdr="Benjamini-Hochberg over the sets of each list, per statistic and tail",
+    )
     return out
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cmapdask.enrich.kernels import _labels
 from cmapdask.errors import InputError
+from cmapdask.model.missing import labels as _labels
+from cmapdask.model.provenance import provenance_record
 
 __all__ = ["moa_recall", "roc_curve"]
 
@@ -297,19 +298,16 @@ def moa_recall(
             "bin_lower": ("bin", np.linspace(*score_range, int(bins) + 1)[:-1]),
         },
     )
-    from cmapdask import __version__
-
     prov = dict(neighbours.attrs.get("cmapdask", {}))
-    out.attrs["cmapdask"] = {
-        "method": "moa_recall",
-        "package_version": __version__,
-        "k": int(k),
-        "bins": int(bins),
-        "unseen": unseen,
-        "metric": prov.get("metric"),
-        "space": prov.get("space"),
-        "pairs": "ordered (query signature, listed or unlisted candidate)",
-    }
+    out.attrs["cmapdask"] = provenance_record(
+        "moa_recall",
+        k=int(k),
+        bins=int(bins),
+        unseen=unseen,
+        metric=prov.get("metric"),
+        space=prov.get("space"),
+        pairs="ordered (query signature, listed or unlisted candidate)",
+    )
     return out
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cmapdask import __version__
+from cmapdask._version import __version__
 from cmapdask.errors import MetadataError
+from cmapdask.model.missing import is_missing
 
 __all__ = [
     "DEFAULT_GROUP_BY",
@@ -116,11 +117,9 @@ def landmark_index(ds: xr.Dataset, landmarks: Sequence[str] | None) -> np.ndarra
 
 def _text(v) -> str:
     """A metadata value as CMap prints it in ids and joined fields (41.0 -> "41")."""
-    if v is None:
+    if is_missing(v):
         return MISSING_TEXT
     if isinstance(v, (float, np.floating)):
-        if np.isnan(v):
-            return MISSING_TEXT
         return str(int(v)) if float(v).is_integer() else f"{float(v):.7g}"
     return str(v)
 
