@@ -90,6 +90,7 @@ from dask.base import tokenize
 
 from cmapdask.errors import InputError
 from cmapdask.model.missing import is_missing
+from cmapdask.model.provenance import provenance_record
 from cmapdask.model.spaces import landmark_ids
 from cmapdask.model.types import Space
 
@@ -900,13 +901,7 @@ def _coord(col: pd.Series) -> np.ndarray:
 
 
 def _provenance(design: SynthDesign) -> dict:
-    from cmapdask._version import __version__
-
-    return {
-        "source": "cmapdask.synthetic",
-        "parameters": asdict(design),
-        "package_version": __version__,
-    }
+    return provenance_record("synthetic", source="cmapdask.synthetic", parameters=asdict(design))
 
 
 # ----------------------------------------------------------------------------- files

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cmapdask._version import __version__
 from cmapdask.errors import MetadataError
 from cmapdask.model.missing import is_missing
+from cmapdask.model.provenance import provenance_record
 
 __all__ = [
     "DEFAULT_GROUP_BY",
@@ -157,9 +157,4 @@ def level5_coords(ds: xr.Dataset, fields: list[str], plan) -> dict:
 
 def provenance(ds: xr.Dataset, step: str, **parameters) -> dict:
     """Provenance of a level step: the input's own provenance nested under ``input``."""
-    return {
-        "step": step,
-        "parameters": parameters,
-        "package_version": __version__,
-        "input": ds.attrs.get("cmapdask"),
-    }
+    return provenance_record(step, step=step, parameters=parameters, input=ds.attrs.get("cmapdask"))
