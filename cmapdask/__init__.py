@@ -7,17 +7,11 @@ functions that need them.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("cmapdask")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
-
 from cmapdask import (
     accessor,  # noqa: E402,F401  (registers ds.cmap)
     config,  # noqa: E402,F401  (registers the dask config defaults)
 )
+from cmapdask._version import __version__
 from cmapdask.annotations import read_annotations  # noqa: E402
 from cmapdask.clustering import (  # noqa: E402
     cluster_quality,

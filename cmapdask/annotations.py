@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from cmapdask.errors import InputError, MetadataError
+from cmapdask.model.missing import is_missing
 
 __all__ = [
     "read_annotations",
@@ -42,7 +43,7 @@ _MISSING = {"", "-666", "nan", "NaN", "NA", "None", "null"}
 
 
 def _split(value) -> list[str]:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if is_missing(value):
         return []
     return [p.strip() for p in str(value).split("|") if p.strip() not in _MISSING]
 
@@ -205,7 +206,7 @@ def membership(
             pos.setdefault(m, []).append(s)
     items, set_idx = [], []
     for i, lab in enumerate(item_labels):
-        if lab is None or (isinstance(lab, float) and np.isnan(lab)):
+        if is_missing(lab):
             continue
         for s in pos.get(str(lab), ()):
             items.append(i)

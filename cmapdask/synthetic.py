@@ -113,7 +113,6 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from importlib.resources import files
 from typing import Literal
 
 import dask
@@ -124,6 +123,10 @@ import xarray as xr
 from dask.base import tokenize
 
 from cmapdask.errors import InputError
+from cmapdask.model.missing import is_missing
+from cmapdask.model.provenance import provenance_record
+from cmapdask.model.spaces import landmark_ids
+from cmapdask.model.types import Space
 
 __all__ = [
     "TILE",
@@ -152,7 +155,7 @@ __all__ = [
     "GENETIC_TYPES",
 ]
 
-GeneSpace = Literal["landmark", "bing", "all"]
+GeneSpace = Space  # the option type, defined once in cmapdask.model.types
 
 TILE = 384
 SLOTS = 60  # compound slots per plate map: 60 x 6 doses + 24 vehicles = 384 wells
@@ -411,8 +414,7 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
 @functools.cache
 def landmark_gene_ids() -> tuple[str, ...]:
     """The 978 landmark Entrez ids (as ``str``), in the order of the Broad's GRP file."""
-    text = files("cmapdask").joinpath("data/landmark_gene_ids_n978.txt").read_text()
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    return landmark_ids()
 
 
 @functools.cache
@@ -1171,17 +1173,11 @@ def _coord(col: pd.Series) -> np.ndarray:
     with ``None`` for missing."""
     if pd.api.types.is_numeric_dtype(col):
         return col.to_numpy()
-    return np.array([None if pd.isna(v) else str(v) for v in col.tolist()], dtype=object)
+    return np.array([None if is_missing(v) else str(v) for v in col.tolist()], dtype=object)
 
 
 def _provenance(design: SynthDesign) -> dict:
-    from cmapdask import __version__
-
-    return {
-        "source": "cmapdask.synthetic",
-        "parameters": asdict(design),
-        "package_version": __version__,
-    }
+    return provenance_record("synthetic", source="cmapdask.synthetic", parameters=asdict(design))
 
 
 # ----------------------------------------------------------------------------- files

@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from cmapdask import __version__
+from cmapdask._version import __version__
 from cmapdask.errors import CmapdaskError
 
 __all__ = ["main", "build_parser"]

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import warnings
+from typing import get_args
 
 from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
+from cmapdask.model.types import ConnectivityMetric, Space
 
 __all__ = ["register"]
 
 FILTER_HELP = "a filter such as \"cell_id in ('MCF7', 'PC3')\" (docs/errors.md)"
 
-_SPACES = ["landmark", "bing", "all"]
+_SPACES = get_args(Space)
 
 
 def _common(p, *, space_default="bing"):
@@ -85,7 +87,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--metric",
-        choices=["wtcs", "cs"],
+        choices=get_args(ConnectivityMetric),
         default="wtcs",
         help="weighted (wtcs, default) or unweighted (cs) enrichment",
     )

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import get_args
 
 from cmapdask.errors import InputError
+from cmapdask.model.types import Space
 
 __all__ = ["register"]
 
@@ -97,7 +99,7 @@ def register(sub) -> None:
         if command == "sigs":
             p.add_argument(
                 "--space",
-                choices=["landmark", "bing", "all"],
+                choices=get_args(Space),
                 default=None,
                 help="with --out .gctx: the genes of this feature space (default all)",
             )

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from typing import get_args
 
 from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.errors import InputError
+from cmapdask.model.types import Space
 
 __all__ = ["register"]
 
@@ -32,7 +34,7 @@ def register(sub) -> None:
     p.add_argument(
         "--n-sigs", type=positive_int, default=20_000, help="synthetic signatures (default 20000)"
     )
-    p.add_argument("--genes", choices=["landmark", "bing", "all"], default="landmark")
+    p.add_argument("--genes", choices=get_args(Space), default="landmark")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     add_cluster_args(p)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
 from cmapdask.errors import InputError
+from cmapdask.model.types import SimilarityMetric, Space
 
 __all__ = ["register", "run_cluster", "run_enrich", "run_recall"]
 
@@ -49,7 +51,7 @@ def register(subparsers) -> None:
     c.add_argument(
         "--components", type=positive_int, default=50, help="kmeans: principal components"
     )
-    c.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
+    c.add_argument("--space", choices=get_args(Space), default="landmark")
     c.add_argument("--init", choices=["k-means||", "sample-k-means++"], default="k-means||")
     c.add_argument(
         "--solver",
@@ -156,8 +158,8 @@ def register(subparsers) -> None:
     )
     r.add_argument("store", metavar="STORE")
     r.add_argument("--ref", default=None, metavar="STORE", help="reference store (two stores)")
-    r.add_argument("--metric", choices=["pearson", "spearman", "cosine"], default="pearson")
-    r.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
+    r.add_argument("--metric", choices=get_args(SimilarityMetric), default="pearson")
+    r.add_argument("--space", choices=get_args(Space), default="landmark")
     r.add_argument("--block-size", type=int, default=None, help="signatures per block")
     r.add_argument("--bins", type=int, default=1 << 16, help="AUROC score bins (bound shrinks)")
     r.add_argument("--moa-bins", type=int, default=4096, help="per-MoA AUROC score bins")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import time
+from typing import get_args
 
 from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
+from cmapdask.model.types import SimilarityMetric, Space
 
 __all__ = ["register", "run_append", "run_rebuild", "EXIT_TRANSIENT"]
 
@@ -65,9 +67,9 @@ def register(subparsers) -> None:
     )
     r.add_argument("store", metavar="STORE", help="collection URL")
     r.add_argument("--full", action="store_true", help="recompute everything from scratch")
-    r.add_argument("--metric", choices=["pearson", "spearman", "cosine"], default="pearson")
+    r.add_argument("--metric", choices=get_args(SimilarityMetric), default="pearson")
     r.add_argument("--k", type=positive_int, default=100, help="neighbours per tail (default 100)")
-    r.add_argument("--space", choices=["landmark", "bing", "all"], default="landmark")
+    r.add_argument("--space", choices=get_args(Space), default="landmark")
     r.add_argument(
         "--block-size", type=positive_int, default=None, help="signatures per similarity block"
     )

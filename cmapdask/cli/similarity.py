@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from typing import get_args
 
 from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.errors import InputError, MetadataError
+from cmapdask.model.types import SimilarityMetric, Space
 
 __all__ = ["register", "run_similarity"]
 
@@ -26,14 +28,14 @@ def register(subparsers) -> None:
     p.add_argument("store", metavar="STORE", help="signature store URL")
     p.add_argument(
         "--metric",
-        choices=["pearson", "spearman", "cosine"],
+        choices=get_args(SimilarityMetric),
         default="pearson",
         help="similarity metric (default pearson)",
     )
     p.add_argument("--k", type=positive_int, default=100, help="neighbours per tail (default 100)")
     p.add_argument(
         "--space",
-        choices=["landmark", "bing", "all"],
+        choices=get_args(Space),
         default="landmark",
         help="genes compared: 978 landmarks, BING or all (default landmark)",
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from cmapdask.cli.options import positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.errors import InputError
+from cmapdask.model.types import Space
 
 __all__ = ["register", "run_synth"]
 
@@ -28,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--n-sigs", type=positive_int, required=True, help="number of signatures")
     p.add_argument(
         "--genes",
-        choices=["landmark", "bing", "all"],
+        choices=get_args(Space),
         default="landmark",
         help="gene space: 978 landmarks, 10,174 BING or all 12,328 (default landmark)",
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import get_args
 
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
+from cmapdask.model.types import Space
 
 __all__ = ["register", "run_targets"]
 
@@ -37,7 +39,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--space",
-        choices=["landmark", "bing", "all"],
+        choices=get_args(Space),
         default="bing",
         help="feature space of the index and background (default bing)",
     )

@@ -14,6 +14,7 @@ import numba
 import numpy as np
 
 from cmapdask.errors import InputError
+from cmapdask.model.types import ConnectivityMetric
 
 __all__ = [
     "enrichment_scores",
@@ -25,7 +26,7 @@ __all__ = [
     "Tail",
 ]
 
-Metric = Literal["wtcs", "cs"]
+Metric = ConnectivityMetric  # the option type, defined once in cmapdask.model.types
 Tail = Literal["both", "up", "down"]
 
 

@@ -102,7 +102,7 @@ def fdr_bh(p) -> np.ndarray:
     if ok.size:
         order = ok[np.argsort(p[ok], kind="stable")]
         m = ok.size
-        adj = p[order] * m / np.arange(1, m + 1)
+        adj = p[order] * (m / np.arange(1, m + 1))  # as scipy's false_discovery_control
         q[order] = np.minimum(1.0, np.minimum.accumulate(adj[::-1])[::-1])
     return q
 

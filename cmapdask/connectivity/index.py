@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Literal
 
 import dask.array as da
 import numpy as np
@@ -31,55 +30,18 @@ from zarr.core.sync import sync
 from cmapdask import config
 from cmapdask.connectivity.es import transpose
 from cmapdask.connectivity.ranks import rank_descending, rank_dtype
-from cmapdask.errors import InputError, MetadataError, StoreError
+from cmapdask.errors import InputError, StoreError
 from cmapdask.io.atomic import is_local, join, url_to_fs
 from cmapdask.io.store import has_member, open_member, open_store, write_member
+from cmapdask.model.spaces import feature_genes as space_genes  # the one feature-space rule
+from cmapdask.model.types import Space
 
 __all__ = ["Space", "space_genes", "build_index", "open_index", "index_name", "IndexHandle"]
-
-Space = Literal["landmark", "bing", "all"]
-_SPACE_CLASSES = {"landmark": {"landmark"}, "bing": {"landmark", "best inferred"}}
 
 
 def index_name(space: Space) -> str:
     """The member name of a space's index (``index/<space>``)."""
     return f"index/{space}"
-
-
-def space_genes(ds: xr.Dataset, space: Space) -> np.ndarray:
-    """Positions (in store gene order) of the genes of a feature space.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        The store; ``landmark`` and ``bing`` need a gene field ``feature_space``
-        (``landmark`` / ``best inferred`` / ``inferred``), or boolean ``pr_is_lm`` /
-        ``pr_is_bing`` as in older gene tables.
-    space : {"landmark", "bing", "all"}
-        ``"landmark"``: the 978 measured genes. ``"bing"``: landmarks and best inferred
-        genes (CLUE's default). ``"all"``: every gene of the store.
-    """
-    n = ds.sizes["gene"]
-    if space == "all":
-        return np.arange(n)
-    if space not in _SPACE_CLASSES:
-        raise InputError(f"space must be 'landmark', 'bing' or 'all', not {space!r}")
-    for name in ("feature_space", "gene_feature_space"):
-        if name in ds.coords and ds[name].dims == ("gene",):
-            fs = np.array([str(v).strip().lower() for v in ds[name].values.tolist()])
-            sel = np.flatnonzero(np.isin(fs, list(_SPACE_CLASSES[space])))
-            break
-    else:
-        flag = {"landmark": "pr_is_lm", "bing": "pr_is_bing"}[space]
-        if flag not in ds.coords:
-            raise MetadataError(
-                f"{ds.attrs.get('store_url', 'store')}: no gene field 'feature_space' "
-                f"(or {flag!r}) to select the {space} space; use --space all"
-            )
-        sel = np.flatnonzero(np.asarray(ds[flag].values).astype(float) == 1)
-    if sel.size == 0:
-        raise MetadataError(f"{ds.attrs.get('store_url', 'store')}: no {space} genes")
-    return sel
 
 
 def index_chunk_rows(n_genes: int, *, chunk_mb: float | None = None) -> int:
@@ -103,8 +65,8 @@ def build_index(
     store_url : str
         The store (local path or fsspec URL).
     space : {"landmark", "bing", "all"}
-        Feature space (see :func:`space_genes`); ranks are taken within it, so N is its
-        number of genes.
+        Feature space (:func:`cmapdask.model.feature_genes`); ranks are taken within it,
+        so N is its number of genes.
     chunk_rows : int, optional
         Signatures per index block (default from :func:`index_chunk_rows`).
     progress : bool

@@ -13,7 +13,6 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from cmapdask import __version__
 from cmapdask.connectivity.engine import score_index
 from cmapdask.connectivity.es import Metric
 from cmapdask.connectivity.index import Space, open_index
@@ -31,6 +30,7 @@ from cmapdask.connectivity.tau import GRID, background_tables, tau_binned
 from cmapdask.connectivity.validation import QuerySet
 from cmapdask.errors import InputError
 from cmapdask.io.store import open_store, write_member
+from cmapdask.model.provenance import provenance_record
 from cmapdask.where import parse, selection_record, selection_text
 
 __all__ = ["introspect", "build_background"]
@@ -137,16 +137,16 @@ def introspect(
         },
         coords={"sig": ids, "sig_ref": ids, **{k: ("sig", v) for k, v in sig_coords.items()}},
     )
-    out.attrs["cmapdask"] = {
-        "kind": "introspect",
-        "package_version": __version__,
-        "store": str(store),
-        "space": space,
-        "metric": metric,
-        "where": selection_text(where),
-        "n_top": n_top,
-        "n_sig": int(pos.size),
-    }
+    out.attrs["cmapdask"] = provenance_record(
+        "introspect",
+        kind="introspect",
+        store=str(store),
+        space=space,
+        metric=metric,
+        where=selection_text(where),
+        n_top=n_top,
+        n_sig=int(pos.size),
+    )
     return out
 
 

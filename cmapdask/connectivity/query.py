@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cmapdask import __version__
 from cmapdask.connectivity.engine import FIELDS, score_index
 from cmapdask.connectivity.es import Metric, Tail
 from cmapdask.connectivity.fdr import fdr_bh, fdr_null, nlog10, random_query_pvalues
@@ -26,6 +25,7 @@ from cmapdask.connectivity.tau import tau_binned, tau_exact
 from cmapdask.connectivity.validation import prepare_queries
 from cmapdask.errors import InputError, MetadataError, StoreError
 from cmapdask.io.store import has_member, open_member, open_store
+from cmapdask.model.provenance import provenance_record
 from cmapdask.where import parse, selection_text
 
 __all__ = ["query", "select_signatures", "sig_groups", "normalize", "background_name"]
@@ -348,22 +348,22 @@ def query(
         data["fdr_q_nlog10"] = (dims, fdr_q.astype(np.float32))
     sig_coords = {k: c for k, c in ds.coords.items() if c.dims == ("sig",)}
     out = xr.Dataset(data, coords={"query": np.array(qs.names, dtype=object), **sig_coords})
-    out.attrs["cmapdask"] = {
-        "kind": "query_result",
-        "package_version": __version__,
-        "store": str(store),
-        "space": space,
-        "n_genes_space": handle.n_genes,
-        "metric": metric,
-        "tail": tail,
-        "reference": selection_text(reference),
-        "n_reference": int(is_ref.sum()),
-        "grouping": grouping if isinstance(grouping, str) else list(grouping),
-        "ncs_fallback": "median of groups with the same pert_type, else cell_id, else all",
-        "tau": tau_note,
-        "fdr": fdr_used,
-        "genes": qs.report,
-    }
+    out.attrs["cmapdask"] = provenance_record(
+        "query",
+        kind="query_result",
+        store=str(store),
+        space=space,
+        n_genes_space=handle.n_genes,
+        metric=metric,
+        tail=tail,
+        reference=selection_text(reference),
+        n_reference=int(is_ref.sum()),
+        grouping=grouping if isinstance(grouping, str) else list(grouping),
+        ncs_fallback="median of groups with the same pert_type, else cell_id, else all",
+        tau=tau_note,
+        fdr=fdr_used,
+        genes=qs.report,
+    )
     return out
 
 

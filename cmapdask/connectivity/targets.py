@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cmapdask import __version__
+from cmapdask._version import __version__
 from cmapdask.connectivity.classes import LOSS_OF_FUNCTION, PERT_CLASSES, pert_class
 from cmapdask.connectivity.es import Metric
 from cmapdask.connectivity.index import Space, open_index

@@ -467,7 +467,7 @@ def matrix(
             raise InputError(f"{store}: {len(bad)} gene(s) not in the store, e.g. {bad[0]!r}")
         ds = ds.isel(gene=pos)
     elif space is not None:
-        from cmapdask.connectivity.index import space_genes
+        from cmapdask.model.spaces import feature_genes
 
-        ds = ds.isel(gene=space_genes(ds, space))
+        ds = ds.isel(gene=feature_genes(ds, space))
     return ds

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from cmapdask import __version__
+from cmapdask._version import __version__
 from cmapdask.errors import GCTxFormatError, InputError
 from cmapdask.io.atomic import is_local, publish_file, url_to_fs
 from cmapdask.io.meta import MISSING, merge_coords, normalise_column

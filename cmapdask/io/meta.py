@@ -16,6 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cmapdask.model.missing import MISSING
+from cmapdask.model.missing import MISSING_TEXT as _MISSING_TEXT
+
 __all__ = [
     "MISSING",
     "decode_bytes",
@@ -23,9 +26,6 @@ __all__ = [
     "encode_for_text",
     "merge_coords",
 ]
-
-MISSING = -666
-_MISSING_TEXT = {"-666", "-666.0", "-666.000000", ""}
 
 
 def decode_bytes(values: np.ndarray) -> np.ndarray:

@@ -33,9 +33,11 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
-from cmapdask import __version__, config
+from cmapdask import config
+from cmapdask._version import __version__
 from cmapdask.errors import InputError, NonFiniteWarning, StoreError
 from cmapdask.io.atomic import check_destination, is_local, join, publish_dir, url_to_fs
+from cmapdask.model.missing import is_missing as _missing
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -110,10 +112,6 @@ def _strings_to_str(ds: xr.Dataset) -> xr.Dataset:
             )
             out[name] = (c.dims, vals)
     return ds.assign_coords(out) if out else ds
-
-
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
 
 
 def write_store(

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from cmapdask import __version__
 from cmapdask.errors import MetadataError
+from cmapdask.model.missing import is_missing
+from cmapdask.model.provenance import provenance_record
 
 __all__ = [
     "DEFAULT_GROUP_BY",
@@ -116,11 +117,9 @@ def landmark_index(ds: xr.Dataset, landmarks: Sequence[str] | None) -> np.ndarra
 
 def _text(v) -> str:
     """A metadata value as CMap prints it in ids and joined fields (41.0 -> "41")."""
-    if v is None:
+    if is_missing(v):
         return MISSING_TEXT
     if isinstance(v, (float, np.floating)):
-        if np.isnan(v):
-            return MISSING_TEXT
         return str(int(v)) if float(v).is_integer() else f"{float(v):.7g}"
     return str(v)
 
@@ -158,9 +157,4 @@ def level5_coords(ds: xr.Dataset, fields: list[str], plan) -> dict:
 
 def provenance(ds: xr.Dataset, step: str, **parameters) -> dict:
     """Provenance of a level step: the input's own provenance nested under ``input``."""
-    return {
-        "step": step,
-        "parameters": parameters,
-        "package_version": __version__,
-        "input": ds.attrs.get("cmapdask"),
-    }
+    return provenance_record(step, step=step, parameters=parameters, input=ds.attrs.get("cmapdask"))

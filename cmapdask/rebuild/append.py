@@ -24,11 +24,12 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from cmapdask import __version__
+from cmapdask._version import __version__
 from cmapdask.errors import InputError, MetadataError
 from cmapdask.io.atomic import is_local, url_to_fs
 from cmapdask.io.lock import collection_lock
 from cmapdask.io.store import quiet_zarr, zarr_options
+from cmapdask.model.missing import is_missing
 from cmapdask.rebuild.faults import checkpoint
 from cmapdask.rebuild.versions import (
     list_versions,
@@ -265,10 +266,7 @@ def reconcile_fields(old: dict, new: dict, n_old: int, n_new: int, *, where: str
                 ]
             )
         else:
-            vals = [
-                None if (v is None or (isinstance(v, float) and v != v)) else str(v)
-                for v in (*a.tolist(), *b.tolist())
-            ]
+            vals = [None if is_missing(v) else str(v) for v in (*a.tolist(), *b.tolist())]
             out[name] = np.array(vals, dtype=object)
     return out
 

@@ -38,7 +38,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from cmapdask import __version__
+from cmapdask._version import __version__
 from cmapdask.io.atomic import is_local, join, publish_dir, publish_file, url_to_fs
 from cmapdask.io.store import (
     ensure_parent_groups,

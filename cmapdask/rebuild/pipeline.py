@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Literal
 
 import dask
 
-from cmapdask import __version__
+from cmapdask._version import __version__
 from cmapdask.errors import InputError, StoreError
 from cmapdask.io.atomic import join, remove_leftovers, url_to_fs
 from cmapdask.io.lock import collection_lock
 from cmapdask.io.store import has_member, list_members, open_member, open_store
+from cmapdask.model.types import SimilarityMetric, Space
 from cmapdask.rebuild.faults import checkpoint
 from cmapdask.rebuild.incremental import topk_full, topk_incremental, write_topk_member
 from cmapdask.rebuild.products import refresh_products
@@ -48,8 +48,7 @@ from cmapdask.rebuild.versions import (
 
 __all__ = ["rebuild", "RebuildResult", "plan_rebuild"]
 
-Metric = Literal["pearson", "spearman", "cosine"]
-Space = Literal["landmark", "bing", "all"]
+Metric = SimilarityMetric  # the option types, defined once in cmapdask.model.types
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,71 +7,22 @@ labelled, lazy Dataset.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 from cmapdask.errors import InputError, MetadataError
+from cmapdask.model.checks import check_signatures, dataset_name
+from cmapdask.model.provenance import provenance_record
+from cmapdask.model.spaces import feature_genes
+from cmapdask.model.types import SimilarityMetric, Space
 from cmapdask.similarity.engine import gram_array, topk_arrays
 
 __all__ = ["similarity", "similarity_matrix", "feature_genes"]
 
-Metric = Literal["pearson", "spearman", "cosine"]
-Space = Literal["landmark", "bing", "all"]
-
-_SPACES = {"landmark": {"landmark"}, "bing": {"landmark", "best inferred"}, "all": None}
+Metric = SimilarityMetric  # the option type, defined once in cmapdask.model.types
 _DEFAULT_BLOCK = 4096
-
-
-def _name(ds: xr.Dataset) -> str:
-    src = ds.attrs.get("cmapdask", {})
-    return (
-        str(src.get("source", "signature dataset"))
-        if isinstance(src, dict)
-        else "signature dataset"
-    )
-
-
-def _check_dataset(ds: xr.Dataset, what: str) -> None:
-    if not isinstance(ds, xr.Dataset) or "expr" not in ds.data_vars:
-        raise InputError(f"{what}: expected an xarray Dataset with an 'expr' variable")
-    if ds["expr"].dims != ("sig", "gene"):
-        raise InputError(f"{what}: 'expr' must have dims ('sig', 'gene'), not {ds['expr'].dims}")
-    if ds.sizes["sig"] == 0 or ds.sizes["gene"] == 0:
-        raise InputError(f"{what}: no signatures or no genes")
-    for dim in ("sig", "gene"):
-        ids = ds.indexes[dim] if dim in ds.indexes else None
-        if ids is None:
-            raise MetadataError(f"{what}: no '{dim}' id coordinate")
-        if not ids.is_unique:
-            dup = ids[ids.duplicated()][0]
-            raise MetadataError(f"{what}: duplicate {dim} id {dup!r}")
-
-
-def feature_genes(ds: xr.Dataset, space: Space) -> np.ndarray:
-    """Integer positions of the genes of ``space`` along ``gene``.
-
-    ``"landmark"``: feature_space == 'landmark' (978 in a release); ``"bing"``: landmark and
-    'best inferred' (10,174); ``"all"``: every gene, no metadata needed.
-    """
-    if space not in _SPACES:
-        raise InputError(f"unknown feature space {space!r}; use one of {sorted(_SPACES)}")
-    wanted = _SPACES[space]
-    if wanted is None:
-        return np.arange(ds.sizes["gene"])
-    if "feature_space" not in ds.coords:
-        raise MetadataError(
-            f"{_name(ds)}: no gene coordinate 'feature_space', needed for space={space!r}"
-            " (use space='all' or join geneinfo)"
-        )
-    fs = np.asarray(ds["feature_space"].values, dtype=object)
-    idx = np.flatnonzero([v in wanted for v in fs])
-    if idx.size == 0:
-        raise MetadataError(f"{_name(ds)}: no genes in feature space {space!r}")
-    return idx
 
 
 def _expr(ds: xr.Dataset, genes: np.ndarray, block_size: int | None) -> da.Array:
@@ -103,30 +54,28 @@ def _check_metric(metric: str) -> None:
 
 
 def _inputs(ds, ref, space, block_size):
-    _check_dataset(ds, _name(ds))
+    check_signatures(ds)
     if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
         raise InputError(f"block_size must be a positive integer, got {block_size!r}")
     genes = feature_genes(ds, space)
     x = _expr(ds, genes, block_size)
     if ref is None:
         return genes, x, None
-    _check_dataset(ref, _name(ref))
+    check_signatures(ref)
     want = ds.indexes["gene"][genes]
     pos = ref.indexes["gene"].get_indexer(want)
     if (pos < 0).any():
         missing = want[pos < 0]
         raise MetadataError(
-            f"{_name(ref)}: reference lacks {len(missing)} gene(s) of the query space,"
+            f"{dataset_name(ref)}: reference lacks {len(missing)} gene(s) of the query space,"
             f" e.g. {missing[0]!r}"
         )
     return genes, x, _expr(ref, pos, block_size)
 
 
 def _provenance(ds, **params) -> dict:
-    from cmapdask import __version__
-
     src = ds.attrs.get("cmapdask", {})
-    prov = {"method": "similarity", "package_version": __version__, **params}
+    prov = provenance_record("similarity", **params)
     if isinstance(src, dict):
         for key in ("source", "store_version"):
             if key in src:
@@ -205,7 +154,7 @@ def similarity(
     n_cand = x.shape[0] - 1 if ref is None else xr_.shape[0]
     if k > n_cand:
         raise InputError(
-            f"{_name(ds)}: k={k} is larger than the {n_cand} candidate neighbours"
+            f"{dataset_name(ds)}: k={k} is larger than the {n_cand} candidate neighbours"
             f" ({'signatures other than itself' if ref is None else 'reference signatures'})"
         )
     res = topk_arrays(x, xr_, metric=metric, k=int(k), split_every=split_every)

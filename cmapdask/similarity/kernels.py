@@ -14,11 +14,10 @@ bottom_score, bottom_index)``.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import scipy.stats
 
+from cmapdask.model.types import SimilarityMetric
 from cmapdask.similarity.topk import (
     MISSING,
     block_topk_keys,
@@ -36,7 +35,7 @@ __all__ = [
     "gram",
 ]
 
-Metric = Literal["pearson", "spearman", "cosine"]
+Metric = SimilarityMetric  # the option type, defined once in cmapdask.model.types
 Partial = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 Keys = tuple[np.ndarray, np.ndarray]
 

@@ -15,7 +15,10 @@ import xarray as xr
 
 from cmapdask.connectivity.summaries import maxq
 from cmapdask.errors import MetadataError
-from cmapdask.similarity.api import Metric, Space, _check_metric, _inputs, _name, _provenance
+from cmapdask.model.checks import dataset_name
+from cmapdask.model.types import SimilarityMetric as Metric
+from cmapdask.model.types import Space
+from cmapdask.similarity.api import _check_metric, _inputs, _provenance
 from cmapdask.similarity.kernels import gram, standardize
 
 __all__ = ["pert_similarity", "aggregate_pairs"]
@@ -97,7 +100,7 @@ def pert_similarity(
     for f in (pert_field, cell_field):
         if f not in ds.coords or ds[f].dims != ("sig",):
             raise MetadataError(
-                f"{_name(ds)}: no signature coordinate {f!r} for perturbagen similarity"
+                f"{dataset_name(ds)}: no signature coordinate {f!r} for perturbagen similarity"
             )
     genes, x, _ = _inputs(ds, None, space, None)
     pert = np.asarray(ds[pert_field].values, dtype=object)
@@ -109,7 +112,9 @@ def pert_similarity(
         ]
     )
     if not ok.any():
-        raise MetadataError(f"{_name(ds)}: every signature lacks {pert_field} or {cell_field}")
+        raise MetadataError(
+            f"{dataset_name(ds)}: every signature lacks {pert_field} or {cell_field}"
+        )
     perts, pidx = np.unique(pert[ok].astype(str), return_inverse=True)
     cells, cidx = np.unique(cell[ok].astype(str), return_inverse=True)
     rows = np.flatnonzero(ok)
