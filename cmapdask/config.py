@@ -21,7 +21,38 @@ try:  # a commented copy for operators to edit; a read-only home is fine
 except OSError:
     pass
 
-__all__ = ["get"]
+__all__ = ["get", "storage_defaults"]
+
+
+def storage_defaults() -> dict:
+    """fsspec defaults for ``s3://`` from ``cmapdask.storage`` (timeouts and retries).
+
+    Applied to fsspec's global config when cmapdask is imported (in the CLI and in every
+    worker that runs a cmapdask task), so every S3 request has bounded waits. Options a
+    caller passes explicitly (``storage_options``) win over these.
+    """
+    c = dask.config.get("cmapdask.storage", default={}) or {}
+    return {
+        "retries": int(c.get("retries", 2)),
+        "config_kwargs": {
+            "connect_timeout": float(c.get("connect_timeout", 10)),
+            "read_timeout": float(c.get("read_timeout", 40)),
+            "retries": {"max_attempts": int(c.get("attempts", 2)), "mode": "standard"},
+        },
+    }
+
+
+def _apply_storage_defaults() -> None:
+    try:
+        import fsspec.config
+    except ImportError:  # pragma: no cover
+        return
+    conf = fsspec.config.conf.setdefault("s3", {})
+    for key, value in storage_defaults().items():
+        conf.setdefault(key, value)
+
+
+_apply_storage_defaults()
 
 
 def get(key: str, default=None):

@@ -1,6 +1,7 @@
 """One error hierarchy: every failure a user can cause is a ``CmapdaskError``.
 
-The CLI turns these into a single line and exit code 2; anything else is a bug.
+The CLI turns these into a single line and exit code 2 (75 for
+:class:`InfrastructureError`, a transient failure); anything else is a bug.
 Messages name the file (or store) and the problem.
 """
 
@@ -16,6 +17,7 @@ __all__ = [
     "StoreError",
     "QueryError",
     "InputError",
+    "InfrastructureError",
 ]
 
 
@@ -53,3 +55,9 @@ class QueryError(CmapdaskError):
 
 class InputError(CmapdaskError):
     """Any other invalid argument or data (NaN where not allowed, k too large, ...)."""
+
+
+class InfrastructureError(CmapdaskError):
+    """A transient failure of infrastructure, not of the input: a scheduler that does not
+    answer, dies or stalls, a storage server that times out. The CLI exits 75
+    (``EX_TEMPFAIL``): running the same command again may succeed."""
