@@ -528,7 +528,9 @@ def test_cli_similarity(small_store, tmp_path, capsys):
     purl = str(tmp_path / "p.zarr")
     write_store(pds, purl)
     assert (
-        main(["similarity", purl, "--pert", "--metric", "spearman", "--scheduler", "none", "--quiet"])
+        main(
+            ["similarity", purl, "--pert", "--metric", "spearman", "--scheduler", "none", "--quiet"]
+        )
         == 0
     )
     got = open_member(purl, "similarity/spearman_landmark_pert").compute()
