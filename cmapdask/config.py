@@ -25,11 +25,12 @@ __all__ = ["get", "storage_defaults"]
 
 
 def storage_defaults() -> dict:
-    """fsspec defaults for ``s3://`` from ``cmapdask.storage`` (timeouts and retries).
+    """Bounded waits for ``s3://`` from ``cmapdask.storage``: ``{"config_kwargs": ...,
+    "retries": n}`` (botocore's timeouts and attempts; s3fs's retries of a failed call).
 
-    Applied to fsspec's global config when cmapdask is imported (in the CLI and in every
-    worker that runs a cmapdask task), so every S3 request has bounded waits. Options a
-    caller passes explicitly (``storage_options``) win over these.
+    Applied when cmapdask is imported (in the CLI and in every worker that runs a
+    cmapdask task): ``config_kwargs`` as fsspec's default for ``s3`` (options a caller
+    passes explicitly win), ``retries`` as ``s3fs.S3FileSystem.retries``.
     """
     c = dask.config.get("cmapdask.storage", default={}) or {}
     return {
@@ -45,11 +46,12 @@ def storage_defaults() -> dict:
 def _apply_storage_defaults() -> None:
     try:
         import fsspec.config
+        import s3fs
     except ImportError:  # pragma: no cover
         return
-    conf = fsspec.config.conf.setdefault("s3", {})
-    for key, value in storage_defaults().items():
-        conf.setdefault(key, value)
+    d = storage_defaults()
+    fsspec.config.conf.setdefault("s3", {}).setdefault("config_kwargs", d["config_kwargs"])
+    s3fs.S3FileSystem.retries = max(1, d["retries"])
 
 
 _apply_storage_defaults()

@@ -84,7 +84,9 @@ def _run(args) -> int:
         return EXIT_TRANSIENT
     except CmapdaskError as e:
         print(f"cmapdask: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        # an error about an input that arose from a timeout or a lost connection (e.g. a
+        # store that could not be read from a frozen server) is transient, not bad input
+        return EXIT_TRANSIENT if runtime._is_transient(e) else 2
     except KeyboardInterrupt:
         if runtime.last_failure:  # the watchdog's interrupt, landed late
             print(f"cmapdask: error: {_one_line(runtime.last_failure)}", file=sys.stderr)
