@@ -434,3 +434,56 @@ def test_progress_only_on_a_terminal_and_only_on_stderr(repro, tmp_path):
     assert rc == 0
     assert stdout == b""
     assert b"% Completed" in stderr
+
+
+# ---------------------------------------------------------------------------- the watchdog
+
+
+class _FakeClient:
+    """Answers the watchdog's question with a fixed scheduler state, or not at all."""
+
+    def __init__(self, state=None):
+        self.state = state
+
+    def _run_on_scheduler(self, *a, **k):  # pragma: no cover - never called directly
+        raise AssertionError
+
+    def sync(self, *a, **k):
+        if self.state is None:
+            raise OSError("connection refused")
+        return self.state
+
+
+def _watch(state, seconds):
+    import dask
+
+    from cmapdask.cli import runtime
+
+    with dask.config.set(
+        {
+            "cmapdask.runtime.stall_timeout": 1,
+            "cmapdask.runtime.connect_timeout": 1,
+            "cmapdask.runtime.poll_interval": 0.1,
+        }
+    ):
+        dog = runtime._Watchdog(_FakeClient(state), "tcp://fake:1")
+    with dog:
+        time.sleep(seconds)  # the watchdog interrupts this
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ((10, 5, 0, 0), "no progress"),  # work pending, nothing running, nothing changes
+        (None, "no answer"),  # scheduler gone
+    ],
+)
+def test_watchdog_stops_a_stalled_or_lost_scheduler(state, message):
+    from cmapdask.errors import InfrastructureError
+
+    with pytest.raises(InfrastructureError, match=message):
+        _watch(state, 60)
+
+
+def test_watchdog_leaves_long_tasks_alone():
+    _watch((10, 5, 1, 0), 2.5)  # a task running for longer than stall_timeout is fine

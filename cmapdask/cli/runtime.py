@@ -211,7 +211,7 @@ def dask_client(args) -> Iterator[object | None]:
     """
     kind, target = scheduler_target(args)
     if kind == "none":
-        with dask.config.set(scheduler="threads"):
+        with dask.config.set(scheduler="threads"), progress(args, None):
             yield None
         return
     cluster = None
@@ -221,7 +221,7 @@ def dask_client(args) -> Iterator[object | None]:
         client = _attach(args, kind, target)
     dog = _Watchdog(client, target)
     try:
-        with client, dog:
+        with client, dog, progress(args, client):
             yield client
     finally:
         if cluster is not None:
@@ -274,6 +274,8 @@ class _Watchdog:
         self.poll = _seconds("poll_interval", 2) or 2
 
     def __enter__(self):
+        global last_failure
+        last_failure = None
         if threading.current_thread() is threading.main_thread():
             self._thread = threading.Thread(target=self._run, name="cmapdask-watchdog", daemon=True)
             self._thread.start()
@@ -432,17 +434,28 @@ def _task_counts(dask_scheduler=None):  # run on the scheduler; pickled by value
 def progress(args, client) -> Iterator[None]:
     """Show progress of dask work run inside the block: one bar on stderr, only when
     stderr is a terminal (or ``CMAPDASK_PROGRESS=1``) and not ``--quiet``; the same for
-    the threaded scheduler (``client is None``) and a distributed Client."""
-    if getattr(args, "quiet", False) or not (
-        sys.stderr.isatty() or os.environ.get("CMAPDASK_PROGRESS") == "1"
+    the threaded scheduler (``client is None``) and a distributed Client. Every command's
+    :func:`dask_client` block already draws it; a nested call does nothing."""
+    global _drawing
+    if (
+        _drawing
+        or getattr(args, "quiet", False)
+        or not (sys.stderr.isatty() or os.environ.get("CMAPDASK_PROGRESS") == "1")
     ):
-        yield
+        yield  # already drawn by an enclosing block (dask_client draws for its commands)
         return
-    if client is None:
-        from dask.diagnostics import ProgressBar
+    _drawing = True
+    try:
+        if client is None:
+            from dask.diagnostics import ProgressBar
 
-        with ProgressBar(out=sys.stderr, dt=0.5):
-            yield
-    else:
-        with _ClientBar(client, sys.stderr):
-            yield
+            with ProgressBar(out=sys.stderr, dt=0.5):
+                yield
+        else:
+            with _ClientBar(client, sys.stderr):
+                yield
+    finally:
+        _drawing = False
+
+
+_drawing = False

@@ -346,13 +346,7 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
         job = da.store(
             x, arr, regions=(slice(n_old, n_tot), slice(None)), lock=False, compute=False
         )
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar():
-                dask.compute(job)
-        else:
-            dask.compute(job)
+        dask.compute(job)  # progress is the command line's (cmapdask.cli.runtime)
     coords = {}
     for k, v in fields.items():
         if v.dtype.kind == "O":
