@@ -180,6 +180,9 @@ def _start_local(args):
 def _attach(args, kind: str, target: str):
     from distributed import Client
 
+    # the command reports a lost scheduler in one line; distributed's own tracebacks of
+    # its reconnection attempts are noise here (as a local cluster's logs are silenced)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
     timeout = _seconds("connect_timeout", 20) or 20
     kwargs = {"scheduler_file": target} if kind == "file" else {"address": target}
     try:
