@@ -450,7 +450,7 @@ class _FakeClient:
 
     def sync(self, *a, **k):
         if self.state is None:
-            raise OSError("connection refused")
+            raise OSError("Timed out trying to connect")
         return self.state
 
 

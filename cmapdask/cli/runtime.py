@@ -319,9 +319,9 @@ class _Watchdog:
             now = time.monotonic()
             try:
                 counter, pending, running, errors = self._state()
-            except Exception:
-                if self._stop.is_set():
-                    return
+            except Exception as e:
+                if self._stop.is_set() or not (isinstance(e, OSError) or _is_transient(e)):
+                    return  # e.g. a scheduler that refuses pickled functions: not watched
                 if now - last_seen > self.unreachable:
                     self._fire(
                         f"lost the Dask scheduler {self.target}: no answer for "
