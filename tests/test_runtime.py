@@ -451,6 +451,8 @@ class _FakeClient:
     def sync(self, *a, **k):
         if self.state is None:
             raise OSError("Timed out trying to connect")
+        if isinstance(self.state, Exception):
+            raise self.state
         return self.state
 
 
@@ -485,5 +487,12 @@ def test_watchdog_stops_a_stalled_or_lost_scheduler(state, message):
         _watch(state, 60)
 
 
-def test_watchdog_leaves_long_tasks_alone():
-    _watch((10, 5, 1, 0), 2.5)  # a task running for longer than stall_timeout is fine
+@pytest.mark.parametrize(
+    "state",
+    [
+        (10, 5, 1, 0),  # a task running for longer than stall_timeout is fine
+        RuntimeError("pickled functions not allowed"),  # not watchable: not a failure
+    ],
+)
+def test_watchdog_leaves_long_tasks_and_unwatchable_schedulers_alone(state):
+    _watch(state, 2.5)
