@@ -205,20 +205,32 @@ def own_cluster(tmp_path):
         cluster.close()
 
 
+def _pending(dask_scheduler=None):
+    return sum(
+        1
+        for ts in list(dask_scheduler.tasks.values())
+        if ts.state in ("waiting", "processing", "queued", "no-worker")
+    )
+
+
 def _when_busy(address, action, stop: threading.Event, done: list):
-    """Call ``action(client)`` once the scheduler has a task running."""
+    """Call ``action(client)`` once the scheduler has work pending (a graph submitted and
+    not finished)."""
     from distributed import Client
 
+    from cmapdask.cli.runtime import _by_value
+
+    pending = _by_value(_pending)  # shipped by value: the scheduler need not import tests
     with Client(address, timeout="30s") as client:
         while not stop.is_set():
             try:
-                busy = any(client.processing().values())
+                busy = client.run_on_scheduler(pending) > 0
             except Exception:
                 return
             if busy:
                 done.append(action(client))
                 return
-            time.sleep(0.02)
+            time.sleep(0.01)
 
 
 def _run_with(address, args, action, env):
