@@ -182,6 +182,8 @@ def _attach(args, kind: str, target: str):
 
     # the command reports a lost scheduler in one line; distributed's own tracebacks of
     # its reconnection attempts are noise here (as a local cluster's logs are silenced)
+    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # children have levels of their own
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
     timeout = _seconds("connect_timeout", 20) or 20
     kwargs = {"scheduler_file": target} if kind == "file" else {"address": target}
