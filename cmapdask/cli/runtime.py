@@ -163,6 +163,7 @@ def _start_local(args):
             dashboard_address=":0",
             silence_logs=50,
         )
+    _silence_distributed()
     log = logging.getLogger("distributed.scheduler")
     log.setLevel(logging.ERROR)
     log.propagate = False  # counted, not printed
@@ -177,14 +178,20 @@ def _start_local(args):
     return cluster, client
 
 
+def _silence_distributed() -> None:
+    """distributed's own log lines (tracebacks of reconnection attempts, dead workers)
+    are noise in a command that reports its failures in one line."""
+    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # children have levels of their own
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
 def _attach(args, kind: str, target: str):
     from distributed import Client
 
     # the command reports a lost scheduler in one line; distributed's own tracebacks of
     # its reconnection attempts are noise here (as a local cluster's logs are silenced)
-    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
-        logging.getLogger(name).setLevel(logging.CRITICAL)  # children have levels of their own
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    _silence_distributed()
     timeout = _seconds("connect_timeout", 20) or 20
     kwargs = {"scheduler_file": target} if kind == "file" else {"address": target}
     try:
