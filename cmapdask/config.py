@@ -21,7 +21,40 @@ try:  # a commented copy for operators to edit; a read-only home is fine
 except OSError:
     pass
 
-__all__ = ["get"]
+__all__ = ["get", "storage_defaults"]
+
+
+def storage_defaults() -> dict:
+    """Bounded waits for ``s3://`` from ``cmapdask.storage``: ``{"config_kwargs": ...,
+    "retries": n}`` (botocore's timeouts and attempts; s3fs's retries of a failed call).
+
+    Applied when cmapdask is imported (in the CLI and in every worker that runs a
+    cmapdask task): ``config_kwargs`` as fsspec's default for ``s3`` (options a caller
+    passes explicitly win), ``retries`` as ``s3fs.S3FileSystem.retries``.
+    """
+    c = dask.config.get("cmapdask.storage", default={}) or {}
+    return {
+        "retries": int(c.get("retries", 2)),
+        "config_kwargs": {
+            "connect_timeout": float(c.get("connect_timeout", 10)),
+            "read_timeout": float(c.get("read_timeout", 40)),
+            "retries": {"max_attempts": int(c.get("attempts", 2)), "mode": "standard"},
+        },
+    }
+
+
+def _apply_storage_defaults() -> None:
+    try:
+        import fsspec.config
+        import s3fs
+    except ImportError:  # pragma: no cover
+        return
+    d = storage_defaults()
+    fsspec.config.conf.setdefault("s3", {}).setdefault("config_kwargs", d["config_kwargs"])
+    s3fs.S3FileSystem.retries = max(1, d["retries"])
+
+
+_apply_storage_defaults()
 
 
 def get(key: str, default=None):

@@ -1,6 +1,7 @@
 """One error hierarchy: every failure a user can cause is a ``CmapdaskError``.
 
-The CLI turns these into a single line and exit code 2; anything else is a bug.
+The CLI turns these into a single line and exit code 2 (75 for
+:class:`InfrastructureError`, a transient failure); anything else is a bug.
 Messages name the file (or store) and the problem.
 """
 
@@ -17,7 +18,9 @@ __all__ = [
     "LockedError",
     "QueryError",
     "InputError",
+    "InfrastructureError",
     "NonFiniteWarning",
+    "TransferError",
 ]
 
 
@@ -61,7 +64,13 @@ class InputError(CmapdaskError):
     """Any other invalid argument or data (NaN where not allowed, k too large, ...)."""
 
 
-class TransferError(CmapdaskError, ConnectionError):
+class InfrastructureError(CmapdaskError):
+    """A transient failure of infrastructure, not of the input: a scheduler that does not
+    answer, dies or stalls, a storage server that times out. The CLI exits 75
+    (``EX_TEMPFAIL``): running the same command again may succeed."""
+
+
+class TransferError(InfrastructureError, ConnectionError):
     """A download or upload that failed after its retries (the network, the server)."""
 
 

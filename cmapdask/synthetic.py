@@ -1207,7 +1207,7 @@ def write_synthetic(
     compression
         ``"none"``: the reference GCTx layout; ``"gzip"``: gzip the matrix chunks too.
     progress
-        Show tqdm progress bars on stderr.
+        Ignored (kept for callers): the command line draws progress.
     storage_options
         Passed to fsspec when ``outdir`` is a URL (``s3://bucket/prefix``).
 
@@ -1314,7 +1314,15 @@ def _parallelism() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _bar(enabled: bool, total: int, desc: str):
-    from tqdm.auto import tqdm
+class _NoBar:
+    """The library draws no progress (the command line does, cmapdask.cli.runtime)."""
 
-    return tqdm(total=total, unit="sig", desc=desc, disable=not enabled, leave=False)
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    return _NoBar()

@@ -132,7 +132,7 @@ def test_kubernetes_manifests():
     assert cron["apiVersion"] == "batch/v1" and len(cron["spec"]["schedule"].split()) == 5
     # the CronJob attaches to the DaskCluster's scheduler service
     args = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    addr = args[args.index("--cluster") + 1]
+    addr = args[args.index("--scheduler") + 1]
     assert addr.startswith(f"tcp://{kinds['DaskCluster']['metadata']['name']}-scheduler.")
     assert kinds["DaskAutoscaler"]["spec"]["cluster"] == kinds["DaskCluster"]["metadata"]["name"]
 

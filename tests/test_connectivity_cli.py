@@ -47,7 +47,7 @@ def test_cli_index_query_introspect_background(store, tmp_path, capsys):
                 str(tmp_path / "x"),
                 "--space",
                 "all",
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
             ]
@@ -55,7 +55,7 @@ def test_cli_index_query_introspect_background(store, tmp_path, capsys):
         == 2
     )
     assert "cmapdask index" in capsys.readouterr().err
-    assert main(["index", url, "--space", "all", "--cluster", "none", "--quiet"]) == 0
+    assert main(["index", url, "--space", "all", "--scheduler", "none", "--quiet"]) == 0
     assert (
         main(
             [
@@ -67,7 +67,7 @@ def test_cli_index_query_introspect_background(store, tmp_path, capsys):
                 "all",
                 "--n-top",
                 "5",
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
             ]
@@ -90,7 +90,7 @@ def test_cli_index_query_introspect_background(store, tmp_path, capsys):
                 out,
                 "--space",
                 "all",
-                "--cluster",
+                "--scheduler",
                 "none",
             ]
         )
@@ -111,7 +111,7 @@ def test_cli_index_query_introspect_background(store, tmp_path, capsys):
                 "5",
                 "--out",
                 str(tmp_path / "intro"),
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
             ]
@@ -134,7 +134,7 @@ def test_cli_index_query_introspect_background(store, tmp_path, capsys):
                 out,
                 "--space",
                 "all",
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
             ]

@@ -28,7 +28,7 @@ def test_query_cli_on_s3_with_grp_and_symbols(s3_server, tmp_path, capsys):
     opts = ["--storage-options", json.dumps(s3_server)]
     for target, extra in ((local, []), (url, opts)):
         assert (
-            main(["index", target, "--space", "all", "--cluster", "none", "--quiet", *extra]) == 0
+            main(["index", target, "--space", "all", "--scheduler", "none", "--quiet", *extra]) == 0
         )
 
     genes = list(ds["gene"].values)
@@ -52,7 +52,7 @@ def test_query_cli_on_s3_with_grp_and_symbols(s3_server, tmp_path, capsys):
                     "all",
                     "--tau",
                     "none",
-                    "--cluster",
+                    "--scheduler",
                     "none",
                     "--quiet",
                     *extra,
@@ -82,7 +82,7 @@ def test_query_cli_on_s3_with_grp_and_symbols(s3_server, tmp_path, capsys):
                 "all",
                 "--tau",
                 "none",
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
                 *opts,
@@ -107,7 +107,7 @@ def test_query_cli_on_s3_with_grp_and_symbols(s3_server, tmp_path, capsys):
                 dn,
                 "--out",
                 str(tmp_path / "x"),
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
                 *opts,

@@ -19,7 +19,7 @@ def test_demo_runs_and_finds_the_planted_moa_target_and_reversers(tmp_path):
             str(out),
             "--n-sigs",
             "3000",
-            "--cluster",
+            "--scheduler",
             "none",
         ],
         capture_output=True,

@@ -568,7 +568,7 @@ def test_cli_cluster_enrich_recall_and_plots(planted, tmp_path, capsys):
     write_similarity(pert_similarity(st), url)
     ann = tmp_path / "compoundinfo.txt"
     sy.synth_compoundinfo(design).fillna("-666").to_csv(ann, sep="\t", index=False)
-    common = ["--annotations", str(ann), "--cluster", "none", "--quiet"]
+    common = ["--annotations", str(ann), "--scheduler", "none", "--quiet"]
     assert (
         main(
             [
@@ -815,7 +815,7 @@ def test_cli_enrich_accepts_a_query_result(query_result, tmp_path, capsys):
                 str(out),
                 "--running-sum",
                 str(tmp_path / "rs.svg"),
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
             ]
@@ -838,7 +838,7 @@ def test_cli_enrich_accepts_a_query_result(query_result, tmp_path, capsys):
                 str(tmp_path / "ns.tsv"),
                 "--max-q",
                 "0.05",
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
             ]
@@ -857,7 +857,7 @@ def test_cli_enrich_accepts_a_query_result(query_result, tmp_path, capsys):
                 str(ann),
                 "--out",
                 str(tmp_path / "x.tsv"),
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
             ]

@@ -402,7 +402,7 @@ def test_cli_level4_level5_store_to_store(fixtures, tmp_path, capsys):
     src = tmp_path / "l3.zarr"
     write_store(read_gctx(fixtures / "cmapm" / "gctv13_01.gctx"), str(src))
     l4 = tmp_path / "l4.zarr"
-    assert main(["level4", str(src), str(l4), "--cluster", "none", "--quiet"]) == 0
+    assert main(["level4", str(src), str(l4), "--scheduler", "none", "--quiet"]) == 0
     want = read_gctx(fixtures / "cmapm" / "gctv13_01_zs.gctx").expr.values
     np.testing.assert_allclose(open_store(str(l4)).expr.values, want, rtol=5e-7, atol=5e-6)
 
@@ -412,7 +412,7 @@ def test_cli_level4_level5_store_to_store(fixtures, tmp_path, capsys):
             "level4",
             str(src),
             str(l4q),
-            "--cluster",
+            "--scheduler",
             "none",
             "--quiet",
             "--plate-field",
@@ -435,7 +435,7 @@ def test_cli_level4_level5_store_to_store(fixtures, tmp_path, capsys):
     grp.write_text("\n".join(distil.gene.values) + "\n")
     l5 = tmp_path / "l5.zarr"
     rc = main(
-        ["level5", str(src), str(l5), "--cluster", "none", "--quiet", "--landmarks", str(grp)]
+        ["level5", str(src), str(l5), "--scheduler", "none", "--quiet", "--landmarks", str(grp)]
     )
     assert rc == 0
     got = open_store(str(l5))
@@ -450,7 +450,7 @@ def test_cli_level4_level5_store_to_store(fixtures, tmp_path, capsys):
             "level5",
             str(src),
             str(tmp_path / "bad.zarr"),
-            "--cluster",
+            "--scheduler",
             "none",
             "--quiet",
             "--group-by",

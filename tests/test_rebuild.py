@@ -374,7 +374,7 @@ def _cli(root, env=None):
             "cmapdask",
             "rebuild",
             root,
-            "--cluster",
+            "--scheduler",
             "none",
             "--k",
             str(K),

@@ -432,7 +432,7 @@ def test_cli_similarity(small_store, tmp_path, capsys):
                 "bing",
                 "--block-size",
                 "40",
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
             ]
@@ -457,7 +457,7 @@ def test_cli_similarity(small_store, tmp_path, capsys):
                 str(ids),
                 "--out",
                 out,
-                "--cluster",
+                "--scheduler",
                 "none",
             ]
         )
@@ -480,7 +480,7 @@ def test_cli_similarity(small_store, tmp_path, capsys):
                 str(tmp_path / "f.zarr"),
                 "--gctx",
                 str(tmp_path / "f.gctx"),
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
             ]
@@ -505,7 +505,7 @@ def test_cli_similarity(small_store, tmp_path, capsys):
                 "6",
                 "--out",
                 str(tmp_path / "r.zarr"),
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
             ]
@@ -528,7 +528,9 @@ def test_cli_similarity(small_store, tmp_path, capsys):
     purl = str(tmp_path / "p.zarr")
     write_store(pds, purl)
     assert (
-        main(["similarity", purl, "--pert", "--metric", "spearman", "--cluster", "none", "--quiet"])
+        main(
+            ["similarity", purl, "--pert", "--metric", "spearman", "--scheduler", "none", "--quiet"]
+        )
         == 0
     )
     got = open_member(purl, "similarity/spearman_landmark_pert").compute()
@@ -536,11 +538,11 @@ def test_cli_similarity(small_store, tmp_path, capsys):
     np.testing.assert_allclose(got["pert_summary"].values, exp["pert_summary"].values, atol=1e-6)
     assert got.attrs["cmapdask"]["aggregate"] == "maxq"
 
-    assert main(["similarity", small_store, "--k", "500", "--cluster", "none"]) == 2
+    assert main(["similarity", small_store, "--k", "500", "--scheduler", "none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "k=500 is larger than the 119" in err[0]
     ids.write_text("s3\nnope\n")
-    assert main(["similarity", small_store, "--query-ids", str(ids), "--cluster", "none"]) == 2
+    assert main(["similarity", small_store, "--query-ids", str(ids), "--scheduler", "none"]) == 2
     assert "'nope'" in capsys.readouterr().err
 
 
@@ -661,7 +663,7 @@ def test_real_multiprocess_cluster(real_cluster, small_store):
                 "8",
                 "--block-size",
                 "30",
-                "--cluster",
+                "--scheduler",
                 real_cluster,
                 "--quiet",
             ]

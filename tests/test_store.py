@@ -337,7 +337,7 @@ def test_write_store_round_trip_with_uneven_chunks(tmp_path):
 
 def test_cli_convert_info_and_bad_input(tmp_path, fixtures, capsys):
     src = fixtures / "cmapm/distil/modzs_gct_n3x978.gctx"
-    rc = main(["convert", str(src), str(tmp_path / "s.zarr"), "--cluster", "none", "--quiet"])
+    rc = main(["convert", str(src), str(tmp_path / "s.zarr"), "--scheduler", "none", "--quiet"])
     assert rc == 0
     assert main(["info", str(tmp_path / "s.zarr"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -348,7 +348,7 @@ def test_cli_convert_info_and_bad_input(tmp_path, fixtures, capsys):
             "convert",
             str(tmp_path / "junk.gctx"),
             str(tmp_path / "j.zarr"),
-            "--cluster",
+            "--scheduler",
             "none",
             "--quiet",
         ]

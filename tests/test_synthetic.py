@@ -361,7 +361,7 @@ def test_cli_writes_a_release_shaped_folder(tmp_path, capsys):
             "1",
             "--block-size",
             "250",
-            "--cluster",
+            "--scheduler",
             "none",
             "--quiet",
         ]
@@ -421,12 +421,12 @@ def test_cli_writes_a_release_shaped_folder(tmp_path, capsys):
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "x"
-    assert main(["synth", str(out), "--n-sigs", "0", "--cluster", "none", "--quiet"]) == 2
+    assert main(["synth", str(out), "--n-sigs", "0", "--scheduler", "none", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "n_sigs" in err
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    assert main(["synth", str(out), "--n-sigs", "5", "--cluster", "none", "--quiet"]) == 2
+    assert main(["synth", str(out), "--n-sigs", "5", "--scheduler", "none", "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (
         main(
@@ -438,7 +438,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
                 "--force",
                 "--genes",
                 "bing",
-                "--cluster",
+                "--scheduler",
                 "none",
                 "--quiet",
             ]

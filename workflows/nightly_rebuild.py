@@ -4,12 +4,12 @@
 Built only from cmapdask's public API (:mod:`cmapdask.rebuild`). Usage::
 
     python workflows/nightly_rebuild.py ROOT [--incoming DIR] [--full]
-        [--cluster local|slurm|pbs|gateway|ADDRESS|SCHEDULER_FILE] [--k 100]
+        [--scheduler local|slurm|pbs|gateway|ADDRESS|SCHEDULER_FILE] [--k 100]
 
 ``--incoming DIR``: every ``*.gctx`` there not yet in the collection (by SHA-256, from the
 version manifests) is appended first, with ``NAME.siginfo.txt`` beside it as its siginfo.
 A rerun after a failure appends nothing twice and resumes the rebuild from completed
-blocks. The cluster comes from ``--cluster``, else dask config
+blocks. The cluster comes from ``--scheduler`` (``--cluster``: deprecated alias), else dask config
 ``cmapdask.cluster.address``, else a local cluster; ``slurm``/``pbs`` use dask-jobqueue
 (configured by ``cluster/slurm/jobqueue.yaml``), ``gateway`` uses Dask Gateway.
 
@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--incoming", default=None, metavar="DIR", help="folder of new *.gctx files")
     p.add_argument("--full", action="store_true", help="recompute every product from scratch")
     p.add_argument(
-        "--cluster",
+        "--scheduler",
+        "--cluster",  # deprecated alias
+        dest="scheduler",
         default=None,
         help="local | slurm | pbs | gateway | scheduler ADDRESS | scheduler FILE",
     )
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
-        with cluster_client(args.cluster, args.workers):
+        with cluster_client(args.scheduler, args.workers):
             append_incoming(args)
             res = rebuild(
                 args.root,

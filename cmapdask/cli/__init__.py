@@ -2,19 +2,32 @@
 
 Each command group lives in its own module (``cmapdask/cli/<group>.py``) with a
 ``register(subparsers)`` function; this module only assembles them and turns a
-:class:`~cmapdask.errors.CmapdaskError` into one line on stderr and exit code 2.
-Exit codes: 0 success, 1 an unexpected failure (a bug: traceback shown), 2 bad input or
-options, 130 interrupted.
+:class:`~cmapdask.errors.CmapdaskError` into one line on stderr and an exit code.
+
+Exit codes:
+
+- 0 success;
+- 1 an unexpected failure (a bug: traceback shown);
+- 2 bad input or options (including a missing scheduler file or malformed address);
+- 75 a transient failure of infrastructure (``EX_TEMPFAIL``): a scheduler that is
+  unreachable, refuses connections, dies or stalls, a storage server that times out
+  (:class:`~cmapdask.errors.InfrastructureError`, and connection and timeout errors of the
+  network, storage and Dask libraries); the same command may succeed when run again;
+- 130 interrupted (Ctrl-C): temporaries removed, one line.
+
+Run as a program, a failing command exits at once after its line (no waiting on stuck
+threads of a frozen server, no asyncio noise at interpreter shutdown).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from cmapdask._version import __version__
-from cmapdask.errors import CmapdaskError
+from cmapdask.errors import CmapdaskError, InfrastructureError
 
 __all__ = ["main", "build_parser"]
 
@@ -56,20 +69,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_TRANSIENT = 75
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _run(args) -> int:
+    from cmapdask.cli import runtime
+
+    try:
+        return int(args.func(args) or 0)
+    except InfrastructureError as e:
+        print(f"cmapdask: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_TRANSIENT
+    except CmapdaskError as e:
+        print(f"cmapdask: error: {_one_line(e)}", file=sys.stderr)
+        # an error about an input that arose from a timeout or a lost connection (e.g. a
+        # store that could not be read from a frozen server) is transient, not bad input
+        return EXIT_TRANSIENT if runtime._is_transient(e) else 2
+    except KeyboardInterrupt:
+        if runtime.last_failure:  # the watchdog's interrupt, landed late
+            print(f"cmapdask: error: {_one_line(runtime.last_failure)}", file=sys.stderr)
+            return EXIT_TRANSIENT
+        print("cmapdask: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not runtime._is_transient(e):
+            raise
+        print(
+            f"cmapdask: error: transient failure (network, storage or cluster): "
+            f"{_one_line(runtime._first_line(e))}",
+            file=sys.stderr,
+        )
+        return EXIT_TRANSIENT
+
+
+def _quiet_shutdown() -> None:
+    """No asyncio/aiohttp noise when the interpreter ends ("Task was destroyed",
+    "created in a different Context"): our line was the last word."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = lambda unraisable: None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except CmapdaskError as e:
-        print(f"cmapdask: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cmapdask: interrupted", file=sys.stderr)
-        return 130
+    rc = _run(args)
+    _quiet_shutdown()
+    if argv is None and rc not in (0, 1):
+        # run as a program and failed: exit now, not after joining threads that may be
+        # blocked on a frozen server (bounded time), and with no shutdown noise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 if __name__ == "__main__":

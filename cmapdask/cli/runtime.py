@@ -1,37 +1,79 @@
-"""What every command shares: choosing the Dask cluster, progress, and clean exits.
+"""What every command shares: the Dask scheduler, progress, and bounded, clean exits.
 
-The library never starts a cluster by itself; the command line does, here. A cluster is
-named by ``--cluster``:
+The library never starts a cluster by itself; the command line does, here. The scheduler
+is named by ``--scheduler`` (``--cluster`` is a deprecated alias):
 
 - ``local`` (default): a ``LocalCluster`` sized by ``cmapdask.cluster.local`` config;
 - ``none``: no cluster, dask's threaded scheduler in this process;
-- ``tcp://HOST:PORT`` (or any address): attach to a running scheduler;
-- a path to a scheduler file (``dask scheduler --scheduler-file``).
+- ``tcp://HOST:PORT`` (any ``PROTOCOL://`` address, or ``HOST:PORT``): a running scheduler;
+- anything else is a scheduler file (``dask scheduler --scheduler-file``).
+
 The default comes from dask config ``cmapdask.cluster.address`` (env
 ``DASK_CMAPDASK__CLUSTER__ADDRESS``).
+
+Failures of infrastructure end a command in bounded time with one line and exit 75
+(:class:`~cmapdask.errors.InfrastructureError`): a scheduler that does not answer within
+``cmapdask.runtime.connect_timeout`` seconds, a scheduler that dies, and a cluster that
+stalls (work pending, nothing running and no task finishing for
+``cmapdask.runtime.stall_timeout`` seconds) or reports an internal error. A missing
+scheduler file is bad input (exit 2). Lost workers are not failures: a local cluster's
+nanny restarts a killed worker, and the scheduler reruns the tasks it held (up to
+``distributed.scheduler.allowed-failures`` times per task).
+
+Progress is drawn here and only here (the library draws none), on stderr and only when
+stderr is a terminal: dask's callback bar for the threaded scheduler, and for a
+distributed Client a bar fed by the scheduler's task counts.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import logging
 import os
+import re
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 import dask
 
 from cmapdask import config as _config  # noqa: F401  (registers defaults)
+from cmapdask.errors import InfrastructureError, InputError
 
-__all__ = ["add_cluster_args", "dask_client", "progress", "say"]
+__all__ = ["add_cluster_args", "dask_client", "progress", "say", "scheduler_target"]
+
+#: Why the watchdog last stopped a command (the CLI reports it if the interrupt it sends
+#: to the main thread lands outside the block it guarded).
+last_failure: str | None = None
+
+_ADDRESS = re.compile(r"^[A-Za-z0-9+.-]+://|^[A-Za-z0-9_.-]+:\d+$|^\[[0-9A-Fa-f:]+\]:\d+$")
+
+
+class _DeprecatedCluster(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        print("cmapdask: note: --cluster is deprecated; use --scheduler", file=sys.stderr)
 
 
 def add_cluster_args(parser) -> None:
     parser.add_argument(
-        "--cluster",
+        "--scheduler",
+        dest="scheduler",
         default=None,
         metavar="local|none|ADDRESS|FILE",
-        help="Dask cluster to run on (default: dask config cmapdask.cluster.address, "
-        "else a local cluster)",
+        help="Dask scheduler to run on: local (a local cluster), none (threads in this "
+        "process), a scheduler address or a scheduler file (default: dask config "
+        "cmapdask.cluster.address, else local)",
+    )
+    parser.add_argument(
+        "--cluster",
+        dest="scheduler",
+        action=_DeprecatedCluster,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
     )
     parser.add_argument(
         "--workers", type=int, default=None, help="local cluster: number of worker processes"
@@ -47,65 +89,385 @@ def say(args, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _seconds(key: str, default: float | None) -> float | None:
+    from dask.utils import parse_timedelta
+
+    value = dask.config.get(f"cmapdask.runtime.{key}", default)
+    return None if value in (None, "", 0, "0") else float(parse_timedelta(value, "s"))
+
+
+def scheduler_target(args) -> tuple[str, str]:
+    """``(kind, value)`` for ``--scheduler``: kind is local, none, address or file.
+
+    Raises :class:`~cmapdask.errors.InputError` for a scheduler file that does not exist.
+    """
+    target = getattr(args, "scheduler", None) or dask.config.get("cmapdask.cluster.address")
+    target = str(target).strip() if target is not None else ""
+    if target in ("", "local"):
+        return "local", "local"
+    if target == "none":
+        return "none", "none"
+    if _ADDRESS.match(target):
+        return "address", target
+    if not os.path.isfile(target):
+        raise InputError(
+            f"--scheduler {target}: not local, none, a scheduler address "
+            "(tcp://HOST:PORT) or an existing scheduler file"
+        )
+    return "file", target
+
+
+@contextlib.contextmanager
+def _sigint_ignored_in_children() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored, so Ctrl-C reaches only this process
+    (which stops the cluster itself) and no worker prints a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+class _ErrorCounter(logging.Handler):
+    """Counts failed state transitions logged by an in-process (local) scheduler, whose
+    logs are otherwise silenced."""
+
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.count = 0
+
+    def emit(self, record):
+        if "Error transitioning" in record.getMessage():
+            self.count += 1
+
+
+_LOCAL_ERRORS = _ErrorCounter()
+
+
+def _start_local(args):
+    from distributed import Client, LocalCluster
+
+    n = getattr(args, "workers", None) or dask.config.get("cmapdask.cluster.local.n_workers")
+    n = n or max(1, min(os.cpu_count() or 1, 4))
+    threads = dask.config.get("cmapdask.cluster.local.threads_per_worker")
+    memory = dask.config.get("cmapdask.cluster.local.memory_limit")
+    with _sigint_ignored_in_children():
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads,
+            memory_limit=memory,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=50,
+        )
+    _silence_distributed()
+    log = logging.getLogger("distributed.scheduler")
+    log.setLevel(logging.ERROR)
+    log.propagate = False  # counted, not printed
+    if _LOCAL_ERRORS not in log.handlers:
+        log.addHandler(_LOCAL_ERRORS)
+    try:
+        client = Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+    say(args, f"cmapdask: local Dask cluster, {n} workers, dashboard {client.dashboard_link}")
+    return cluster, client
+
+
+def _silence_distributed() -> None:
+    """distributed's own log lines (tracebacks of reconnection attempts, dead workers)
+    are noise in a command that reports its failures in one line."""
+    for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # children have levels of their own
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def _attach(args, kind: str, target: str):
+    from distributed import Client
+
+    # the command reports a lost scheduler in one line; distributed's own tracebacks of
+    # its reconnection attempts are noise here (as a local cluster's logs are silenced)
+    _silence_distributed()
+    timeout = _seconds("connect_timeout", 20) or 20
+    kwargs = {"scheduler_file": target} if kind == "file" else {"address": target}
+    try:
+        client = Client(timeout=f"{timeout}s", **kwargs)
+    except (OSError, TimeoutError) as e:
+        if kind == "file" and isinstance(e, (FileNotFoundError, IsADirectoryError)):
+            raise InputError(f"--scheduler {target}: cannot read the scheduler file") from None
+        raise InfrastructureError(
+            f"scheduler {target} did not answer within {timeout:g} s "
+            "(cmapdask.runtime.connect_timeout); is it running?"
+        ) from None
+    except ValueError as e:  # a malformed address or scheduler file
+        raise InputError(f"--scheduler {target}: {e}") from None
+    say(
+        args,
+        f"cmapdask: Dask scheduler {client.scheduler.address}, dashboard {client.dashboard_link}",
+    )
+    return client
+
+
 @contextlib.contextmanager
 def dask_client(args) -> Iterator[object | None]:
-    """Start or attach the cluster named by ``args.cluster``; yield a Client (or None)."""
-    target = getattr(args, "cluster", None) or dask.config.get("cmapdask.cluster.address")
-    if target in (None, "", "local"):
-        from distributed import Client, LocalCluster
+    """Start or attach the scheduler named by ``args.scheduler``; yield a Client (or None).
 
-        n = getattr(args, "workers", None) or dask.config.get("cmapdask.cluster.local.n_workers")
-        n = n or max(1, min(os.cpu_count() or 1, 4))
-        threads = dask.config.get("cmapdask.cluster.local.threads_per_worker")
-        memory = dask.config.get("cmapdask.cluster.local.memory_limit")
-        with (
-            LocalCluster(
-                n_workers=n,
-                threads_per_worker=threads,
-                memory_limit=memory,
-                processes=True,
-                dashboard_address=":0",
-                silence_logs=40,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            say(
-                args,
-                f"cmapdask: local Dask cluster, {n} workers, dashboard {client.dashboard_link}",
-            )
-            yield client
-    elif target == "none":
-        with dask.config.set(scheduler="threads"):
+    While the block runs, a watchdog turns a dead, unreachable or stalled scheduler into
+    :class:`~cmapdask.errors.InfrastructureError` (exit 75), and transient errors raised
+    by the cluster (lost connections, tasks that killed their workers too often) become
+    the same error.
+    """
+    kind, target = scheduler_target(args)
+    if kind == "none":
+        with dask.config.set(scheduler="threads"), progress(args, None):
             yield None
+        return
+    cluster = None
+    if kind == "local":
+        cluster, client = _start_local(args)
     else:
-        from distributed import Client
-
-        kwargs = {"scheduler_file": target} if os.path.isfile(target) else {"address": target}
-        with Client(timeout="30s", **kwargs) as client:
-            say(
-                args,
-                f"cmapdask: Dask cluster {client.scheduler.address}, dashboard "
-                f"{client.dashboard_link}",
-            )
+        client = _attach(args, kind, target)
+    dog = _Watchdog(client, target)
+    try:
+        with client, dog, progress(args, client):
             yield client
+    finally:
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close(timeout=10)
+
+
+def _scheduler_state(dask_scheduler=None):  # run on the scheduler; pickled by value
+    pending = 0
+    for tg in dask_scheduler.task_groups.values():
+        for state in ("waiting", "processing", "queued", "no-worker"):
+            pending += tg.states.get(state, 0)
+    running = sum(len(ws.processing) for ws in dask_scheduler.workers.values())
+    errors = 0
+    with contextlib.suppress(Exception):
+        errors = sum(
+            1 for level, msg in dask_scheduler.get_logs() if "Error transitioning" in str(msg)
+        )
+    return (dask_scheduler.transition_counter, pending, running, errors)
+
+
+def _by_value(fn):
+    """``fn`` rebuilt outside any importable module, so cloudpickle ships its code and a
+    scheduler without cmapdask installed can run it."""
+    import types
+
+    g = {"contextlib": contextlib, "__builtins__": __builtins__}
+    return types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__)
+
+
+class _Watchdog:
+    """Interrupts the main thread when the scheduler is gone, stalled or broken.
+
+    Polls the scheduler every ``cmapdask.runtime.poll_interval`` seconds for its
+    transition count, pending and running tasks and internal errors. It gives up (and the
+    command exits 75) when the scheduler cannot be reached for ``connect_timeout``
+    seconds, when it logs a failed state transition, or when work is pending but nothing
+    runs and nothing changes for ``stall_timeout`` seconds. Long tasks are not stalls.
+    """
+
+    def __init__(self, client, target: str):
+        self.client = client
+        self.target = target
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.stall = _seconds("stall_timeout", 300)
+        self.unreachable = _seconds("connect_timeout", 20) or 20
+        self.poll = _seconds("poll_interval", 2) or 2
+
+    def __enter__(self):
+        global last_failure
+        last_failure = None
+        if threading.current_thread() is threading.main_thread():
+            self._thread = threading.Thread(target=self._run, name="cmapdask-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        with self._lock:
+            self._stop.set()
+        if self.reason is not None:
+            raise InfrastructureError(self.reason) from None
+        if exc is not None and _is_transient(exc):
+            raise InfrastructureError(f"the Dask cluster failed: {_first_line(exc)}") from None
+        return False
+
+    def _fire(self, reason: str) -> None:
+        import _thread
+
+        global last_failure
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self.reason = last_failure = reason
+            self._stop.set()
+        _thread.interrupt_main()
+
+    def _state(self):
+        fn = _by_value(_scheduler_state)
+        return self.client.sync(
+            self.client._run_on_scheduler, fn, callback_timeout=max(self.poll, 5)
+        )
+
+    def _run(self) -> None:
+        last_seen = time.monotonic()
+        last_change = time.monotonic()
+        last_counter = None
+        errors0 = None
+        while not self._stop.wait(self.poll):
+            now = time.monotonic()
+            try:
+                counter, pending, running, errors = self._state()
+            except Exception as e:
+                if self._stop.is_set() or not (isinstance(e, OSError) or _is_transient(e)):
+                    return  # e.g. a scheduler that refuses pickled functions: not watched
+                if now - last_seen > self.unreachable:
+                    self._fire(
+                        f"lost the Dask scheduler {self.target}: no answer for "
+                        f"{self.unreachable:g} s (cmapdask.runtime.connect_timeout)"
+                    )
+                    return
+                continue
+            last_seen = now
+            errors += _LOCAL_ERRORS.count
+            if errors0 is None:
+                errors0 = errors
+            if errors > errors0:
+                self._fire(
+                    f"the Dask scheduler {self.target} reported an internal error "
+                    "(failed task transition); its state cannot be trusted"
+                )
+                return
+            if counter != last_counter or running or not pending:
+                last_counter, last_change = counter, now
+            elif self.stall and now - last_change > self.stall:
+                self._fire(
+                    f"the Dask cluster {self.target} made no progress for {self.stall:g} s "
+                    f"with {pending} task(s) pending and none running "
+                    "(cmapdask.runtime.stall_timeout)"
+                )
+                return
+
+
+_TRANSIENT_NAMES = {
+    "CommClosedError",
+    "KilledWorker",
+    "FutureCancelledError",
+    "CancelledError",
+    "ReadTimeoutError",
+    "ConnectTimeoutError",
+    "EndpointConnectionError",
+    "ConnectionClosedError",
+    "ServerDisconnectedError",
+    "ClientConnectorError",
+    "ClientOSError",
+    "FSTimeoutError",
+    "StreamClosedError",
+}
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A failure of infrastructure (network, storage server, cluster), not of the input."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        if any(c.__name__ in _TRANSIENT_NAMES for c in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+class _ClientBar:
+    """A text bar on stderr fed by the scheduler's count of finished tasks."""
+
+    def __init__(self, client, out):
+        self.client, self.out = client, out
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cmapdask-progress", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.out.write("\r\x1b[K")
+        self.out.flush()
+        return False
+
+    def _run(self):
+        fn = _by_value(_task_counts)
+        start = time.monotonic()
+        while not self._stop.wait(0.5):
+            try:
+                done, total = self.client.sync(
+                    self.client._run_on_scheduler, fn, callback_timeout=5
+                )
+            except Exception:
+                continue
+            if total:
+                frac = done / total
+                bar = "#" * int(frac * 40)
+                self.out.write(
+                    f"\r[{bar:<40}] {frac * 100:5.1f}% | {time.monotonic() - start:6.1f}s"
+                )
+                self.out.flush()
+
+
+def _task_counts(dask_scheduler=None):  # run on the scheduler; pickled by value
+    done = total = 0
+    for tg in dask_scheduler.task_groups.values():
+        n = sum(tg.states.values())
+        total += n
+        done += tg.states.get("memory", 0) + tg.states.get("released", 0)
+        done += tg.states.get("forgotten", 0) + tg.states.get("erred", 0)
+    return done, total
 
 
 @contextlib.contextmanager
 def progress(args, client) -> Iterator[None]:
-    """Show progress of dask work run inside the block (a text bar on stderr)."""
+    """Show progress of dask work run inside the block: one bar on stderr, only when
+    stderr is a terminal (or ``CMAPDASK_PROGRESS=1``) and not ``--quiet``; the same for
+    the threaded scheduler (``client is None``) and a distributed Client. Every command's
+    :func:`dask_client` block already draws it; a nested call does nothing."""
+    global _drawing
     if (
-        getattr(args, "quiet", False)
-        or not sys.stderr.isatty()
-        and not os.environ.get("CMAPDASK_PROGRESS")
+        _drawing
+        or getattr(args, "quiet", False)
+        or not (sys.stderr.isatty() or os.environ.get("CMAPDASK_PROGRESS") == "1")
     ):
-        yield
+        yield  # already drawn by an enclosing block (dask_client draws for its commands)
         return
-    if client is None:
-        from dask.diagnostics import ProgressBar
+    _drawing = True
+    try:
+        if client is None:
+            from dask.diagnostics import ProgressBar
 
-        with ProgressBar(out=sys.stderr):
-            yield
-    else:
-        # distributed.progress needs futures; the scheduler plugin-free way is the
-        # dashboard. Report it; per-stage bars are printed by the commands.
-        yield
+            with ProgressBar(out=sys.stderr, dt=0.5):
+                yield
+        else:
+            with _ClientBar(client, sys.stderr):
+                yield
+    finally:
+        _drawing = False
+
+
+_drawing = False

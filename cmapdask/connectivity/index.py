@@ -70,7 +70,7 @@ def build_index(
     chunk_rows : int, optional
         Signatures per index block (default from :func:`index_chunk_rows`).
     progress : bool
-        Show a progress bar.
+        Ignored (kept for callers): the command line draws progress.
 
     Returns
     -------

@@ -205,8 +205,12 @@ def write_result(
 
     Notes
     -----
-    Computes the result once (persisting it: ``5-8 x query x n_sig`` float32 in memory),
-    then streams each matrix to GCTx; ranked tables are one query at a time.
+    Computes the result and the summaries in one graph, once, into this process
+    (``5-8 x query x n_sig`` float32 plus the summaries), then writes every file from
+    memory; nothing else is submitted to the cluster. One submission matters: the
+    summaries are built on the result's lazy graph, and two submissions of overlapping
+    graphs (each optimised on its own, so a shared key can be a fused task in one and a
+    plain task in the other) corrupt a distributed scheduler's state and hang it.
     """
     names = [
         v
@@ -214,10 +218,10 @@ def write_result(
         if v in result
     ]
     check_destination(str(out_dir), overwrite=overwrite)  # before the work, not after
-    (persisted,) = dask.persist(result[names])
-    result = result.assign({k: persisted[k] for k in names})
-    if summaries is not None:
-        (summaries,) = dask.persist(summaries)
+    # one compute of everything the folder holds: pieces of one graph persisted in turn
+    # reached the scheduler as overlapping graphs and could wedge it (see DEVELOPERS.md)
+    computed, summaries = dask.compute(result[names], summaries)
+    result = result.assign({k: computed[k] for k in names})
     with publish_dir(str(out_dir), overwrite=overwrite, mark="query result") as tmp:
         q_dir = os.path.join(tmp, "matrices", "query")
         g_dir = os.path.join(tmp, "matrices", "gutc")

@@ -326,7 +326,7 @@ def write_gctx(
         ``"none"``: the reference layout (uncompressed matrix); ``"gzip"``: gzip level 6 on
         the matrix chunks too.
     progress
-        Show a progress bar on stderr.
+        Ignored (kept for callers): the command line draws progress.
 
     Returns
     -------
@@ -438,20 +438,11 @@ def _stream_matrix(data, dset, col_chunk, *, progress: bool) -> None:
     arr = data.astype(np.float32).rechunk((rows, n_gene))
     bounds = np.cumsum((0,) + arr.chunks[0])
     parallel = _parallelism()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_sig, unit="sig", desc="write gctx", leave=False)
     for start in range(0, arr.numblocks[0], parallel):
         idx = range(start, min(start + parallel, arr.numblocks[0]))
         blocks = dask.compute(*[arr.blocks[i] for i in idx])
         for i, block in zip(idx, blocks, strict=False):
             dset[bounds[i] : bounds[i + 1], :] = block
-            if bar is not None:
-                bar.update(block.shape[0])
-    if bar is not None:
-        bar.close()
 
 
 def _parallelism() -> int:

@@ -333,20 +333,7 @@ def zarr_options(url, storage_options):
 
 
 def _compute(job, *, progress: bool, label: str):
-    if progress:
-        try:
-            from distributed import get_client
-            from distributed import progress as dprogress
-
-            client = get_client()
-        except ValueError:  # no distributed client: the local progress bar
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar():
-                return dask.compute(job)[0]
-        fut = client.compute(job)
-        dprogress(fut)
-        return fut.result()
+    # the library draws no progress: the command line does (cmapdask.cli.runtime)
     return dask.compute(job)[0]
 
 

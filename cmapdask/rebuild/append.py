@@ -393,13 +393,7 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
             x, arr, regions=(slice(n_old, n_tot), slice(None)), lock=False, compute=False
         )
         bad = (~da.isfinite(x)).any(axis=1)  # counted in the same pass as the write
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar():
-                _, bad = dask.compute(job, bad)
-        else:
-            _, bad = dask.compute(job, bad)
+        _, bad = dask.compute(job, bad)  # progress is the command line's (cmapdask.cli.runtime)
     checkpoint("append")
     coords = {}
     for k, v in fields.items():

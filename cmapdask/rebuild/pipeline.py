@@ -86,24 +86,9 @@ class _Timer:
 
 
 def _compute(tasks, progress: bool) -> None:
-    if not tasks:
-        return
-    if progress:
-        try:
-            from distributed import get_client
-            from distributed import progress as dprogress
-
-            futs = get_client().compute(tasks)
-            dprogress(futs)
-            [f.result() for f in futs]
-            return
-        except ValueError:  # no distributed client
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar():
-                dask.compute(*tasks)
-            return
-    dask.compute(*tasks)
+    # ``progress`` is kept for callers; the command line draws progress (cli.runtime)
+    if tasks:
+        dask.compute(*tasks)
 
 
 def _n_sig(store_url, storage_options) -> int:
