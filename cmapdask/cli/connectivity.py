@@ -87,6 +87,13 @@ def register(subparsers) -> None:
         default="all",
         help="NCS reference: all, touchstone, or a metadata expression",
     )
+    p.add_argument(
+        "--grouping",
+        default="pert_type_cell",
+        metavar="pert_type_cell|global|FIELD,...",
+        help="NCS groups: pert_type and cell line (CMap's, default), global (one group: "
+        "for stores without pert_type/cell_id), or signature fields, comma separated",
+    )
     p.add_argument("--tau", choices=["binned", "exact", "none"], default="binned")
     p.add_argument("--fdr", choices=["auto", "null", "random", "none"], default="auto")
     p.add_argument("--n-random", type=int, default=100, help="random queries for --fdr random")
@@ -140,6 +147,18 @@ def _split(text):
     return [g.strip() for g in text.split(",") if g.strip()] if text else None
 
 
+def _grouping(text: str):
+    text = text.strip()
+    if text in ("pert_type_cell", "global"):
+        return text
+    fields = _split(text)
+    if not fields:
+        from cmapdask.errors import InputError
+
+        raise InputError("--grouping needs pert_type_cell, global or signature field names")
+    return fields
+
+
 def run_query(args) -> int:
     from cmapdask.connectivity.query import query
     from cmapdask.connectivity.results import summarize, write_result
@@ -164,6 +183,7 @@ def run_query(args) -> int:
             metric=args.metric,
             tail=args.tail,
             reference=args.reference,
+            grouping=_grouping(args.grouping),
             tau=args.tau,
             fdr=args.fdr,
             n_random=args.n_random,

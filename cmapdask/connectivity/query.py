@@ -149,7 +149,9 @@ def sig_groups(ds: xr.Dataset, grouping: Grouping | Sequence[str]):
         if grouping == "pert_type_cell" and (pt is None or cell is None):
             raise MetadataError(
                 f"{ds.attrs.get('store_url', 'store')}: NCS groups need "
-                "pert_type and cell_id (or cell_iname); use grouping='global'"
+                "pert_type and cell_id (or cell_iname); group by all signatures with "
+                "grouping='global' (command line: --grouping global) or by other fields "
+                "(--grouping FIELD,FIELD)"
             )
         n = ds.sizes["sig"]
         labels = group_labels(

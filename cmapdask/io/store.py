@@ -691,6 +691,7 @@ def _convert(
     overwrite,
     progress,
 ) -> str:
+    from cmapdask.io.gct import is_gct, read_gct
     from cmapdask.io.gctx import is_gctx, matrix_layout, read_gctx
 
     if is_gctx(src, src_storage_options):
@@ -700,16 +701,16 @@ def _convert(
         )
         ds = read_gctx(src, chunks=(rows, n_gene), storage_options=src_storage_options)
         fmt = "gctx"
-    elif str(src).endswith(".gct") or str(src).endswith(".gct.gz"):
-        from cmapdask.io.gct import read_gct
-
+    elif is_gct(src, src_storage_options):  # by content: GCT text may be named .gctx
         ds = read_gct(src, storage_options=src_storage_options)
         rows = chunk_rows
         fmt = "gct"
     else:
         from cmapdask.errors import GCTxFormatError
 
-        raise GCTxFormatError(f"{src}: neither a GCTx (HDF5 with /0/DATA/0/matrix) nor a .gct file")
+        raise GCTxFormatError(
+            f"{src}: neither a GCTx (HDF5 with /0/DATA/0/matrix) nor GCT text (#1.2/#1.3)"
+        )
     ds, tables = _join_tables(ds, src_name, sig_info, gene_info, compound_info, extra_ids)
     source = {"name": src_name, "url": str(src), "format": fmt, "size": size}
 

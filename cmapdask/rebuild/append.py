@@ -245,21 +245,22 @@ def _check_new(base: xr.Dataset, ds: xr.Dataset, name: str, where: str):
         raise InputError(f"{name}: no signatures to append")
     ids = ds.indexes["sig"]
     if ids.has_duplicates:
-        raise MetadataError(f"{name}: duplicate signature id {ids[ids.duplicated()][0]!r}")
+        raise MetadataError(f"{name}: duplicate signature id {str(ids[ids.duplicated()][0])!r}")
     clash = ids.intersection(base.indexes["sig"])
     if len(clash):
         raise MetadataError(
-            f"{name}: {len(clash)} signature id(s) already in {where}, e.g. {clash[0]!r}"
+            f"{name}: {len(clash)} signature id(s) already in {where}, e.g. {str(clash[0])!r}"
         )
     genes = base.indexes["gene"]
     pos = ds.indexes["gene"].get_indexer(genes)
     if (pos < 0).any():
         raise MetadataError(
-            f"{name}: lacks {int((pos < 0).sum())} gene(s) of {where}, e.g. {genes[pos < 0][0]!r}"
+            f"{name}: lacks {int((pos < 0).sum())} gene(s) of {where}, "
+            f"e.g. {str(genes[pos < 0][0])!r}"
         )
     if ds.sizes["gene"] != len(genes):
         extra = ds.indexes["gene"].difference(genes)
-        raise MetadataError(f"{name}: {len(extra)} gene(s) not in {where}, e.g. {extra[0]!r}")
+        raise MetadataError(f"{name}: {len(extra)} gene(s) not in {where}, e.g. {str(extra[0])!r}")
     x = ds["expr"].data
     if not isinstance(x, da.Array):
         x = da.from_array(np.asarray(x))

@@ -48,7 +48,7 @@ def _check_dataset(ds: xr.Dataset, what: str) -> None:
             raise MetadataError(f"{what}: no '{dim}' id coordinate")
         if not ids.is_unique:
             dup = ids[ids.duplicated()][0]
-            raise MetadataError(f"{what}: duplicate {dim} id {dup!r}")
+            raise MetadataError(f"{what}: duplicate {dim} id {str(dup)!r}")
 
 
 def feature_genes(ds: xr.Dataset, space: Space) -> np.ndarray:
@@ -117,7 +117,7 @@ def _inputs(ds, ref, space, block_size):
         missing = want[pos < 0]
         raise MetadataError(
             f"{_name(ref)}: reference lacks {len(missing)} gene(s) of the query space,"
-            f" e.g. {missing[0]!r}"
+            f" e.g. {str(missing[0])!r}"
         )
     return genes, x, _expr(ref, pos, block_size)
 
