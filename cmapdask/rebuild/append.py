@@ -26,7 +26,7 @@ import zarr
 from cmapdask import __version__
 from cmapdask.errors import InputError, MetadataError
 from cmapdask.io.atomic import is_local, url_to_fs
-from cmapdask.io.store import quiet_zarr, zarr_options
+from cmapdask.io.store import consolidate, quiet_zarr, zarr_options
 from cmapdask.rebuild.versions import (
     list_versions,
     next_version_id,
@@ -333,7 +333,7 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     _share_base(src, dest, sig_arrays, partial, storage_options)
     opts = zarr_options(dest, storage_options)
     with quiet_zarr():
-        root = zarr.open_group(dest, mode="r+", storage_options=opts)
+        root = zarr.open_group(dest, mode="r+", storage_options=opts, use_consolidated=False)
         meta = dict(root.attrs.get("cmapdask", {}))
         root.attrs["cmapdask"] = {**meta, "complete": False}
         arr = root["expr"]
@@ -362,8 +362,9 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     sig_ds = xr.Dataset(coords={"sig": coords.pop("sig")[1]}).assign_coords(coords)
     with quiet_zarr():
         sig_ds.to_zarr(dest, mode="a", zarr_format=3, consolidated=False, storage_options=opts)
-        root = zarr.open_group(dest, mode="r+", storage_options=opts)
+        root = zarr.open_group(dest, mode="r+", storage_options=opts, use_consolidated=False)
         root.attrs["cmapdask"] = {**meta, **prov, "n_sig": int(n_tot), "complete": True}
+    consolidate(dest, storage_options)  # the copied consolidated metadata is stale now
 
 
 def clone_version(root, parent: str, *, storage_options: dict | None = None) -> str:
@@ -383,6 +384,7 @@ def clone_version(root, parent: str, *, storage_options: dict | None = None) -> 
             "complete": True,
         }
         n = int(g["expr"].shape[0])
+    consolidate(dest, storage_options)  # the copy lists the parent's members
     write_manifest(
         root,
         {
