@@ -160,8 +160,8 @@ def _grouping(text: str):
 
 
 def run_query(args) -> int:
-    from cmapdask.connectivity.query import query
-    from cmapdask.connectivity.results import summarize, write_result
+    from cmapdask.connectivity.query import _as_sets, _pair, query
+    from cmapdask.connectivity.results import result_folders, summarize, write_result
     from cmapdask.errors import InputError
     from cmapdask.io.gmt import read_gene_sets
 
@@ -173,6 +173,8 @@ def run_query(args) -> int:
     if up is None and down is None:
         raise InputError("a query needs --up and/or --down (or --genes-up/--genes-down)")
     pcls = read_gene_sets(args.pcl) if args.pcl else None
+    # query ids must make distinct result folders: refused before anything is computed
+    result_folders(_pair(_as_sets(up, "up"), _as_sets(down, "down")))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = query(
@@ -197,7 +199,8 @@ def run_query(args) -> int:
             if "pert_id" in res.coords
             else None
         )
-        write_result(res, args.out, summaries=summ)
+        notes = [f"warning: {w.message}" for w in caught]
+        write_result(res, args.out, summaries=summ, notes=notes)
     for row in res.attrs["cmapdask"]["genes"]:
         say(
             args,

@@ -368,6 +368,15 @@ def query(
         "tau": tau_note,
         "fdr": fdr_used,
         "genes": qs.report,
+        # the sets as submitted (before mapping to the space): the result folder's
+        # matrices/query/up.gmt and dn.gmt
+        "sets": {
+            str(q): {
+                "up": None if u is None else [str(g) for g in u],
+                "down": None if d is None else [str(g) for g in d],
+            }
+            for q, (u, d) in pairs.items()
+        },
     }
     return out
 
