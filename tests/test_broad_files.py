@@ -146,3 +146,24 @@ def test_query_cli_offers_grouping_for_stores_without_group_fields(tmp_path, cap
     ncs1 = read_gctx(tmp_path / "r2" / "matrices" / "gutc" / "ns_sig.gctx")["expr"].values
     ncs2 = read_gctx(tmp_path / "r3" / "matrices" / "gutc" / "ns_sig.gctx")["expr"].values
     assert np.isfinite(ncs1).all() and not np.allclose(ncs1, ncs2)
+
+
+def test_ids_with_slash_end_to_end(tmp_path):
+    # real P100 ids: convert, index, query and the result folder all carry them as data
+    store, ds = _store_without_groups(tmp_path, slash_ids=True)
+    assert open_store(store)["sig"].values.tolist() == ds["sig"].values.tolist()
+    genes = ds["gene"].values.tolist()
+    up = tmp_path / "up.gmt"
+    up.write_text("a/b\tdesc\t" + "\t".join(genes[:8]) + "\n")
+    dn = tmp_path / "dn.gmt"
+    dn.write_text("a/b\tdesc\t" + "\t".join(genes[8:16]) + "\n")
+    out = tmp_path / "res"
+    args = ["query", store, "--up", str(up), "--down", str(dn), "--out", str(out)]
+    assert main([*args, "--space", "all", "--grouping", "global", "--cluster", "none"]) == 0
+    ns = read_gctx(out / "matrices" / "gutc" / "ns_sig.gctx")
+    assert ns["gene"].values.tolist() == ds["sig"].values.tolist()
+    assert ns["sig"].values.tolist() == ["a/b"] and np.isfinite(ns["expr"].values).all()
+    pert = read_gct(out / "arfs" / "a_b" / "pert_id_summary.gct")
+    assert sorted(pert["gene"].values.tolist()) == sorted({f"P/{i % 6}" for i in range(24)})
+    ranked = pd.read_parquet(out / "arfs" / "a_b" / "query_result.parquet")
+    assert set(ranked["sig_id"]) == set(ds["sig"].values.tolist())
