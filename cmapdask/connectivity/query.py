@@ -50,7 +50,9 @@ def _store_key(store, storage_options):
     opts = None if is_local(fs) else storage_options
     try:
         meta = dict(
-            zarr.open_group(str(store), mode="r", storage_options=opts).attrs.get("cmapdask", {})
+            zarr.open_group(
+                str(store), mode="r", storage_options=opts, use_consolidated=False
+            ).attrs.get("cmapdask", {})
         )
     except Exception:  # let open_store raise its own clear error
         return None

@@ -296,7 +296,12 @@ def _share_base(src: str, dest: str, skip: set[str], partial_chunk: str | None, 
     _, dp = url_to_fs(dest, storage_options)
     sp, dp = sp.rstrip("/"), dp.rstrip("/")
     with quiet_zarr():
-        g = zarr.open_group(src, mode="r", storage_options=zarr_options(src, storage_options))
+        g = zarr.open_group(
+            src,
+            mode="r",
+            storage_options=zarr_options(src, storage_options),
+            use_consolidated=False,
+        )
         arrays = [name for name, _ in g.arrays() if name not in skip]
     local = is_local(fs)
     files = [f"{sp}/zarr.json"]
@@ -321,7 +326,12 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     n_new, n_gene = x.shape
     n_tot = n_old + n_new
     with quiet_zarr():
-        g = zarr.open_group(src, mode="r", storage_options=zarr_options(src, storage_options))
+        g = zarr.open_group(
+            src,
+            mode="r",
+            storage_options=zarr_options(src, storage_options),
+            use_consolidated=False,
+        )
         rows = int(g["expr"].chunks[0])
         sig_arrays = {
             name
@@ -376,7 +386,7 @@ def clone_version(root, parent: str, *, storage_options: dict | None = None) -> 
     _share_base(version_url(root, parent), dest, set(), None, storage_options)
     opts = zarr_options(dest, storage_options)
     with quiet_zarr():
-        g = zarr.open_group(dest, mode="r+", storage_options=opts)
+        g = zarr.open_group(dest, mode="r+", storage_options=opts, use_consolidated=False)
         g.attrs["cmapdask"] = {
             **dict(g.attrs.get("cmapdask", {})),
             "version": vid,
