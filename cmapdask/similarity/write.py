@@ -92,7 +92,7 @@ def write_similarity(
             progress=progress,
         )
     from cmapdask.io.atomic import publish_dir
-    from cmapdask.io.store import quiet_zarr
+    from cmapdask.io.store import consolidate, quiet_zarr
 
     with publish_dir(out, storage_options=storage_options, overwrite=True) as tmp, quiet_zarr():
         ds.to_zarr(
@@ -102,4 +102,5 @@ def write_similarity(
             consolidated=False,
             storage_options=storage_options if "://" in str(tmp) else None,
         )
+        consolidate(tmp, storage_options)  # xr.open_zarr(out) opens it without a warning
     return str(out)
