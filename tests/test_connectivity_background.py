@@ -117,6 +117,16 @@ def test_background_tau_and_summaries(store, tmp_path):
         # rows (rid) are signatures, columns (cid) queries; on disk (query, sig)
         assert h["/0/DATA/0/matrix"].shape == (2, ds.sizes["sig"])
         np.testing.assert_allclose(h["/0/DATA/0/matrix"][()], res["cs"].values, atol=1e-6)
+    # CLUE's per-query tables: τ of that query to 2 decimals, one column, ids only
+    from cmapdask.io.gct import read_gct
+
+    for level, fn in (("pert_summary", "pert_id_summary"), ("pcl_cell", "pcl_cell")):
+        arf = read_gct(os.path.join(out, "arfs", "b", f"{fn}.gct"))
+        want = summ[f"ps_{level}"].sel(query="b")
+        assert arf["sig"].values.tolist() == ["b"] and list(arf.coords) == ["sig", "gene"]
+        assert arf["gene"].values.tolist() == want[level].values.tolist()
+        np.testing.assert_array_equal(arf["expr"].values[0], np.round(want.values, 2))
+    assert np.isfinite(read_gct(os.path.join(out, "arfs/a/pert_id_summary.gct")).expr).any()
     t = pd.read_parquet(os.path.join(out, "arfs/a/query_result.parquet"))
     assert {"sig_id", "tau", "ncs", "fdr_q_nlog10", "pert_id", "cell_id"} <= set(t.columns)
     assert len(t) == ds.sizes["sig"]

@@ -132,7 +132,6 @@ def test_gmt_tolerates_blank_lines_trailing_tabs_and_crlf(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("a\nb\na\n", r"line 3: id 'a' already listed on line 1"),
         ("# only a comment\n\n", "no ids in the file"),
         ("a\tb\n", r"line 1: a GRP line holds one id"),
     ],

@@ -97,6 +97,13 @@ def register(subparsers) -> None:
         default="all",
         help="NCS reference: all, touchstone, or " + FILTER_HELP,
     )
+    p.add_argument(
+        "--grouping",
+        default="pert_type_cell",
+        metavar="pert_type_cell|global|FIELD,...",
+        help="NCS groups: pert_type and cell line (CMap's, default), global (one group: "
+        "for stores without pert_type/cell_id), or signature fields, comma separated",
+    )
     p.add_argument("--tau", choices=["binned", "exact", "none"], default="binned")
     p.add_argument("--fdr", choices=["auto", "null", "random", "none"], default="auto")
     p.add_argument(
@@ -161,9 +168,21 @@ def _split(text):
     return [g.strip() for g in text.split(",") if g.strip()] if text else None
 
 
+def _grouping(text: str):
+    text = text.strip()
+    if text in ("pert_type_cell", "global"):
+        return text
+    fields = _split(text)
+    if not fields:
+        from cmapdask.errors import InputError
+
+        raise InputError("--grouping needs pert_type_cell, global or signature field names")
+    return fields
+
+
 def run_query(args) -> int:
-    from cmapdask.connectivity.query import query
-    from cmapdask.connectivity.results import summarize, write_result
+    from cmapdask.connectivity.query import _as_sets, _pair, query
+    from cmapdask.connectivity.results import result_folders, summarize, write_result
     from cmapdask.errors import InputError
     from cmapdask.io.atomic import check_destination
     from cmapdask.io.gmt import read_gene_sets
@@ -177,6 +196,8 @@ def run_query(args) -> int:
     if up is None and down is None:
         raise InputError("a query needs --up and/or --down (or --genes-up/--genes-down)")
     pcls = read_gene_sets(args.pcl) if args.pcl else None
+    # query ids must make distinct result folders: refused before anything is computed
+    result_folders(_pair(_as_sets(up, "up"), _as_sets(down, "down")))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = query(
@@ -187,6 +208,7 @@ def run_query(args) -> int:
             metric=args.metric,
             tail=args.tail,
             reference=args.reference,
+            grouping=_grouping(args.grouping),
             tau=args.tau,
             fdr=args.fdr,
             n_random=args.n_random,
@@ -200,7 +222,8 @@ def run_query(args) -> int:
             if "pert_id" in res.coords
             else None
         )
-        write_result(res, args.out, summaries=summ, overwrite=args.overwrite)
+        notes = [f"warning: {w.message}" for w in caught]
+        write_result(res, args.out, summaries=summ, notes=notes, overwrite=args.overwrite)
     for row in res.attrs["cmapdask"]["genes"]:
         say(
             args,

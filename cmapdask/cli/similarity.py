@@ -104,7 +104,8 @@ def _inputs(args):
         missing = [i for i in ids if i not in known]
         if missing:
             raise MetadataError(
-                f"{args.query_ids}: {len(missing)} id(s) not in {args.store}, e.g. {missing[0]!r}"
+                f"{args.query_ids}: {len(missing)} id(s) not in {args.store}, "
+                f"e.g. {str(missing[0])!r}"
             )
         ref = ds.drop_sel(sig=ids)
         ds = ds.sel(sig=ids)

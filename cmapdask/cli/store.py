@@ -119,14 +119,13 @@ def _src_options(args):
 
 def file_info(path, storage_options=None) -> dict:
     """Summary of a GCTx or GCT file (metadata only; the matrix is not read)."""
+    from cmapdask.io.gct import is_gct, read_gct
     from cmapdask.io.gctx import is_gctx, read_gctx
 
     if is_gctx(path, storage_options):
         ds = read_gctx(path, storage_options=storage_options)
         kind = "gctx"
-    elif str(path).endswith((".gct", ".gct.gz")):
-        from cmapdask.io.gct import read_gct
-
+    elif is_gct(path, storage_options):  # by content: GCT text may be named .gctx
         ds = read_gct(path, storage_options=storage_options)
         kind = "gct"
     else:

@@ -201,7 +201,7 @@ class IndexHandle:
         if arrays is None:
             fs, _ = url_to_fs(self.url, self.storage_options)
             opts = None if is_local(fs) else self.storage_options
-            g = zarr.open_group(self.url, mode="r", storage_options=opts)
+            g = zarr.open_group(self.url, mode="r", storage_options=opts, use_consolidated=False)
             arrays = self._opened = (g["rank"], g["score"])
         return arrays
 

@@ -51,7 +51,9 @@ def _store_key(store, storage_options):
     opts = None if is_local(fs) else storage_options
     try:
         meta = dict(
-            zarr.open_group(str(store), mode="r", storage_options=opts).attrs.get("cmapdask", {})
+            zarr.open_group(
+                str(store), mode="r", storage_options=opts, use_consolidated=False
+            ).attrs.get("cmapdask", {})
         )
     except Exception:  # let open_store raise its own clear error
         return None
@@ -144,7 +146,9 @@ def sig_groups(ds: xr.Dataset, grouping: Grouping | Sequence[str]):
         if grouping == "pert_type_cell" and (pt is None or cell is None):
             raise MetadataError(
                 f"{ds.attrs.get('store_url', 'store')}: NCS groups need "
-                "pert_type and cell_id (or cell_iname); use grouping='global'"
+                "pert_type and cell_id (or cell_iname); group by all signatures with "
+                "grouping='global' (command line: --grouping global) or by other fields "
+                "(--grouping FIELD,FIELD)"
             )
         n = ds.sizes["sig"]
         labels = group_labels(
@@ -363,6 +367,15 @@ def query(
         tau=tau_note,
         fdr=fdr_used,
         genes=qs.report,
+        # the sets as submitted (before mapping to the space): the result folder's
+        # matrices/query/up.gmt and dn.gmt
+        sets={
+            str(q): {
+                "up": None if u is None else [str(g) for g in u],
+                "down": None if d is None else [str(g) for g in d],
+            }
+            for q, (u, d) in pairs.items()
+        },
     )
     return out
 

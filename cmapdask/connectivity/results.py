@@ -2,13 +2,25 @@
 
 ``summarize`` aggregates NCS to (pert, cell), pert, PCL per cell and PCL with maxq and
 gives each level its τ from the stored backgrounds. ``write_result`` lays a result out as
-CLUE does, so scripts written for CLUE's downloads keep working::
+CLUE's ``sig_gutc_tool`` does (ALGORITHMS.md §12), so scripts written for CLUE's
+downloads (R's cluequery, Morpheus, ...) keep working::
 
+    DIR/config.yaml                                the parameters of the run
+    DIR/matrices/query/up.gmt, dn.gmt              the query's sets, as submitted
     DIR/matrices/query/{cs,cs_up,cs_dn,leadf_up,leadf_dn}.gctx    rows sigs, cols queries
     DIR/matrices/gutc/{cs,ns,ps}_sig.gctx
     DIR/matrices/gutc/{ns,ps}_{pert_cell,pert_summary,pcl_cell,pcl_summary}.gctx
-    DIR/arfs/<query>/query_result.{parquet,tsv}   ranked perturbagens (τ, NCS, FDR, ...)
+    DIR/matrices/gutc/query_info.txt               cid, desc, query_id per query
+    DIR/arfs/<query>/{pert_id_cell,pert_id_summary,pcl_cell,pcl_summary}.gct   τ
+    DIR/arfs/<query>/query_info.txt                that query's row, genes used/dropped
+    DIR/arfs/<query>/query_result.{parquet,tsv}    signatures ranked (τ, NCS, FDR, ...)
     DIR/query_info.tsv                             genes kept / dropped per query
+    DIR/report.txt                                 what to know: τ missing, genes dropped
+    DIR/provenance.json
+    DIR/success.txt                                written last: the job finished
+
+Summary matrices name their row fields as the Broad's do: ``pert_id`` and ``cell_id``
+(``pert_cell``), ``pert_id`` (``pert_summary``), ``pcl_size`` and ``cell_id`` (PCLs).
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 
 import dask
 import dask.array as da
@@ -27,11 +40,14 @@ from cmapdask.connectivity.classes import pert_class
 from cmapdask.connectivity.query import _field, background_name
 from cmapdask.connectivity.summaries import LEVELS, SummaryPlan
 from cmapdask.connectivity.tau import tau_binned
+from cmapdask.errors import QueryError
 from cmapdask.io.atomic import check_destination, publish_dir
+from cmapdask.io.gct import write_gct
 from cmapdask.io.gctx import write_gctx
+from cmapdask.io.gmt import write_gmt
 from cmapdask.io.store import has_member, open_member
 
-__all__ = ["summarize", "write_result", "ranked_table"]
+__all__ = ["summarize", "write_result", "ranked_table", "result_folders"]
 
 
 def _level_tau(ns, labels, bg, level):
@@ -112,9 +128,15 @@ def summarize(
             _level_tau(ns, labels, background, level).astype(np.float32),
         )
         coords[level] = labels
+    # row fields, prefixed by their level here (one Dataset holds every level); the
+    # result folder's matrices carry them unprefixed, as the Broad's files do
     coords["pert_cell_pert_id"] = ("pert_cell", plan.pc_pert)
     coords["pert_cell_cell_id"] = ("pert_cell", plan.pc_cell)
     coords.update(_class_coords(result, plan))
+    coords["pert_summary_pert_id"] = ("pert_summary", plan.pert_labels)
+    coords["pcl_cell_cell_id"] = ("pcl_cell", plan.cells("pcl_cell"))
+    coords["pcl_cell_pcl_size"] = ("pcl_cell", _sizes(plan.pcl_cell_members))
+    coords["pcl_summary_pcl_size"] = ("pcl_summary", _sizes(plan.pcl_members))
     out = xr.Dataset(data, coords=coords)
     out.attrs["cmapdask"] = {
         **result.attrs.get("cmapdask", {}),
@@ -141,6 +163,11 @@ def _class_coords(result: xr.Dataset, plan: SummaryPlan) -> dict:
     }
 
 
+def _sizes(members) -> np.ndarray:
+    """Members present (the values maxq summarised) of each PCL row."""
+    return np.array([len(m) for m in members], dtype=np.int64)
+
+
 def _as_gctx(arr: xr.DataArray, rows: str) -> xr.Dataset:
     # CLUE's matrices: rows (GCTx rid) = signatures or summary rows, columns = queries.
     # In our data model the GCTx column axis is "sig" and the row axis "gene".
@@ -153,7 +180,7 @@ def _as_gctx(arr: xr.DataArray, rows: str) -> xr.Dataset:
         },
     )
     extra = {
-        k: ("gene", np.asarray(c.values))
+        (str(k).removeprefix(f"{rows}_") if rows in LEVELS else k): ("gene", np.asarray(c.values))
         for k, c in da_.coords.items()
         if c.dims == (rows,) and k != rows
     }
@@ -181,6 +208,100 @@ def ranked_table(result: xr.Dataset, summaries: xr.Dataset | None, query: str) -
     return df.iloc[order].reset_index(drop=True)
 
 
+# CLUE's per-query tables (arfs/<query>/<file>.gct): the τ column of one query
+_ARFS = {
+    "pert_cell": "pert_id_cell",
+    "pert_summary": "pert_id_summary",
+    "pcl_cell": "pcl_cell",
+    "pcl_summary": "pcl_summary",
+}
+
+
+def result_folders(names: Iterable[str]) -> dict[str, str]:
+    """``{query id: folder name under arfs/}``; refuses ids that clash as folder names.
+
+    A folder name is the id with every run of characters other than letters, digits,
+    ``_``, ``.`` and ``-`` replaced by ``_``. Two ids giving the same folder (also when
+    they differ only in case, which case-insensitive file systems merge), and ids giving
+    ``.``, ``..`` or a hidden name, are a ``QueryError`` naming them: check before the
+    computation (the CLI does, and :func:`write_result` does before it computes).
+    """
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for name in names:
+        name = str(name)
+        folder = _SAFE.sub("_", name)
+        if not folder or folder.startswith("."):
+            raise QueryError(
+                f"query id {name!r} cannot name a result folder (arfs/{folder}); rename it"
+            )
+        other = seen.get(folder.lower())
+        if other is not None and other != name:
+            raise QueryError(
+                f"query ids {other!r} and {name!r} both become the result folder "
+                f"arfs/{folder}; rename one"
+            )
+        seen[folder.lower()] = name
+        out[name] = folder
+    return out
+
+
+def _config(meta: Mapping, summaries) -> dict:
+    """config.yaml: CLUE's names for the parameters (metric, es_tail, feature_space) and
+    ours."""
+    sm = summaries.attrs.get("cmapdask", {}) if summaries is not None else {}
+    cfg = {
+        "tool": "cmapdask query",
+        "metric": meta.get("metric"),
+        "es_tail": meta.get("tail"),
+        "feature_space": meta.get("space"),
+        "score_dir": meta.get("store"),
+        "reference": meta.get("reference"),
+        "n_reference": meta.get("n_reference"),
+        "grouping": meta.get("grouping"),
+        "tau": meta.get("tau"),
+        "tau_background": sm.get("tau_background") if summaries is not None else None,
+        "fdr": meta.get("fdr"),
+        "n_pcls": sm.get("n_pcls"),
+        "package_version": meta.get("package_version"),
+    }
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+def _report(meta: Mapping, summaries, notes: Iterable[str]) -> list[str]:
+    """report.txt: what a reader of the folder must know (also when --quiet hid stderr)."""
+    lines = [str(n) for n in notes]
+    space, store = meta.get("space"), meta.get("store")
+    no_sig_tau = meta.get("tau") == "no background"
+    no_level_tau = summaries is not None and not summaries.attrs.get("cmapdask", {}).get(
+        "tau_background", True
+    )
+    if no_sig_tau or no_level_tau:
+        which = "ps_sig and every ps_* summary" if no_sig_tau else "every ps_* summary"
+        lines.append(
+            f"tau: {store} has no tau background for space {space!r}, so {which} matrix "
+            "(and the arfs tables) is NaN; build it with `cmapdask background "
+            f"{store} --space {space}` and query again"
+        )
+    elif meta.get("tau") == "not computed":
+        lines.append("tau: not computed (tau='none'); ps matrices are absent")
+    for row in meta.get("genes", []):
+        lines.append(
+            "query {query}: {n_up} up, {n_down} down genes used; {n_up_dropped} up and "
+            "{n_down_dropped} down dropped".format(**row)
+        )
+    return lines
+
+
+def _submitted(meta: Mapping, side: str) -> dict[str, list[str]]:
+    sets = {}
+    for q, pair in meta.get("sets", {}).items():
+        genes = pair.get(side)
+        if genes:
+            sets[q] = list(dict.fromkeys(str(g).strip() for g in genes if str(g).strip()))
+    return sets
+
+
 def write_result(
     result: xr.Dataset,
     out_dir,
@@ -188,6 +309,7 @@ def write_result(
     summaries: xr.Dataset | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    notes: Iterable[str] = (),
 ) -> str:
     """Write a query result as CLUE's result folder (published atomically).
 
@@ -198,20 +320,31 @@ def write_result(
     out_dir : str
         Destination folder: absent or empty (see ``overwrite``).
     summaries : xarray.Dataset, optional
-        From :func:`summarize`; adds the ``{ns,ps}_<level>.gctx`` matrices.
+        From :func:`summarize`; adds the ``{ns,ps}_<level>.gctx`` matrices and the
+        ``arfs/<query>/*.gct`` tables.
     overwrite : bool
         Replace an existing result folder (only one cmapdask wrote: it holds the
         ``.cmapdask`` marker; see :mod:`cmapdask.io.atomic`).
+    notes : iterable of str
+        Lines for ``report.txt`` (the CLI passes the warnings of the query).
+
+    Raises
+    ------
+    QueryError
+        Query ids that clash as folder names (:func:`result_folders`), before anything is
+        computed.
 
     Notes
     -----
-    Computes the result and the summaries in one graph, once, into this process
-    (``5-8 x query x n_sig`` float32 plus the summaries), then writes every file from
-    memory; nothing else is submitted to the cluster. One submission matters: the
-    summaries are built on the result's lazy graph, and two submissions of overlapping
-    graphs (each optimised on its own, so a shared key can be a fused task in one and a
-    plain task in the other) corrupt a distributed scheduler's state and hang it.
+    The layout is in this module's docstring. Computes the result and the summaries in
+    one graph, once, into this process (``5-8 x query x n_sig`` float32 plus the
+    summaries), then writes every file from memory; nothing else is submitted to the
+    cluster. One submission matters: the summaries are built on the result's lazy graph,
+    and two submissions of overlapping graphs (each optimised on its own, so a shared key
+    can be a fused task in one and a plain task in the other) corrupt a distributed
+    scheduler's state and hang it. ``success.txt`` is written last.
     """
+    folders = result_folders(result["query"].values.tolist())
     names = [
         v
         for v in ("cs", "cs_up", "cs_dn", "leadf_up", "leadf_dn", "ncs", "ps", "fdr_q_nlog10")
@@ -222,16 +355,28 @@ def write_result(
     # reached the scheduler as overlapping graphs and could wedge it (see DEVELOPERS.md)
     computed, summaries = dask.compute(result[names], summaries)
     result = result.assign({k: computed[k] for k in names})
+    meta = result.attrs.get("cmapdask", {})
+    queries = [str(q) for q in result["query"].values.tolist()]
     with publish_dir(str(out_dir), overwrite=overwrite, mark="query result") as tmp:
         q_dir = os.path.join(tmp, "matrices", "query")
         g_dir = os.path.join(tmp, "matrices", "gutc")
         os.makedirs(q_dir)
         os.makedirs(g_dir)
+        import yaml
+
+        with open(os.path.join(tmp, "config.yaml"), "w") as fh:
+            yaml.safe_dump(_config(meta, summaries), fh, sort_keys=False)
+        for side, fn in (("up", "up.gmt"), ("down", "dn.gmt")):
+            sets = _submitted(meta, side)
+            if sets:
+                write_gmt(sets, os.path.join(q_dir, fn))
         for v in ("cs", "cs_up", "cs_dn", "leadf_up", "leadf_dn"):
             write_gctx(_as_gctx(result[v], "sig"), os.path.join(q_dir, f"{v}.gctx"))
         for v, fn in (("cs", "cs_sig"), ("ncs", "ns_sig"), ("ps", "ps_sig")):
             if v in result:
                 write_gctx(_as_gctx(result[v], "sig"), os.path.join(g_dir, f"{fn}.gctx"))
+        info = pd.DataFrame({"cid": queries, "desc": queries, "query_id": queries})
+        info.to_csv(os.path.join(g_dir, "query_info.txt"), sep="\t", index=False)
         if summaries is not None:
             for level in LEVELS:
                 for kind in ("ns", "ps"):
@@ -239,16 +384,36 @@ def write_result(
                         _as_gctx(summaries[f"{kind}_{level}"], level),
                         os.path.join(g_dir, f"{kind}_{level}.gctx"),
                     )
-        for q in result["query"].values:
-            d = os.path.join(tmp, "arfs", _SAFE.sub("_", str(q)))
+        genes = {row["query"]: row for row in meta.get("genes", [])}
+        for q in queries:
+            d = os.path.join(tmp, "arfs", folders[q])
             os.makedirs(d)
+            row = {"cid": q, "desc": q, "query_id": q}
+            row.update({k: v for k, v in genes.get(q, {}).items() if k != "query"})
+            pd.DataFrame([row]).to_csv(os.path.join(d, "query_info.txt"), sep="\t", index=False)
+            if summaries is not None:
+                for level, fn in _ARFS.items():
+                    tau = summaries[f"ps_{level}"].sel(query=q)
+                    table = xr.Dataset(
+                        # CLUE's tables: τ to 2 decimals, one column (the query), ids only
+                        {"expr": (("sig", "gene"), np.round(tau.values[None, :], 2))},
+                        coords={
+                            "sig": np.array([q], dtype=object),
+                            "gene": np.asarray(tau[level].values, dtype=object),
+                        },
+                    )
+                    write_gct(table, os.path.join(d, f"{fn}.gct"))
             df = ranked_table(result, summaries, q)
             df.to_parquet(os.path.join(d, "query_result.parquet"), index=False)
             df.to_csv(os.path.join(d, "query_result.tsv"), sep="\t", index=False, na_rep="NaN")
-        meta = result.attrs.get("cmapdask", {})
         pd.DataFrame(meta.get("genes", [])).to_csv(
             os.path.join(tmp, "query_info.tsv"), sep="\t", index=False
         )
+        with open(os.path.join(tmp, "report.txt"), "w") as fh:
+            fh.writelines(line + "\n" for line in _report(meta, summaries, notes))
         with open(os.path.join(tmp, "provenance.json"), "w") as fh:
-            json.dump({k: v for k, v in meta.items() if k != "genes"}, fh, indent=1, default=str)
+            prov = {k: v for k, v in meta.items() if k not in ("genes", "sets")}
+            json.dump(prov, fh, indent=1, default=str)
+        with open(os.path.join(tmp, "success.txt"), "w") as fh:  # last: the job finished
+            fh.write("success\n")
     return str(out_dir)

@@ -153,15 +153,11 @@ _COMPOUND_FIELDS = ("cmap_name", "pert_iname", "moa", "target", "canonical_smile
 
 def _coords(store_url, storage_options, dim: str) -> pd.DataFrame:
     """The store's coordinates along ``dim`` read straight from Zarr (nothing else)."""
-    import zarr
-
-    from cmapdask.io.store import quiet_zarr, zarr_options
+    from cmapdask.io.store import _open_group, quiet_zarr
 
     cols = {}
     with quiet_zarr():
-        g = zarr.open_group(
-            store_url, mode="r", storage_options=zarr_options(store_url, storage_options)
-        )
+        g = _open_group(store_url, "r", storage_options)
         for name, arr in g.arrays():
             if tuple(arr.metadata.dimension_names or ()) != (dim,):
                 continue

@@ -44,13 +44,15 @@ import xarray as xr
 
 from cmapdask.errors import GCTFormatError, InputError
 from cmapdask.io.atomic import publish_file
-from cmapdask.io.meta import encode_for_text, merge_coords, normalise_column
+from cmapdask.io.meta import TEXT_NA, encode_for_text, merge_coords, normalise_column
 
-__all__ = ["read_gct", "write_gct"]
+__all__ = ["read_gct", "write_gct", "is_gct"]
 
-# Text that means "no value" (missing data is written as NaN). In the row metadata these
-# are missing too, as in cmapPy.
-_DATA_NA = ["NaN", "nan", "-NaN", "-nan", "NA", "N/A", "#N/A", "NULL", "null", "na", ""]
+# Text that means "no value" (missing data is written as NaN), as cmapPy reads GCT: in
+# the data and in both metadata blocks. Data cells are also read as cmapPy's float32()
+# reads them, so any case of nan/inf (``NAN``, ``Inf``) is a number too.
+_DATA_NA = sorted(TEXT_NA)
+_NAN_WORDS = {"nan", "+nan", "-nan"}
 _RESERVED = ("sig", "gene", "expr")
 # Bytes of formatted output per write block: bounds memory when writing large matrices.
 _WRITE_BLOCK_BYTES = 64 * 2**20
@@ -72,6 +74,22 @@ def read_bytes(path, *, storage_options: dict | None, error: type[Exception]) ->
         raise error(f"{path}: is a directory, not a file") from None
     except OSError as e:  # corrupt gzip, permission denied, ...
         raise error(f"{path}: cannot read: {e}") from None
+
+
+def is_gct(path, storage_options: dict | None = None) -> bool:
+    """True if ``path`` holds GCT text (first line ``#1.2`` or ``#1.3``), whatever its name.
+
+    Sniffs the first bytes (decompressing ``.gz`` and friends by name), so a GCT text file
+    named ``.gctx`` is recognised; anything unreadable is "not GCT"."""
+    try:
+        with fsspec.open(
+            os.fspath(path), "rb", compression="infer", **(storage_options or {})
+        ) as f:
+            head = f.read(16)
+    except Exception:  # any failure to sniff means "not ours"
+        return False
+    head = head.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+    return head.startswith((b"#1.3", b"#1.2")) and head[4:5] in (b"", b"\n", b"\r", b"\t", b" ")
 
 
 def text_encoding(raw: bytes) -> str:
@@ -127,7 +145,7 @@ def _check_unique(names: list[str] | np.ndarray, path: str, what: str) -> None:
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise GCTFormatError(f"{path}: duplicate {what} {name!r}")
+            raise GCTFormatError(f"{path}: duplicate {what} {str(name)!r}")
         seen.add(name)
 
 
@@ -148,6 +166,20 @@ def _data_line_fields(raw: bytes, start: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(keep), per_line[keep] + 1
 
 
+def _text_to_float(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A data column pandas left as text -> (float64 values, mask of cells not numbers).
+
+    Accepts what cmapPy accepts: the missing spellings, and anything Python's float()
+    reads (``NAN``, ``Inf``, ``-infinity``, surrounding spaces)."""
+    text = pd.Series(col.to_numpy(dtype=object), dtype=object)
+    present = text.notna()
+    stripped = text.where(~present, text.astype(str).str.strip())
+    na = ~present | stripped.isin(TEXT_NA) | stripped.str.lower().isin(_NAN_WORDS)
+    num = pd.to_numeric(stripped.where(~na), errors="coerce")
+    bad = num.isna() & ~na
+    return num.to_numpy(dtype=np.float64), bad.to_numpy(dtype=bool)
+
+
 def _first_bad_cell(raw, start, encoding, n_lead, names, path, header_lines) -> str:
     """Locate the first non-numeric data cell (only called once parsing has failed)."""
     df = pd.read_csv(
@@ -160,15 +192,14 @@ def _first_bad_cell(raw, start, encoding, n_lead, names, path, header_lines) -> 
         quoting=csv.QUOTE_NONE,
     )
     lines, _ = _data_line_fields(raw, start)
-    na = set(_DATA_NA)
     for j in range(n_lead, df.shape[1]):
         col = df.iloc[:, j]
-        bad = pd.to_numeric(col.where(~col.isin(na)), errors="coerce").isna() & ~col.isin(na)
+        _, bad = _text_to_float(col)
         if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
+            i = int(np.flatnonzero(bad)[0])
             return (
                 f"{path}: line {header_lines + int(lines[i]) + 1}: non-numeric value "
-                f"{col.iloc[i]!r} in column {names[j - n_lead]!r}"
+                f"'{col.iloc[i]}' in column '{names[j - n_lead]}'"
             )
     return f"{path}: the data block holds a value that is not a number"
 
@@ -198,11 +229,13 @@ def read_gct(
         ``expr`` float32 ``("sig", "gene")`` (the file's columns are signatures, its rows
         genes); ``sig`` and ``gene`` ids as ``str`` coordinates; column metadata as
         coordinates along ``sig``, row metadata along ``gene`` (a row field whose name is
-        also a column field becomes ``gene_<field>``). Metadata: ``-666`` and empty are
-        missing (in row metadata also ``NaN``, ``NA``, ``N/A``, ``NULL``, as cmapPy
-        reads them); a field whose values are all numbers becomes int64 (or float64 with
-        NaN for missing), others stay ``str`` with missing as ``None`` (xarray may show
-        it as NaN). Missing data (``NaN``, ``NA``, empty) is NaN. In v1.2 files the
+        also a column field becomes ``gene_<field>``). Missing, in both metadata blocks
+        and the data, is every spelling cmapPy reads as missing
+        (:data:`cmapdask.io.meta.TEXT_NA`: empty, ``NaN``, ``NA``, ``N/A``, ``#N/A``,
+        ``NULL``, ``None``, ...) and, in metadata, ``-666``; a field whose values are all
+        numbers becomes int64 (or float64 with NaN for missing), others stay ``str`` with
+        missing as ``None`` (xarray may show it as NaN). Data cells are read as cmapPy
+        reads them, so ``NAN``, ``Inf`` and ``-infinity`` are numbers too. In v1.2 files the
         description column is the gene field named by the header (``Description``).
 
     Raises
@@ -264,7 +297,9 @@ def read_gct(
         name = fields[0].strip()
         if name in sig_fields:
             raise GCTFormatError(f"{path_s}: duplicate column metadata field {name!r}")
-        sig_fields[name] = normalise_column(np.array(fields[1 + n_rowmeta :], dtype=object))
+        sig_fields[name] = normalise_column(
+            np.array(fields[1 + n_rowmeta :], dtype=object), missing=TEXT_NA
+        )
 
     header_lines, start = lines.lineno, lines.pos
     line_idx, nfields = _data_line_fields(raw, start)
@@ -296,13 +331,19 @@ def read_gct(
             engine="c",
             dtype={j: str for j in range(n_lead)},
         )
-        if any(d.kind not in "fiu" for d in df.dtypes.tolist()[n_lead:]):
-            raise GCTFormatError(
-                _first_bad_cell(raw, start, encoding, n_lead, sig_ids, path_s, header_lines)
-            )
-        gene_ids = np.array([s.strip() for s in df.iloc[:, 0].tolist()], dtype=object)
+        text_cols = [
+            j for j, d in enumerate(df.dtypes.tolist()) if j >= n_lead and d.kind not in "fiu"
+        ]
+        for j in text_cols:  # rare: NAN, Inf, ... spelled in a way pandas leaves as text
+            values, bad = _text_to_float(df.iloc[:, j])
+            if bad.any():
+                raise GCTFormatError(
+                    _first_bad_cell(raw, start, encoding, n_lead, sig_ids, path_s, header_lines)
+                )
+            df[df.columns[j]] = values
+        gene_ids = np.array([str(s).strip() for s in df.iloc[:, 0].tolist()], dtype=object)
         gene_fields = {
-            name: normalise_column(df.iloc[:, 1 + k].to_numpy(dtype=object))
+            name: normalise_column(df.iloc[:, 1 + k].to_numpy(dtype=object), missing=TEXT_NA)
             for k, name in enumerate(row_fields)
         }
         matrix = df.iloc[:, n_lead:].to_numpy(dtype=np.float32)

@@ -150,7 +150,7 @@ def _check_unique(ids: np.ndarray, path: str, axis: str) -> None:
     if len(uniq) != len(ids):
         dup = uniq[counts > 1]
         raise GCTxFormatError(
-            f"{path}: {len(dup)} duplicate {axis} id(s), e.g. {dup[0]!r} appears "
+            f"{path}: {len(dup)} duplicate {axis} id(s), e.g. {str(dup[0])!r} appears "
             f"{counts[counts > 1][0]} times"
         )
 
@@ -283,7 +283,7 @@ def _subset(ds: xr.Dataset, *, sigs, genes, path) -> xr.Dataset:
                 missing = wanted[pos < 0]
                 raise InputError(
                     f"{path}: {len(missing)} requested {dim} id(s) not in the file, e.g. "
-                    f"{missing[0]!r}"
+                    f"{str(missing[0])!r}"
                 )
         sel[dim] = pos
     return ds.isel(sel) if sel else ds
@@ -380,9 +380,7 @@ def _ids_for_write(obj: xr.Dataset, dim: str) -> np.ndarray:
     ids = np.asarray(obj[dim].values).astype(str)
     if len(set(ids.tolist())) != len(ids):
         raise InputError(f"write_gctx: duplicate {dim} ids")
-    bad = [i for i in ids if "/" in i]
-    if bad:
-        raise InputError(f"write_gctx: '/' is not allowed in GCTx ids, e.g. {bad[0]!r}")
+    # ids are data (values of META/*/id), not HDF5 names: '/' is fine (P100 ids hold it)
     return ids
 
 

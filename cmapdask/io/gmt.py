@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 
 from cmapdask.errors import GeneSetFormatError, InputError, QueryError
@@ -111,7 +112,13 @@ def read_grp(path, *, storage_options: dict | None = None) -> list[str]:
     Raises
     ------
     GeneSetFormatError
-        A line with a tab (GRP holds one id per line), an id listed twice, or no ids.
+        A line with a tab (GRP holds one id per line), or no ids.
+
+    Warns
+    -----
+    UserWarning
+        An id listed more than once (cmapM's own lists repeat lines): the first listing
+        is kept, the repeats are dropped.
 
     Notes
     -----
@@ -124,6 +131,7 @@ def read_grp(path, *, storage_options: dict | None = None) -> list[str]:
     """
     ids: list[str] = []
     where: dict[str, int] = {}
+    repeats: list[tuple[int, str]] = []
     for lineno, line in enumerate(_lines(path, storage_options), start=1):
         item = line.strip()
         if not item or item.startswith("#"):
@@ -134,13 +142,20 @@ def read_grp(path, *, storage_options: dict | None = None) -> list[str]:
                 "(is this a GMT file?)"
             )
         if item in where:
-            raise GeneSetFormatError(
-                f"{path}: line {lineno}: id {item!r} already listed on line {where[item]}"
-            )
+            repeats.append((lineno, item))
+            continue
         where[item] = lineno
         ids.append(item)
     if not ids:
         raise GeneSetFormatError(f"{path}: no ids in the file")
+    if repeats:
+        lineno, item = repeats[0]
+        warnings.warn(
+            f"{path}: {len(repeats)} repeated line(s) ignored, the first listing kept "
+            f"(first: id {item!r} on line {lineno}, listed on line {where[item]})",
+            UserWarning,
+            stacklevel=2,
+        )
     return ids
 
 

@@ -21,11 +21,42 @@ from cmapdask.model.missing import MISSING_TEXT as _MISSING_TEXT
 
 __all__ = [
     "MISSING",
+    "TEXT_NA",
     "decode_bytes",
     "normalise_column",
     "encode_for_text",
     "merge_coords",
 ]
+
+# What text files (GCT) mean by "no value", as cmapPy reads them: pandas' default NA
+# strings plus cmapPy's own list (parse_gct's nan_values). GCTx metadata and release
+# tables use only -666 and empty, as cmapPy's GCTx reader does.
+TEXT_NA = frozenset(
+    {
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#N/A!",
+        "#NA",
+        "#VALUE!",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "na",
+        "nan",
+        "null",
+    }
+)
 
 
 def decode_bytes(values: np.ndarray) -> np.ndarray:
@@ -52,9 +83,10 @@ def decode_bytes(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def normalise_column(values) -> np.ndarray:
+def normalise_column(values, *, missing=frozenset()) -> np.ndarray:
     """One metadata field -> int64, float64 or object (str / None), with -666 as missing.
 
+    ``missing``: further text meaning "no value" (GCT text passes :data:`TEXT_NA`).
     Text columns that are entirely numeric (missing aside) become numbers, as cmapPy and
     the release tables do (whole numbers become int64 when nothing is missing); typed
     numeric columns keep their kind. Ids are never passed through here.
@@ -87,7 +119,7 @@ def normalise_column(values) -> np.ndarray:
             obj[i] = None
         else:
             v = str(v).strip()
-            obj[i] = None if v in _MISSING_TEXT else v
+            obj[i] = None if v in _MISSING_TEXT or v in missing else v
     present = np.fromiter((v is not None for v in obj), dtype=bool, count=len(obj))
     if not present.any():
         return obj

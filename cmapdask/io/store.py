@@ -55,6 +55,7 @@ __all__ = [
     "ensure_parent_groups",
     "set_provenance",
     "mark_complete_remote",
+    "consolidate",
 ]
 
 SCHEMA_VERSION = 1
@@ -195,7 +196,7 @@ def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, prov
             if written != n_sig:  # every block reports its rows; a lost block is an error
                 raise StoreError(f"{dest}: wrote {written} of {n_sig} signatures")
             nonfinite = _nonfinite(stats, out["sig"].values, dest)
-        g = zarr.open_group(tmp, mode="r+", storage_options=zarr_options(tmp, storage_options))
+        g = _open_group(tmp, "r+", storage_options)
         # locally the rename publishes a complete store; remotely the flag is set only
         # after the server-side copy (a copied "complete" could precede copied chunks)
         g.attrs["cmapdask"] = _provenance(
@@ -340,15 +341,41 @@ def _compute(job, *, progress: bool, label: str):
 def set_provenance(url, meta: dict, *, storage_options: dict | None = None) -> None:
     """Replace ``attrs["cmapdask"]`` of the group at ``url`` (a store or member)."""
     with quiet_zarr():
-        g = zarr.open_group(url, mode="r+", storage_options=zarr_options(url, storage_options))
+        g = _open_group(url, "r+", storage_options)
         g.attrs["cmapdask"] = meta
 
 
 def _set_complete(url, storage_options, value: bool) -> None:
     with quiet_zarr():
-        g = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
+        g = _open_group(url, "r", storage_options)
         meta = dict(g.attrs.get("cmapdask", {}))
     set_provenance(url, {**meta, "complete": value}, storage_options=storage_options)
+
+
+def _open_group(url, mode: str, storage_options) -> zarr.Group:
+    """The group at ``url`` as its nodes are now, never through consolidated metadata (which
+    is for other tools, and is stale between a change and the next :func:`consolidate`)."""
+    return zarr.open_group(
+        url,
+        mode=mode,
+        storage_options=zarr_options(url, storage_options),
+        use_consolidated=False,
+    )
+
+
+def consolidate(url, storage_options: dict | None = None) -> None:
+    """Write the consolidated metadata of the group at ``url`` (a store or member), so that
+    generic tools (``xr.open_zarr(url)``, ``zarr.open_group(url)``) open it in one read and
+    without a warning. Call it after any change to a published group's nodes.
+
+    Notes
+    -----
+    Reads every node's metadata below ``url`` (not the chunks). cmapdask itself never
+    reads through consolidated metadata, so a stale copy cannot mislead it.
+    """
+    with quiet_zarr():
+        g = _open_group(url, "r+", storage_options)
+        zarr.consolidate_metadata(g.store, path=g.path or None)
 
 
 def _is_local_url(url, storage_options) -> bool:
@@ -356,17 +383,27 @@ def _is_local_url(url, storage_options) -> bool:
 
 
 def mark_complete_remote(dest, storage_options) -> None:
-    """Set the complete flag of a store or member published to object storage: the last
-    object written, after the server-side copy of every chunk (locally the rename
-    published it complete)."""
+    """Finish publishing a store or member: on object storage set its complete flag (the
+    last object written, after the server-side copy of every chunk; locally the rename
+    published it complete); then consolidate its metadata and, for a member (attribute
+    ``member``), that of the store above it (:func:`consolidate`)."""
     if not _is_local_url(dest, storage_options):
         _set_complete(dest, storage_options, True)
+    consolidate(dest, storage_options)
+    with quiet_zarr():
+        name = str(
+            dict(_open_group(dest, "r", storage_options).attrs.get("cmapdask", {})).get("member")
+            or ""
+        )
+    root, name = str(dest).rstrip("/"), name.strip("/")
+    if name and root.endswith("/" + name):
+        consolidate(root[: -len(name) - 1], storage_options)
 
 
 def _check_complete(url, storage_options, what: str) -> dict:
     with quiet_zarr():
         try:
-            g = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
+            g = _open_group(url, "r", storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
             raise StoreError(f"{url}: no {what} here") from None
         except Exception as e:  # corrupt metadata, bad URL, unreachable server
@@ -421,7 +458,7 @@ def _coords_to_memory(ds: xr.Dataset, url, storage_options) -> xr.Dataset:
     """Load 1-D coordinates straight from Zarr (no dask compute); strings back to object
     arrays with None for missing."""
     with quiet_zarr():
-        g = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
+        g = _open_group(url, "r", storage_options)
         new = {}
         for name, c in ds.coords.items():
             vals = np.asarray(g[name][:]) if name in g else np.asarray(c.values)
@@ -430,7 +467,11 @@ def _coords_to_memory(ds: xr.Dataset, url, storage_options) -> xr.Dataset:
             new[name] = (c.dims, vals)
     idx = {k: v for k, v in new.items() if k in ds.dims}
     rest = {k: v for k, v in new.items() if k not in ds.dims}
-    return ds.drop_vars(list(new)).assign_coords(idx).assign_coords(rest)
+    ds = ds.drop_vars(list(new)).assign_coords(idx).assign_coords(rest)
+    # text variables (top_id, ...): Python str objects, as the data model says (numpy's
+    # StringDType, which zarr returns, cannot even be cast with .astype(str)); lazily
+    text = {k: v for k, v in ds.data_vars.items() if v.dtype.kind in "TU"}
+    return ds.assign({k: v.astype(object) for k, v in text.items()}) if text else ds
 
 
 # ------------------------------------------------------------------------------ members
@@ -488,7 +529,10 @@ def ensure_parent_groups(store_url, name, storage_options) -> None:
     """Create the groups above member ``name`` (``index`` of ``index/bing``), if missing."""
     with quiet_zarr():
         g = zarr.open_group(
-            store_url, mode="r+", storage_options=zarr_options(store_url, storage_options)
+            store_url,
+            mode="r+",
+            storage_options=zarr_options(store_url, storage_options),
+            use_consolidated=False,
         )
         for p in name.split("/")[:-1]:
             g = g.require_group(p)
@@ -527,7 +571,10 @@ def list_members(store_url, *, storage_options: dict | None = None) -> list[str]
     found = []
     with quiet_zarr():
         root = zarr.open_group(
-            store_url, mode="r", storage_options=zarr_options(store_url, storage_options)
+            store_url,
+            mode="r",
+            storage_options=zarr_options(store_url, storage_options),
+            use_consolidated=False,
         )
 
         def walk(g, prefix):
@@ -546,7 +593,7 @@ def store_info(url, *, storage_options: dict | None = None) -> dict:
     """Shape, fields, chunking, compression and provenance of a store (for ``cmapdask info``)."""
     ds = open_store(url, storage_options=storage_options)
     with quiet_zarr():
-        g = zarr.open_group(url, mode="r", storage_options=zarr_options(url, storage_options))
+        g = _open_group(url, "r", storage_options)
         if "expr" in g:
             arr = g["expr"]
             codecs = [type(c).__name__ for c in arr.metadata.codecs]
@@ -778,6 +825,7 @@ def _convert(
     overwrite,
     progress,
 ) -> str:
+    from cmapdask.io.gct import is_gct, read_gct
     from cmapdask.io.gctx import is_gctx, matrix_layout, read_gctx
 
     if is_gctx(src, src_storage_options):
@@ -787,16 +835,16 @@ def _convert(
         )
         ds = read_gctx(src, chunks=(rows, n_gene), storage_options=src_storage_options)
         fmt = "gctx"
-    elif str(src).endswith(".gct") or str(src).endswith(".gct.gz"):
-        from cmapdask.io.gct import read_gct
-
+    elif is_gct(src, src_storage_options):  # by content: GCT text may be named .gctx
         ds = read_gct(src, storage_options=src_storage_options)
         rows = chunk_rows
         fmt = "gct"
     else:
         from cmapdask.errors import GCTxFormatError
 
-        raise GCTxFormatError(f"{src}: neither a GCTx (HDF5 with /0/DATA/0/matrix) nor a .gct file")
+        raise GCTxFormatError(
+            f"{src}: neither a GCTx (HDF5 with /0/DATA/0/matrix) nor GCT text (#1.2/#1.3)"
+        )
     if ds.sizes["sig"] == 0 or ds.sizes["gene"] == 0:
         raise StoreError(
             f"{src}: the matrix is empty ({ds.sizes['gene']} genes x {ds.sizes['sig']} "

@@ -115,17 +115,17 @@ def join_table(
     keys = pd.Index(np.asarray([str(v) for v in table[col].tolist()], dtype=object))
     if keys.has_duplicates:
         dup = keys[keys.duplicated()].unique()
-        raise MetadataError(f"{name}: {len(dup)} duplicate {col} value(s), e.g. {dup[0]!r}")
+        raise MetadataError(f"{name}: {len(dup)} duplicate {col} value(s), e.g. {str(dup[0])!r}")
     pos = keys.get_indexer(np.asarray(ids, dtype=object))
     if (pos < 0).any():
         missing = np.asarray(ids)[pos < 0]
         raise MetadataError(
-            f"{name}: {len(missing)} {kind} id(s) of {source} have no row, e.g. {missing[0]!r}"
+            f"{name}: {len(missing)} {kind} id(s) of {source} have no row, e.g. {str(missing[0])!r}"
         )
     if extra_ids == "error" and len(keys) > len(ids):
         extra = keys.difference(pd.Index(np.asarray(ids, dtype=object)))
         raise MetadataError(
-            f"{name}: {len(extra)} {col} value(s) are not in {source}, e.g. {extra[0]!r} "
+            f"{name}: {len(extra)} {col} value(s) are not in {source}, e.g. {str(extra[0])!r} "
             "(pass extra_ids='ignore' / --ignore-extra-ids to allow)"
         )
     return {c: _take(table[c].to_numpy(), pos) for c in table.columns if c != col}

@@ -266,7 +266,7 @@ def write_virtual(
     ):
         opts = zarr_options(tmp, storage_options)
         out.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, storage_options=opts)
-        g = zarr.open_group(tmp, mode="r+", storage_options=opts)
+        g = zarr.open_group(tmp, mode="r+", storage_options=opts, use_consolidated=False)
         r = g.create_group(REFS_GROUP)
         for name, arr in refs.items():
             r.create_array(name, data=arr, chunks=arr.shape, fill_value=0)
@@ -322,7 +322,10 @@ def open_virtual(ds: xr.Dataset, meta: dict, store_url, storage_options) -> xr.D
     check_source(info, src_opts)
     with quiet_zarr():
         g = zarr.open_group(
-            store_url, mode="r", storage_options=zarr_options(store_url, storage_options)
+            store_url,
+            mode="r",
+            storage_options=zarr_options(store_url, storage_options),
+            use_consolidated=False,
         )[REFS_GROUP]
         refs = {k: np.asarray(g[k][:]) for k in ("offset", "length", "filter_mask")}
     expr = virtual_expr(info, refs, storage_options=src_opts, rows=meta.get("chunk_rows"))

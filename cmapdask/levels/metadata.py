@@ -93,7 +93,7 @@ def landmark_index(ds: xr.Dataset, landmarks: Sequence[str] | None) -> np.ndarra
             missing = wanted[pos < 0]
             raise MetadataError(
                 f"{len(missing)} landmark gene(s) not in the data "
-                f"(first: {missing[0]!r}); the landmarks must be among expr's genes"
+                f"(first: {str(missing[0])!r}); the landmarks must be among expr's genes"
             )
         pos = np.unique(pos)
     elif "pr_is_lmark" in ds.coords:

@@ -28,7 +28,7 @@ from cmapdask._version import __version__
 from cmapdask.errors import InputError, MetadataError
 from cmapdask.io.atomic import is_local, url_to_fs
 from cmapdask.io.lock import collection_lock
-from cmapdask.io.store import quiet_zarr, zarr_options
+from cmapdask.io.store import consolidate, quiet_zarr, zarr_options
 from cmapdask.model.missing import is_missing
 from cmapdask.rebuild.faults import checkpoint
 from cmapdask.rebuild.versions import (
@@ -277,21 +277,22 @@ def _check_new(base: xr.Dataset, ds: xr.Dataset, name: str, where: str):
         raise InputError(f"{name}: no signatures to append")
     ids = ds.indexes["sig"]
     if ids.has_duplicates:
-        raise MetadataError(f"{name}: duplicate signature id {ids[ids.duplicated()][0]!r}")
+        raise MetadataError(f"{name}: duplicate signature id {str(ids[ids.duplicated()][0])!r}")
     clash = ids.intersection(base.indexes["sig"])
     if len(clash):
         raise MetadataError(
-            f"{name}: {len(clash)} signature id(s) already in {where}, e.g. {clash[0]!r}"
+            f"{name}: {len(clash)} signature id(s) already in {where}, e.g. {str(clash[0])!r}"
         )
     genes = base.indexes["gene"]
     pos = ds.indexes["gene"].get_indexer(genes)
     if (pos < 0).any():
         raise MetadataError(
-            f"{name}: lacks {int((pos < 0).sum())} gene(s) of {where}, e.g. {genes[pos < 0][0]!r}"
+            f"{name}: lacks {int((pos < 0).sum())} gene(s) of {where}, "
+            f"e.g. {str(genes[pos < 0][0])!r}"
         )
     if ds.sizes["gene"] != len(genes):
         extra = ds.indexes["gene"].difference(genes)
-        raise MetadataError(f"{name}: {len(extra)} gene(s) not in {where}, e.g. {extra[0]!r}")
+        raise MetadataError(f"{name}: {len(extra)} gene(s) not in {where}, e.g. {str(extra[0])!r}")
     x = ds["expr"].data
     if not isinstance(x, da.Array):
         x = da.from_array(np.asarray(x))
@@ -327,7 +328,12 @@ def _share_base(src: str, dest: str, skip: set[str], partial_chunk: str | None, 
     _, dp = url_to_fs(dest, storage_options)
     sp, dp = sp.rstrip("/"), dp.rstrip("/")
     with quiet_zarr():
-        g = zarr.open_group(src, mode="r", storage_options=zarr_options(src, storage_options))
+        g = zarr.open_group(
+            src,
+            mode="r",
+            storage_options=zarr_options(src, storage_options),
+            use_consolidated=False,
+        )
         arrays = [name for name, _ in g.arrays() if name not in skip]
     local = is_local(fs)
     files = [f"{sp}/zarr.json"]
@@ -365,7 +371,12 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     n_new, n_gene = x.shape
     n_tot = n_old + n_new
     with quiet_zarr():
-        g = zarr.open_group(src, mode="r", storage_options=zarr_options(src, storage_options))
+        g = zarr.open_group(
+            src,
+            mode="r",
+            storage_options=zarr_options(src, storage_options),
+            use_consolidated=False,
+        )
         rows = int(g["expr"].chunks[0])
         sig_arrays = {
             name
@@ -378,7 +389,7 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     checkpoint("append")  # fault injection for the tests (a no-op unless asked)
     opts = zarr_options(dest, storage_options)
     with quiet_zarr():
-        root = zarr.open_group(dest, mode="r+", storage_options=opts)
+        root = zarr.open_group(dest, mode="r+", storage_options=opts, use_consolidated=False)
         meta = dict(root.attrs.get("cmapdask", {}))
         root.attrs["cmapdask"] = {**meta, "complete": False}
         arr = root["expr"]
@@ -403,9 +414,10 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     sig_ds = xr.Dataset(coords={"sig": coords.pop("sig")[1]}).assign_coords(coords)
     with quiet_zarr():
         sig_ds.to_zarr(dest, mode="a", zarr_format=3, consolidated=False, storage_options=opts)
-        root = zarr.open_group(dest, mode="r+", storage_options=opts)
+        root = zarr.open_group(dest, mode="r+", storage_options=opts, use_consolidated=False)
         rec = _nonfinite_record(meta.pop("nonfinite", None), bad, fields["sig"], n_old)
         root.attrs["cmapdask"] = {**meta, **prov, **rec, "n_sig": int(n_tot), "complete": True}
+    consolidate(dest, storage_options)  # the copied consolidated metadata is stale now
 
 
 def _nonfinite_record(old, bad, sig, n_old) -> dict:
@@ -428,7 +440,7 @@ def clone_version(root, parent: str, *, storage_options: dict | None = None) -> 
     _share_base(version_url(root, parent), dest, set(), None, storage_options)
     opts = zarr_options(dest, storage_options)
     with quiet_zarr():
-        g = zarr.open_group(dest, mode="r+", storage_options=opts)
+        g = zarr.open_group(dest, mode="r+", storage_options=opts, use_consolidated=False)
         g.attrs["cmapdask"] = {
             **dict(g.attrs.get("cmapdask", {})),
             "version": vid,
@@ -436,6 +448,7 @@ def clone_version(root, parent: str, *, storage_options: dict | None = None) -> 
             "complete": True,
         }
         n = int(g["expr"].shape[0])
+    consolidate(dest, storage_options)  # the copy lists the parent's members
     write_manifest(
         root,
         {

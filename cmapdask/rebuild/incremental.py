@@ -418,7 +418,12 @@ def _write_chunk(tmp, storage_options, workdir, pieces, lo, hi, rows, records):
     cols = {f: np.concatenate([p[f] for p in parts]) for f in FIELDS}
     assert cols["valid"].shape[0] == hi - lo, (pieces, lo, hi)
     with quiet_zarr():
-        g = zarr.open_group(tmp, mode="r+", storage_options=zarr_options(tmp, storage_options))
+        g = zarr.open_group(
+            tmp,
+            mode="r+",
+            storage_options=zarr_options(tmp, storage_options),
+            use_consolidated=False,
+        )
         for f in FIELDS:
             g[f][lo:hi] = cols[f]
     fs, path = url_to_fs(tmp, storage_options)

@@ -75,7 +75,10 @@ def stored_n_sig(store_url, storage_options=None) -> int:
     """Signatures of a store, from the ``expr`` array's metadata alone."""
     with quiet_zarr():
         g = zarr.open_group(
-            store_url, mode="r", storage_options=zarr_options(store_url, storage_options)
+            store_url,
+            mode="r",
+            storage_options=zarr_options(store_url, storage_options),
+            use_consolidated=False,
         )
         return int(g["expr"].shape[0])
 
@@ -105,7 +108,10 @@ def _index_block(base_idx, target, sel, lo, hi, n_old, tmp, storage_options):
     with quiet_zarr():
         if lo < n_old:
             g = zarr.open_group(
-                base_idx, mode="r", storage_options=zarr_options(base_idx, storage_options)
+                base_idx,
+                mode="r",
+                storage_options=zarr_options(base_idx, storage_options),
+                use_consolidated=False,
             )
             parts_r.append(g["rank"][:, lo : min(hi, n_old)])
             parts_s.append(g["score"][:, lo : min(hi, n_old)])
@@ -116,7 +122,12 @@ def _index_block(base_idx, target, sel, lo, hi, n_old, tmp, storage_options):
                 raise InputError(f"{target}: a new signature has NaN scores; it cannot be ranked")
             parts_r.append(rank_descending(x).T)
             parts_s.append(x.astype(np.float32).T)
-        out = zarr.open_group(tmp, mode="r+", storage_options=zarr_options(tmp, storage_options))
+        out = zarr.open_group(
+            tmp,
+            mode="r+",
+            storage_options=zarr_options(tmp, storage_options),
+            use_consolidated=False,
+        )
         r = np.concatenate(parts_r, axis=1)
         out["rank"][:, lo:hi] = r.astype(out["rank"].dtype, copy=False)
         out["score"][:, lo:hi] = np.concatenate(parts_s, axis=1)
@@ -145,7 +156,10 @@ def extend_index(
     meta = dict(open_member(base_url, name, storage_options=storage_options).attrs["cmapdask"])
     with quiet_zarr():
         g = zarr.open_group(
-            base_idx, mode="r", storage_options=zarr_options(base_idx, storage_options)
+            base_idx,
+            mode="r",
+            storage_options=zarr_options(base_idx, storage_options),
+            use_consolidated=False,
         )
         shape, rows = g["rank"].shape, int(g["rank"].chunks[1])
         genes = np.asarray(g["gene"][:])
@@ -178,7 +192,10 @@ def extend_index(
         )
         with quiet_zarr():
             out = zarr.open_group(
-                tmp, mode="r+", storage_options=zarr_options(tmp, storage_options)
+                tmp,
+                mode="r+",
+                storage_options=zarr_options(tmp, storage_options),
+                use_consolidated=False,
             )
             for v in ("rank", "score"):
                 out[v].resize((shape[0], n))

@@ -68,7 +68,7 @@ def _inputs(ds, ref, space, block_size):
         missing = want[pos < 0]
         raise MetadataError(
             f"{dataset_name(ref)}: reference lacks {len(missing)} gene(s) of the query space,"
-            f" e.g. {missing[0]!r}"
+            f" e.g. {str(missing[0])!r}"
         )
     return genes, x, _expr(ref, pos, block_size)
 

@@ -98,7 +98,7 @@ def write_similarity(
             progress=progress,
         )
     from cmapdask.io.atomic import publish_dir
-    from cmapdask.io.store import quiet_zarr
+    from cmapdask.io.store import consolidate, quiet_zarr
 
     ds = ds.copy()
     ds.attrs = {**ds.attrs, "cmapdask": {**prov, "package": "cmapdask"}}  # marks it as ours
@@ -113,4 +113,5 @@ def write_similarity(
             consolidated=False,
             storage_options=storage_options if "://" in str(tmp) else None,
         )
+        consolidate(tmp, storage_options)  # xr.open_zarr(out) opens it without a warning
     return str(out)
