@@ -16,7 +16,7 @@ import pandas as pd
 __all__ = ["MISSING", "MISSING_TEXT", "is_missing", "labels"]
 
 MISSING = -666
-MISSING_TEXT = frozenset({"-666", "-666.0", "-666.000000", ""})
+MISSING_TEXT = frozenset({"-666", "-666.0", "-666.00", "-666.000", "-666.000000", ""})
 
 
 def is_missing(value) -> bool:
