@@ -42,6 +42,7 @@ from cmapdask.enrich import (  # noqa: E402
     roc_curve,
     write_pcl_gmt,
 )
+from cmapdask.data import sql  # noqa: E402
 from cmapdask.errors import (  # noqa: E402
     CmapdaskError,
     GCTFormatError,
@@ -182,6 +183,8 @@ __all__ = [
     "current_version",
     "list_versions",
     "read_manifest",
+    # data access (the filters themselves: cmapdask.data)
+    "sql",
     # synthetic data
     "synth_design",
     "synth_dataset",

@@ -57,6 +57,56 @@ class CmapAccessor:
             result = result.sel(sig=self._ds["sig"].values)
         return result
 
+    # -- data access (the store's tables; cmapdask.data) --------------------------------
+
+    def sigs(self, **filters):
+        """:func:`cmapdask.data.sigs` over this dataset's store."""
+        from cmapdask.data import sigs
+
+        return sigs(self.store_url, **filters)
+
+    def compounds(self, **filters):
+        """:func:`cmapdask.data.compounds` over this dataset's store."""
+        from cmapdask.data import compounds
+
+        return compounds(self.store_url, **filters)
+
+    def genes(self, **filters):
+        """:func:`cmapdask.data.genes` over this dataset's store."""
+        from cmapdask.data import genes
+
+        return genes(self.store_url, **filters)
+
+    def cells(self, **filters):
+        """:func:`cmapdask.data.cells` over this dataset's store."""
+        from cmapdask.data import cells
+
+        return cells(self.store_url, **filters)
+
+    def genetic_perts(self, **filters):
+        """:func:`cmapdask.data.genetic_perts` over this dataset's store."""
+        from cmapdask.data import genetic_perts
+
+        return genetic_perts(self.store_url, **filters)
+
+    def moas(self, **options):
+        """:func:`cmapdask.data.moas`: every MoA of this dataset's store with its compounds."""
+        from cmapdask.data import moas
+
+        return moas(self.store_url, **options)
+
+    def matrix(self, **selection) -> xr.Dataset:
+        """:func:`cmapdask.data.matrix` of this dataset's store (lazy)."""
+        from cmapdask.data import matrix
+
+        return matrix(self.store_url, **selection)
+
+    def sql(self, query: str, **options):
+        """:func:`cmapdask.sql` over this dataset's store's tables."""
+        from cmapdask.data import sql
+
+        return sql(self.store_url, query, **options)
+
     def build_index(self, **options) -> str:
         """:func:`cmapdask.build_index` for this dataset's store."""
         from cmapdask.connectivity import build_index
