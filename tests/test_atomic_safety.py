@@ -83,7 +83,7 @@ def _command(kind, store, out, overwrite=False):
         "introspect": ["introspect", url, "--space", "all", "--n-top", "5"],
         "similarity": ["similarity", url, "--k", "3", "--space", "all"],
     }[kind]
-    return [*argv, "--out", str(out), "--cluster", "none", "--quiet"] + (
+    return [*argv, "--out", str(out), "--scheduler", "none", "--quiet"] + (
         ["--overwrite"] if overwrite else []
     )
 
@@ -131,7 +131,7 @@ def test_out_keeps_user_files_and_replaces_only_ours(kind, store, tmp_path, caps
 
 def test_convert_overwrite_replaces_only_a_store(gctx, tmp_path, capsys):
     src = gctx / "old.gctx"
-    base = ["--cluster", "none", "--quiet", "--no-checksum"]
+    base = ["--scheduler", "none", "--quiet", "--no-checksum"]
     folder = tmp_path / "data"
     folder.mkdir()
     (folder / "keep.csv").write_text("a,b\n")
@@ -154,7 +154,7 @@ def test_convert_overwrite_replaces_only_a_store(gctx, tmp_path, capsys):
 
 def test_killed_convert_rerun_cleans_up(gctx, tmp_path):
     dest = tmp_path / "s.zarr"
-    argv = ["convert", gctx / "all.gctx", dest, "--chunk-rows", "10", "--cluster", "none"]
+    argv = ["convert", gctx / "all.gctx", dest, "--chunk-rows", "10", "--scheduler", "none"]
     killed = _cli(*argv, "--quiet", env={"CMAPDASK_FAULT_KILL": "write:3"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not dest.exists()
@@ -182,7 +182,7 @@ def test_live_writers_temporaries_are_left_alone(tmp_path):
 @pytest.mark.parametrize("kill", ["append:1", "append:2"])
 def test_partial_appended_version_is_not_complete(gctx, tmp_path, kill):
     root = tmp_path / "coll"
-    opts = ["--cluster", "none", "--quiet"]
+    opts = ["--scheduler", "none", "--quiet"]
     assert _cli("append", root, gctx / "old.gctx", "--chunk-rows", "25", *opts).returncode == 0
     killed = _cli("append", root, gctx / "new.gctx", *opts, env={"CMAPDASK_FAULT_KILL": kill})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -210,7 +210,7 @@ def test_killed_convert_on_s3_rerun_cleans_up(gctx, s3_server):
     prefix = f"cmapdask-test/safety-{uuid.uuid4().hex[:8]}"
     dest = f"s3://{prefix}/s.zarr"
     so = ["--storage-options", json.dumps(s3_server)]
-    argv = ["convert", gctx / "all.gctx", dest, "--chunk-rows", "10", "--cluster", "none", *so]
+    argv = ["convert", gctx / "all.gctx", dest, "--chunk-rows", "10", "--scheduler", "none", *so]
     killed = _cli(*argv, "--quiet", env={"CMAPDASK_FAULT_KILL": "write:3"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     fs, _ = url_to_fs(dest, s3_server)
@@ -231,7 +231,7 @@ def test_s3_publish_killed_mid_copy_does_not_block_a_rerun(gctx, s3_server):
     fs.pipe_file(f"{prefix}/s.zarr/{WRITING}", json.dumps({"owner": dead}).encode())
     fs.pipe_file(f"{prefix}/s.zarr/expr/c/0/0", b"partial")
     so = ["--storage-options", json.dumps(s3_server)]
-    done = _cli("convert", gctx / "old.gctx", dest, "--cluster", "none", "--quiet", *so)
+    done = _cli("convert", gctx / "old.gctx", dest, "--scheduler", "none", "--quiet", *so)
     assert done.returncode == 0, done.stderr
     assert open_store(dest, storage_options=s3_server).sizes["sig"] == 90
     assert not [k for k in _s3_keys(fs, prefix) if WRITING in k]

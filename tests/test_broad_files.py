@@ -75,7 +75,7 @@ def test_gct_text_named_gctx_is_read_by_content(fixtures, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("gct: ") and "371 signatures x 978 genes" in out
     store = str(tmp_path / "s.zarr")
-    assert main(["convert", str(disguised), store, "--cluster", "none", "--quiet"]) == 0
+    assert main(["convert", str(disguised), store, "--scheduler", "none", "--quiet"]) == 0
     got, want = open_store(store), read_gctx(fixtures / "cmapm" / "gctv13_01.gctx")
     np.testing.assert_array_equal(got["expr"].values, want["expr"].values)
     assert got["sig"].values.tolist() == want["sig"].values.tolist()
@@ -85,7 +85,7 @@ def test_gct_text_named_gctx_is_read_by_content(fixtures, tmp_path, capsys):
 def test_neither_format_is_one_line(tmp_path, capsys):
     junk = tmp_path / "junk.gctx"
     junk.write_text("not a matrix\n")
-    assert main(["convert", str(junk), str(tmp_path / "s.zarr"), "--cluster", "none"]) == 2
+    assert main(["convert", str(junk), str(tmp_path / "s.zarr"), "--scheduler", "none"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nor GCT text" in err
 
@@ -97,7 +97,7 @@ def test_messages_print_plain_strings(fixtures, tmp_path, capsys):
     table = tmp_path / "siginfo.txt"
     pd.DataFrame({"sig_id": ids[1:], "x": 1}).to_csv(table, sep="\t", index=False)
     dest = str(tmp_path / "s.zarr")
-    assert main(["convert", str(src), dest, "--sig-info", str(table), "--cluster", "none"]) == 2
+    assert main(["convert", str(src), dest, "--sig-info", str(table), "--scheduler", "none"]) == 2
     err = capsys.readouterr().err
     assert f"e.g. '{ids[0]}'" in err and "np.str_" not in err
     # duplicate ids in a GCTx
@@ -128,8 +128,8 @@ def _store_without_groups(path, *, slash_ids=False):
     gctx = str(path / "in.gctx")
     write_gctx(ds, gctx)
     store = str(path / "s.zarr")
-    assert main(["convert", gctx, store, "--cluster", "none", "--quiet"]) == 0
-    assert main(["index", store, "--space", "all", "--cluster", "none", "--quiet"]) == 0
+    assert main(["convert", gctx, store, "--scheduler", "none", "--quiet"]) == 0
+    assert main(["index", store, "--space", "all", "--scheduler", "none", "--quiet"]) == 0
     return store, ds
 
 
@@ -137,7 +137,7 @@ def test_query_cli_offers_grouping_for_stores_without_group_fields(tmp_path, cap
     store, ds = _store_without_groups(tmp_path)
     genes = ds["gene"].values.tolist()
     args = ["query", store, "--genes-up", ",".join(genes[:10])]
-    args += ["--genes-down", ",".join(genes[10:20]), "--space", "all", "--cluster", "none"]
+    args += ["--genes-down", ",".join(genes[10:20]), "--space", "all", "--scheduler", "none"]
     assert main([*args, "--out", str(tmp_path / "r1"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--grouping global" in err and err.count("\n") == 1
@@ -159,7 +159,7 @@ def test_ids_with_slash_end_to_end(tmp_path):
     dn.write_text("a/b\tdesc\t" + "\t".join(genes[8:16]) + "\n")
     out = tmp_path / "res"
     args = ["query", store, "--up", str(up), "--down", str(dn), "--out", str(out)]
-    assert main([*args, "--space", "all", "--grouping", "global", "--cluster", "none"]) == 0
+    assert main([*args, "--space", "all", "--grouping", "global", "--scheduler", "none"]) == 0
     ns = read_gctx(out / "matrices" / "gutc" / "ns_sig.gctx")
     assert ns["gene"].values.tolist() == ds["sig"].values.tolist()
     assert ns["sig"].values.tolist() == ["a/b"] and np.isfinite(ns["expr"].values).all()

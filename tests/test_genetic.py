@@ -374,7 +374,7 @@ def test_targets_cli(store, tmp_path):
     first = "is_touchstone == 1 and pert_id < 'SYN-K00000012'"  # one compound per MoA
     proc = subprocess.run(
         [*cmd, "--compounds", first, "--classes", "KD,CRISPR,OE", "--out", str(out)]
-        + ["--cluster", "none"],
+        + ["--scheduler", "none"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -388,7 +388,7 @@ def test_targets_cli(store, tmp_path):
     assert (t.loc[t["is_target"] & (t["cell_id"] == "summary"), "rank"] == 1).mean() > 0.8
     # without --out: the top rows on stdout; bad input: one line, exit 2
     proc = subprocess.run(
-        [*cmd, "--compounds", "pert_id == 'SYN-K00000000'", "--top-k", "3", "--cluster", "none"],
+        [*cmd, "--compounds", "pert_id == 'SYN-K00000000'", "--top-k", "3", "--scheduler", "none"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -398,7 +398,7 @@ def test_targets_cli(store, tmp_path):
     assert lines[0].split("\t") == list(TARGET_COLUMNS) and len(lines) == 4
     assert lines[1].split("\t")[TARGET_COLUMNS.index("is_target")] == "True"
     bad = subprocess.run(
-        [*cmd, "--classes", "XX", "--cluster", "none"], capture_output=True, text=True, timeout=600
+        [*cmd, "--classes", "XX", "--scheduler", "none"], capture_output=True, text=True, timeout=600
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert bad.stderr.startswith("cmapdask: error:")

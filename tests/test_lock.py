@@ -37,7 +37,7 @@ def files(tmp_path_factory):
 
 def _popen(*argv, env=None):
     return subprocess.Popen(
-        [sys.executable, "-m", "cmapdask", *map(str, argv), "--cluster", "none", "--quiet"],
+        [sys.executable, "-m", "cmapdask", *map(str, argv), "--scheduler", "none", "--quiet"],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         stdout=subprocess.PIPE,

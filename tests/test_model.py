@@ -137,7 +137,7 @@ def test_cli_error_names_the_store_url_not_a_dict(bare_store, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run(
         [sys.executable, "-m", "cmapdask", "similarity", bare_store, "--k", "3"]
-        + ["--space", "bing", "--cluster", "none"],
+        + ["--space", "bing", "--scheduler", "none"],
         capture_output=True,
         text=True,
         env=env,
@@ -153,7 +153,7 @@ def test_cli_error_names_the_store_url_not_a_dict(bare_store, tmp_path):
 def test_cli_similarity_and_cluster_on_a_store_without_gene_info(fixtures, tmp_path):
     url = str(tmp_path / "s.zarr")
     convert(fixtures / EZID, url)
-    common = ["--cluster", "none"]
+    common = ["--scheduler", "none"]
     assert main(["similarity", url, "--k", "3", *common]) == 0
     assert open_member(url, "similarity/pearson_landmark").sizes["rank"] == 3
     assert main(["cluster", url, "--k", "2", "--components", "3", "--name", "km", *common]) == 0

@@ -286,7 +286,7 @@ def test_cli_recall_on_converted_synthetic_release(tmp_path, capsys):
     from cmapdask.io.store import open_store
 
     out, store = tmp_path / "rel", tmp_path / "s.zarr"
-    common = ["--cluster", "none", "--quiet"]
+    common = ["--scheduler", "none", "--quiet"]
     args = ["--n-sigs", "360", "--seed", "2", "--n-moas", "3", "--n-compounds", "12"]
     assert main(["synth", str(out), *args, *common]) == 0
     tables = [f"--{t}-info={out / (t + 'info.txt')}" for t in ("sig", "gene", "compound")]

@@ -32,7 +32,7 @@ def result(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("folder")
     url = str(tmp / "s.zarr")
     ds = make_store(url, seed=7, n_sig=30)
-    assert main(["index", url, "--space", "all", "--cluster", "none", "--quiet"]) == 0
+    assert main(["index", url, "--space", "all", "--scheduler", "none", "--quiet"]) == 0
     g = ds["gene"].values.tolist()
     up = _gmt(tmp / "up.gmt", {"q1_UP": g[:6], "q2_UP": g[10:16]})
     dn = _gmt(tmp / "dn.gmt", {"q1_DN": g[20:26] + ["MISSING"], "q2_DN": g[30:36]})
@@ -40,7 +40,7 @@ def result(tmp_path_factory):
     out = str(tmp / "res")
     args = ["query", url, "--up", up, "--down", dn, "--pcl", pcl, "--out", out]
     # no τ background, and --quiet: the folder itself must say that τ is NaN
-    assert main([*args, "--space", "all", "--cluster", "none", "--quiet"]) == 0
+    assert main([*args, "--space", "all", "--scheduler", "none", "--quiet"]) == 0
     return url, ds, out, (up, dn)
 
 
@@ -93,7 +93,7 @@ def test_submitted_sets_are_kept_and_requery_the_same(result, tmp_path):
     again = str(tmp_path / "again")
     args = ["query", url, "--up", os.path.join(out, "matrices/query/up.gmt")]
     args += ["--down", os.path.join(out, "matrices/query/dn.gmt"), "--out", again]
-    assert main([*args, "--space", "all", "--cluster", "none", "--quiet"]) == 0
+    assert main([*args, "--space", "all", "--scheduler", "none", "--quiet"]) == 0
     a = read_gctx(os.path.join(out, "matrices/query/cs.gctx"))["expr"].values
     b = read_gctx(os.path.join(again, "matrices/query/cs.gctx"))["expr"].values
     np.testing.assert_array_equal(a, b)
@@ -148,7 +148,7 @@ def test_clashing_query_ids_are_refused_before_computing(tmp_path, capsys, names
     dn = _gmt(tmp_path / "dn.gmt", {names[0]: g[10:15], names[1]: g[15:20]})
     out = tmp_path / "res"
     args = ["query", url, "--up", up, "--down", dn, "--out", str(out), "--space", "all"]
-    assert main([*args, "--cluster", "none", "--quiet"]) == 2
+    assert main([*args, "--scheduler", "none", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "index" not in err
     assert not out.exists()

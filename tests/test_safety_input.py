@@ -56,7 +56,7 @@ def test_filter_text_is_not_code(store, tmp_path, capsys, command):
             expr,
         ],
     }[command]
-    rc = main([*args, "--space", "all", "--cluster", "none", "--quiet"])
+    rc = main([*args, "--space", "all", "--scheduler", "none", "--quiet"])
     line = _one_line(capsys.readouterr().err)
     assert rc == 2
     assert not flag.exists()  # the shell command never ran
@@ -70,7 +70,7 @@ def test_filter_selects_by_fields(store, tmp_path, capsys):
     where = "cell_id in ('MCF7', 'PC3') and not pert_type == 'trt_sh'"
     rc = main(
         ["introspect", url, "--out", str(out), "--where", where, "--space", "all"]
-        + ["--n-top", "5", "--cluster", "none", "--quiet"]
+        + ["--n-top", "5", "--scheduler", "none", "--quiet"]
     )
     assert rc == 0, capsys.readouterr().err
     from cmapdask.io.gctx import read_gctx
@@ -86,7 +86,7 @@ def test_filter_unknown_field_names_it(store, tmp_path, capsys):
     url, _ = store
     rc = main(
         ["introspect", url, "--out", str(tmp_path / "o"), "--where", "cel_id == 'MCF7'"]
-        + ["--space", "all", "--cluster", "none", "--quiet"]
+        + ["--space", "all", "--scheduler", "none", "--quiet"]
     )
     line = _one_line(capsys.readouterr().err)
     assert rc == 2 and "no field 'cel_id'" in line and "cell_id" in line
@@ -115,7 +115,7 @@ def collection(tmp_path_factory):
 
 
 def _rebuild_args(root):
-    return ["rebuild", root, "--k", "5", "--block-size", "32", "--cluster", "none", "--quiet"]
+    return ["rebuild", root, "--k", "5", "--block-size", "32", "--scheduler", "none", "--quiet"]
 
 
 def test_rebuild_stored_reference_is_parsed_not_evaluated(collection, tmp_path, capsys):
@@ -126,7 +126,7 @@ def test_rebuild_stored_reference_is_parsed_not_evaluated(collection, tmp_path, 
     root = str(tmp_path / "coll")
     flag = tmp_path / "ran"
     with dask.config.set(scheduler="threads"):
-        assert main(["append", root, str(d / "old.gctx"), "--quiet", "--cluster", "none"]) == 0
+        assert main(["append", root, str(d / "old.gctx"), "--quiet", "--scheduler", "none"]) == 0
         assert main(_rebuild_args(root)) == 0
         v1 = open_current(root).attrs["store_url"]
         build_index(v1, space="landmark")
@@ -137,7 +137,7 @@ def test_rebuild_stored_reference_is_parsed_not_evaluated(collection, tmp_path, 
 
     # a store written before references were data: the text is parsed, and still works
     _set_reference(member, "pert_type == 'ctl_vehicle'")
-    assert main(["append", root, str(d / "new1.gctx"), "--quiet", "--cluster", "none"]) == 0
+    assert main(["append", root, str(d / "new1.gctx"), "--quiet", "--scheduler", "none"]) == 0
     with dask.config.set(scheduler="threads"):
         assert main(_rebuild_args(root)) == 0, capsys.readouterr().err
     cur = open_current(root).attrs
@@ -148,7 +148,7 @@ def test_rebuild_stored_reference_is_parsed_not_evaluated(collection, tmp_path, 
     v2 = cur["store_url"]
     expr = INJECT.format(f=flag)
     _set_reference(f"{v2}/background/landmark", expr)
-    assert main(["append", root, str(d / "new2.gctx"), "--quiet", "--cluster", "none"]) == 0
+    assert main(["append", root, str(d / "new2.gctx"), "--quiet", "--scheduler", "none"]) == 0
     capsys.readouterr()
     with dask.config.set(scheduler="threads"):
         rc = main(_rebuild_args(root))
@@ -203,7 +203,7 @@ def gctx(tmp_path_factory):
 
 
 def _cli(argv, capsys):
-    rc = main([*argv, "--cluster", "none", "--quiet"])
+    rc = main([*argv, "--scheduler", "none", "--quiet"])
     return rc, capsys.readouterr().err
 
 
