@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "cmapdask.cli.moa",
     "cmapdask.cli.rebuild",
     "cmapdask.cli.demo",
+    "cmapdask.cli.serve",
 ]
 
 
