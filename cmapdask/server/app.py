@@ -139,7 +139,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         description="Connectivity Map queries and browsing over one signature store "
         f"({settings.store}).",
         lifespan=lifespan,
+        responses={c: {"model": m.ErrorOut} for c in (400, 401, 404, 409, 413, 422, 429)},
     )
+    app.openapi = lambda: _openapi(app)
     app.state.catalogue, app.state.jobs, app.state.settings = cat, jobs, settings
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -756,3 +758,27 @@ def _read_sets(data: bytes, side: str) -> dict[str, list[str]]:
         if gmt:
             return read_gmt(path)
         return {"query": read_grp(path)}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The OpenAPI document, with validation errors as they are sent: one-line ``detail``."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        comps = schema.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" in comps:
+            comps["HTTPValidationError"] = {
+                "title": "HTTPValidationError",
+                "type": "object",
+                "properties": {"detail": {"type": "string", "title": "Detail"}},
+                "required": ["detail"],
+            }
+            comps.pop("ValidationError", None)
+        app.openapi_schema = schema
+    return app.openapi_schema
