@@ -376,7 +376,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             needle = q.lower()
             hit = np.zeros(len(df), dtype=bool)
             for c in df.columns:
-                if df[c].dtype == object:
+                if df[c].dtype == object or pd.api.types.is_string_dtype(df[c]):
                     hit |= df[c].astype(str).str.lower().str.contains(needle, regex=False)
             df = df[hit]
         if sort:
