@@ -93,9 +93,10 @@ class Server:
         self.stop()
         raise RuntimeError(f"server did not start: {self.text()}")
 
-    def text(self) -> str:
+    def text(self, full: bool = False) -> str:
         self.log.flush()
-        return Path(self.log.name).read_text()[-3000:]
+        text = Path(self.log.name).read_text()
+        return text if full else text[-3000:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
