@@ -322,9 +322,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             )
         h = handle(space)
         pairs = {q.name: (q.up, q.down) for q in req.queries}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            qs = prepare_queries(pairs, h.genes, gene_symbols=h.symbols, space=space)
+        # its size warning is filtered above (catch_warnings is not thread-safe)
+        qs = prepare_queries(pairs, h.genes, gene_symbols=h.symbols, space=space)
         notes = []
         for row in qs.report:
             for side in ("up", "down"):

@@ -80,7 +80,7 @@ class Job:
         return {k: getattr(self, k) for k in self._KEYS}
 
     def save(self) -> None:
-        tmp = self.dir / "job.json.tmp"
+        tmp = self.dir / f"job.json.{threading.get_ident()}.tmp"
         tmp.write_text(json.dumps(self.state(), default=str))
         os.replace(tmp, self.dir / "job.json")
 
