@@ -77,7 +77,7 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self._wait()
 
-    def _wait(self, timeout: float = 120.0) -> None:
+    def _wait(self, timeout: float = 600.0) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -90,8 +90,9 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
+        text = self.text()
         self.stop()
-        raise RuntimeError(f"server did not start: {self.text()}")
+        raise RuntimeError(f"server did not start in {timeout:.0f} s: {text}")
 
     def text(self, full: bool = False) -> str:
         self.log.flush()
