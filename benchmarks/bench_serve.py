@@ -47,7 +47,8 @@ def build_store(path: str, n_sig: int) -> None:
         ds = ds.assign_coords(
             pert_type=("sig", np.where(i % 16 == 0, "ctl_vehicle", "trt_cp").astype(object)),
             cell_id=("sig", np.array(CELLS, dtype=object)[(i // 384) % 9]),
-            pert_id=("sig", np.array([f"P{k:05d}" for k in i % 5000], dtype=object)),
+            # about 24 signatures per perturbagen, as in the LINCS release
+            pert_id=("sig", np.array([f"P{k:05d}" for k in i % max(1, n_sig // 24)], dtype=object)),
             is_touchstone=("sig", (i % 50 == 0).astype(np.int64)),
             feature_space=("gene", np.full(ds.sizes["gene"], "landmark", dtype=object)),
         )
