@@ -100,7 +100,19 @@ class Peak:
         return self.peak / 2**30
 
 
-async def user(client, genes, rng, n_queries, times, errors):
+async def _get(client, url, retries, **kw):
+    # status polls and reads are idempotent: retry a dropped connection, and count it
+    for attempt in range(4):
+        try:
+            return await client.get(url, **kw)
+        except Exception:
+            if attempt == 3:
+                raise
+            retries.append(url)
+            await asyncio.sleep(0.2)
+
+
+async def user(client, genes, rng, n_queries, times, errors, retries):
     for _ in range(n_queries):
         pick = rng.permutation(genes.size)
         body = {
@@ -115,22 +127,25 @@ async def user(client, genes, rng, n_queries, times, errors):
                 continue
             job = r.json()["id"]
             while True:
-                s = (await client.get(f"/api/queries/{job}")).json()
+                s = (await _get(client, f"/api/queries/{job}", retries)).json()
                 if s["status"] not in ("queued", "running"):
                     break
                 await asyncio.sleep(0.1)
             if s["status"] != "done":
                 errors.append(f"job {s['status']}: {s['error']}")
                 continue
-            r = await client.get(
-                f"/api/queries/{job}/results", params={"level": "pert_summary", "limit": 50}
+            r = await _get(
+                client,
+                f"/api/queries/{job}/results",
+                retries,
+                params={"level": "pert_summary", "limit": 50},
             )
             if r.status_code != 200:
                 errors.append(f"results {r.status_code}")
                 continue
             times.append((time.perf_counter() - t0, job))
         except Exception as e:  # count transport errors too
-            errors.append(f"{type(e).__name__}: {e}")
+            errors.append(f"{type(e).__name__}: {e!r}")
 
 
 async def load(url, n_users, n_queries):
@@ -139,18 +154,18 @@ async def load(url, n_users, n_queries):
     from cmapdask.synthetic import landmark_gene_ids
 
     genes = np.array(landmark_gene_ids())
-    times, errors = [], []
+    times, errors, retries = [], [], []
     limits = httpx.Limits(max_connections=4 * n_users)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         t0 = time.perf_counter()
         await asyncio.gather(
             *[
-                user(client, genes, np.random.default_rng(u), n_queries, times, errors)
+                user(client, genes, np.random.default_rng(u), n_queries, times, errors, retries)
                 for u in range(n_users)
             ]
         )
         wall = time.perf_counter() - t0
-    return times, errors, wall
+    return times, errors, retries, wall
 
 
 def page_time(url: str, job: str) -> float | None:
@@ -224,7 +239,7 @@ def main(argv=None) -> int:
         peak = Peak(proc.pid)
         # one warm-up query (store metadata and index opened in the job workers)
         asyncio.run(load(url, 1, 1))
-        times, errors, wall = asyncio.run(load(url, args.users, args.queries))
+        times, errors, retries, wall = asyncio.run(load(url, args.users, args.queries))
         mem = peak.stop()
         secs = np.array([t for t, _ in times])
         page = page_time(url, times[0][1]) if times else None
@@ -239,7 +254,7 @@ def main(argv=None) -> int:
     print()
     print(f"signatures                 {args.n_sigs:,}")
     print(f"users x queries            {args.users} x {args.queries} (scheduler {args.scheduler})")
-    print(f"completed / errors         {n} / {len(errors)}")
+    print(f"completed / errors         {n} / {len(errors)} ({len(retries)} polls retried)")
     if n:
         print(f"submit -> result p50       {np.percentile(secs, 50):.2f} s")
         print(f"submit -> result p95       {np.percentile(secs, 95):.2f} s")

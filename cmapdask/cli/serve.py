@@ -118,5 +118,7 @@ def serve(args) -> int:
             port=args.port,
             log_level="warning" if args.quiet else "info",
             access_log=not args.quiet,
+            # clients poll job status; keep their connections while jobs hold the GIL
+            timeout_keep_alive=30,
         )
     return 0
