@@ -398,3 +398,16 @@ def test_job_queue_bound_cancel_and_requeue(tmp_path):
     again = JobManager(tmp_path / "jobs", "unused", max_queue=2)
     assert again.get(a.id).status == "queued" and again.get(b.id).status == "cancelled"
     assert again.get("not-a-job") is None and again.waiting() == 2
+
+
+def test_serve_refuses_a_missing_store(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "cmapdask", "serve", str(tmp_path / "nope.zarr")]
+        + ["--scheduler", "none", "--jobs-dir", str(tmp_path / "jobs"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("cmapdask: error:") and "nope.zarr" in line
