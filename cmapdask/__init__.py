@@ -32,6 +32,7 @@ from cmapdask.connectivity import (  # noqa: E402
 )
 from cmapdask.connectivity.classes import filter_class, pert_class, split_by_class  # noqa: E402
 from cmapdask.connectivity.targets import target_recall, targets  # noqa: E402
+from cmapdask.data import sql  # noqa: E402
 from cmapdask.enrich import (  # noqa: E402
     candidate_pcls,
     cluster_enrichment,
@@ -42,7 +43,6 @@ from cmapdask.enrich import (  # noqa: E402
     roc_curve,
     write_pcl_gmt,
 )
-from cmapdask.data import sql  # noqa: E402
 from cmapdask.errors import (  # noqa: E402
     CmapdaskError,
     GCTFormatError,

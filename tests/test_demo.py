@@ -28,6 +28,7 @@ def test_demo_runs_and_finds_the_planted_moa_target_and_reversers(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout + proc.stderr  # progress and results go to stderr
+    assert "start it with: cmapdask serve" in text  # the last step, not from a terminal
     hits = int(re.search(r"(\d+)/10 of the top perturbagens have the planted MoA", text).group(1))
     assert hits >= 6, text  # chance is about 3/10 (4 MoAs)
     # results by perturbagen class: the MoA's target is the strongest knockdown

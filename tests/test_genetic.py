@@ -398,7 +398,10 @@ def test_targets_cli(store, tmp_path):
     assert lines[0].split("\t") == list(TARGET_COLUMNS) and len(lines) == 4
     assert lines[1].split("\t")[TARGET_COLUMNS.index("is_target")] == "True"
     bad = subprocess.run(
-        [*cmd, "--classes", "XX", "--scheduler", "none"], capture_output=True, text=True, timeout=600
+        [*cmd, "--classes", "XX", "--scheduler", "none"],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert bad.stderr.startswith("cmapdask: error:")

@@ -43,6 +43,7 @@ COMMAND_MODULES = [
     "cmapdask.cli.rebuild",
     "cmapdask.cli.data",
     "cmapdask.cli.demo",
+    "cmapdask.cli.serve",
 ]
 
 

@@ -4,13 +4,16 @@ synth (compounds and genetic perturbagens) -> convert -> info -> query index and
 background -> a query with the planted response of one MoA (by perturbagen class) ->
 target identification (the genes whose loss a compound mimics) -> a "disease" query (a
 planted loss-of-function signature reversed: which compounds restore it) -> similarity
-top-k, printing what a user would look at after each step. Every step is the public API.
+top-k -> the server on the store (from a terminal), printing what a user would look at
+after each step. Every step is the public API.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import sys
 import time
 from typing import get_args
 
@@ -37,6 +40,14 @@ def register(sub) -> None:
     p.add_argument("--genes", choices=get_args(Space), default="landmark")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.add_argument(
+        "--serve",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="last step: serve the demo store (cmapdask serve) until interrupted "
+        "(default: when run from a terminal)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="port of the last step's server")
     add_cluster_args(p)
     p.set_defaults(func=run_demo)
 
@@ -239,5 +250,34 @@ def _stage_similarity(args, client, store, paths, out) -> None:
     )
 
 
+def _stage_serve(args, client, store, paths, out) -> None:
+    """The store as CLUE on this machine: ``cmapdask serve`` until interrupted."""
+    port = getattr(args, "port", 8000)
+    cmd = f"cmapdask serve {store} --pcl {paths['pcl']} --port {port}"
+    serve = getattr(args, "serve", None)
+    if serve is None:
+        serve = sys.stdin.isatty() and sys.stdout.isatty()
+    _step(args, "7. the query app, data browser and REST API (cmapdask serve)")
+    if not serve:
+        say(args, f"   start it with: {cmd}")
+        return
+    import uvicorn
+
+    from cmapdask.io.gmt import read_gene_sets
+    from cmapdask.server.app import ServerSettings, create_app
+
+    app = create_app(
+        ServerSettings(store, jobs_dir=os.path.join(out, "jobs"), pcls=read_gene_sets(paths["pcl"]))
+    )
+    say(args, f"   serving {store} at http://127.0.0.1:{port}/ (Ctrl-C to stop)")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
 # Stages after convert and info: each takes (args, client, store, paths, out).
-_LATER_STAGES: list = [_stage_query, _stage_targets, _stage_disease, _stage_similarity]
+_LATER_STAGES: list = [
+    _stage_query,
+    _stage_targets,
+    _stage_disease,
+    _stage_similarity,
+    _stage_serve,
+]

@@ -1,0 +1,124 @@
+"""``cmapdask serve``: the Query app, data browser and REST API over one store.
+
+Starts a FastAPI application on uvicorn. Queries run as jobs on the Dask cluster named by
+``--scheduler`` (the same choices as the other commands' cluster option); results are
+kept under ``--jobs-dir``, so they survive a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+
+from cmapdask.cli.runtime import dask_client, say
+from cmapdask.errors import InputError
+
+__all__ = ["register", "serve"]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve the query app, data browser and REST API of a store",
+        description="Start a web server: the REST API (OpenAPI schema at /openapi.json, "
+        "documentation at /docs), query jobs on the Dask cluster, and pages to query, "
+        "browse and search the store.",
+    )
+    p.add_argument("store", metavar="STORE", help="signature store URL (local path or s3://)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="local|none|ADDRESS|FILE",
+        help="Dask cluster the jobs run on (default: dask config cmapdask.cluster.address, "
+        "else a local cluster; none: threads in the server process)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="local cluster: number of worker processes"
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("CMAPDASK_TOKEN"),
+        help="token needed to submit or cancel jobs (default: env CMAPDASK_TOKEN; none: open)",
+    )
+    p.add_argument(
+        "--jobs-dir",
+        default="cmapdask-jobs",
+        metavar="DIR",
+        help="where job results are kept (default ./cmapdask-jobs)",
+    )
+    p.add_argument("--pcl", default=None, metavar="GMT", help="PCL definitions (pert_id sets)")
+    p.add_argument(
+        "--space", choices=["landmark", "bing", "all"], default=None, help="default space"
+    )
+    p.add_argument("--max-queue", type=int, default=64, help="jobs waiting at most (64)")
+    p.add_argument("--job-workers", type=int, default=2, help="jobs computed at once (2)")
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow cross-origin requests from ORIGIN (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--storage-options", type=json.loads, default=None, metavar="JSON", help="fsspec options"
+    )
+    p.add_argument("--quiet", action="store_true", help="no status lines or request log")
+    p.set_defaults(func=run_serve)
+
+
+def _runtime_args(args) -> types.SimpleNamespace:
+    # the cluster helpers read the scheduler under either option name
+    return types.SimpleNamespace(
+        cluster=args.scheduler,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        quiet=args.quiet,
+    )
+
+
+def run_serve(args) -> int:
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port}: not a port number")
+    if args.max_queue < 1 or args.job_workers < 1:
+        raise InputError("--max-queue and --job-workers must be at least 1")
+    return serve(args)
+
+
+def serve(args) -> int:
+    """Build the app and run uvicorn until interrupted (the cluster lives as long)."""
+    import uvicorn
+
+    from cmapdask.io.gmt import read_gene_sets
+    from cmapdask.server.app import ServerSettings, create_app
+
+    pcls = read_gene_sets(args.pcl) if args.pcl else None
+    rt = _runtime_args(args)
+    with dask_client(rt):
+        app = create_app(
+            ServerSettings(
+                args.store,
+                jobs_dir=args.jobs_dir,
+                storage_options=args.storage_options,
+                token=args.token,
+                pcls=pcls,
+                cors_origins=args.cors_origin,
+                max_queue=args.max_queue,
+                job_workers=args.job_workers,
+                space=args.space,
+            )
+        )
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        say(args, f"cmapdask: serving {args.store} at http://{host}:{args.port}/")
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning" if args.quiet else "info",
+            access_log=not args.quiet,
+            # clients poll job status; keep their connections while jobs hold the GIL
+            timeout_keep_alive=30,
+        )
+    return 0

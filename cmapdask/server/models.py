@@ -1,0 +1,118 @@
+"""Typed requests and responses of the REST API: the OpenAPI schema is the contract."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "MAX_GENES_PER_LIST",
+    "MAX_QUERIES",
+    "QueryIn",
+    "QueryRequest",
+    "GeneCheckIn",
+    "GeneCheck",
+    "JobStatus",
+    "Page",
+    "ErrorOut",
+]
+
+MAX_QUERIES = 25  # queries per job
+MAX_GENES_PER_LIST = 1000  # hard limit; CLUE's 10-150 only warns
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_GENE = r"^[^\s,;\t]{1,64}$"
+
+Space = Literal["landmark", "bing", "all"]
+Gene = Field(pattern=_GENE)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QueryIn(_Strict):
+    """One query: up and/or down genes as Entrez ids or gene symbols."""
+
+    name: str = Field("query", pattern=_NAME, description="query id (letters, digits, _.-)")
+    up: list[str] | None = Field(
+        None, max_length=MAX_GENES_PER_LIST, description="up-regulated genes"
+    )
+    down: list[str] | None = Field(
+        None, max_length=MAX_GENES_PER_LIST, description="down-regulated genes"
+    )
+
+    @field_validator("up", "down")
+    @classmethod
+    def _genes(cls, v):
+        if v is None:
+            return v
+        import re
+
+        bad = [g for g in v if not re.match(_GENE, g)]
+        if bad:
+            raise ValueError(f"gene {bad[0][:40]!r} is not an id or symbol")
+        return v
+
+
+class QueryRequest(_Strict):
+    """A query job: one or more queries and the options of ``cmapdask query``."""
+
+    queries: list[QueryIn] = Field(min_length=1, max_length=MAX_QUERIES)
+    space: Space | None = Field(None, description="feature space (default: the server's)")
+    reference: Literal["all", "touchstone"] = "all"
+    tau: Literal["binned", "exact", "none"] = "binned"
+    metric: Literal["wtcs", "cs"] = "wtcs"
+    tail: Literal["both", "up", "down"] = "both"
+    fdr: Literal["auto", "null", "none"] = "auto"
+
+
+class GeneCheckIn(_Strict):
+    """Gene lists to check against a feature space before submitting."""
+
+    up: list[str] = Field(default_factory=list, max_length=MAX_GENES_PER_LIST)
+    down: list[str] = Field(default_factory=list, max_length=MAX_GENES_PER_LIST)
+    space: Space | None = None
+
+
+class SideCheck(BaseModel):
+    used: list[str] = Field(description="gene ids of the space, in input order")
+    unknown: list[str] = Field(description="neither an id nor a symbol of the store")
+    outside: list[str] = Field(description="genes of the store outside the space")
+    duplicates: list[str]
+
+
+class GeneCheck(BaseModel):
+    space: str
+    up: SideCheck
+    down: SideCheck
+    overlap: list[str] = Field(description="gene ids in both lists")
+    messages: list[str] = Field(description="warnings and errors, one line each")
+    ok: bool = Field(description="true when the lists can be submitted")
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    stage: str
+    progress: float
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    warnings: list[str]
+    queries: list[str]
+    genes: list[dict[str, Any]]
+    matrices: list[str]
+    links: dict[str, str]
+
+
+class Page(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[dict[str, Any]]
+
+
+class ErrorOut(BaseModel):
+    detail: str
