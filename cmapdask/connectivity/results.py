@@ -106,7 +106,12 @@ def summarize(
     sizes = plan.sizes()
     total = sum(sizes.values())
     ncs = da.asarray(result["ncs"].data).rechunk({0: 1, 1: -1})
-    agg = ncs.map_blocks(plan.apply_concat, chunks=(ncs.chunks[0], (total,)), dtype=float)
+    agg = ncs.map_blocks(
+        plan.apply_concat,
+        chunks=(ncs.chunks[0], (total,)),
+        dtype=float,
+        name=f"summaries-{plan.token[:16]}-{ncs.name}",  # named: no pickling of the plan
+    )
     if background == "auto":
         meta = result.attrs.get("cmapdask", {})
         store, space = meta.get("store"), meta.get("space")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from cmapdask.errors import InputError
@@ -106,6 +108,14 @@ def aggregate_sets(scores: np.ndarray, members: list[np.ndarray]) -> np.ndarray:
 LEVELS = ("pert_cell", "pert_summary", "pcl_cell", "pcl_summary")
 
 
+def _groups(inverse: np.ndarray, n: int, values: np.ndarray | None = None) -> list:
+    """``[values[inverse == k] for k in range(n)]`` in one sort, not n passes."""
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(n + 1))
+    taken = order if values is None else values[order]
+    return [taken[bounds[k] : bounds[k + 1]] for k in range(n)]
+
+
 class SummaryPlan:
     """Which signatures feed which (pert, cell), pert and PCL rows; pure metadata.
 
@@ -125,13 +135,22 @@ class SummaryPlan:
         self.pc_labels, pc_inv = np.unique(pc[ok].astype(str), return_inverse=True)
         self.pc_labels = self.pc_labels.astype(object)
         sig_idx = np.flatnonzero(ok)
-        self.pc_members = [sig_idx[pc_inv == k] for k in range(self.pc_labels.size)]
+        self.pc_members = _groups(pc_inv, self.pc_labels.size, sig_idx)
         first = [m[0] for m in self.pc_members]
         self.pc_pert = pert[first] if first else np.zeros(0, dtype=object)
         self.pc_cell = cell[first] if first else np.zeros(0, dtype=object)
         self.pert_labels, pert_inv = np.unique(self.pc_pert.astype(str), return_inverse=True)
         self.pert_labels = self.pert_labels.astype(object)
-        self.pert_members = [np.flatnonzero(pert_inv == k) for k in range(self.pert_labels.size)]
+        self.pert_members = _groups(pert_inv, self.pert_labels.size)
+        # a cheap deterministic token for dask (pickling the member lists to hash them
+        # cost tens of seconds at 100k signatures)
+        h = hashlib.sha1()
+        for part in (pert, cell):
+            h.update("\x1f".join(part.tolist()).encode())
+        for name in sorted(pcls or {}):
+            h.update(("\x1e" + str(name) + "\x1f" + "\x1f".join(map(str, pcls[name]))).encode())
+        h.update(str(min_pcl_members).encode())
+        self.token = h.hexdigest()
         self.pcl_cell_labels, self.pcl_cell_members = [], []
         self.pcl_labels, self.pcl_members = [], []
         pert_pos = {p: i for i, p in enumerate(self.pert_labels)}
@@ -149,6 +168,9 @@ class SummaryPlan:
                     self.pcl_cell_members.append(m)
         self.pcl_labels = np.array(self.pcl_labels, dtype=object)
         self.pcl_cell_labels = np.array(self.pcl_cell_labels, dtype=object)
+
+    def __dask_tokenize__(self):
+        return ("SummaryPlan", self.token)
 
     def sizes(self) -> dict[str, int]:
         return {
