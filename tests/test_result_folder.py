@@ -68,7 +68,8 @@ def test_layout_is_clues(result):
             )
         ),
     }
-    ours = {"query_info.tsv", "report.txt", "provenance.json"} | {
+    # .cmapdask marks the folder as ours (a later --overwrite may replace it, nothing else)
+    ours = {"query_info.tsv", "report.txt", "provenance.json", ".cmapdask"} | {
         f"arfs/{q}/query_result.{e}" for q in ("q1", "q2") for e in ("parquet", "tsv")
     }
     assert files == clue | ours

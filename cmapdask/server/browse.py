@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pandas as pd
 
-from cmapdask.errors import StoreError
+from cmapdask.errors import MetadataError, StoreError
 from cmapdask.io.store import has_member, list_members, open_member, open_store
 
 __all__ = ["Catalogue", "page"]
@@ -199,11 +199,23 @@ class Catalogue:
 
     def list_sigs(self, *, q=None, pert_id=None, cell=None, pert_type=None, moa=None):
         df = self.sigs
-        df = _equals(df, "pert_id", pert_id)
-        df = _equals(df, "cell_id", cell)
-        df = _equals(df, "pert_type", pert_type)
-        if moa is not None and "moa" in df:
-            df = df[df["moa"].map(lambda v: moa in _split(v))]
+        if any(v is not None for v in (pert_id, cell, pert_type, moa)):
+            # the data-access filters: one rule for field names (cell_iname / cell_id),
+            # spellings and MoA lists, the same as `cmapdask sigs` and cmapdask.data.sigs
+            from cmapdask.data import sigs
+
+            try:
+                hit = sigs(
+                    self.store,
+                    pert_id=pert_id,
+                    cell_iname=cell,
+                    pert_type=pert_type,
+                    moa=moa,
+                    storage_options=self.storage_options,
+                )
+            except MetadataError:  # the store has no such field: nothing matches
+                hit = pd.DataFrame({"sig_id": []})
+            df = df[df.index.isin(hit["sig_id"].astype(str))]
         df = _contains(df, ["sig_id", "pert_id", "cmap_name", "pert_iname", "cell_id"], q)
         return df[[c for c in ["sig_id", *SIG_FIELDS] if c in df]]
 
