@@ -49,7 +49,8 @@ def api_page() -> str:
                 if inspect.isclass(obj) and issubclass(obj, BaseException)
                 else ("autoclass" if inspect.isclass(obj) else "autofunction")
             )
-            out += [f"```{{{kind}}} cmapdask.{name}", "```", ""]
+            # eval-rst: autodoc emits reStructuredText, which MyST would render as text
+            out += ["```{eval-rst}", f".. {kind}:: cmapdask.{name}", "```", ""]
     out += [
         "## The `ds.cmap` accessor",
         "",
@@ -57,8 +58,9 @@ def api_page() -> str:
         "these methods once `cmapdask` is imported; each gives exactly what the function of",
         "the same name gives.",
         "",
-        "```{autoclass} cmapdask.accessor.CmapAccessor",
-        ":members:",
+        "```{eval-rst}",
+        ".. autoclass:: cmapdask.accessor.CmapAccessor",
+        "   :members:",
         "```",
         "",
     ]

@@ -90,3 +90,19 @@ def test_glossary_covers_the_terms(built):
 def test_tutorials_ran(built):
     html = (built / "tutorials" / "disease-query.html").read_text()
     assert "of the 20 most negative" in html and "Traceback" not in html
+
+
+@pytest.mark.parametrize(
+    "page,outputs",
+    [
+        ("similarity-recall", ["dashboard: http", "neighbours share the MoA", "overall AUROC 0."]),
+        ("clustering", ["communities: 8", "MoAs are the significant top hit of a cluster"]),
+        ("nightly-rebuild", ["published v000002 incremental 100 new of 500", "current: v000003"]),
+        ("data-access", ["wrote agonists.gctx", "identical values: True", "level5_beta_trt_cp"]),
+    ],
+)
+def test_each_tutorial_produced_its_key_output(built, page, outputs):
+    html = (built / "tutorials" / f"{page}.html").read_text()
+    assert "Traceback" not in html, page
+    for text in outputs:
+        assert text in html, (page, text)
