@@ -58,6 +58,15 @@ class _DeprecatedCluster(argparse.Action):
         print("cmapdask: note: --cluster is deprecated; use --scheduler", file=sys.stderr)
 
 
+def _configured_address():
+    """``cmapdask.cluster.address``; dask's config reads the environment value ``none`` as
+    Python None (unset), so the variable's own text decides that case."""
+    env = os.environ.get("DASK_CMAPDASK__CLUSTER__ADDRESS", "").strip()
+    if env.lower() in ("none", "'none'", '"none"'):
+        return "none"
+    return dask.config.get("cmapdask.cluster.address")
+
+
 def add_cluster_args(parser) -> None:
     parser.add_argument(
         "--scheduler",
@@ -101,7 +110,7 @@ def scheduler_target(args) -> tuple[str, str]:
 
     Raises :class:`~cmapdask.errors.InputError` for a scheduler file that does not exist.
     """
-    target = getattr(args, "scheduler", None) or dask.config.get("cmapdask.cluster.address")
+    target = getattr(args, "scheduler", None) or _configured_address()
     target = str(target).strip() if target is not None else ""
     if target in ("", "local"):
         return "local", "local"
