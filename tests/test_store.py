@@ -106,12 +106,12 @@ def test_convert_gctx_fixture_equals_source(tmp_path, fixtures):
 
 
 def test_checksum_failure_fails_the_conversion(tmp_path, fixtures, monkeypatch):
-    import cmapdask.io.store as store_mod
+    import cmapdask.io.store.checksum as checksum_mod
 
     def broken():
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(store_mod.hashlib, "sha256", broken)
+    monkeypatch.setattr(checksum_mod.hashlib, "sha256", broken)
     with pytest.raises(StoreError, match="SHA-256.*disk on fire"):
         convert(fixtures / "cmapm/gctv13_01.gctx", tmp_path / "s.zarr")
     assert not list(tmp_path.iterdir())
@@ -148,7 +148,7 @@ def test_all_nan_signatures_are_stored_as_chunks(tmp_path):
 _MALLOC_PROBE = """
 import resource, numpy as np, numcodecs.blosc
 from numcodecs import Blosc
-from cmapdask.io.store import _roomy_malloc
+from cmapdask.io.malloc import roomy_malloc
 numcodecs.blosc.use_threads = False
 codec = Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE)
 x = np.random.default_rng(0).normal(size=(64, 12328)).astype(np.float32)
@@ -160,13 +160,13 @@ def faults(ctx):
             codec.encode(x)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 import contextlib
-print(faults(contextlib.nullcontext), faults(_roomy_malloc))
+print(faults(contextlib.nullcontext), faults(roomy_malloc))
 """
 
 
 def test_roomy_malloc_where_a_worker_pinned_the_thresholds():
     # dask's Nanny starts workers with MALLOC_TRIM_THRESHOLD_ set, which makes blosc-zstd
-    # fault in fresh memory for every block; _roomy_malloc lets it reuse its memory
+    # fault in fresh memory for every block; roomy_malloc lets it reuse its memory
     import platform
     import subprocess
     import sys
