@@ -46,6 +46,7 @@ from cmapdask.io.atomic import check_destination, join, publish_dir, url_to_fs
 from cmapdask.io.gct import write_gct
 from cmapdask.io.gctx import is_gctx, read_gctx, write_gctx
 from cmapdask.io.gmt import write_gmt
+from cmapdask.io.pending import deferrable
 from cmapdask.io.store import has_member, open_member
 
 __all__ = ["summarize", "write_result", "read_ranked_lists", "ranked_table", "result_folders"]
@@ -303,6 +304,7 @@ def _submitted(meta: Mapping, side: str) -> dict[str, list[str]]:
     return sets
 
 
+@deferrable("CLUE result folder", "out_dir")
 def write_result(
     result: xr.Dataset,
     out_dir,
@@ -311,6 +313,7 @@ def write_result(
     progress: bool = False,
     overwrite: bool = False,
     notes: Iterable[str] = (),
+    compute: bool = True,
 ) -> str:
     """Write a query result as CLUE's result folder (published atomically).
 
@@ -328,6 +331,9 @@ def write_result(
         ``.cmapdask`` marker; see :mod:`cmapdask.io.atomic`).
     notes : iterable of str
         Lines for ``report.txt`` (the CLI passes the warnings of the query).
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Raises
     ------

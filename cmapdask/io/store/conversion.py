@@ -10,6 +10,7 @@ from typing import Literal
 
 from cmapdask.errors import InputError, StoreError
 from cmapdask.io.atomic import check_destination, url_to_fs
+from cmapdask.io.pending import deferrable
 from cmapdask.io.store.checksum import _sha256, _table_prov
 from cmapdask.io.store.layout import store_chunk_rows
 from cmapdask.io.store.read import open_store
@@ -18,6 +19,7 @@ from cmapdask.io.store.write import _write_dataset
 __all__ = ["convert"]
 
 
+@deferrable("signature store converted from a GCTx/GCT file", "dest")
 def convert(
     src,
     dest,
@@ -36,6 +38,7 @@ def convert(
     checksum: bool = True,
     virtual: bool = False,
     progress: bool = False,
+    compute: bool = True,
 ) -> str:
     """Convert a GCTx (or GCT) file into a new signature store, with metadata joined.
 
@@ -70,6 +73,9 @@ def convert(
         :func:`open_store` reads the source's own chunks in place (local or ``s3://``) from
         byte references kept in the store (:mod:`cmapdask.io.virtual`). The source must
         stay where it is, unchanged (its size and mtime/ETag are checked on open).
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Returns
     -------

@@ -15,6 +15,7 @@ import zarr
 from cmapdask.errors import NonFiniteWarning, StoreError
 from cmapdask.io.atomic import join, publish_dir
 from cmapdask.io.malloc import roomy_malloc
+from cmapdask.io.pending import deferrable
 from cmapdask.io.store.access import _is_local_url, _open_group, quiet_zarr, zarr_options
 from cmapdask.io.store.layout import (
     _expr_encoding,
@@ -32,6 +33,7 @@ from cmapdask.io.store.publish import (
 __all__ = ["write_member", "write_store"]
 
 
+@deferrable("signature store", "dest")
 def write_store(
     ds: xr.Dataset,
     dest,
@@ -41,6 +43,7 @@ def write_store(
     chunk_rows: int | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    compute: bool = True,
 ) -> str:
     """Write ``ds`` (``expr`` plus metadata coordinates) as a new, complete store.
 
@@ -57,6 +60,9 @@ def write_store(
         Signatures per chunk (default :func:`store_chunk_rows`).
     overwrite
         Replace an existing store (atomically) instead of refusing.
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Notes
     -----
@@ -180,6 +186,7 @@ def _compute(job, *, progress: bool, label: str):
     return dask.compute(job)[0]
 
 
+@deferrable("store member", lambda a: join(a["store_url"], str(a["name"]).strip("/")))
 def write_member(
     store_url,
     name: str,
@@ -189,6 +196,7 @@ def write_member(
     provenance: dict | None = None,
     encoding: dict | None = None,
     progress: bool = False,
+    compute: bool = True,
 ) -> str:
     """Add or replace the member group ``name`` (e.g. ``"index/bing"``) of a store.
 
@@ -197,6 +205,9 @@ def write_member(
 
     Parameters
     ----------
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Notes
     -----
