@@ -51,31 +51,58 @@ def _env_bytes(name: str, default: int) -> int:
         return default
 
 
+# Thresholds while blocks are written: every buffer up to 32 MiB (glibc's ceiling for the
+# mmap threshold; a store chunk is at most cmapdask.store.chunk_mb, 32 MiB by default) comes
+# from the heap, and up to 64 MiB of freed memory stays there for the next block.
+_ROOMY_MMAP, _ROOMY_TRIM = 32 * 2**20, 64 * 2**20
+# Seconds without a block being written before the environment's settings come back and the
+# freed memory goes back to the OS. Restoring after every block (as cmapdask once did)
+# returned the memory between the blocks of one conversion, so every block faulted its
+# chunk-sized buffers in afresh: 4-5 page faults per page of matrix in a worker.
+_LINGER_S = 2.0
+_malloc_generation = 0
+
+
+def _restore(libc, generation: int) -> None:
+    with _malloc_lock:
+        if _malloc_users or generation != _malloc_generation:
+            return  # a block started since: it keeps the room
+        libc.mallopt(_M_TRIM_THRESHOLD, _env_bytes("MALLOC_TRIM_THRESHOLD_", 128 * 2**10))
+        libc.mallopt(_M_MMAP_THRESHOLD, _env_bytes("MALLOC_MMAP_THRESHOLD_", 128 * 2**10))
+        libc.malloc_trim(0)
+
+
 @contextlib.contextmanager
 def roomy_malloc():
     """While blocks are compressed in this process, let glibc reuse freed memory (mmap
-    threshold 4 MiB, trim threshold 16 MiB) where the environment had pinned it; the
-    environment's settings come back, and the freed memory goes back to the OS, when the
-    last block being written here is done. Elsewhere (dynamic thresholds, other C
-    libraries, other systems) this does nothing."""
-    global _malloc_users
+    threshold 32 MiB, trim threshold 64 MiB) where the environment had pinned it; the
+    environment's settings come back, and the freed memory goes back to the OS, two
+    seconds after the last block being written here is done (so the blocks of one
+    conversion reuse each other's buffers). Elsewhere (dynamic thresholds, other C
+    libraries, other systems) this does nothing.
+
+    Notes
+    -----
+    Holds, between blocks, at most the freed buffers of one block (a few chunks) per
+    process, and only while blocks keep coming.
+    """
+    global _malloc_users, _malloc_generation
     libc = _glibc()
     if libc is None or not any(k in os.environ for k in _MALLOC_ENV):
         yield
         return
     with _malloc_lock:
         if _malloc_users == 0:
-            # blosc-zstd's contexts are 1-2 MiB; chunk-sized buffers stay mapped (and
-            # go back to the OS when freed), so little memory is held beyond the chunk
-            libc.mallopt(_M_MMAP_THRESHOLD, 4 * 2**20)
-            libc.mallopt(_M_TRIM_THRESHOLD, 16 * 2**20)
+            libc.mallopt(_M_MMAP_THRESHOLD, _ROOMY_MMAP)
+            libc.mallopt(_M_TRIM_THRESHOLD, _ROOMY_TRIM)
         _malloc_users += 1
+        _malloc_generation += 1
     try:
         yield
     finally:
         with _malloc_lock:
             _malloc_users -= 1
             if _malloc_users == 0:
-                libc.mallopt(_M_TRIM_THRESHOLD, _env_bytes("MALLOC_TRIM_THRESHOLD_", 128 * 2**10))
-                libc.mallopt(_M_MMAP_THRESHOLD, _env_bytes("MALLOC_MMAP_THRESHOLD_", 128 * 2**10))
-                libc.malloc_trim(0)
+                timer = threading.Timer(_LINGER_S, _restore, (libc, _malloc_generation))
+                timer.daemon = True
+                timer.start()
