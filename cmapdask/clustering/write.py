@@ -10,6 +10,7 @@ import pandas as pd
 import xarray as xr
 
 from cmapdask.errors import InputError
+from cmapdask.io.pending import deferrable
 
 __all__ = ["clusters_table", "write_clusters", "with_cluster_coords"]
 
@@ -30,6 +31,7 @@ def clusters_table(
     return df
 
 
+@deferrable("cluster labels", lambda a: a["store"] or a["table"])
 def write_clusters(
     result: xr.Dataset,
     store=None,
@@ -37,6 +39,7 @@ def write_clusters(
     name: str,
     table=None,
     storage_options: dict | None = None,
+    compute: bool = True,
 ) -> dict[str, str]:
     """Write cluster labels as the store member ``clusters/<name>`` and/or a table.
 
@@ -53,6 +56,9 @@ def write_clusters(
     table
         Path of a table of labels (``.parquet`` for Parquet, anything else TSV), written
         atomically.
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Notes
     -----

@@ -32,6 +32,7 @@ from cmapdask.connectivity.es import transpose
 from cmapdask.connectivity.ranks import rank_descending, rank_dtype
 from cmapdask.errors import InputError, StoreError
 from cmapdask.io.atomic import is_local, join, url_to_fs
+from cmapdask.io.pending import deferrable
 from cmapdask.io.store import has_member, open_member, open_store, write_member
 from cmapdask.model.spaces import feature_genes as space_genes  # the one feature-space rule
 from cmapdask.model.types import Space
@@ -50,6 +51,7 @@ def index_chunk_rows(n_genes: int, *, chunk_mb: float | None = None) -> int:
     return max(1, int(chunk_mb * 2**20) // (6 * max(1, n_genes)))
 
 
+@deferrable("query index member", lambda a: join(str(a["store_url"]), index_name(a["space"])))
 def build_index(
     store_url,
     *,
@@ -57,6 +59,7 @@ def build_index(
     storage_options: dict | None = None,
     chunk_rows: int | None = None,
     progress: bool = False,
+    compute: bool = True,
 ) -> str:
     """Compute and add the query index ``index/<space>`` to a store.
 
@@ -71,6 +74,9 @@ def build_index(
         Signatures per index block (default from :func:`index_chunk_rows`).
     progress : bool
         Ignored (kept for callers): the command line draws progress.
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Returns
     -------

@@ -29,6 +29,7 @@ from cmapdask.connectivity.summaries import LEVELS, SummaryPlan
 from cmapdask.connectivity.tau import GRID, background_tables, tau_binned
 from cmapdask.connectivity.validation import QuerySet
 from cmapdask.errors import InputError
+from cmapdask.io.pending import deferrable
 from cmapdask.io.store import open_store, write_member
 from cmapdask.model.provenance import provenance_record
 from cmapdask.where import parse, selection_record, selection_text
@@ -150,6 +151,10 @@ def introspect(
     return out
 
 
+@deferrable(
+    "tau background member",
+    lambda a: f"{str(a['store']).rstrip('/')}/{background_name(a['space'])}",
+)
 def build_background(
     store,
     *,
@@ -161,6 +166,7 @@ def build_background(
     grouping: Grouping | Sequence[str] = "pert_type_cell",
     storage_options: dict | None = None,
     progress: bool = False,
+    compute: bool = True,
 ) -> str:
     """Build and store the τ lookup tables (member ``background/<space>``).
 
@@ -173,6 +179,9 @@ def build_background(
         As for :func:`introspect`.
     pcls : mapping, optional
         PCL name → pert_ids, for the PCL levels' tables.
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Returns
     -------

@@ -1,9 +1,10 @@
-"""Summaries of a query result and CLUE's result folder.
+"""Summaries of a query result and CLUE's result folder, written and read.
 
 ``summarize`` aggregates NCS to (pert, cell), pert, PCL per cell and PCL with maxq and
 gives each level its τ from the stored backgrounds. ``write_result`` lays a result out as
 CLUE's ``sig_gutc_tool`` does (ALGORITHMS.md §12), so scripts written for CLUE's
-downloads (R's cluequery, Morpheus, ...) keep working::
+downloads (R's cluequery, Morpheus, ...) keep working; ``read_ranked_lists`` reads such a
+folder (or one of its matrices, or a Zarr result) back as ranked lists::
 
     DIR/config.yaml                                the parameters of the run
     DIR/matrices/query/up.gmt, dn.gmt              the query's sets, as submitted
@@ -40,14 +41,15 @@ from cmapdask.connectivity.classes import pert_class
 from cmapdask.connectivity.query import _field, background_name
 from cmapdask.connectivity.summaries import LEVELS, SummaryPlan
 from cmapdask.connectivity.tau import tau_binned
-from cmapdask.errors import QueryError
-from cmapdask.io.atomic import check_destination, publish_dir
+from cmapdask.errors import InputError, QueryError
+from cmapdask.io.atomic import check_destination, join, publish_dir, url_to_fs
 from cmapdask.io.gct import write_gct
-from cmapdask.io.gctx import write_gctx
+from cmapdask.io.gctx import is_gctx, read_gctx, write_gctx
 from cmapdask.io.gmt import write_gmt
+from cmapdask.io.pending import deferrable
 from cmapdask.io.store import has_member, open_member
 
-__all__ = ["summarize", "write_result", "ranked_table", "result_folders"]
+__all__ = ["summarize", "write_result", "read_ranked_lists", "ranked_table", "result_folders"]
 
 
 def _level_tau(ns, labels, bg, level):
@@ -307,6 +309,7 @@ def _submitted(meta: Mapping, side: str) -> dict[str, list[str]]:
     return sets
 
 
+@deferrable("CLUE result folder", "out_dir")
 def write_result(
     result: xr.Dataset,
     out_dir,
@@ -315,6 +318,7 @@ def write_result(
     progress: bool = False,
     overwrite: bool = False,
     notes: Iterable[str] = (),
+    compute: bool = True,
 ) -> str:
     """Write a query result as CLUE's result folder (published atomically).
 
@@ -332,6 +336,9 @@ def write_result(
         ``.cmapdask`` marker; see :mod:`cmapdask.io.atomic`).
     notes : iterable of str
         Lines for ``report.txt`` (the CLI passes the warnings of the query).
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Raises
     ------
@@ -422,3 +429,93 @@ def write_result(
         with open(os.path.join(tmp, "success.txt"), "w") as fh:  # last: the job finished
             fh.write("success\n")
     return str(out_dir)
+
+
+_RESULT_FILES = {
+    "ps": "gutc/ps_sig",
+    "ncs": "gutc/ns_sig",
+    "cs": "gutc/cs_sig",
+    "cs_up": "query/cs_up",
+    "cs_dn": "query/cs_dn",
+}
+
+
+def read_ranked_lists(
+    path, *, variable: str | None = None, storage_options: dict | None = None
+) -> xr.DataArray:
+    """Ranked lists of a connectivity query result, for :func:`cmapdask.enrich.enrich_ranked`.
+
+    Parameters
+    ----------
+    path
+        A query result: CLUE's result folder written by
+        :func:`write_result` (``cmapdask query --out``), one of its
+        GCTx matrices, or a Zarr group holding a :func:`cmapdask.connectivity.query`
+        result (``Dataset.to_zarr``). Local path or fsspec URL.
+    variable
+        ``"ps"`` (τ, the default: each query's signatures ranked by τ), ``"ncs"``,
+        ``"cs"`` (WTCS), ``"cs_up"``, ``"cs_dn"``, or a summary level of the folder such as
+        ``"ps_pert_summary"``, ``"ns_pert_cell"``, ``"ps_pcl_summary"``. Ignored for a
+        single GCTx file. Default ``"ps"``; in a Zarr group the first of ``ps``,
+        ``pert_summary`` (a :func:`cmapdask.similarity.pert_similarity` result), ``ncs``.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``("query", <items>)`` with ``<items>`` ``"sig"`` for signature-level
+        matrices (signature metadata such as ``pert_id`` as coordinates) or the summary
+        level's name; ``pert_id`` is a coordinate of signature, ``pert_cell`` and
+        ``pert_summary`` items. Dask-backed.
+
+    Notes
+    -----
+    Opens the file lazily: the matrix is read when the lists are computed, one block of
+    queries per task (``4 x n_items`` bytes per query).
+    """
+    fs, p = url_to_fs(path, storage_options)
+    level = "sig"
+    if fs.isdir(p) and fs.exists(p.rstrip("/") + "/matrices"):
+        variable = variable or "ps"
+        rel = _RESULT_FILES.get(variable)
+        if rel is None:
+            if not variable.startswith(("ps_", "ns_")):
+                raise InputError(
+                    f"{path}: unknown result variable {variable!r} (ps, ncs, cs, "
+                    "cs_up, cs_dn, or a summary such as ps_pert_summary)"
+                )
+            rel, level = f"gutc/{variable}", variable[3:]
+        gctx = join(str(path), "matrices", rel + ".gctx")
+        if not fs.exists(url_to_fs(gctx, storage_options)[1]):
+            raise InputError(f"{path}: the result folder has no {rel}.gctx")
+    elif is_gctx(path, storage_options):
+        gctx = str(path)
+        stem = os.path.basename(str(path)).split(".")[0]
+        if stem[:3] in ("ps_", "ns_") and not stem.endswith("_sig"):
+            level = stem[3:]
+    else:
+        try:
+            res = xr.open_zarr(path, consolidated=False, storage_options=storage_options)
+        except Exception as e:  # not a Zarr group, missing path
+            raise InputError(
+                f"{path}: not a query result folder, GCTx or Zarr result: {str(e).splitlines()[0]}"
+            ) from None
+        if variable is None:
+            variable = next((v for v in ("ps", "pert_summary", "ncs") if v in res), "ps")
+        if variable not in res or res[variable].ndim != 2:
+            raise InputError(f"{path}: no 2-D variable {variable!r}")
+        return res[variable]
+    ds = read_gctx(gctx, storage_options=storage_options)
+    # CLUE's matrices: GCTx columns (our "sig") are the queries, rows ("gene") the items
+    out = ds["expr"].rename({"sig": "query", "gene": level})
+    keep = {k: c for k, c in out.coords.items() if c.dims == (level,) and k != level}
+    out = out.reset_coords(drop=True).assign_coords(
+        {k.removeprefix("gene_"): (level, c.values) for k, c in keep.items()}
+    )
+    if "pert_id" not in out.coords:  # summary rows: match sets by their perturbagen
+        if f"{level}_pert_id" in out.coords:
+            out = out.assign_coords(pert_id=(level, out[f"{level}_pert_id"].values))
+        elif level == "pert_summary":
+            out = out.assign_coords(pert_id=(level, np.asarray(out[level].values, dtype=object)))
+    out.name = variable if gctx != str(path) else os.path.basename(str(path)).split(".")[0]
+    out.attrs = {"cmapdask": {**ds.attrs.get("cmapdask", {}), "query_result": str(path)}}
+    return out

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from cmapdask.errors import MetadataError
 from cmapdask.io.atomic import join, publish_dir, url_to_fs
+from cmapdask.io.pending import deferrable
 
 __all__ = ["TABLE_NAMES", "write_tables", "read_tables", "store_tables"]
 
@@ -49,10 +50,19 @@ def _frame_to_arrow(df: pd.DataFrame) -> pa.Table:
     return pa.table(cols)
 
 
-def write_tables(store_url, tables: dict[str, pd.DataFrame], *, storage_options=None) -> str:
+@deferrable("tables member of a store", lambda a: join(str(a["store_url"]), MEMBER))
+def write_tables(
+    store_url, tables: dict[str, pd.DataFrame], *, storage_options=None, compute: bool = True
+) -> str:
     """Add or replace the store's ``tables`` member: one Parquet file per table.
 
     Published in one step beside the store's other members; ``expr`` is not touched.
+
+    Parameters
+    ----------
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
     """
     import zarr
 

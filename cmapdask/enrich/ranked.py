@@ -1,13 +1,13 @@
 """Enrichment of annotation sets at the top and bottom of ranked lists (xarray + dask).
 
 :func:`enrich_ranked` builds one dask task per block of lists around the numpy kernel
-:func:`cmapdask.enrich.kernels._enrich_block`; :func:`read_ranked_lists` opens a query
-result as lists; :func:`enrichment_table` flattens a result.
+:func:`cmapdask.enrich.kernels._enrich_block`; :func:`enrichment_table` flattens a result.
+The lists usually come from a query result, read by
+:func:`cmapdask.connectivity.results.read_ranked_lists` (beside the writer of CLUE's folder).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -17,6 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from cmapdask.annotations import membership
+from cmapdask.connectivity.results import read_ranked_lists
 from cmapdask.enrich.kernels import _P_FIELDS, FIELDS, _enrich_block
 from cmapdask.errors import InputError
 from cmapdask.model.missing import labels as _labels
@@ -209,99 +210,6 @@ def enrich_ranked(
         item_field=item_field,
         fdr="Benjamini-Hochberg over the sets of each list, per statistic and tail",
     )
-    return out
-
-
-_RESULT_FILES = {
-    "ps": "gutc/ps_sig",
-    "ncs": "gutc/ns_sig",
-    "cs": "gutc/cs_sig",
-    "cs_up": "query/cs_up",
-    "cs_dn": "query/cs_dn",
-}
-
-
-def read_ranked_lists(
-    path, *, variable: str | None = None, storage_options: dict | None = None
-) -> xr.DataArray:
-    """Ranked lists of a connectivity query result, for :func:`enrich_ranked`.
-
-    Parameters
-    ----------
-    path
-        A query result: CLUE's result folder written by
-        :func:`cmapdask.connectivity.write_result` (``cmapdask query --out``), one of its
-        GCTx matrices, or a Zarr group holding a :func:`cmapdask.connectivity.query`
-        result (``Dataset.to_zarr``). Local path or fsspec URL.
-    variable
-        ``"ps"`` (τ, the default: each query's signatures ranked by τ), ``"ncs"``,
-        ``"cs"`` (WTCS), ``"cs_up"``, ``"cs_dn"``, or a summary level of the folder such as
-        ``"ps_pert_summary"``, ``"ns_pert_cell"``, ``"ps_pcl_summary"``. Ignored for a
-        single GCTx file. Default ``"ps"``; in a Zarr group the first of ``ps``,
-        ``pert_summary`` (a :func:`cmapdask.similarity.pert_similarity` result), ``ncs``.
-
-    Returns
-    -------
-    xarray.DataArray
-        Dims ``("query", <items>)`` with ``<items>`` ``"sig"`` for signature-level
-        matrices (signature metadata such as ``pert_id`` as coordinates) or the summary
-        level's name; ``pert_id`` is a coordinate of signature, ``pert_cell`` and
-        ``pert_summary`` items. Dask-backed.
-
-    Notes
-    -----
-    Opens the file lazily: the matrix is read when the lists are computed, one block of
-    queries per task (``4 x n_items`` bytes per query).
-    """
-    from cmapdask.io.atomic import join, url_to_fs
-    from cmapdask.io.gctx import is_gctx, read_gctx
-
-    fs, p = url_to_fs(path, storage_options)
-    level = "sig"
-    if fs.isdir(p) and fs.exists(p.rstrip("/") + "/matrices"):
-        variable = variable or "ps"
-        rel = _RESULT_FILES.get(variable)
-        if rel is None:
-            if not variable.startswith(("ps_", "ns_")):
-                raise InputError(
-                    f"{path}: unknown result variable {variable!r} (ps, ncs, cs, "
-                    "cs_up, cs_dn, or a summary such as ps_pert_summary)"
-                )
-            rel, level = f"gutc/{variable}", variable[3:]
-        gctx = join(str(path), "matrices", rel + ".gctx")
-        if not fs.exists(url_to_fs(gctx, storage_options)[1]):
-            raise InputError(f"{path}: the result folder has no {rel}.gctx")
-    elif is_gctx(path, storage_options):
-        gctx = str(path)
-        stem = os.path.basename(str(path)).split(".")[0]
-        if stem[:3] in ("ps_", "ns_") and not stem.endswith("_sig"):
-            level = stem[3:]
-    else:
-        try:
-            res = xr.open_zarr(path, consolidated=False, storage_options=storage_options)
-        except Exception as e:  # not a Zarr group, missing path
-            raise InputError(
-                f"{path}: not a query result folder, GCTx or Zarr result: {str(e).splitlines()[0]}"
-            ) from None
-        if variable is None:
-            variable = next((v for v in ("ps", "pert_summary", "ncs") if v in res), "ps")
-        if variable not in res or res[variable].ndim != 2:
-            raise InputError(f"{path}: no 2-D variable {variable!r}")
-        return res[variable]
-    ds = read_gctx(gctx, storage_options=storage_options)
-    # CLUE's matrices: GCTx columns (our "sig") are the queries, rows ("gene") the items
-    out = ds["expr"].rename({"sig": "query", "gene": level})
-    keep = {k: c for k, c in out.coords.items() if c.dims == (level,) and k != level}
-    out = out.reset_coords(drop=True).assign_coords(
-        {k.removeprefix("gene_"): (level, c.values) for k, c in keep.items()}
-    )
-    if "pert_id" not in out.coords:  # summary rows: match sets by their perturbagen
-        if f"{level}_pert_id" in out.coords:
-            out = out.assign_coords(pert_id=(level, out[f"{level}_pert_id"].values))
-        elif level == "pert_summary":
-            out = out.assign_coords(pert_id=(level, np.asarray(out[level].values, dtype=object)))
-    out.name = variable if gctx != str(path) else os.path.basename(str(path)).split(".")[0]
-    out.attrs = {"cmapdask": {**ds.attrs.get("cmapdask", {}), "query_result": str(path)}}
     return out
 
 

@@ -45,6 +45,7 @@ import xarray as xr
 from cmapdask.errors import GCTFormatError, InputError
 from cmapdask.io.atomic import publish_file
 from cmapdask.io.meta import TEXT_NA, encode_for_text, merge_coords, normalise_column
+from cmapdask.io.pending import deferrable
 
 __all__ = ["read_gct", "write_gct", "is_gct"]
 
@@ -441,12 +442,14 @@ def _format_rows(lead: list[list[str]], values: np.ndarray) -> bytes:
         ).encode("utf-8")
 
 
+@deferrable("GCT file", "path")
 def write_gct(
     obj,
     path,
     *,
     version: Literal["1.3", "1.2"] = "1.3",
     storage_options: dict | None = None,
+    compute: bool = True,
 ) -> str:
     """Write a dataset (or an ``expr``-like DataArray) as GCT text, atomically.
 
@@ -465,6 +468,9 @@ def write_gct(
         metadata field is dropped with a warning, as v1.2 has no place for it.
     storage_options
         Passed to fsspec for remote paths.
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Returns
     -------

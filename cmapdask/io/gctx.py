@@ -28,6 +28,7 @@ from cmapdask._version import __version__
 from cmapdask.errors import GCTxFormatError, InputError
 from cmapdask.io.atomic import is_local, publish_file, url_to_fs
 from cmapdask.io.meta import MISSING, merge_coords, normalise_column
+from cmapdask.io.pending import deferrable
 
 __all__ = ["read_gctx", "write_gctx", "gctx_filename", "is_gctx", "matrix_layout", "MATRIX_PATH"]
 
@@ -304,6 +305,7 @@ def gctx_filename(name: str, n_sig: int, n_gene: int) -> str:
     return f"{name}_n{n_sig}x{n_gene}.gctx"
 
 
+@deferrable("GCTx file", "path")
 def write_gctx(
     obj,
     path,
@@ -311,6 +313,7 @@ def write_gctx(
     storage_options: dict | None = None,
     compression: Literal["none", "gzip"] = "none",
     progress: bool = False,
+    compute: bool = True,
 ) -> str:
     """Write a dataset (or an ``expr``-like DataArray) as a GCTx file, streaming.
 
@@ -327,6 +330,9 @@ def write_gctx(
         the matrix chunks too.
     progress
         Ignored (kept for callers): the command line draws progress.
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Returns
     -------

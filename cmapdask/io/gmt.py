@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from cmapdask.errors import GeneSetFormatError, InputError, QueryError
 from cmapdask.io.atomic import publish_file
 from cmapdask.io.gct import read_bytes, text_encoding
+from cmapdask.io.pending import deferrable
 
 __all__ = [
     "read_gmt",
@@ -183,12 +184,14 @@ def _check_ids(ids, what: str, fn: str) -> list[str]:
     return out
 
 
+@deferrable("GMT file", "path")
 def write_gmt(
     sets: Mapping[str, Iterable[str]],
     path,
     *,
     descriptions: Mapping[str, str] | None = None,
     storage_options: dict | None = None,
+    compute: bool = True,
 ) -> str:
     """Write gene sets as a GMT file, atomically.
 
@@ -202,6 +205,9 @@ def write_gmt(
         Optional ``{name: description}``; a set without one gets its name as description.
     storage_options
         Passed to fsspec for remote paths.
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Returns
     -------
@@ -228,8 +234,17 @@ def write_gmt(
     return _write_lines(lines, path, storage_options)
 
 
-def write_grp(ids: Iterable[str], path, *, storage_options: dict | None = None) -> str:
+@deferrable("GRP file", "path")
+def write_grp(
+    ids: Iterable[str], path, *, storage_options: dict | None = None, compute: bool = True
+) -> str:
     """Write ids as a GRP file (one per line), atomically.
+
+    Parameters
+    ----------
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Raises
     ------

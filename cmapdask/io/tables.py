@@ -17,6 +17,7 @@ import pandas as pd
 from cmapdask.errors import MetadataError
 from cmapdask.io.atomic import url_to_fs
 from cmapdask.io.meta import encode_for_text, normalise_column
+from cmapdask.io.pending import deferrable
 
 __all__ = ["read_table", "write_table", "join_table", "join_compounds", "ID_COLUMNS"]
 
@@ -84,10 +85,19 @@ def _check_header(name: str, text: str) -> None:
         seen[col] = i
 
 
-def write_table(df: pd.DataFrame, path) -> None:
-    """Write a metadata table as TSV, missing values as -666."""
+@deferrable("metadata table (TSV)", "path")
+def write_table(df: pd.DataFrame, path, *, compute: bool = True) -> str:
+    """Write a metadata table as TSV, missing values as -666.
+
+    Parameters
+    ----------
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
+    """
     text = pd.DataFrame({c: encode_for_text(df[c].to_numpy()) for c in df.columns})
     text.to_csv(path, sep="\t", index=False)
+    return str(path)
 
 
 def _id_column(df: pd.DataFrame, kind: str, name: str) -> str:

@@ -28,6 +28,7 @@ from cmapdask._version import __version__
 from cmapdask.errors import InputError, MetadataError
 from cmapdask.io.atomic import is_local, url_to_fs
 from cmapdask.io.lock import collection_lock
+from cmapdask.io.pending import deferrable
 from cmapdask.io.store import consolidate, quiet_zarr, zarr_options
 from cmapdask.model.missing import is_missing
 from cmapdask.rebuild.faults import checkpoint
@@ -68,6 +69,7 @@ def _check_source(new, storage_options) -> None:
         raise InputError(f"{new}: is a folder, not a GCTx file")
 
 
+@deferrable("new store version", "root")
 def append(
     root,
     new,
@@ -78,6 +80,7 @@ def append(
     src_storage_options: dict | None = None,
     chunk_rows: int | None = None,
     progress: bool = False,
+    compute: bool = True,
 ) -> str:
     """Add the signatures of a GCTx file to a collection as a new, staged version.
 
@@ -93,6 +96,9 @@ def append(
         Optional geneinfo table; only for the first version (gene metadata is fixed by it).
     chunk_rows
         Signatures per ``expr`` chunk; only for the first version (later ones keep it).
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Returns
     -------

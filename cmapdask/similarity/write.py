@@ -5,6 +5,7 @@ from __future__ import annotations
 import xarray as xr
 
 from cmapdask.errors import InputError
+from cmapdask.io.pending import deferrable
 
 __all__ = ["write_similarity", "default_member_name"]
 
@@ -34,6 +35,7 @@ def _as_dataset(result) -> xr.Dataset:
     )
 
 
+@deferrable("similarity result", lambda a: a["out"] or a["store"])
 def write_similarity(
     result: xr.Dataset | xr.DataArray,
     store: str | None = None,
@@ -44,6 +46,7 @@ def write_similarity(
     storage_options: dict | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    compute: bool = True,
 ) -> str:
     """Compute and write a similarity result; returns where it went.
 
@@ -65,6 +68,9 @@ def write_similarity(
         Full matrices only: also write a GCTx file (rows ``sig_ref``, columns ``sig``).
     storage_options
         fsspec options for ``store``/``out``/``gctx``.
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
 
     Notes
     -----

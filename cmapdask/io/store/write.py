@@ -1,0 +1,242 @@
+"""Writing stores and members: ``expr`` as one task per chunk of whole signatures (each
+chunk compressed once, written once, never read back), coordinates and attributes, then
+published atomically (:mod:`cmapdask.io.store.publish`).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import numpy as np
+import xarray as xr
+import zarr
+
+from cmapdask.errors import NonFiniteWarning, StoreError
+from cmapdask.io.atomic import join, publish_dir
+from cmapdask.io.malloc import roomy_malloc
+from cmapdask.io.pending import deferrable
+from cmapdask.io.store.access import _is_local_url, _open_group, quiet_zarr, zarr_options
+from cmapdask.io.store.layout import (
+    _expr_encoding,
+    _provenance,
+    _strings_to_str,
+    store_chunk_rows,
+)
+from cmapdask.io.store.publish import (
+    _check_complete,
+    _set_complete,
+    ensure_parent_groups,
+    mark_complete_remote,
+)
+
+__all__ = ["write_member", "write_store"]
+
+
+@deferrable("signature store", "dest")
+def write_store(
+    ds: xr.Dataset,
+    dest,
+    *,
+    storage_options: dict | None = None,
+    provenance: dict | None = None,
+    chunk_rows: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    compute: bool = True,
+) -> str:
+    """Write ``ds`` (``expr`` plus metadata coordinates) as a new, complete store.
+
+    Parameters
+    ----------
+    ds
+        Dataset following the data model of DEVELOPERS.md; dask-backed ``expr`` is
+        computed in parallel on the active scheduler, one chunk per task.
+    dest
+        Local path or fsspec URL (``memory://``, ``s3://``).
+    provenance
+        Extra entries for ``attrs["cmapdask"]`` (source file, parameters, ...).
+    chunk_rows
+        Signatures per chunk (default :func:`store_chunk_rows`).
+    overwrite
+        Replace an existing store (atomically) instead of refusing.
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
+
+    Notes
+    -----
+    Memory: one input block plus one output chunk per running task; nothing scales with
+    the number of signatures except the metadata (O(n_sig) strings, held by the client).
+    """
+    return _write_dataset(
+        ds,
+        dest,
+        storage_options=storage_options,
+        rows=chunk_rows,
+        overwrite=overwrite,
+        progress=progress,
+        provenance=lambda: dict(provenance or {}),
+    )
+
+
+def _write_dataset(ds, dest, *, storage_options, rows, overwrite, progress, provenance) -> str:
+    """Write ``expr`` + coordinates beside ``dest``; add ``provenance()`` (called after the
+    data are written, so it may wait for a checksum) and the complete flag; publish."""
+    n_sig, n_gene = ds["expr"].shape
+    rows = rows or store_chunk_rows(n_gene)
+    rows = max(1, min(rows, n_sig or 1))
+    expr = ds["expr"].astype(np.float32)
+    if n_sig:
+        expr = expr.chunk({"sig": rows, "gene": n_gene})
+    out = _strings_to_str(ds.drop_vars([v for v in ds.data_vars if v != "expr"]).assign(expr=expr))
+    out.attrs = {}
+    with (
+        publish_dir(dest, storage_options=storage_options, overwrite=overwrite) as tmp,
+        quiet_zarr(),
+    ):
+        # creates the group, every array's metadata and the coordinates now; the
+        # returned job (which would write expr) is replaced by _write_expr's tasks
+        out.to_zarr(
+            tmp,
+            mode="w",
+            zarr_format=3,
+            consolidated=False,
+            encoding={"expr": _expr_encoding(rows, n_gene)},
+            compute=False,
+            storage_options=zarr_options(tmp, storage_options),
+        )
+        nonfinite = {"n_sig": 0}
+        if n_sig and n_gene:
+            stats = np.asarray(
+                _compute(
+                    _write_expr(out["expr"].data, tmp, zarr_options(tmp, storage_options)),
+                    progress=progress,
+                    label="write store",
+                )
+            ).reshape(-1, 3)
+            written = int(stats[:, 0].sum())
+            if written != n_sig:  # every block reports its rows; a lost block is an error
+                raise StoreError(f"{dest}: wrote {written} of {n_sig} signatures")
+            nonfinite = _nonfinite(stats, out["sig"].values, dest)
+        g = _open_group(tmp, "r+", storage_options)
+        # locally the rename publishes a complete store; remotely the flag is set only
+        # after the server-side copy (a copied "complete" could precede copied chunks)
+        g.attrs["cmapdask"] = _provenance(
+            **provenance(),
+            chunk_rows=rows,
+            nonfinite=nonfinite,
+            complete=_is_local_url(dest, storage_options),
+        )
+    mark_complete_remote(dest, storage_options)
+    return str(dest)
+
+
+def _write_expr(data, url, storage_options):
+    """One task per block of whole signatures: write it as its own ``expr`` chunk.
+
+    Returns a dask array ``(blocks, 3)``: per block the rows written, the rows holding
+    NaN or an infinity, and the first such row (-1 if none). Blocks must be the store's chunks
+    (``_write_dataset`` rechunks to them), so every write is a whole chunk, compressed once,
+    never read back."""
+    return data.map_blocks(
+        _store_block,
+        url=url,
+        storage_options=storage_options,
+        chunks=((1,) * data.numblocks[0], (3,)),
+        dtype=np.int64,
+        meta=np.empty((0, 0), np.int64),
+    )
+
+
+def _store_block(block, url, storage_options, block_info=None):
+    (start, stop), _ = block_info[0]["array-location"]
+    with roomy_malloc():  # (no quiet_zarr here: warning filters are not thread-safe)
+        arr = zarr.open_array(url, path="expr", mode="r+", storage_options=storage_options)
+        # every chunk is written: no pass over each chunk comparing it with the fill value
+        # (a tenth of the conversion's CPU), and an all-NaN block is stored like any other
+        arr = arr.with_config({"write_empty_chunks": True})
+        values = np.asarray(block, dtype=np.float32)
+        arr[start:stop, :] = values
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    first = start + int(bad[0]) if bad.size else -1
+    from cmapdask.rebuild.faults import checkpoint
+
+    checkpoint("write")  # fault injection for the kill tests (a no-op unless asked)
+    return np.array([[stop - start, bad.size, first]], dtype=np.int64)
+
+
+def _nonfinite(stats: np.ndarray, sig: np.ndarray, dest) -> dict:
+    """Record (and warn about) signatures holding NaN or an infinity; ``index`` refuses them."""
+    n_bad = int(stats[:, 1].sum())
+    if not n_bad:
+        return {"n_sig": 0}
+    first = str(sig[int(stats[stats[:, 2] >= 0, 2].min())])
+    warnings.warn(
+        f"{dest}: {n_bad} signature(s) hold NaN or infinite values, e.g. {first!r}; "
+        "`cmapdask index` refuses such a store",
+        NonFiniteWarning,
+        stacklevel=2,
+    )
+    return {"n_sig": n_bad, "first": first}
+
+
+def _compute(job, *, progress: bool, label: str):
+    # the library draws no progress: the command line does (cmapdask.cli.runtime)
+    return dask.compute(job)[0]
+
+
+@deferrable("store member", lambda a: join(a["store_url"], str(a["name"]).strip("/")))
+def write_member(
+    store_url,
+    name: str,
+    ds: xr.Dataset,
+    *,
+    storage_options: dict | None = None,
+    provenance: dict | None = None,
+    encoding: dict | None = None,
+    progress: bool = False,
+    compute: bool = True,
+) -> str:
+    """Add or replace the member group ``name`` (e.g. ``"index/bing"``) of a store.
+
+    The member is written beside its final place and published in one step; readers of
+    the store never see it half-written, and ``expr`` is never touched.
+
+    Parameters
+    ----------
+    compute
+        ``False``: read, write and compute nothing now; return a
+        :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
+
+    Notes
+    -----
+    Dask-backed variables are computed in parallel on the active scheduler, one chunk per
+    task; nothing else is held in memory.
+    """
+    _check_complete(store_url, storage_options, "store")
+    name = name.strip("/")
+    if not name or any(p in ("", ".", "..") or p.startswith(".") for p in name.split("/")):
+        raise StoreError(f"{store_url}: invalid member name {name!r}")
+    ensure_parent_groups(store_url, name, storage_options)
+    dest = join(store_url, name)
+    out = _strings_to_str(ds)
+    out.attrs = {
+        **{k: v for k, v in ds.attrs.items() if k != "cmapdask"},
+        "cmapdask": _provenance(member=name, **(provenance or {}), complete=False),
+    }
+    with publish_dir(dest, storage_options=storage_options, overwrite=True) as tmp, quiet_zarr():
+        job = out.to_zarr(
+            tmp,
+            mode="w",
+            zarr_format=3,
+            consolidated=False,
+            encoding=encoding or {},
+            compute=False,
+            storage_options=zarr_options(tmp, storage_options),
+        )
+        _compute(job, progress=progress, label=f"write {name}")
+        if _is_local_url(dest, storage_options):
+            _set_complete(tmp, storage_options, True)
+    mark_complete_remote(dest, storage_options)
+    return dest
