@@ -421,9 +421,11 @@ def test_cli_writes_a_release_shaped_folder(tmp_path, capsys):
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "x"
-    assert main(["synth", str(out), "--n-sigs", "0", "--scheduler", "none", "--quiet"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused by the option's type, before any work
+        main(["synth", str(out), "--n-sigs", "0", "--scheduler", "none", "--quiet"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "n_sigs" in err
+    assert err.count("\n") == 0 and "--n-sigs" in err
     out.mkdir()
     (out / "keep.txt").write_text("x")
     assert main(["synth", str(out), "--n-sigs", "5", "--scheduler", "none", "--quiet"]) == 2
