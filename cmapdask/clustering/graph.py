@@ -72,7 +72,12 @@ def _communities_leiden(n, a, b, w, resolution, seed):
 
 
 def _communities_louvain(n, a, b, w, resolution, seed):
-    import networkx as nx
+    try:
+        import networkx as nx
+    except ImportError:  # an optional dependency: one line, exit 2
+        raise InputError(
+            "graph clusters need igraph + leidenalg or networkx: pip install 'cmapdask[ml]'"
+        ) from None
 
     g = nx.Graph()
     g.add_nodes_from(range(n))
