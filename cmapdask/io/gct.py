@@ -254,7 +254,7 @@ def read_gct(
 
     Examples
     --------
-    >>> ds = read_gct("../shared/fixtures/cmappy/test_parse_gct_int_ids.gct")
+    >>> ds = read_gct("tests/data/cmappy/test_parse_gct_int_ids.gct")
     >>> ds.expr.dims, ds.expr.shape
     (('sig', 'gene'), (2, 3))
     >>> ds.sig.values.tolist(), ds.chd1.values.tolist()

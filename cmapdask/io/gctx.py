@@ -214,7 +214,7 @@ def read_gctx(
 
     Examples
     --------
-    >>> ds = read_gctx("../shared/fixtures/cmapm/gctv13_01.gctx")  # doctest: +SKIP
+    >>> ds = read_gctx("tests/data/cmapm/gctv13_01.gctx")  # doctest: +SKIP
     >>> ds.expr.shape  # doctest: +SKIP
     (371, 978)
     """

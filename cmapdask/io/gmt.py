@@ -71,7 +71,7 @@ def read_gmt(path, *, storage_options: dict | None = None) -> dict[str, list[str
 
     Examples
     --------
-    >>> read_gmt("../shared/fixtures/cmappy/test.gmt")
+    >>> read_gmt("tests/data/cmappy/test.gmt")
     {'A': ['a1', 'a3', 'a2'], 'B': ['b4', 'b2', 'b3']}
     """
     sets: dict[str, list[str]] = {}
@@ -127,7 +127,7 @@ def read_grp(path, *, storage_options: dict | None = None) -> list[str]:
 
     Examples
     --------
-    >>> read_grp("../shared/fixtures/cmappy/test.grp")
+    >>> read_grp("tests/data/cmappy/test.grp")
     ['r', 'd', 'e']
     """
     ids: list[str] = []
@@ -290,7 +290,7 @@ def read_gene_sets(path, *, storage_options: dict | None = None) -> dict[str, li
 
     Examples
     --------
-    >>> sets = read_gene_sets("../shared/fixtures/cmapm/HDAC_UP.grp")
+    >>> sets = read_gene_sets("tests/data/cmapm/HDAC_UP.grp")
     >>> list(sets), len(sets["HDAC_UP"])
     (['HDAC_UP'], 14)
     """
