@@ -199,8 +199,18 @@ def test_roomy_malloc_where_a_worker_pinned_the_thresholds():
 
 def test_roomy_malloc_applies_in_nanny_workers(cluster_client):
     # the workers of a real cluster (a Nanny each) are where the thresholds are pinned
+    import sys
+
+    import cloudpickle
+
     _glibc_only()
-    got = cluster_client.run(_malloc_faults)
+    # the workers cannot import this test module: send the probe by value
+    module = sys.modules[_malloc_faults.__module__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        got = cluster_client.run(_malloc_faults)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
     assert got
     for pinned, roomy in got.values():
         assert roomy < pinned / 15, (pinned, roomy)
