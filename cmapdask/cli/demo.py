@@ -257,7 +257,7 @@ def _stage_serve(args, client, store, paths, out) -> None:
     serve = getattr(args, "serve", None)
     if serve is None:
         serve = sys.stdin.isatty() and sys.stdout.isatty()
-    _step(args, "7. the query app, data browser and REST API (cmapdask serve)")
+    _step(args, "9. the query app, data browser and REST API (cmapdask serve)")
     if not serve:
         say(args, f"   start it with: {cmd}")
         return
