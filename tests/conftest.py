@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -134,15 +137,13 @@ def cluster_client(real_cluster):
         yield client
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """A real S3-compatible HTTP server (moto in server mode) on loopback.
-
-    Yields ``storage_options`` for s3fs; the fixture creates bucket ``cmapdask-test``.
-    """
+@contextlib.contextmanager
+def moto_server(log_dir: Path, bucket: str) -> Iterator[tuple[dict, subprocess.Popen]]:
+    """Start moto in server mode on a free loopback port with ``bucket`` created; yield
+    s3fs ``storage_options`` and the server process; stop it (resumed if stopped) after."""
     moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
     port = _free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    log = open(log_dir / "moto.log", "w")
     proc = subprocess.Popen(
         [moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
     )
@@ -162,8 +163,20 @@ def s3_server(tmp_path_factory):
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
-        ).create_bucket(Bucket="cmapdask-test")
-        yield opts
+        ).create_bucket(Bucket=bucket)
+        yield opts, proc
     finally:
+        if proc.poll() is None:  # a test may have frozen it (SIGSTOP)
+            os.kill(proc.pid, signal.SIGCONT)
         _stop([proc])
         log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible HTTP server (moto in server mode) on loopback.
+
+    Yields ``storage_options`` for s3fs; the fixture creates bucket ``cmapdask-test``.
+    """
+    with moto_server(tmp_path_factory.mktemp("moto"), "cmapdask-test") as (opts, _):
+        yield opts

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from tests.conftest import RealCluster, _free_port, _stop, _wait_port
+from tests.conftest import RealCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 N_SIG, N_GENE = 240, 1500
@@ -322,33 +322,10 @@ def test_killed_scheduler_is_one_line_exit_75(repro, own_cluster, tmp_path):
 @pytest.fixture
 def frozen_s3(tmp_path):
     """Its own moto server holding a store; yields (url, options, process)."""
-    import shutil
-
-    import boto3
-
     from cmapdask.io.store import write_store
+    from tests.conftest import moto_server
 
-    moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    port = _free_port()
-    log = open(tmp_path / "moto.log", "w")
-    proc = subprocess.Popen(
-        [moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        _wait_port(port, proc)
-        endpoint = f"http://127.0.0.1:{port}"
-        opts = {
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        }
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket="frozen")
+    with moto_server(tmp_path, "frozen") as (opts, proc):
         rng = np.random.default_rng(1)
         ds = xr.Dataset(
             {"expr": (("sig", "gene"), rng.normal(size=(20, 30)).astype(np.float32))},
@@ -356,11 +333,6 @@ def frozen_s3(tmp_path):
         )
         write_store(ds, "s3://frozen/s.zarr", storage_options=opts)
         yield "s3://frozen/s.zarr", opts, proc
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGCONT)
-        _stop([proc])
-        log.close()
 
 
 def test_frozen_s3_server_is_one_line_exit_75(frozen_s3):
