@@ -191,6 +191,10 @@ def _finish(df: pd.DataFrame, keep, table: str, fields: Fields, limit: int | Non
     return out.reset_index(drop=True)
 
 
+def _select(df, table: str, filters: dict, where, fields, limit) -> pd.DataFrame:
+    return _finish(df, _filter(df, table, filters, where), table, fields, limit)
+
+
 def _table(store, name: str, storage_options) -> pd.DataFrame:
     tables = read_tables(store, storage_options=storage_options)
     if name not in tables:
@@ -266,7 +270,7 @@ def sigs(
         hit = _filter(comp, "compoundinfo", {"moa": moa, "target": target}, None)
         perts = set(comp.loc[hit, "pert_id"].astype(str))
         filters["pert_id"] = sorted(perts & set(_values(pert_id) or perts)) or ["\0none"]
-    return _finish(df, _filter(df, "siginfo", filters, where), "siginfo", fields, limit)
+    return _select(df, "siginfo", filters, where, fields, limit)
 
 
 def compounds(
@@ -284,13 +288,8 @@ def compounds(
     """Compounds (compoundinfo rows) matching every filter given (cmapBQ's
     ``get_compoundinfo``); ``moa`` and ``target`` match any of a compound's values."""
     df = _table(store, "compoundinfo", storage_options)
-    keep = _filter(
-        df,
-        "compoundinfo",
-        dict(pert_id=pert_id, cmap_name=cmap_name, moa=moa, target=target),
-        where,
-    )
-    return _finish(df, keep, "compoundinfo", fields, limit)
+    filters = dict(pert_id=pert_id, cmap_name=cmap_name, moa=moa, target=target)
+    return _select(df, "compoundinfo", filters, where, fields, limit)
 
 
 def genes(
@@ -311,20 +310,12 @@ def genes(
     df = _table(store, "geneinfo", storage_options)
     space = _values(feature_space)
     if space is not None:
-        classes = set()
-        for s in (x.lower() for x in space):
-            classes |= {
-                "bing": {"landmark", "best inferred"},
-                "all": {"landmark", "best inferred", "inferred"},
-            }.get(s, {s})
-        feature_space = sorted(classes)
-    keep = _filter(
-        df,
-        "geneinfo",
-        dict(gene_id=gene_id, gene_symbol=gene_symbol, feature_space=feature_space),
-        where,
-    )
-    return _finish(df, keep, "geneinfo", fields, limit)
+        from cmapdask.model.spaces import SPACE_CLASSES  # the one feature-space rule
+
+        classes = {"all": {"landmark", "best inferred", "inferred"}, **SPACE_CLASSES}
+        feature_space = sorted(set().union(*(classes.get(x.lower(), {x}) for x in space)))
+    filters = dict(gene_id=gene_id, gene_symbol=gene_symbol, feature_space=feature_space)
+    return _select(df, "geneinfo", filters, where, fields, limit)
 
 
 def cells(
@@ -340,13 +331,10 @@ def cells(
 ) -> pd.DataFrame:
     """Cell lines (cellinfo rows, or the store's cell lines with their signature counts)."""
     df = _table(store, "cellinfo", storage_options)
-    keep = _filter(
-        df,
-        "cellinfo",
-        dict(cell_iname=cell_iname, cell_lineage=cell_lineage, primary_disease=primary_disease),
-        where,
+    filters = dict(
+        cell_iname=cell_iname, cell_lineage=cell_lineage, primary_disease=primary_disease
     )
-    return _finish(df, keep, "cellinfo", fields, limit)
+    return _select(df, "cellinfo", filters, where, fields, limit)
 
 
 def genetic_perts(
@@ -376,7 +364,7 @@ def genetic_perts(
     filters = dict(pert_id=pert_id, cmap_name=cmap_name, pert_type=pert_type)
     if gene_id is not None:
         filters["gene_id"] = gene_id
-    return _finish(df, _filter(df, table, filters, where), table, fields, limit)
+    return _select(df, table, filters, where, fields, limit)
 
 
 def _count(store, field: str, storage_options) -> pd.DataFrame:
