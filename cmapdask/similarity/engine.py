@@ -63,6 +63,19 @@ def standardized(x: da.Array, metric: Metric) -> tuple[str, HighLevelGraph, da.A
     return name, hlg, z, v
 
 
+def standardized_pair(x: da.Array, ref: da.Array | None, metric: Metric):
+    """Standardised blocks of ``x`` and of ``ref`` (``x`` itself when None) and the plan of
+    block pairs: ``(sname, shlg, valid, rname, rhlg, ref_valid, plan)``; shared by the
+    top-k graph and the recall pass."""
+    x = _whole_genes(x)
+    sname, shlg, _, valid = standardized(x, metric)
+    if ref is None:
+        return sname, shlg, valid, sname, shlg, valid, plan_blocks(x.chunks[0])
+    ref = _whole_genes(ref)
+    rname, rhlg, _, ref_valid = standardized(ref, metric)
+    return sname, shlg, valid, rname, rhlg, ref_valid, plan_blocks(x.chunks[0], ref.chunks[0])
+
+
 def _pair_task(sa, sb, k, a_offset, b_offset, diagonal, both):
     return pair_keys(
         sa[0],
@@ -95,15 +108,7 @@ def topk_arrays(
     triangle of block pairs is multiplied). Indices are positions in ``ref`` (or ``x``).
     Callers validate ``k``; this layer only builds the graph.
     """
-    x = _whole_genes(x)
-    sname, shlg, _, valid = standardized(x, metric)
-    if ref is None:
-        rname, rhlg, ref_valid = sname, shlg, valid
-        plan = plan_blocks(x.chunks[0])
-    else:
-        ref = _whole_genes(ref)
-        rname, rhlg, _, ref_valid = standardized(ref, metric)
-        plan = plan_blocks(x.chunks[0], ref.chunks[0])
+    sname, shlg, valid, rname, rhlg, ref_valid, plan = standardized_pair(x, ref, metric)
     rb, cb = block_bounds(plan.row_chunks), block_bounds(plan.col_chunks)
     tok = tokenize(sname, rname, k, split_every, plan.mode)
     pname, xname, mname, oname = (

@@ -50,9 +50,9 @@ from dask.highlevelgraph import HighLevelGraph
 
 from cmapdask.errors import InputError
 from cmapdask.similarity.api import Space
-from cmapdask.similarity.engine import _add_layer, _whole_genes, standardized
+from cmapdask.similarity.engine import _add_layer, standardized_pair
 from cmapdask.similarity.kernels import Metric
-from cmapdask.similarity.plan import block_bounds, merge_tree, plan_blocks
+from cmapdask.similarity.plan import block_bounds, merge_tree
 
 __all__ = [
     "RecallLabels",
@@ -505,15 +505,7 @@ def recall_arrays(
     planned block pair, one histogram tree over all pairs, one rank-count tree per row
     block, and a final :func:`recall_statistics`.
     """
-    x = _whole_genes(x)
-    sname, shlg, _, valid = standardized(x, metric)
-    if ref is None:
-        rname, rhlg, ref_valid = sname, shlg, valid
-        plan = plan_blocks(x.chunks[0])
-    else:
-        ref = _whole_genes(ref)
-        rname, rhlg, _, ref_valid = standardized(ref, metric)
-        plan = plan_blocks(x.chunks[0], ref.chunks[0])
+    sname, shlg, valid, rname, rhlg, ref_valid, plan = standardized_pair(x, ref, metric)
     rb, cb = block_bounds(plan.row_chunks), block_bounds(plan.col_chunks)
     tok = tokenize(sname, rname, *_lab_token(lab), bins, moa_bins, split_every)
     lname, piece, gath, pname, sidename, hname, cname, fname = (
