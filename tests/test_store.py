@@ -95,7 +95,9 @@ def test_convert_gctx_fixture_equals_source(tmp_path, fixtures):
     store = open_store(dest)
     assert_same_dataset(read_gctx(src), store)
     expr = zarr.open_group(str(dest))["expr"]
-    assert expr.chunks == (100, 978) and expr.dtype == np.float32
+    # shards of 100 whole signatures, inner chunks of a few signatures
+    assert expr.shards == (100, 978) and expr.dtype == np.float32
+    assert expr.chunks[1] == 978 and 100 % expr.chunks[0] == 0 and expr.chunks[0] < 100
     prov = store.attrs["cmapdask"]
     assert prov["complete"] is True and prov["schema_version"] == 1
     assert prov["source"]["name"] == "gctv13_01.gctx"
@@ -219,7 +221,8 @@ def test_roomy_malloc_applies_in_nanny_workers(cluster_client):
 def test_default_chunks_whole_genes_multiple_of_file_chunks(tmp_path, fixtures):
     dest = convert(fixtures / "cmapm/gctv13_01.gctx", tmp_path / "s.zarr")
     expr = zarr.open_group(str(dest))["expr"]
-    assert expr.chunks[1] == 978 and expr.chunks[0] % 268 == 0 or expr.chunks[0] == 371
+    rows = expr.shards[0]
+    assert expr.shards[1] == 978 and rows % 268 == 0 or rows == 371
 
 
 def test_convert_joins_tables(small_release):

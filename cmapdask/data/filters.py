@@ -421,9 +421,11 @@ def matrix(
 
     Notes
     -----
-    Only the store chunks holding the chosen signatures are read, when computed.
+    Only the inner chunks of the store's shards that hold the chosen signatures are read,
+    when computed (a few signatures each; whole chunks for stores written unsharded).
     """
     from cmapdask.io.store import open_store
+    from cmapdask.io.store.read import take_sigs
 
     ds = open_store(store, storage_options=storage_options)
     if sigs is not None:
@@ -436,7 +438,7 @@ def matrix(
             raise InputError(
                 f"{store}: {len(bad)} signature id(s) not in the store, e.g. {bad[0]!r}"
             )
-        ds = ds.isel(sig=pos)
+        ds = take_sigs(ds, pos, storage_options=storage_options)
     if genes is not None:
         want = (
             genes["gene_id"].astype(str).tolist()

@@ -383,7 +383,7 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
             storage_options=zarr_options(src, storage_options),
             use_consolidated=False,
         )
-        rows = int(g["expr"].chunks[0])
+        rows = int((g["expr"].shards or g["expr"].chunks)[0])  # whole chunks or shards
         sig_arrays = {
             name
             for name, a in g.arrays()
@@ -405,12 +405,16 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
     rest = n_new - first
     chunks = (first, *([rows] * (rest // rows)), *([rest % rows] if rest % rows else []))
     x = x.rechunk({0: chunks, 1: -1})
-    with quiet_zarr():
-        job = da.store(
-            x, arr, regions=(slice(n_old, n_tot), slice(None)), lock=False, compute=False
-        )
-        bad = (~da.isfinite(x)).any(axis=1)  # counted in the same pass as the write
-        _, bad = dask.compute(job, bad)  # progress is the command line's (cmapdask.cli.runtime)
+    job = x.map_blocks(
+        _store_block,
+        n_old=n_old,
+        url=dest,
+        opts=opts,
+        dtype=np.int8,
+        chunks=((1,) * x.numblocks[0], (1,)),
+    )
+    bad = (~da.isfinite(x)).any(axis=1)  # counted in the same pass as the write
+    _, bad = dask.compute(job, bad)  # progress is the command line's (cmapdask.cli.runtime)
     checkpoint("append")
     coords = {}
     for k, v in fields.items():
@@ -424,6 +428,14 @@ def _extend(src, dest, x, fields, n_old, storage_options, progress, prov):
         rec = _nonfinite_record(meta.pop("nonfinite", None), bad, fields["sig"], n_old)
         root.attrs["cmapdask"] = {**meta, **prov, **rec, "n_sig": int(n_tot), "complete": True}
     consolidate(dest, storage_options)  # the copied consolidated metadata is stale now
+
+
+def _store_block(block, n_old, url, opts, block_info=None):
+    from cmapdask.io.store.write import store_rows
+
+    (start, _), _ = block_info[0]["array-location"]
+    store_rows(url, opts, n_old + start, np.asarray(block, dtype=np.float32))
+    return np.zeros((1, 1), np.int8)
 
 
 def _nonfinite_record(old, bad, sig, n_old) -> dict:

@@ -28,20 +28,32 @@ _STRING_KINDS = "OUT"
 def store_chunk_rows(
     n_gene: int, *, file_rows: int | None = None, chunk_mb: float | None = None
 ) -> int:
-    """Signatures per ``expr`` chunk: about ``chunk_mb`` MiB of float32 with every gene,
-    rounded to a multiple of the source's own chunk rows so no source chunk is read twice."""
+    """Signatures per ``expr`` chunk (a shard): about ``chunk_mb`` MiB of float32 with every
+    gene, rounded to a multiple of the source's own chunk rows so no source chunk is read
+    twice, else to a multiple of the inner chunk rows."""
+    from cmapdask.io.store.shards import inner_target
+
     chunk_mb = chunk_mb or float(config.get("store.chunk_mb", 32))
     rows = max(1, int(chunk_mb * 2**20) // max(1, 4 * n_gene))
     if file_rows:
-        rows = max(file_rows, rows // file_rows * file_rows)
-    return rows
+        return max(file_rows, rows // file_rows * file_rows)
+    inner = inner_target(n_gene)
+    return max(inner, rows // inner * inner)
 
 
 def _expr_encoding(rows: int, n_gene: int) -> dict:
+    """Shards of ``rows`` whole signatures made of inner chunks of a few signatures
+    (:mod:`~cmapdask.io.store.shards`), blosc-zstd with byte shuffle."""
+    from cmapdask.io.store.shards import inner_rows
+
     clevel = int(config.get("store.clevel", 3))
+    compressors = (BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle"),)
+    if not config.get("store.inner_kb", 256):  # 0: plain chunks of whole signatures
+        return {"chunks": (rows, n_gene), "compressors": compressors}
     return {
-        "chunks": (rows, n_gene),
-        "compressors": (BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle"),),
+        "chunks": (inner_rows(rows, n_gene), n_gene),
+        "shards": (rows, n_gene),
+        "compressors": compressors,
     }
 
 

@@ -4,17 +4,21 @@ coordinates read into memory, a virtual store's matrix read from its source in p
 
 from __future__ import annotations
 
+import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
 
+from cmapdask import config
 from cmapdask.errors import StoreError
 from cmapdask.io.atomic import join
 from cmapdask.io.store.access import _open_group, quiet_zarr, zarr_options
 from cmapdask.io.store.layout import _STRING_KINDS
 from cmapdask.io.store.publish import _check_complete
+from cmapdask.io.store.shards import ShardedMatrix, sharded_matrix
 
-__all__ = ["has_member", "list_members", "open_member", "open_store"]
+__all__ = ["has_member", "list_members", "open_member", "open_store", "take_sigs"]
 
 
 def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
@@ -46,8 +50,68 @@ def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
         from cmapdask.io.virtual import open_virtual
 
         ds = open_virtual(ds, meta, url, storage_options)
+    else:
+        m = _sharded(url, storage_options)
+        if m is not None:
+            ds = ds.assign(expr=ds["expr"].copy(data=_shard_array(m, meta)))
     ds.attrs = {"cmapdask": meta, "store_url": str(url)}
     return ds
+
+
+def _sharded(url, storage_options) -> ShardedMatrix | None:
+    """The store's ``expr`` as a :class:`ShardedMatrix` when cmapdask wrote its shards."""
+    with quiet_zarr():
+        g = _open_group(url, "r", storage_options)
+        arr = g["expr"] if "expr" in g else None
+    if arr is None or isinstance(arr, zarr.Group):
+        return None
+    return sharded_matrix(arr, url, zarr_options(url, storage_options))
+
+
+def _shard_array(m: ShardedMatrix, meta: dict) -> da.Array:
+    """``expr`` as a dask array of one task per shard (one request, decoded here)."""
+    name = "expr-" + dask.base.tokenize(m.url, m.shape, m.shard_rows, m.inner, meta)
+    return da.from_array(
+        m,
+        chunks=(m.shard_rows, m.shape[1]),
+        name=name,
+        lock=False,
+        asarray=False,
+        meta=np.empty((0, 0), np.float32),
+    )
+
+
+def take_sigs(ds: xr.Dataset, pos, *, storage_options: dict | None = None) -> xr.Dataset:
+    """``ds.isel(sig=pos)`` of a dataset from :func:`open_store`, reading only the inner
+    chunks that hold those signatures when ``expr`` is sharded (else whole chunks).
+
+    One task per group of at most ``cmapdask.store.take_rows`` signatures (in store
+    order); each task sends its index and chunk requests together.
+    """
+    pos = np.asarray(pos, dtype=np.int64).reshape(-1)
+    url = ds.attrs.get("store_url")
+    m = (
+        None
+        if url is None or "virtual" in ds.attrs.get("cmapdask", {})
+        else _sharded(url, storage_options)
+    )
+    out = ds.isel(sig=pos)
+    if m is None or pos.size == 0:
+        return out
+    uniq, inverse = np.unique(pos, return_inverse=True)
+    step = int(config.get("store.take_rows", 1024))
+    parts = [
+        da.from_delayed(
+            dask.delayed(m.take, pure=True)(uniq[i : i + step]),
+            shape=(min(step, uniq.size - i), m.shape[1]),
+            dtype=np.float32,
+            meta=np.empty((0, 0), np.float32),
+        )
+        for i in range(0, uniq.size, step)
+    ]
+    x = da.concatenate(parts, axis=0)
+    x = x if np.array_equal(uniq, pos) else x[inverse]
+    return out.assign(expr=out["expr"].copy(data=x))
 
 
 def _coords_to_memory(ds: xr.Dataset, url, storage_options) -> xr.Dataset:

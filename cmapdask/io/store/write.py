@@ -29,6 +29,7 @@ from cmapdask.io.store.publish import (
     ensure_parent_groups,
     mark_complete_remote,
 )
+from cmapdask.io.store.shards import sharded_matrix, write_shard
 
 __all__ = ["write_member", "write_store"]
 
@@ -152,18 +153,32 @@ def _write_expr(data, url, storage_options):
 def _store_block(block, url, storage_options, block_info=None):
     (start, stop), _ = block_info[0]["array-location"]
     with roomy_malloc():  # (no quiet_zarr here: warning filters are not thread-safe)
-        arr = zarr.open_array(url, path="expr", mode="r+", storage_options=storage_options)
-        # every chunk is written: no pass over each chunk comparing it with the fill value
-        # (a tenth of the conversion's CPU), and an all-NaN block is stored like any other
-        arr = arr.with_config({"write_empty_chunks": True})
         values = np.asarray(block, dtype=np.float32)
-        arr[start:stop, :] = values
+        store_rows(url, storage_options, start, values)
     bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
     first = start + int(bad[0]) if bad.size else -1
     from cmapdask.rebuild.faults import checkpoint
 
     checkpoint("write")  # fault injection for the kill tests (a no-op unless asked)
     return np.array([[stop - start, bad.size, first]], dtype=np.int64)
+
+
+def store_rows(url, storage_options, start: int, values: np.ndarray) -> None:
+    """Write ``values`` as ``expr[start:start + len(values)]``: whole chunks (shards), the
+    last possibly short; a block starting inside a shard (an append) rewrites that shard
+    with its earlier signatures, read back."""
+    arr = zarr.open_array(url, path="expr", mode="r+", storage_options=storage_options)
+    sharded = sharded_matrix(arr, url, storage_options)
+    if sharded is None:
+        # every chunk is written: no pass comparing each chunk with the fill value (a
+        # tenth of the conversion's CPU); an all-NaN block is stored like any other
+        arr = arr.with_config({"write_empty_chunks": True})
+        arr[start : start + values.shape[0], :] = values
+        return
+    s, off = divmod(start, sharded.shard_rows)
+    if off:
+        values = np.concatenate([sharded.take(np.arange(start - off, start)), values])
+    write_shard(sharded, s, values)  # encoded here: zarr's sharding codec is far slower
 
 
 def _nonfinite(stats: np.ndarray, sig: np.ndarray, dest) -> dict:
