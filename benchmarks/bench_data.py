@@ -1,12 +1,15 @@
 """Data access: filters and SQL over 1,000,000 signatures' metadata, and `matrix` of
 random signatures from a store on a moto S3 server (loopback).
 
-    python3 benchmarks/bench_data.py [--n-meta 1000000] [--n-store 100000] [--n-pick 1000]
+    python3 benchmarks/bench_data.py [--n-meta 1000000] [--n-store 1000000] [--n-pick 1000]
+        [--chunk-mb 32] [--baseline] [--skip-meta]
 
 Prints warm timings (best of 5 after one cold call) for a `sigs` filter and a two-table
-SQL join, then the time to read `--n-pick` random signatures x 978 genes from an
-`--n-store`-signature store on moto S3, with the bytes the store had to read (whole
-chunks: a random pick touches nearly every chunk of the store, see the note printed).
+SQL join, then the time of `matrix` for `--n-pick` random signatures x 978 genes from an
+`--n-store`-signature store on moto S3 (in shards of `--chunk-mb` MiB; `--baseline` also
+writes the store in plain chunks of whole signatures and times the same reads), with the
+requests each call sent. moto answers a ranged GET by reading the whole object, so large
+shards cost it more than they cost S3.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import cmapdask
 import cmapdask.data as cd
 
 
-def _meta_store(root: str, n: int) -> str:
+def _tables(n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """siginfo and compoundinfo of ``n`` signatures, shaped like the 2020 release's."""
     rng = np.random.default_rng(0)
     n_comp = max(10, n // 40)
     comp = pd.DataFrame(
@@ -58,6 +62,11 @@ def _meta_store(root: str, n: int) -> str:
             "tas": rng.random(n).round(4),
         }
     )
+    return sig, comp
+
+
+def _meta_store(root: str, n: int) -> str:
+    sig, comp = _tables(n)
     ds = xr.Dataset(
         {"expr": (("sig", "gene"), dask.array.zeros((n, 1), dtype=np.float32, chunks=(n, 1)))},
         coords={"sig": sig.sig_id.to_numpy(dtype=object), "gene": np.array(["1"], dtype=object)},
@@ -114,70 +123,111 @@ def _moto():
     return proc, opts
 
 
+def _matrix_bench(args, opts) -> None:
+    """``matrix`` of random signatures from a store on moto S3, sharded (the default) and,
+    with ``--baseline``, written in plain chunks of whole signatures (same run)."""
+    from cmapdask.io.store.read import take_sigs
+    from cmapdask.io.store.shards import ShardedMatrix
+
+    layouts = [("sharded", {})]
+    if args.baseline:
+        layouts.append(("plain chunks", {"cmapdask.store.inner_kb": 0}))
+    design = cmapdask.synth_design(args.n_store, genes="landmark", seed=0)
+    data = cmapdask.synth_dataset(design)
+    sig, _ = _tables(args.n_store)  # metadata fields, read by open_store like a release's
+    data = data.assign_coords({k: ("sig", sig[k].to_numpy()) for k in sig if k != "sig_id"})
+    for label, cfg in layouts:
+        url = f"s3://bench/{uuid.uuid4().hex[:8]}/store.zarr"
+        t = time.perf_counter()
+        with dask.config.set({**cfg, "cmapdask.store.chunk_mb": args.chunk_mb}):
+            cmapdask.write_store(data, url, storage_options=opts)
+        print(
+            f"\n{label}: store on moto S3, {args.n_store:,} x 978, {args.chunk_mb:g} MiB "
+            f"chunks: written in {time.perf_counter() - t:.1f} s"
+        )
+        t = time.perf_counter()
+        ds = cmapdask.open_store(url, storage_options=opts)
+        t_open = time.perf_counter() - t
+        ids = ds.sig.values
+        n_fields = sum(c.dims == ("sig",) for c in ds.coords.values())
+        print(f"  open_store (ids and {n_fields} metadata fields): {t_open:.2f} s")
+        rng = np.random.default_rng(1)
+        calls, takes, reqs = [], [], []
+        real = ShardedMatrix._fetch
+
+        def counting(self, fs, r, _real=real, reqs=reqs):
+            reqs.append(len(r))
+            return _real(self, fs, r)
+
+        ShardedMatrix._fetch = counting
+        try:
+            for _ in range(args.repeat):
+                pos = rng.choice(ids.size, args.n_pick, replace=False)
+                pick = list(ids[pos])
+                reqs.clear()
+                t = time.perf_counter()
+                m = cd.matrix(url, sigs=pick, storage_options=opts).expr.values
+                calls.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                v = take_sigs(ds, pos, storage_options=opts).expr.values
+                takes.append(time.perf_counter() - t)
+                assert np.array_equal(m, v, equal_nan=True)
+                n_req = sum(reqs) // 2
+        finally:
+            ShardedMatrix._fetch = real
+        print(
+            f"  matrix of {args.n_pick} random signatures x {m.shape[1]} genes "
+            f"(opens the store): {np.median(calls):.2f} s median, {min(calls):.2f} best of "
+            f"{args.repeat} (target <= 2 s at 1M signatures)"
+        )
+        print(
+            f"  the read alone (store opened): {np.median(takes):.2f} s median, "
+            f"{min(takes):.2f} best; {n_req or 'whole-chunk'} requests per call"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-meta", type=int, default=1_000_000)
-    ap.add_argument("--n-store", type=int, default=100_000)
+    ap.add_argument("--n-store", type=int, default=1_000_000)
     ap.add_argument("--n-pick", type=int, default=1000)
+    ap.add_argument("--chunk-mb", type=float, default=32, help="store chunk (shard) size")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--baseline", action="store_true", help="also a store of plain chunks")
+    ap.add_argument("--skip-meta", action="store_true", help="only the matrix benchmark")
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="bench-data-")
     try:
         with dask.config.set(scheduler="threads"):
-            t = time.perf_counter()
-            store = _meta_store(root, args.n_meta)
-            print(
-                f"metadata store, {args.n_meta:,} signatures: made in {time.perf_counter() - t:.1f} s"
-            )
-            t = time.perf_counter()
-            cd.sigs(store, cell_iname="MCF7")
-            print(f"first call (reads the tables)          {time.perf_counter() - t:7.3f} s")
-            f = _best(
-                lambda: cd.sigs(
-                    store,
-                    cmap_name="cmpd-7,cmpd-9",
-                    cell_iname="MCF7",
-                    pert_idose="10 µM",
-                    pert_itime="24 h",
+            if not args.skip_meta:
+                t = time.perf_counter()
+                store = _meta_store(root, args.n_meta)
+                print(
+                    f"metadata store, {args.n_meta:,} signatures: made in {time.perf_counter() - t:.1f} s"
                 )
-            )
-            print(f"sigs filter, warm (best of 5)          {f:7.3f} s   (target <= 0.2)")
-            q = (
-                "SELECT c.moa, count(*) AS n FROM siginfo s JOIN compoundinfo c "
-                "USING (pert_id) WHERE s.cell_iname = 'MCF7' GROUP BY 1 ORDER BY 2 DESC"
-            )
-            j = _best(lambda: cd.sql(store, q))
-            print(f"two-table SQL join, warm (best of 5)   {j:7.3f} s   (target <= 0.2)")
+                t = time.perf_counter()
+                cd.sigs(store, cell_iname="MCF7")
+                print(f"first call (reads the tables)          {time.perf_counter() - t:7.3f} s")
+                f = _best(
+                    lambda: cd.sigs(
+                        store,
+                        cmap_name="cmpd-7,cmpd-9",
+                        cell_iname="MCF7",
+                        pert_idose="10 µM",
+                        pert_itime="24 h",
+                    )
+                )
+                print(f"sigs filter, warm (best of 5)          {f:7.3f} s   (target <= 0.2)")
+                q = (
+                    "SELECT c.moa, count(*) AS n FROM siginfo s JOIN compoundinfo c "
+                    "USING (pert_id) WHERE s.cell_iname = 'MCF7' GROUP BY 1 ORDER BY 2 DESC"
+                )
+                j = _best(lambda: cd.sql(store, q))
+                print(f"two-table SQL join, warm (best of 5)   {j:7.3f} s   (target <= 0.2)")
 
             proc, opts = _moto()
             try:
-                url = f"s3://bench/{uuid.uuid4().hex[:8]}/store.zarr"
-                design = cmapdask.synth_design(args.n_store, genes="landmark", seed=0)
-                t = time.perf_counter()
-                cmapdask.write_store(cmapdask.synth_dataset(design), url, storage_options=opts)
-                print(
-                    f"\nstore on moto S3, {args.n_store:,} x 978: written in "
-                    f"{time.perf_counter() - t:.1f} s"
-                )
-                ids = cmapdask.open_store(url, storage_options=opts).sig.values
-                rng = np.random.default_rng(1)
-                times = []
-                for _ in range(3):
-                    pick = list(ids[rng.choice(ids.size, args.n_pick, replace=False)])
-                    t = time.perf_counter()
-                    m = cd.matrix(url, sigs=pick, storage_options=opts).expr.values
-                    times.append(time.perf_counter() - t)
-                rows = cmapdask.open_store(url, storage_options=opts).expr.data.chunks[0][0]
-                n_chunks = -(-args.n_store // rows)
-                print(
-                    f"matrix of {args.n_pick} random signatures x {m.shape[1]} genes: "
-                    f"{min(times):.2f} s best, {np.median(times):.2f} s median "
-                    f"(target <= 2 s at 1M signatures)"
-                )
-                print(
-                    f"  store chunks: {rows} signatures ({rows * 978 * 4 / 2**20:.0f} MiB); a "
-                    f"random pick of {args.n_pick} touches ~"
-                    f"{n_chunks * (1 - (1 - 1 / n_chunks) ** args.n_pick):.0f} of {n_chunks}"
-                )
+                _matrix_bench(args, opts)
             finally:
                 proc.terminate()
                 proc.wait(timeout=20)

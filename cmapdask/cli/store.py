@@ -161,7 +161,8 @@ def run_info(args) -> int:
     print(f"{info['kind']}: {info.get('url') or info.get('path')}")
     print(f"  shape       {info['shape']['sig']} signatures x {info['shape']['gene']} genes")
     if info["kind"] == "store":
-        print(f"  chunks      {info['chunks']} {info['dtype']} {'+'.join(info['codecs'])}")
+        shards = f" in shards of {info['shards']}" if info.get("shards") else ""
+        print(f"  chunks      {info['chunks']}{shards} {info['dtype']} {'+'.join(info['codecs'])}")
         if info.get("stored_bytes") is not None:
             print(f"  stored      {info['stored_bytes'] / 2**20:.1f} MiB")
         print(f"  members     {', '.join(info['members']) or '(none)'}")

@@ -3,8 +3,9 @@
 Layout::
 
     STORE/                      root group; attrs["cmapdask"] holds provenance and "complete"
-      expr                      float32 (sig, gene), chunks of whole signatures (all genes),
-                                blosc-zstd; written once, never rewritten
+      expr                      float32 (sig, gene): shards of whole signatures (all
+                                genes) made of inner chunks of a few signatures, blosc-zstd
+                                (cmapdask.io.store.shards); written once, never rewritten
       sig, gene                 ids (variable-length UTF-8)
       <field>                   metadata coordinates along sig or gene
       index/<space>/            query index (cmapdask.connectivity)      } members, each a
@@ -18,7 +19,9 @@ so adding one never touches ``expr``.
 
 The package, one module per part: :mod:`~cmapdask.io.store.layout` (schema, chunk policy,
 provenance record), :mod:`~cmapdask.io.store.access` (reaching the Zarr groups),
-:mod:`~cmapdask.io.store.write` (stores and members), :mod:`~cmapdask.io.store.publish`
+:mod:`~cmapdask.io.store.write` (stores and members),
+:mod:`~cmapdask.io.store.shards` (``expr``'s shards, encoded and decoded),
+:mod:`~cmapdask.io.store.publish`
 (complete flags, consolidated metadata), :mod:`~cmapdask.io.store.read` (opening),
 :mod:`~cmapdask.io.store.conversion` (GCTx/GCT in, tables joined),
 :mod:`~cmapdask.io.store.info` and :mod:`~cmapdask.io.store.checksum`.

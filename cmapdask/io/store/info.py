@@ -17,6 +17,8 @@ def store_info(url, *, storage_options: dict | None = None) -> dict:
         if "expr" in g:
             arr = g["expr"]
             codecs = [type(c).__name__ for c in arr.metadata.codecs]
+            if getattr(arr, "shards", None):  # the inner chunks' codecs
+                codecs += [type(c).__name__ for c in arr.metadata.codecs[0].codecs]
         else:  # a virtual store: expr is the source's matrix, read in place
             arr = ds["expr"].data
             v = ds.attrs["cmapdask"]["virtual"]
@@ -29,6 +31,7 @@ def store_info(url, *, storage_options: dict | None = None) -> dict:
         "url": str(url),
         "shape": {"sig": ds.sizes["sig"], "gene": ds.sizes["gene"]},
         "chunks": [int(c[0]) if isinstance(c, tuple) else int(c) for c in arr.chunks],
+        "shards": list(getattr(arr, "shards", None) or []) or None,
         "dtype": str(arr.dtype),
         "codecs": codecs,
         "stored_bytes": nbytes_stored,
