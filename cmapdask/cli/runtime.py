@@ -320,7 +320,12 @@ class _Watchdog:
                 return
             self.reason = last_failure = reason
             self._stop.set()
-        _thread.interrupt_main()
+        if callable(signal.getsignal(signal.SIGINT)):
+            # a real signal wakes a main thread blocked in a wait or a sleep at once;
+            # interrupt_main only flags it for when it next runs Python code
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        else:  # SIGINT ignored or at its default action: never send the real signal
+            _thread.interrupt_main()
 
     def _state(self):
         fn = _by_value(_scheduler_state)

@@ -170,21 +170,28 @@ class ShardedMatrix:
         return np.frombuffer(raw, "<u8").reshape(self.n_inner, 2)
 
     def _fill(self, out, rows, g, s, chunks, index, piece) -> None:
+        """Decode the inner chunks ``chunks`` of shard ``s`` into ``out[g]`` (``rows[g]``
+        sorted and distinct: each chunk's rows are a run of ``g``)."""
         codec = _codec()
         local = rows[g] - s * self.shard_rows
+        inner, n_gene = self.inner, self.shape[1]
         for c in chunks.tolist():
-            sel = g[(local // self.inner) == c]
+            lo, hi = np.searchsorted(local, [c * inner, (c + 1) * inner])
+            dst = slice(int(g[lo]), int(g[lo]) + int(hi - lo))  # g is a run of out's rows
             if index[c, 0] == _EMPTY:
-                out[sel] = self.fill
+                out[dst] = self.fill
                 continue
+            whole = hi - lo == inner  # the whole inner chunk wanted: decode in place
             try:
-                block = np.frombuffer(codec.decode(piece(c)), "<f4")
-                block = block.reshape(self.inner, self.shape[1])
-            except (RuntimeError, ValueError):
+                if whole:
+                    codec.decode(piece(c), out=out[dst])
+                else:
+                    block = np.frombuffer(codec.decode(piece(c)), "<f4").reshape(inner, n_gene)
+                    out[dst] = block[local[lo:hi] - c * inner]
+            except (RuntimeError, ValueError, TypeError):
                 raise StoreError(
                     f"{self.url}: expr shard {s}, inner chunk {c} does not decode (corrupt)"
                 ) from None
-            out[sel] = block[local[(local // self.inner) == c] - c * self.inner]
 
     def _fetch(self, fs, reqs: list) -> list:
         """Bytes of each ``(path, start, end)`` (``None`` whole; negative start: suffix)."""
