@@ -23,6 +23,8 @@ def quiet_zarr():
         # zarr both read them, which is all we need.
         warnings.filterwarnings("ignore", category=zarr.errors.UnstableSpecificationWarning)
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        # the tables member keeps Parquet files inside its group (cmapdask.data.tables)
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
         yield
 
 

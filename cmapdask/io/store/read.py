@@ -4,6 +4,10 @@ coordinates read into memory, a virtual store's matrix read from its source in p
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
+
 import dask
 import dask.array as da
 import numpy as np
@@ -44,8 +48,10 @@ def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
             zarr_format=3,
             chunks={},
             storage_options=zarr_options(url, storage_options),
+            create_default_indexes=False,  # the ids are read (or cached) just below
         )
-    ds = _coords_to_memory(ds, url, storage_options)
+    key = (str(url), json.dumps(meta, sort_keys=True, default=str))
+    ds = _coords_to_memory(ds, url, storage_options, key=key)
     if meta.get("virtual"):  # expr reads the source GCTx's chunks in place
         from cmapdask.io.virtual import open_virtual
 
@@ -53,7 +59,7 @@ def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
     else:
         m = _sharded(url, storage_options)
         if m is not None:
-            ds = ds.assign(expr=ds["expr"].copy(data=_shard_array(m, meta)))
+            ds = ds.assign(expr=ds["expr"].copy(deep=False, data=_shard_array(m, meta)))
     ds.attrs = {"cmapdask": meta, "store_url": str(url)}
     return ds
 
@@ -111,20 +117,38 @@ def take_sigs(ds: xr.Dataset, pos, *, storage_options: dict | None = None) -> xr
     ]
     x = da.concatenate(parts, axis=0)
     x = x if np.array_equal(uniq, pos) else x[inverse]
-    return out.assign(expr=out["expr"].copy(data=x))
+    return out.assign(expr=out["expr"].copy(deep=False, data=x))
 
 
-def _coords_to_memory(ds: xr.Dataset, url, storage_options) -> xr.Dataset:
+# The coordinates of the last few stores opened, per process and store version (the key
+# holds the store's provenance, which every publish renews): reopening a store of a
+# million signatures (the web app, a notebook calling matrix) does not read and decode
+# its metadata again. The arrays are read-only, so no caller can change the cached copy.
+_COORDS: OrderedDict = OrderedDict()
+_COORDS_LOCK = threading.Lock()
+
+
+def _coords_to_memory(ds: xr.Dataset, url, storage_options, key=None) -> xr.Dataset:
     """Load 1-D coordinates straight from Zarr (no dask compute); strings back to object
     arrays with None for missing."""
-    with quiet_zarr():
-        g = _open_group(url, "r", storage_options)
-        new = {}
-        for name, c in ds.coords.items():
-            vals = np.asarray(g[name][:]) if name in g else np.asarray(c.values)
-            if vals.dtype.kind in _STRING_KINDS or vals.dtype.kind == "T":
-                vals = np.array([None if v == "" else str(v) for v in vals.tolist()], dtype=object)
-            new[name] = (c.dims, vals)
+    with _COORDS_LOCK:
+        new = _COORDS.get(key) if key is not None else None
+    if new is None:
+        with quiet_zarr():
+            g = _open_group(url, "r", storage_options)
+            new = {}
+            for name, c in ds.coords.items():
+                vals = np.asarray(g[name][:]) if name in g else np.array(c.values)
+                if vals.dtype.kind in _STRING_KINDS or vals.dtype.kind == "T":
+                    vals = _str_objects(vals)
+                vals.setflags(write=False)
+                # a Variable, built once: xarray checks object arrays on every build
+                new[name] = xr.Variable(c.dims, vals)
+        if key is not None:
+            with _COORDS_LOCK:
+                _COORDS[key] = new
+                while len(_COORDS) > int(config.get("store.cached_stores", 4)):
+                    _COORDS.popitem(last=False)
     idx = {k: v for k, v in new.items() if k in ds.dims}
     rest = {k: v for k, v in new.items() if k not in ds.dims}
     ds = ds.drop_vars(list(new)).assign_coords(idx).assign_coords(rest)
@@ -132,6 +156,16 @@ def _coords_to_memory(ds: xr.Dataset, url, storage_options) -> xr.Dataset:
     # StringDType, which zarr returns, cannot even be cast with .astype(str)); lazily
     text = {k: v for k, v in ds.data_vars.items() if v.dtype.kind in "TU"}
     return ds.assign({k: v.astype(object) for k, v in text.items()}) if text else ds
+
+
+def _str_objects(vals: np.ndarray) -> np.ndarray:
+    """Python ``str`` objects, ``None`` for the empty string (how Zarr stores missing)."""
+    if vals.dtype.kind in "UT":  # numpy converts in C: a million strings in ~0.1 s
+        out = vals.astype(object)
+    else:
+        out = np.array([v if isinstance(v, str) else str(v) for v in vals.tolist()], dtype=object)
+    out[out == ""] = None
+    return out
 
 
 def open_member(store_url, name: str, *, storage_options: dict | None = None) -> xr.Dataset:
