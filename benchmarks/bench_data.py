@@ -184,6 +184,25 @@ def _matrix_bench(args, opts) -> None:
             f"  the read alone (store opened): {np.median(takes):.2f} s median, "
             f"{min(takes):.2f} best; {n_req or 'whole-chunk'} requests per call"
         )
+        if n_req:
+            per = _request_cost(opts)
+            print(
+                f"  moto itself, same run: {per * 1e3:.1f} ms per 4 KB ranged GET through "
+                f"s3fs ({1 / per:.0f}/s); the {n_req} requests cost >= {n_req * per:.2f} s there"
+            )
+
+
+def _request_cost(opts, n: int = 500) -> float:
+    """Seconds per small ranged GET on the moto server (s3fs, concurrent): the floor of
+    any read that needs that many requests."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**opts)
+    fs.pipe_file("bench/probe", bytes(4096))
+    fs.cat_ranges(["bench/probe"] * 10, [0] * 10, [4096] * 10)
+    t = time.perf_counter()
+    fs.cat_ranges(["bench/probe"] * n, [0] * n, [4096] * n)
+    return (time.perf_counter() - t) / n
 
 
 def main() -> None:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def _flatten(prefix: str, node, rows: list[tuple[str, str]]) -> None:
         for key, value in node.items():
             _flatten(f"{prefix}.{key}" if prefix else key, value, rows)
     else:
-        rows.append((prefix, "null" if node is None else yaml.safe_dump(node).strip()))
+        # JSON: one line per value (yaml.safe_dump ends a scalar with "...")
+        rows.append((prefix, json.dumps(node, ensure_ascii=False)))
 
 
 def config_page() -> str:
