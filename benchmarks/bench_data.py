@@ -126,9 +126,6 @@ def _moto():
 def _matrix_bench(args, opts) -> None:
     """``matrix`` of random signatures from a store on moto S3, sharded (the default) and,
     with ``--baseline``, written in plain chunks of whole signatures (same run)."""
-    from cmapdask.io.store.read import take_sigs
-    from cmapdask.io.store.shards import ShardedMatrix
-
     layouts = [("sharded", {})]
     if args.baseline:
         layouts.append(("plain chunks", {"cmapdask.store.inner_kb": 0}))
@@ -148,48 +145,51 @@ def _matrix_bench(args, opts) -> None:
         t = time.perf_counter()
         ds = cmapdask.open_store(url, storage_options=opts)
         t_open = time.perf_counter() - t
-        ids = ds.sig.values
         n_fields = sum(c.dims == ("sig",) for c in ds.coords.values())
-        print(f"  open_store (ids and {n_fields} metadata fields): {t_open:.2f} s")
-        rng = np.random.default_rng(1)
-        calls, takes, reqs = [], [], []
-        real = ShardedMatrix._fetch
-
-        def counting(self, fs, r, _real=real, reqs=reqs):
-            reqs.append(len(r))
-            return _real(self, fs, r)
-
-        ShardedMatrix._fetch = counting
-        try:
-            for _ in range(args.repeat):
-                pos = rng.choice(ids.size, args.n_pick, replace=False)
-                pick = list(ids[pos])
-                reqs.clear()
-                t = time.perf_counter()
-                m = cd.matrix(url, sigs=pick, storage_options=opts).expr.values
-                calls.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                v = take_sigs(ds, pos, storage_options=opts).expr.values
-                takes.append(time.perf_counter() - t)
-                assert np.array_equal(m, v, equal_nan=True)
-                n_req = sum(reqs) // 2
-        finally:
-            ShardedMatrix._fetch = real
+        print(f"  open_store (ids and {n_fields} metadata fields): {t_open:.2f} s, cold")
+        per = _request_cost(opts)
         print(
-            f"  matrix of {args.n_pick} random signatures x {m.shape[1]} genes "
-            f"(opens the store): {np.median(calls):.2f} s median, {min(calls):.2f} best of "
-            f"{args.repeat} (target <= 2 s at 1M signatures)"
+            f"  moto itself: {per * 1e3:.1f} ms per small ranged GET through s3fs ({1 / per:.0f}/s)"
         )
-        print(
-            f"  the read alone (store opened): {np.median(takes):.2f} s median, "
-            f"{min(takes):.2f} best; {n_req or 'whole-chunk'} requests per call"
-        )
-        if n_req:
-            per = _request_cost(opts)
-            print(
-                f"  moto itself, same run: {per * 1e3:.1f} ms per 4 KB ranged GET through "
-                f"s3fs ({1 / per:.0f}/s); the {n_req} requests cost >= {n_req * per:.2f} s there"
-            )
+        for n_pick in args.n_pick:
+            _picks(url, opts, ds, n_pick, args.repeat, per)
+
+
+def _picks(url, opts, ds, n_pick: int, repeat: int, per: float) -> None:
+    from cmapdask.io.store.read import take_sigs
+    from cmapdask.io.store.shards import ShardedMatrix
+
+    ids = ds.sig.values
+    rng = np.random.default_rng(n_pick)
+    calls, takes, reqs = [], [], []
+    real = ShardedMatrix._fetch
+
+    def counting(self, fs, r, _real=real, reqs=reqs):
+        reqs.append(len(r))
+        return _real(self, fs, r)
+
+    ShardedMatrix._fetch = counting
+    try:
+        for _ in range(repeat):
+            pos = rng.choice(ids.size, n_pick, replace=False)
+            reqs.clear()
+            t = time.perf_counter()
+            m = cd.matrix(url, sigs=list(ids[pos]), storage_options=opts).expr.values
+            calls.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            v = take_sigs(ds, pos, storage_options=opts).expr.values
+            takes.append(time.perf_counter() - t)
+            assert np.array_equal(m, v, equal_nan=True)
+            n_req = sum(reqs) // 2
+    finally:
+        ShardedMatrix._fetch = real
+    target = "  (target <= 2 s at 1M signatures)" if n_pick == 1000 else ""
+    print(
+        f"  matrix of {n_pick:>5} random signatures x {m.shape[1]}: {np.median(calls):6.2f} s "
+        f"median of {repeat} (the read alone {np.median(takes):6.2f} s); "
+        + (f"{n_req} requests (>= {n_req * per:.2f} s of moto's)" if n_req else "whole chunks")
+        + target
+    )
 
 
 def _request_cost(opts, n: int = 500) -> float:
@@ -209,7 +209,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-meta", type=int, default=1_000_000)
     ap.add_argument("--n-store", type=int, default=1_000_000)
-    ap.add_argument("--n-pick", type=int, default=1000)
+    ap.add_argument("--n-pick", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--chunk-mb", type=float, default=32, help="store chunk (shard) size")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline", action="store_true", help="also a store of plain chunks")
