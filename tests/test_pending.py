@@ -19,7 +19,7 @@ from tests.test_connectivity_query import make_store
 from tests.test_gctx import RaiseOnCompute
 
 # provenance stamps that differ between two runs by design (the clock)
-_CLOCK = {"created", "timings"}
+_CLOCK = {"created", "timings", "write_id"}
 
 
 def _unclocked(obj):

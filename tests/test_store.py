@@ -473,3 +473,41 @@ def test_remove_leftovers_of_killed_publishes(tmp_path):
     removed = remove_leftovers(str(root))
     assert len(removed) == 2
     assert sorted(os.listdir(root)) == ["expr", "index"] and os.listdir(root / "index") == []
+
+
+def test_reopening_uses_cached_metadata_and_a_republished_store_is_read_afresh(tmp_path):
+    from cmapdask.io.store import read
+
+    def dataset(tag: str) -> xr.Dataset:
+        x = np.arange(12, dtype=np.float32).reshape(4, 3)
+        return xr.Dataset(
+            {"expr": (("sig", "gene"), x)},
+            coords={
+                "sig": np.array([f"{tag}{i}" for i in range(4)], dtype=object),
+                "gene": np.array(["1", "2", "3"], dtype=object),
+                "cell_iname": ("sig", np.array(["A", "", "B", tag], dtype=object)),
+            },
+        )
+
+    dest = tmp_path / "s.zarr"
+    write_store(dataset("old"), dest)
+
+    def cells(ds):
+        return [None if pd.isna(v) else v for v in ds["cell_iname"].values.tolist()]
+
+    first = open_store(dest)
+    assert cells(first) == ["A", None, "B", "old"]
+    reads = []
+    real = read._open_group
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(read, "_open_group", lambda *a: reads.append(a) or real(*a))
+        again = open_store(dest)
+        # the cached coordinates: no group opened to read them (only the expr layout)
+        assert len(reads) == 1
+    assert again["sig"].values.tolist() == first["sig"].values.tolist()
+    with pytest.raises(ValueError):  # the cache cannot be changed through a dataset
+        read._COORDS[next(reversed(read._COORDS))]["cell_iname"].values[0] = "X"
+    write_store(dataset("new"), dest, overwrite=True)
+    fresh = open_store(dest)
+    assert fresh["sig"].values.tolist() == [f"new{i}" for i in range(4)]
+    assert cells(fresh) == ["A", None, "B", "new"]

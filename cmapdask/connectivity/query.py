@@ -59,7 +59,8 @@ def _store_key(store, storage_options):
         return None
     if not meta.get("created"):
         return None
-    return (str(store), meta["created"], json.dumps(storage_options, sort_keys=True, default=str))
+    stamp = (meta["created"], meta.get("write_id"))
+    return (str(store), stamp, json.dumps(storage_options, sort_keys=True, default=str))
 
 
 def open_store_cached(store, *, storage_options: dict | None = None) -> xr.Dataset:

@@ -109,7 +109,12 @@ _LOCK = threading.Lock()
 
 
 def _key(store_url, meta) -> tuple:
-    return (str(store_url), meta.get("created"), meta.get("source", {}).get("sha256"))
+    return (
+        str(store_url),
+        meta.get("created"),
+        meta.get("write_id"),
+        meta.get("source", {}).get("sha256"),
+    )
 
 
 def read_tables(store_url, *, storage_options=None) -> dict[str, pa.Table]:

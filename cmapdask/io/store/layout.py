@@ -8,6 +8,7 @@ Pure: nothing here reads or writes a store.
 from __future__ import annotations
 
 import datetime as _dt
+import uuid
 
 import numpy as np
 import xarray as xr
@@ -63,6 +64,9 @@ def _provenance(**extra) -> dict:
         "package": "cmapdask",
         "package_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        # unique per write: what caches of a store's metadata key on (two writes to one
+        # URL within a second share "created")
+        "write_id": uuid.uuid4().hex,
         **extra,
     }
 

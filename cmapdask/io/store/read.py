@@ -141,13 +141,14 @@ def _coords_to_memory(ds: xr.Dataset, url, storage_options, key=None) -> xr.Data
                 vals = np.asarray(g[name][:]) if name in g else np.array(c.values)
                 if vals.dtype.kind in _STRING_KINDS or vals.dtype.kind == "T":
                     vals = _str_objects(vals)
-                vals.setflags(write=False)
                 # a Variable, built once: xarray checks object arrays on every build
-                new[name] = xr.Variable(c.dims, vals)
+                var = xr.Variable(c.dims, vals)
+                var.values.setflags(write=False)
+                new[name] = var
         if key is not None:
             with _COORDS_LOCK:
                 _COORDS[key] = new
-                while len(_COORDS) > int(config.get("store.cached_stores", 4)):
+                while len(_COORDS) > int(config.get("store.cached_stores", 2)):
                     _COORDS.popitem(last=False)
     idx = {k: v for k, v in new.items() if k in ds.dims}
     rest = {k: v for k, v in new.items() if k not in ds.dims}
