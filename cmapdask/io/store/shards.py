@@ -96,15 +96,17 @@ class ShardedMatrix:
         key = key if isinstance(key, tuple) else (key,)
         rows, cols = (key + (slice(None),) * 2)[:2]
         n = self.shape[0]
+        if isinstance(rows, slice) and rows.indices(n)[2] == 1:  # a dask block: no copies
+            start, stop, _ = rows.indices(n)
+            out = self.take(np.arange(start, max(start, stop)))
+            return out[:, cols]  # a view when cols is a slice
         if isinstance(rows, slice):
-            start, stop, step = rows.indices(n)
-            rows = np.arange(start, stop, step)
+            rows = np.arange(*rows.indices(n))
         rows = np.asarray(rows, dtype=np.int64)
         scalar = rows.ndim == 0
         rows = np.where(rows < 0, rows + n, rows).reshape(-1)
         uniq, inverse = np.unique(rows, return_inverse=True)
-        out = self.take(uniq)[inverse]
-        out = out[:, cols]
+        out = self.take(uniq)[inverse][:, cols]
         return out[0] if scalar else out
 
     def take(self, rows: np.ndarray) -> np.ndarray:
