@@ -16,6 +16,7 @@ from zarr.codecs import BloscCodec
 
 from cmapdask import config
 from cmapdask._version import __version__
+from cmapdask.io.store.shards import inner_rows, inner_target
 from cmapdask.model.missing import is_missing as _missing
 
 __all__ = ["SCHEMA_VERSION", "store_chunk_rows"]
@@ -32,8 +33,6 @@ def store_chunk_rows(
     """Signatures per ``expr`` chunk (a shard): about ``chunk_mb`` MiB of float32 with every
     gene, rounded to a multiple of the source's own chunk rows so no source chunk is read
     twice, else to a multiple of the inner chunk rows."""
-    from cmapdask.io.store.shards import inner_target
-
     chunk_mb = chunk_mb or float(config.get("store.chunk_mb", 32))
     rows = max(1, int(chunk_mb * 2**20) // max(1, 4 * n_gene))
     if file_rows:
@@ -45,8 +44,6 @@ def store_chunk_rows(
 def _expr_encoding(rows: int, n_gene: int) -> dict:
     """Shards of ``rows`` whole signatures made of inner chunks of a few signatures
     (:mod:`~cmapdask.io.store.shards`), blosc-zstd with byte shuffle."""
-    from cmapdask.io.store.shards import inner_rows
-
     clevel = int(config.get("store.clevel", 3))
     compressors = (BloscCodec(cname="zstd", clevel=clevel, shuffle="shuffle"),)
     if not config.get("store.inner_kb", 256):  # 0: plain chunks of whole signatures

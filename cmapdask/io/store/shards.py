@@ -38,7 +38,7 @@ _CRC = CRC32C()
 
 def inner_target(n_gene: int) -> int:
     """Signatures in about ``cmapdask.store.inner_kb`` KiB of float32 (at least one)."""
-    kb = float(config.get("store.inner_kb", 256) or 0) or 256.0
+    kb = float(config.get("store.inner_kb", 256) or 256)  # 0 (plain chunks): the default
     return max(1, int(kb * 1024) // max(1, 4 * n_gene))
 
 
@@ -51,14 +51,20 @@ def inner_rows(shard_rows: int, n_gene: int) -> int:
     return next(d for d in range(target, 0, -1) if shard_rows % d == 0)
 
 
-def _codec() -> Blosc:
-    return Blosc(cname="zstd", clevel=int(config.get("store.clevel", 3)), shuffle=Blosc.SHUFFLE)
+_SHUFFLE = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
 
 
-def encode_shard(values: np.ndarray, *, shard_rows: int, inner: int, fill=np.nan) -> bytes:
+def _codec(blosc: dict) -> Blosc:
+    """The array's own inner blosc codec (its metadata is the one record of it)."""
+    return Blosc(cname=blosc["cname"], clevel=blosc["clevel"], shuffle=_SHUFFLE[blosc["shuffle"]])
+
+
+def encode_shard(
+    values: np.ndarray, *, shard_rows: int, inner: int, blosc: dict, fill=np.nan
+) -> bytes:
     """The bytes of one shard holding ``values`` (its first ``len(values)`` signatures; a
     last, short shard's missing inner chunks are marked empty, as Zarr does)."""
-    codec = _codec()
+    codec = _codec(blosc)
     values = np.ascontiguousarray(values, dtype="<f4")
     n, n_gene = values.shape
     index = np.full((shard_rows // inner, 2), _EMPTY, dtype="<u8")
@@ -82,8 +88,8 @@ class ShardedMatrix:
     shards, or the inner chunks, it covers.
     """
 
-    def __init__(self, url, storage_options, *, shape, shard_rows, inner, fill, key):
-        self.url, self.storage_options = str(url), storage_options
+    def __init__(self, url, storage_options, *, shape, shard_rows, inner, fill, blosc, key):
+        self.url, self.storage_options, self.blosc = str(url), storage_options, blosc
         self.shape, self.ndim, self.dtype = tuple(shape), 2, np.dtype(np.float32)
         self.shard_rows, self.inner, self.fill = int(shard_rows), int(inner), fill
         self.n_inner = self.shard_rows // self.inner
@@ -174,7 +180,7 @@ class ShardedMatrix:
     def _fill(self, out, rows, g, s, chunks, index, piece) -> None:
         """Decode the inner chunks ``chunks`` of shard ``s`` into ``out[g]`` (``rows[g]``
         sorted and distinct: each chunk's rows are a run of ``g``)."""
-        codec = _codec()
+        codec = _codec(self.blosc)
         local = rows[g] - s * self.shard_rows
         inner, n_gene = self.inner, self.shape[1]
         for c in chunks.tolist():
@@ -250,7 +256,7 @@ def _runs(chunks: np.ndarray, index: np.ndarray) -> list[list[int]]:
 
 def write_shard(m: ShardedMatrix, s: int, values: np.ndarray) -> None:
     """Write the signatures of shard ``s`` (all of it but the last) as one object."""
-    data = encode_shard(values, shard_rows=m.shard_rows, inner=m.inner, fill=m.fill)
+    data = encode_shard(values, shard_rows=m.shard_rows, inner=m.inner, blosc=m.blosc, fill=m.fill)
     fs, root = url_to_fs(m.url, m.storage_options)
     path = m._path(root, s)
     if is_local(fs):
@@ -278,6 +284,7 @@ def sharded_matrix(arr, url, storage_options) -> ShardedMatrix | None:
         return None
     encode = arr.metadata.encode_chunk_key
     fill = arr.metadata.fill_value
+    b = codec.codecs[1]
     return ShardedMatrix(
         url,
         storage_options,
@@ -285,6 +292,11 @@ def sharded_matrix(arr, url, storage_options) -> ShardedMatrix | None:
         shard_rows=shards[0],
         inner=arr.chunks[0],
         fill=np.float32(np.nan if fill is None else fill),
+        blosc={
+            "cname": str(getattr(b.cname, "value", b.cname)),
+            "clevel": int(b.clevel),
+            "shuffle": str(getattr(b.shuffle, "value", b.shuffle)),
+        },
         key=_Keys(encode((0, 0)), arr.path),
     )
 
