@@ -15,22 +15,19 @@ _fn = os.path.join(os.path.dirname(__file__), "cmapdask.yaml")
 with open(_fn) as f:
     _defaults = yaml.safe_load(f)
 
+# defaults only: a user's YAML files and DASK_CMAPDASK__* variables still win; nothing is
+# written to the user's configuration folder and no other library's default is touched
 dask.config.update_defaults(_defaults)
-try:  # a commented copy for operators to edit; a read-only home is fine
-    dask.config.ensure_file(source=_fn)
-except OSError:
-    pass
 
-__all__ = ["get", "storage_defaults"]
+__all__ = ["get", "storage_defaults", "storage_options"]
 
 
 def storage_defaults() -> dict:
     """Bounded waits for ``s3://`` from ``cmapdask.storage``: ``{"config_kwargs": ...,
     "retries": n}`` (botocore's timeouts and attempts; s3fs's retries of a failed call).
 
-    Applied when cmapdask is imported (in the CLI and in every worker that runs a
-    cmapdask task): ``config_kwargs`` as fsspec's default for ``s3`` (options a caller
-    passes explicitly win), ``retries`` as ``s3fs.S3FileSystem.retries``.
+    Applied to the filesystems cmapdask opens (:func:`storage_options`), never as a
+    process-wide default: importing cmapdask changes no fsspec or s3fs setting.
     """
     c = dask.config.get("cmapdask.storage", default={}) or {}
     return {
@@ -43,18 +40,22 @@ def storage_defaults() -> dict:
     }
 
 
-def _apply_storage_defaults() -> None:
-    try:
-        import fsspec.config
-        import s3fs
-    except ImportError:  # pragma: no cover
-        return
-    d = storage_defaults()
-    fsspec.config.conf.setdefault("s3", {}).setdefault("config_kwargs", d["config_kwargs"])
-    s3fs.S3FileSystem.retries = max(1, d["retries"])
+_S3 = ("s3://", "s3a://")
 
 
-_apply_storage_defaults()
+def storage_options(url, options: dict | None = None) -> dict | None:
+    """``options`` for the filesystem of ``url`` with cmapdask's bounded waits added.
+
+    For ``s3://`` URLs, botocore's timeouts and attempts (``cmapdask.storage``) fill in
+    ``config_kwargs`` keys the caller did not set; any other URL gets ``options`` as given.
+    The result travels with the tasks, so workers use the client's settings.
+    """
+    if not str(url).startswith(_S3):
+        return options
+    out = dict(options or {})
+    mine = storage_defaults()["config_kwargs"]
+    out["config_kwargs"] = {**mine, **(out.get("config_kwargs") or {})}
+    return out
 
 
 def get(key: str, default=None):

@@ -8,6 +8,7 @@ Messages name the file (or store) and the problem.
 from __future__ import annotations
 
 __all__ = [
+    "require",
     "CmapdaskError",
     "FormatError",
     "GCTxFormatError",
@@ -76,3 +77,20 @@ class TransferError(InfrastructureError, ConnectionError):
 
 class NonFiniteWarning(UserWarning):
     """A matrix holds NaN or infinite values (stored as they are; ``index`` refuses them)."""
+
+
+def require(module: str, extra: str, what: str):
+    """``importlib.import_module(module)``, or one line naming the extra to install.
+
+    For the optional features (``ml``: pictures and graph communities; ``cluster``: SLURM,
+    PBS and Dask Gateway clusters): a missing package is the user's input to fix (exit 2),
+    never a traceback.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InputError(
+            f"{what} needs the {module.split('.')[0]} package: pip install 'cmapdask[{extra}]'"
+        ) from None

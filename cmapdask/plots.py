@@ -16,14 +16,13 @@ import os
 import numpy as np
 import xarray as xr
 
-from cmapdask.errors import InputError
+from cmapdask.errors import InputError, require
 
 __all__ = ["plot_clustered_heatmap", "plot_running_sum", "plot_roc"]
 
 
 def _figure():
-    import matplotlib
-
+    matplotlib = require("matplotlib", "ml", "pictures (heatmaps, running sums, ROC curves)")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 

@@ -31,7 +31,7 @@ import time
 import dask
 
 import cmapdask
-from cmapdask.errors import CmapdaskError
+from cmapdask.errors import CmapdaskError, require
 from cmapdask.rebuild import append, list_versions, rebuild
 
 EXIT_TRANSIENT = 75
@@ -73,14 +73,14 @@ def cluster_client(target: str | None, workers: int | None):
                 LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0")
             )
         elif target in ("slurm", "pbs"):
-            import dask_jobqueue  # configured by jobqueue.yaml (see cluster/)
-
+            # configured by jobqueue.yaml (see cluster/)
+            dask_jobqueue = require("dask_jobqueue", "cluster", f"a {target.upper()} cluster")
             cls = dask_jobqueue.SLURMCluster if target == "slurm" else dask_jobqueue.PBSCluster
             cluster = stack.enter_context(cls())
-            cluster.scale(jobs=workers or 4)
+            cluster.scale(n=workers or 4)  # workers, whatever the processes per job
         elif target == "gateway":
-            from dask_gateway import Gateway  # configured by gateway.yaml (see cluster/)
-
+            # configured by gateway.yaml (see cluster/)
+            Gateway = require("dask_gateway", "cluster", "a Dask Gateway cluster").Gateway
             cluster = stack.enter_context(Gateway().new_cluster())
             cluster.scale(workers or 4)
         else:

@@ -166,7 +166,9 @@ def _report_invalid(args, dest) -> None:
     import numpy as np
     import xarray as xr
 
-    opts = args.storage_options if "://" in str(dest) else None
+    from cmapdask.io.store.access import zarr_options
+
+    opts = zarr_options(dest, args.storage_options)
     out = xr.open_zarr(dest, consolidated=False, storage_options=opts)
     valid = np.asarray(out["valid"].values, bool)
     if (~valid).any():

@@ -10,7 +10,7 @@ import xarray as xr
 
 from cmapdask.clustering.common import _check_int, _square
 from cmapdask.clustering.kernels import _by_size, _knn_edges
-from cmapdask.errors import InputError
+from cmapdask.errors import InputError, require
 from cmapdask.model.provenance import provenance_record
 
 __all__ = ["knn_from_matrix", "graph_clusters"]
@@ -72,12 +72,7 @@ def _communities_leiden(n, a, b, w, resolution, seed):
 
 
 def _communities_louvain(n, a, b, w, resolution, seed):
-    try:
-        import networkx as nx
-    except ImportError:  # an optional dependency: one line, exit 2
-        raise InputError(
-            "graph clusters need igraph + leidenalg or networkx: pip install 'cmapdask[ml]'"
-        ) from None
+    nx = require("networkx", "ml", "Louvain graph clusters")
 
     g = nx.Graph()
     g.add_nodes_from(range(n))
@@ -152,8 +147,8 @@ def graph_clusters(
         method = "leiden" if backend else "louvain"
     if method == "leiden" and backend is None:
         raise InputError(
-            "Leiden needs the igraph and leidenalg packages "
-            "(pip install igraph leidenalg), or use method='louvain'"
+            "Leiden needs the igraph and leidenalg packages: pip install 'cmapdask[ml]', "
+            "or use method='louvain'"
         )
     idx, sc = dask.compute(neighbours["top_index"].data, neighbours["top_score"].data)
     idx, sc = np.asarray(idx), np.asarray(sc, dtype=np.float64)

@@ -31,9 +31,9 @@ from cmapdask import config
 from cmapdask.connectivity.es import transpose
 from cmapdask.connectivity.ranks import rank_descending, rank_dtype
 from cmapdask.errors import InputError, StoreError
-from cmapdask.io.atomic import is_local, join, url_to_fs
+from cmapdask.io.atomic import join
 from cmapdask.io.pending import deferrable
-from cmapdask.io.store import has_member, open_member, open_store, write_member
+from cmapdask.io.store import has_member, open_member, open_store, write_member, zarr_options
 from cmapdask.model.spaces import feature_genes as space_genes  # the one feature-space rule
 from cmapdask.model.types import Space
 
@@ -205,8 +205,7 @@ class IndexHandle:
         # opened once per handle and process (a few ms each; the arrays are read-only)
         arrays = self.__dict__.get("_opened")
         if arrays is None:
-            fs, _ = url_to_fs(self.url, self.storage_options)
-            opts = None if is_local(fs) else self.storage_options
+            opts = zarr_options(self.url, self.storage_options)
             g = zarr.open_group(self.url, mode="r", storage_options=opts, use_consolidated=False)
             arrays = self._opened = (g["rank"], g["score"])
         return arrays

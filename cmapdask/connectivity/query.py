@@ -45,10 +45,9 @@ def _store_key(store, storage_options):
 
     import zarr
 
-    from cmapdask.io.atomic import is_local, url_to_fs
+    from cmapdask.io.store.access import zarr_options
 
-    fs, _ = url_to_fs(str(store), storage_options)
-    opts = None if is_local(fs) else storage_options
+    opts = zarr_options(str(store), storage_options)
     try:
         meta = dict(
             zarr.open_group(

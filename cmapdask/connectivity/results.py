@@ -47,7 +47,7 @@ from cmapdask.io.gct import write_gct
 from cmapdask.io.gctx import is_gctx, read_gctx, write_gctx
 from cmapdask.io.gmt import write_gmt
 from cmapdask.io.pending import deferrable
-from cmapdask.io.store import has_member, open_member
+from cmapdask.io.store import has_member, open_member, zarr_options
 
 __all__ = ["summarize", "write_result", "read_ranked_lists", "ranked_table", "result_folders"]
 
@@ -494,7 +494,9 @@ def read_ranked_lists(
             level = stem[3:]
     else:
         try:
-            res = xr.open_zarr(path, consolidated=False, storage_options=storage_options)
+            res = xr.open_zarr(
+                path, consolidated=False, storage_options=zarr_options(path, storage_options)
+            )
         except Exception as e:  # not a Zarr group, missing path
             raise InputError(
                 f"{path}: not a query result folder, GCTx or Zarr result: {str(e).splitlines()[0]}"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import dask
 
 from cmapdask.errors import InputError, TransferError
+from cmapdask.io.atomic import url_to_fs
 
 __all__ = ["RELEASES", "ReleaseFile", "release_files", "download"]
 
@@ -261,7 +262,6 @@ def download(
     A file already complete (same size as the server's) is not fetched again; a partial
     one (``NAME.part``) resumes with a ranged read. Memory: one 8 MiB block.
     """
-    import fsspec
 
     rel = _release(release)
     chosen = release_files(rel["name"], files)
@@ -269,7 +269,7 @@ def download(
     opts = dict(storage_options or {})
     if root.startswith("s3://") and not opts:
         opts = {"anon": True}
-    fs, _ = fsspec.core.url_to_fs(root, **opts)
+    fs, _ = url_to_fs(root, opts)
     os.makedirs(dest, exist_ok=True)
     out: dict[str, str] = {}
     for f in chosen:

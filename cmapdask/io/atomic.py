@@ -62,8 +62,14 @@ WRITING = ".cmapdask-writing"  # object stores: a publish in progress (its owner
 
 
 def url_to_fs(url: str, storage_options: dict | None = None):
-    """(filesystem, path inside it) for a local path or any fsspec URL."""
-    return fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    """(filesystem, path inside it) for a local path or any fsspec URL, with cmapdask's
+    bounded waits (``cmapdask.storage``) for object storage."""
+    fs, path = fsspec.core.url_to_fs(
+        str(url), **(config.storage_options(url, storage_options) or {})
+    )
+    if getattr(fs, "protocol", None) and "s3" in fs.protocol:
+        fs.retries = max(1, config.storage_defaults()["retries"])  # this filesystem only
+    return fs, path
 
 
 def is_local(fs) -> bool:
@@ -222,7 +228,7 @@ def _mark(tmp_url: str, mark: str, storage_options) -> None:
     body = {
         "written_by": "cmapdask",
         "kind": mark,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     fs.makedirs(p, exist_ok=True)
     fs.pipe_file(join(p, MARKER), json.dumps(body).encode())

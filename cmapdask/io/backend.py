@@ -6,7 +6,8 @@ import os
 
 from xarray.backends import BackendEntrypoint
 
-from cmapdask.io.gctx import is_gctx, read_gctx
+# xarray imports every engine to list them: HDF5 and the rest load only when a file opens
+import cmapdask.accessor  # noqa: F401  (ds.cmap on what xarray opens)
 
 __all__ = ["GCTxBackendEntrypoint"]
 
@@ -31,6 +32,8 @@ class GCTxBackendEntrypoint(BackendEntrypoint):
     def open_dataset(
         self, filename_or_obj, *, drop_variables=None, sigs=None, genes=None, storage_options=None
     ):
+        from cmapdask.io.gctx import read_gctx
+
         ds = read_gctx(
             os.fspath(filename_or_obj), sigs=sigs, genes=genes, storage_options=storage_options
         )
@@ -44,4 +47,6 @@ class GCTxBackendEntrypoint(BackendEntrypoint):
             path = os.fspath(filename_or_obj)
         except TypeError:
             return False
+        from cmapdask.io.gctx import is_gctx
+
         return is_gctx(path)

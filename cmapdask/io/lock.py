@@ -46,7 +46,7 @@ LOCK_NAME = "LOCK"
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 class _Lock:
@@ -112,8 +112,8 @@ class _Lock:
         self.fs.invalidate_cache(self.path)
         mod = self.fs.modified(self.path)
         if mod.tzinfo is None:
-            mod = mod.replace(tzinfo=_dt.timezone.utc)
-        return (_dt.datetime.now(_dt.timezone.utc) - mod).total_seconds()
+            mod = mod.replace(tzinfo=_dt.UTC)
+        return (_dt.datetime.now(_dt.UTC) - mod).total_seconds()
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -8,6 +8,7 @@
 - :mod:`.provenance`: the one provenance record (:func:`provenance_record`).
 """
 
+import cmapdask.accessor  # noqa: F401  (ds.cmap wherever cmapdask makes a dataset)
 from cmapdask.model.checks import check_signatures, dataset_name
 from cmapdask.model.missing import is_missing, labels
 from cmapdask.model.provenance import provenance_record

@@ -20,7 +20,6 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 import xarray as xr
 
@@ -42,7 +41,6 @@ __all__ = [
     "retry",
 ]
 
-T = TypeVar("T")
 POINTER = "CURRENT"
 
 
@@ -70,7 +68,7 @@ def _transient(e: BaseException) -> bool:
     )
 
 
-def retry(fn: Callable[[], T], *, what: str, attempts: int = 5, delay: float = 0.2) -> T:
+def retry[T](fn: Callable[[], T], *, what: str, attempts: int = 5, delay: float = 0.2) -> T:
     """Call ``fn`` again after transient object-storage errors (exponential backoff, jitter).
 
     Errors that are not transient (missing files, refused permissions, cmapdask errors)

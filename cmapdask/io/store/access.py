@@ -10,6 +10,7 @@ import warnings
 
 import zarr
 
+from cmapdask import config
 from cmapdask.io.atomic import is_local, url_to_fs
 
 __all__ = ["quiet_zarr", "zarr_options"]
@@ -30,7 +31,9 @@ def quiet_zarr():
 
 def zarr_options(url, storage_options):
     """``storage_options`` for zarr/xarray: only for fsspec URLs, never for local paths."""
-    return None if _is_local_url(url, storage_options) else storage_options
+    if _is_local_url(url, storage_options):
+        return None
+    return config.storage_options(url, storage_options)
 
 
 def _is_local_url(url, storage_options) -> bool:

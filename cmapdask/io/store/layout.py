@@ -60,7 +60,7 @@ def _provenance(**extra) -> dict:
         "schema_version": SCHEMA_VERSION,
         "package": "cmapdask",
         "package_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         # unique per write: what caches of a store's metadata key on (two writes to one
         # URL within a second share "created")
         "write_id": uuid.uuid4().hex,
