@@ -55,7 +55,7 @@ def _stop(procs) -> None:
 class RealCluster:
     """A `dask scheduler` and `dask worker` processes on loopback."""
 
-    def __init__(self, tmp: Path, n_workers: int = 2):
+    def __init__(self, tmp: Path, n_workers: int = 2, worker_args: tuple[str, ...] = ()):
         self.port = _free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.tmp = tmp
@@ -99,6 +99,7 @@ class RealCluster:
                     "--local-directory",
                     str(tmp / f"w{i}"),
                     "--no-dashboard",
+                    *worker_args,
                 ],
                 stdout=self._log,
                 stderr=subprocess.STDOUT,

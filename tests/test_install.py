@@ -345,3 +345,29 @@ def test_serve_runs_in_the_installed_environment(tiny_store, tmp_path):
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+def test_the_docs_extra_holds_what_the_tutorials_import():
+    """``pip install -e '.[docs]'`` is enough for the executed pages: every import in a code
+    cell is core, the docs extra's, or an extra the docs extra pulls in."""
+    reqs = _requirements()
+    have = _declared(reqs[""]) | _declared(reqs["docs"])
+    for r in reqs["docs"]:
+        if r.name == "cmapdask":
+            have |= set().union(*(_declared(reqs[e]) for e in r.extras))
+    cells = []
+    for page in (ROOT / "docs").rglob("*.md"):
+        cells += re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", page.read_text(), re.S)
+    mods = set()
+    for cell in cells:
+        code = "\n".join(x for x in cell.splitlines() if not x.startswith(("%", "!", ":")))
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Import):
+                mods |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                mods.add(node.module.split(".")[0])
+    mods -= set(sys.stdlib_module_names) | {"cmapdask", "_generate", "__future__"}
+    assert mods, "no imports found in the tutorials' code cells"
+    # IPython comes with ipykernel, the notebook kernel the docs extra declares
+    missing = sorted(m for m in mods if _distribution(m) not in have | {"ipython"})
+    assert not missing, missing

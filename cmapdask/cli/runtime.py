@@ -218,6 +218,13 @@ def _attach(args, kind: str, target: str):
         args,
         f"cmapdask: Dask scheduler {client.scheduler.address}, dashboard {client.dashboard_link}",
     )
+    from cmapdask.environment import check_workers
+
+    try:
+        check_workers(client)  # another release on the workers: one line, exit 2
+    except BaseException:
+        client.close()
+        raise
     return client
 
 

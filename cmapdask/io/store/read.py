@@ -15,6 +15,7 @@ import xarray as xr
 import zarr
 
 from cmapdask import config
+from cmapdask.environment import check_default_client
 from cmapdask.errors import StoreError
 from cmapdask.io.atomic import join
 from cmapdask.io.store.access import _open_group, quiet_zarr, zarr_options
@@ -40,6 +41,7 @@ def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
     Reads the group metadata and the 1-D coordinates (ids and metadata: O(n_sig +
     n_gene)); the matrix is read only when computed, one chunk per task.
     """
+    check_default_client()  # workers that run another release fail here, in one line
     meta = _check_complete(url, storage_options, "store")
     with quiet_zarr():
         ds = xr.open_zarr(
