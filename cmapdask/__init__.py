@@ -51,6 +51,7 @@ _LAZY = {
         "roc_curve",
         "write_pcl_gmt",
     ),
+    "cmapdask.environment": ("check_workers",),
     "cmapdask.errors": (
         "CmapdaskError",
         "GCTFormatError",
@@ -225,6 +226,8 @@ __all__ = [
     "read_manifest",
     # data access (the filters themselves: cmapdask.data)
     "sql",
+    # clusters
+    "check_workers",
     # synthetic data
     "synth_design",
     "synth_dataset",

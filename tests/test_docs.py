@@ -99,6 +99,10 @@ def test_tutorials_ran(built):
         ("clustering", ["communities: 8", "MoAs are the significant top hit of a cluster"]),
         ("nightly-rebuild", ["published v000002 incremental 100 new of 500", "current: v000003"]),
         ("data-access", ["wrote agonists.gctx", "identical values: True", "level5_beta_trt_cp"]),
+        (
+            "remote-cluster",
+            ["dashboard: http", "have the planted MoA", "neighbours sharing their signature"],
+        ),
     ],
 )
 def test_each_tutorial_produced_its_key_output(built, page, outputs):
