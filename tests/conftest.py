@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -142,7 +141,7 @@ def cluster_client(real_cluster):
 def moto_server(log_dir: Path, bucket: str) -> Iterator[tuple[dict, subprocess.Popen]]:
     """Start moto in server mode on a free loopback port with ``bucket`` created; yield
     s3fs ``storage_options`` and the server process; stop it (resumed if stopped) after."""
-    moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    moto = str(Path(sys.executable).parent / "moto_server")  # this environment's, never PATH's
     port = _free_port()
     log = open(log_dir / "moto.log", "w")
     proc = subprocess.Popen(

@@ -321,7 +321,6 @@ def test_s3_source_gets_the_storage_options(gctx, s3_server, tmp_path, capsys):
 def test_s3_destination_wrong_credentials(gctx, tmp_path, capsys):
     """A server that checks keys (moto with authentication on) refuses unknown ones."""
     import os
-    import shutil
     import subprocess
     import sys
     from pathlib import Path
@@ -329,7 +328,7 @@ def test_s3_destination_wrong_credentials(gctx, tmp_path, capsys):
     from tests.conftest import _free_port, _stop, _wait_port
 
     d, _ = gctx
-    moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    moto = str(Path(sys.executable).parent / "moto_server")  # this environment's
     port = _free_port()
     with open(tmp_path / "moto.log", "w") as log:
         proc = subprocess.Popen(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import dask
 import dask.array as da
 import numpy as np
@@ -570,14 +573,12 @@ def test_one_worker_and_many_agree():
 def real_cluster(tmp_path_factory):
     """A real ``dask scheduler`` and two ``dask worker`` processes on loopback."""
     import json
-    import shutil
     import subprocess
-    import sys
     import time
 
     d = tmp_path_factory.mktemp("cluster")
     sched_file = d / "scheduler.json"
-    dask_cmd = [shutil.which("dask")] if shutil.which("dask") else [sys.executable, "-m", "dask"]
+    dask_cmd = [str(Path(sys.executable).parent / "dask")]  # this environment's, never PATH's
     procs = [
         subprocess.Popen(
             [
