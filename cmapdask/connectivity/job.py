@@ -109,9 +109,9 @@ class QueryJob:
         Parameters
         ----------
         key : str, optional
-            Make every task key the job's own (``dask.graph_manipulation.clone`` seeded
-            with it): two identical jobs then share nothing on the scheduler, and
-            cancelling one cannot cancel the other's tasks.
+            Make every task key the job's own (each key renamed with it, after the
+            graph is optimised): two identical jobs then share no key on the
+            scheduler, and cancelling one cannot cancel the other's tasks.
         cancelled : callable, optional
             Polled twice a second while a distributed cluster computes; when it returns
             True the job's futures are cancelled and :class:`JobCancelled` is raised.
@@ -130,16 +130,12 @@ class QueryJob:
         one), else on dask's scheduler in effect. Memory: ``5-8 x query x n_sig``
         float32 plus the summaries, in this process.
         """
-        res, summ = folder_variables(self.result), self.summaries
-        if key is not None:
-            from dask.graph_manipulation import clone
-
-            res, summ = clone(res, summ, seed=str(key))
+        objs = (folder_variables(self.result), self.summaries)
         client = _client() if (cancelled is not None or progress is not None) else None
-        if client is None:
-            res, summ = dask.compute(res, summ)
+        if key is None and client is None:
+            res, summ = dask.compute(*objs)
         else:
-            res, summ = _compute_distributed(client, (res, summ), cancelled, progress)
+            res, summ = _compute_own(objs, key, client, cancelled, progress)
         full = self.result.assign({k: res[k] for k in res.data_vars})
         return JobResult(full, summ, self.notes)
 
@@ -153,22 +149,81 @@ def _client():
         return None
 
 
-def _compute_distributed(client, objs, cancelled, progress):
+def _own_key(key, salt: str):
+    if isinstance(key, tuple):
+        return (f"{key[0]}-{salt}", *key[1:])
+    return f"{key}-{salt}"
+
+
+def _nested(keys, fn):
+    return [_nested(k, fn) for k in keys] if isinstance(keys, list) else fn(keys)
+
+
+def _own_graph(objs, salt: str | None):
+    """The optimised graph of ``objs`` (the collections among them), every key renamed
+    with ``salt``: ``(graph, keys per collection, collections)``.
+
+    Optimised first, then renamed (``dask.graph_manipulation.clone`` of these graphs is
+    refused by dask's task fusion): a fused task's inner graph is private to it, so only
+    the keys of the graph and the references to them change.
+    """
+    from dask.base import collections_to_expr
+
+    colls = [o for o in objs if o is not None]
+    expr = collections_to_expr(colls, True).optimize()
+    dsk = dict(expr.__dask_graph__())
+    keys = [c.__dask_keys__() for c in colls]
+    if salt is None:
+        return dsk, keys, colls
+    new = {k: _own_key(k, salt) for k in dsk}
+    dsk = {new[k]: node.substitute(new, key=new[k]) for k, node in dsk.items()}
+    return dsk, _nested(keys, new.__getitem__), colls
+
+
+def _compute_own(objs, key, client, cancelled, progress):
+    """``dask.compute(*objs)`` under keys of the job's own (``key``), with cancellation
+    and progress on a distributed client."""
+    from dask.base import get_scheduler
+
+    dsk, keys, colls = _own_graph(objs, None if key is None else str(key))
+    if client is None:
+        flat = list(_flatten(keys))
+        values = dict(zip(flat, get_scheduler(collections=colls)(dsk, flat), strict=True))
+        results = [_nested(k, values.__getitem__) for k in keys]
+    else:
+        results = _gather(client, dsk, keys, cancelled, progress)
+    out = iter(
+        c.__dask_postcompute__()[0](r, *c.__dask_postcompute__()[1])
+        for c, r in zip(colls, results, strict=True)
+    )
+    return tuple(None if o is None else next(out) for o in objs)
+
+
+def _flatten(keys):
+    for k in keys:
+        if isinstance(k, list):
+            yield from _flatten(k)
+        else:
+            yield k
+
+
+def _gather(client, dsk, keys, cancelled, progress):
     from distributed import wait
 
-    futs = client.compute(list(objs))
+    futs = client.get(dsk, keys, sync=False)
+    flat = list(_flatten(futs))
     try:
         while True:
             try:
-                wait(futs, timeout=0.5)
+                wait(flat, timeout=0.5)
                 break
             except TimeoutError:
                 if cancelled is not None and cancelled():
-                    client.cancel(futs)
+                    client.cancel(flat)
                     raise JobCancelled() from None
                 if progress is not None:
-                    progress(sum(f.done() for f in futs) / len(futs))
-        for f in futs:
+                    progress(sum(f.done() for f in flat) / max(1, len(flat)))
+        for f in flat:
             if f.status == "error":
                 f.result()  # the task's own error
         return client.gather(futs)
@@ -183,7 +238,7 @@ def _compute_distributed(client, objs, cancelled, progress):
             ) from None
         raise
     finally:
-        del futs  # release the job's keys on the scheduler
+        del futs, flat  # release the job's keys on the scheduler
 
 
 def _is_cluster_failure(e: BaseException) -> bool:
