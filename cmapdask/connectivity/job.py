@@ -114,7 +114,8 @@ class QueryJob:
             scheduler, and cancelling one cannot cancel the other's tasks.
         cancelled : callable, optional
             Polled twice a second while a distributed cluster computes; when it returns
-            True the job's futures are cancelled and :class:`JobCancelled` is raised.
+            True the job's futures are released (the scheduler forgets the tasks no one
+            else wants) and :class:`JobCancelled` is raised.
         progress : callable, optional
             Called with the fraction of the job's futures done (distributed only).
 
@@ -219,7 +220,11 @@ def _gather(client, dsk, keys, cancelled, progress):
                 break
             except TimeoutError:
                 if cancelled is not None and cancelled():
-                    client.cancel(flat)
+                    # released, not client.cancel()ed: the scheduler then forgets the
+                    # job's tasks nobody wants. Cancelling a future whose task has
+                    # dependents no client wants (an output the summaries read) trips
+                    # an assertion in distributed's stimulus_cancel that drops the
+                    # client's connection, and with it every other job's futures.
                     raise JobCancelled() from None
                 if progress is not None:
                     progress(sum(f.done() for f in flat) / max(1, len(flat)))

@@ -89,13 +89,14 @@ class Job:
     matrices: dict[str, str] = field(default_factory=dict)
     tables: dict[str, str] = field(default_factory=dict)
     download_status: str = "pending"
+    batch: int = 0  # jobs computed together with this one (itself included)
     key: str = ""
     client: str = ""
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     _KEYS = (
         "id status stage progress created started finished error warnings genes queries "
-        "matrices tables download_status key client request"
+        "matrices tables download_status batch key client request"
     ).split()
 
     def state(self) -> dict:
@@ -364,6 +365,7 @@ class JobManager:
             now = time.time()
             for j in batch:
                 j.status, j.stage, j.started = "running", "planning", now
+                j.batch = len(batch)
                 j.save()
             return batch
 
