@@ -133,6 +133,9 @@ async def user(client, genes, rng, n_queries, times, errors, retries):
         t0 = time.perf_counter()
         try:
             r = await client.post("/api/queries", json=body)
+            while r.status_code == 429:  # the queue's bound: wait as told, then again
+                await asyncio.sleep(float(r.headers.get("retry-after", 1)))
+                r = await client.post("/api/queries", json=body)
             if r.status_code != 202:
                 errors.append(f"submit {r.status_code}: {r.text[:200]}")
                 continue
@@ -217,7 +220,10 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="/tmp/cmapdask-servebench")
     ap.add_argument("--scheduler", default="local", help="passed to cmapdask serve")
     ap.add_argument("--workers", type=int, default=None, help="local cluster workers")
-    ap.add_argument("--job-workers", type=int, default=4, help="jobs computed at once")
+    ap.add_argument("--job-workers", type=int, default=4, help="batches computed at once")
+    ap.add_argument(
+        "--batch-queries", type=int, default=100, help="queries scored in one pass at most"
+    )
     args = ap.parse_args(argv)
 
     os.makedirs(args.workdir, exist_ok=True)
@@ -231,6 +237,8 @@ def main(argv=None) -> int:
     cmd = [sys.executable, "-m", "cmapdask", "serve", store, "--port", str(port)]
     cmd += ["--jobs-dir", jobs, "--scheduler", args.scheduler, "--quiet"]
     cmd += ["--job-workers", str(args.job_workers), "--max-queue", str(4 * args.users)]
+    # every simulated user comes from 127.0.0.1: one client address for the server
+    cmd += ["--max-per-client", str(4 * args.users), "--batch-queries", str(args.batch_queries)]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
     log = open(os.path.join(args.workdir, "server.log"), "w")  # noqa: SIM115
