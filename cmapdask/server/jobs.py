@@ -464,6 +464,7 @@ class JobManager:
             cancelled=lambda: all(j.cancel.is_set() for j in batch),
             progress=lambda f: self._progress(batch, "computing", 0.2 + 0.6 * f),
         )
+        ready = []
         for j in batch:
             if j.cancel.is_set():
                 continue
@@ -477,7 +478,9 @@ class JobManager:
             with self._lock:
                 if not j.cancel.is_set():
                     self._finish(j, "done")
-                    self._packing.put((j, part))
+                    ready.append((j, part))
+        for item in ready:  # folders after every job of the batch is viewable
+            self._packing.put(item)
 
     def _write_tables(self, job: Job, part) -> None:
         self._progress([job], "ranking", 0.85)
