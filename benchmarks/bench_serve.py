@@ -23,7 +23,14 @@ cluster of 2 workers, ``--job-workers 2``, 20 users x 1 query, zero errors:
     20,000       82    154     7.8         1.22 GiB     0.95 s
     100,000     438    795     1.5         2.21 GiB     1.21 s
 
-Most of a job's time is single-threaded Python in the job thread building and tokenizing
+With jobs batched (jobs of the same options scored in one query), under keys of their
+own, and the summary plan shipped once per batch, measured 2026-12-08 on the same shared
+2-core machine (load average 5-12 from other developers' CI; not quiet), local cluster,
+``--job-workers 4``, 20,000 signatures, zero errors: 1 user x 3 queries p50 2.4-3.0 s;
+20 users x 1 query p50 9-12 s, p95 10-13 s, 95-114 queries/min (19 of the 20 jobs in
+one batch). Before that change the text below held:
+
+Most of a job's time was single-threaded Python in the job thread building and tokenizing
 the query and summary graphs (``summarize`` pickles its plan to tokenize it), so jobs
 queue behind each other on the GIL; the Dask workers are mostly idle.
 """
