@@ -110,13 +110,17 @@ class Server:
         self.log.close()
 
 
-def wait_job(client, job_id: str, timeout: float = 180.0) -> dict:
+def wait_job(client, job_id: str, timeout: float = 180.0, *, downloads: bool = True) -> dict:
+    """The job's status once it is final (and, with ``downloads``, once a done job's
+    result folder and archive are written: ``download_status``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         s = client.get(f"/api/queries/{job_id}").json()
-        if s["status"] not in ("queued", "running"):
+        if s["status"] not in ("queued", "running") and not (
+            downloads and s["status"] == "done" and s["download_status"] in ("pending", "writing")
+        ):
             return s
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish: {s}")
 
 

@@ -181,8 +181,9 @@ def _grouping(text: str):
 
 
 def run_query(args) -> int:
-    from cmapdask.connectivity.query import _as_sets, _pair, query
-    from cmapdask.connectivity.results import result_folders, summarize, write_result
+    from cmapdask.connectivity.job import plan_query_job
+    from cmapdask.connectivity.query import _as_sets, _pair
+    from cmapdask.connectivity.results import result_folders
     from cmapdask.errors import InputError
     from cmapdask.io.atomic import check_destination
     from cmapdask.io.gmt import read_gene_sets
@@ -196,14 +197,19 @@ def run_query(args) -> int:
     if up is None and down is None:
         raise InputError("a query needs --up and/or --down (or --genes-up/--genes-down)")
     pcls = read_gene_sets(args.pcl) if args.pcl else None
+    with warnings.catch_warnings(record=True) as read:
+        warnings.simplefilter("always")
+        up, down = _as_sets(up, "up"), _as_sets(down, "down")
     # query ids must make distinct result folders: refused before anything is computed
-    result_folders(_pair(_as_sets(up, "up"), _as_sets(down, "down")))
+    result_folders(_pair(up, down))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = query(
+        job = plan_query_job(
             args.store,
             up,
             down,
+            pcls=pcls,
+            notes=[f"warning: {w.message}" for w in read],
             space=args.space,
             metric=args.metric,
             tail=args.tail,
@@ -214,17 +220,11 @@ def run_query(args) -> int:
             n_random=args.n_random,
             storage_options=args.storage_options,
         )
-    for w in caught:
+    for w in [*read, *caught]:
         say(args, f"cmapdask: warning: {w.message}")
     with dask_client(args) as client, progress(args, client):
-        summ = (
-            summarize(res, pcls=pcls, storage_options=args.storage_options)
-            if "pert_id" in res.coords
-            else None
-        )
-        notes = [f"warning: {w.message}" for w in caught]
-        write_result(res, args.out, summaries=summ, notes=notes, overwrite=args.overwrite)
-    for row in res.attrs["cmapdask"]["genes"]:
+        job.compute().write(args.out, overwrite=args.overwrite)
+    for row in job.result.attrs["cmapdask"]["genes"]:
         say(
             args,
             "cmapdask: query {query}: {n_up} up, {n_down} down genes used; "

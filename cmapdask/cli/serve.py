@@ -54,7 +54,19 @@ def register(subparsers) -> None:
         "--space", choices=["landmark", "bing", "all"], default=None, help="default space"
     )
     p.add_argument("--max-queue", type=int, default=64, help="jobs waiting at most (64)")
-    p.add_argument("--job-workers", type=int, default=2, help="jobs computed at once (2)")
+    p.add_argument("--job-workers", type=int, default=2, help="batches computed at once (2)")
+    p.add_argument(
+        "--max-per-client",
+        type=int,
+        default=8,
+        help="jobs one client address may have queued or running (8)",
+    )
+    p.add_argument(
+        "--batch-queries",
+        type=int,
+        default=100,
+        help="queries of jobs arriving together scored in one pass at most (100; 1: alone)",
+    )
     p.add_argument(
         "--cors-origin",
         action="append",
@@ -82,8 +94,10 @@ def _runtime_args(args) -> types.SimpleNamespace:
 def run_serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port}: not a port number")
-    if args.max_queue < 1 or args.job_workers < 1:
-        raise InputError("--max-queue and --job-workers must be at least 1")
+    if min(args.max_queue, args.job_workers, args.max_per_client, args.batch_queries) < 1:
+        raise InputError(
+            "--max-queue, --job-workers, --max-per-client and --batch-queries must be at least 1"
+        )
     return serve(args)
 
 
@@ -108,6 +122,8 @@ def serve(args) -> int:
                 max_queue=args.max_queue,
                 job_workers=args.job_workers,
                 space=args.space,
+                max_per_client=args.max_per_client,
+                batch_queries=args.batch_queries,
             )
         )
         host = f"[{args.host}]" if ":" in args.host else args.host

@@ -61,6 +61,8 @@ class ServerSettings:
         max_queue: int = 64,
         job_workers: int = 2,
         space: str | None = None,
+        max_per_client: int = 8,
+        batch_queries: int = 100,
     ):
         self.store = str(store)
         self.jobs_dir = jobs_dir
@@ -71,6 +73,8 @@ class ServerSettings:
         self.max_queue = max_queue
         self.job_workers = job_workers
         self.space = space
+        self.max_per_client = max_per_client
+        self.batch_queries = batch_queries
 
 
 def _one_line(text) -> str:
@@ -121,7 +125,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         storage_options=settings.storage_options,
         pcls=settings.pcls,
         max_queue=settings.max_queue,
+        max_per_client=settings.max_per_client,
         workers=settings.job_workers,
+        batch_queries=settings.batch_queries,
     )
     handles: dict = {}
 
@@ -158,7 +164,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(QueueFull)
     async def _full(request, exc):
-        return JSONResponse({"detail": _one_line(exc)}, status_code=429)
+        return JSONResponse(
+            {"detail": _one_line(exc)},
+            status_code=429,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
 
     @app.exception_handler(CmapdaskError)
     async def _bad(request, exc):
@@ -220,19 +230,33 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise HTTPException(409, f"job is {job.status}, not done")
         return job
 
+    def downloadable(job_id: str):
+        job = done_job(job_id)
+        if job.download_status != "done":
+            raise HTTPException(
+                409,
+                f"the result folder is {job.download_status}, not ready; try again shortly",
+                headers={"Retry-After": "1"},
+            )
+        return job
+
+    def who(request: Request) -> str:
+        # the peer address: one client's share of the queue (headers are not trusted)
+        return request.client.host if request.client else ""
+
     def status(job) -> dict:
         base = f"/api/queries/{job.id}"
         links = {"self": base, "page": f"/jobs/{job.id}"}
         if job.status == "done":
-            links.update(
-                results=f"{base}/results",
-                heatmap=f"{base}/heatmap",
-                archive=f"{base}/result.tar.gz",
-                gctx=f"{base}/gctx",
-            )
+            links.update(results=f"{base}/results", heatmap=f"{base}/heatmap")
+            if job.download_status == "done":
+                links.update(archive=f"{base}/result.tar.gz", gctx=f"{base}/gctx")
+        elif job.status in ("failed", "cancelled"):
+            links.update(retry=f"{base}/retry")
         return {
             "id": job.id,
             "status": job.status,
+            "download_status": job.download_status if job.status == "done" else "pending",
             "stage": job.stage,
             "progress": round(float(job.progress), 4),
             "created": job.created,
@@ -345,9 +369,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         request["space"] = space
         return request, names, qs.report, notes
 
-    def submit(req: m.QueryRequest) -> JSONResponse:
+    def submit(req: m.QueryRequest, client: str) -> JSONResponse:
         request, names, report, notes = validate(req)
-        job = jobs.submit(request, queries=names, genes=report, warnings=notes)
+        job = jobs.submit(request, queries=names, genes=report, warnings=notes, client=client)
         return JSONResponse(status(job), status_code=202)
 
     def with_compound_meta(df: pd.DataFrame) -> pd.DataFrame:
@@ -406,6 +430,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 "genes_per_list": m.MAX_GENES_PER_LIST,
                 "clue_genes": [MIN_GENES, MAX_GENES],
                 "max_queue": settings.max_queue,
+                "max_per_client": settings.max_per_client,
+                "batch_queries": settings.batch_queries,
             },
             "jobs": jobs.counts(),
             "version": __version__,
@@ -428,9 +454,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         tags=["queries"],
         dependencies=[Depends(require_token)],
     )
-    def post_query(body: m.QueryRequest):
-        """Submit one or more queries as a job; returns its id and status."""
-        return submit(body)
+    def post_query(body: m.QueryRequest, request: Request):
+        """Submit one or more queries as a job; returns its id and status (an identical
+        request on the same store version returns the finished job that answered it)."""
+        return submit(body, who(request))
 
     @app.post(
         "/api/queries/files",
@@ -441,6 +468,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         dependencies=[Depends(require_token)],
     )
     async def post_query_files(
+        request: Request,
         up: Annotated[UploadFile, File(description="GMT or GRP: up sets (or X_UP and X_DN)")],
         down: Annotated[UploadFile | None, File(description="GMT or GRP: down sets")] = None,
         space: Annotated[Literal["landmark", "bing", "all"] | None, Form()] = None,
@@ -481,7 +509,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             )
         except ValidationError as e:
             raise QueryError(_validation_line(e.errors())) from None
-        return submit(req)
+        return submit(req, who(request))
 
     @app.get("/api/queries/{job_id}", response_model=m.JobStatus, tags=["queries"])
     def get_query(job_id: JobId):
@@ -497,6 +525,18 @@ def create_app(settings: ServerSettings) -> FastAPI:
     def cancel_query(job_id: JobId):
         """Cancel a queued or running job."""
         return status(jobs.cancel(get_job(job_id)))
+
+    @app.post(
+        "/api/queries/{job_id}/retry",
+        status_code=202,
+        response_model=m.JobStatus,
+        responses={400: {"model": m.ErrorOut}, 404: {"model": m.ErrorOut}},
+        tags=["queries"],
+        dependencies=[Depends(require_token)],
+    )
+    def retry_query(job_id: JobId):
+        """Queue a failed or cancelled job again (same id and request)."""
+        return JSONResponse(status(jobs.retry(get_job(job_id))), status_code=202)
 
     @app.get("/api/queries/{job_id}/results", response_model=m.Page, tags=["results"])
     def results(
@@ -581,7 +621,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         ),
     ):
         """One matrix of the CLUE result folder as GCTx (names in the job's ``matrices``)."""
-        job = done_job(job_id)
+        job = downloadable(job_id)
         path = jobs.matrix_path(job, matrix)
         return FileResponse(
             path, media_type="application/x-hdf5", filename=matrix.replace("/", "_") + ".gctx"
@@ -595,7 +635,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     def archive(job_id: JobId):
         """CLUE's result folder as one ``.tar.gz``."""
-        job = done_job(job_id)
+        job = downloadable(job_id)
         return FileResponse(
             job.archive, media_type="application/gzip", filename=f"cmapdask_{job.id[:8]}.tar.gz"
         )

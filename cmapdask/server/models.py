@@ -94,6 +94,9 @@ class GeneCheck(BaseModel):
 class JobStatus(BaseModel):
     id: str
     status: Literal["queued", "running", "done", "failed", "cancelled"]
+    download_status: Literal["pending", "writing", "done", "failed"] = Field(
+        "pending", description="CLUE's folder and its archive (written after status done)"
+    )
     stage: str
     progress: float
     created: float

@@ -153,7 +153,9 @@ def _coords_to_memory(ds: xr.Dataset, url, storage_options, key=None) -> xr.Data
                 while len(_COORDS) > int(config.get("store.cached_stores", 2)):
                     _COORDS.popitem(last=False)
     idx = {k: v for k, v in new.items() if k in ds.dims}
-    rest = {k: v for k, v in new.items() if k not in ds.dims}
+    # by name: xarray's order of a Zarr group's coordinates differs between processes
+    # (a set), and files written from them (GCTx metadata, tables) must not
+    rest = {k: new[k] for k in sorted(new) if k not in ds.dims}
     ds = ds.drop_vars(list(new)).assign_coords(idx).assign_coords(rest)
     # text variables (top_id, ...): Python str objects, as the data model says (numpy's
     # StringDType, which zarr returns, cannot even be cast with .astype(str)); lazily

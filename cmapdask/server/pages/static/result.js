@@ -15,18 +15,40 @@
     $("stage").textContent = job.status === "running" ? "(" + job.stage + ")" : "";
     $("progress").value = job.progress;
     $("warnings").innerHTML = job.warnings.map(w => `<div>${cmap.esc(w)}</div>`).join("");
-    if (job.error) $("error").textContent = job.error;
-    if (job.status === "queued" || job.status === "running") { setTimeout(poll, 700); return; }
+    $("error").textContent = job.error || "";
+    if (job.status === "queued" || job.status === "running") {
+      $("cancel").hidden = false; $("retry").hidden = true;
+      setTimeout(poll, 700); return;
+    }
     $("cancel").hidden = true;
-    if (job.status === "done") show(job);
+    // a failed or cancelled job: its one line above, and a way to run it again
+    $("retry").hidden = !(job.status === "failed" || job.status === "cancelled");
+    if (job.status === "done") {
+      if ($("done").hidden) show(job);
+      downloads(job);
+      // the result is viewable first; CLUE's folder and its archive follow
+      if (job.download_status === "pending" || job.download_status === "writing") setTimeout(poll, 700);
+    }
+  }
+
+  function downloads(job) {
+    let dl = [];
+    if (job.download_status === "done") {
+      dl = [`<a id="dl-archive" href="${base}/result.tar.gz">CLUE result folder (.tar.gz)</a>`]
+        .concat(job.matrices.map(m => `<a href="${base}/gctx?matrix=${encodeURIComponent(m)}">${cmap.esc(m)}.gctx</a>`));
+    } else if (job.download_status === "failed") {
+      dl = [`<span>the result folder could not be written</span>`];
+    } else {
+      dl = [`<span id="dl-pending">result folder: being written…</span>`];
+    }
+    const tsv = $("dl-tsv") ? $("dl-tsv").href : "#";
+    dl.push(`<a id="dl-tsv" href="${tsv}">this table (TSV)</a>`);
+    $("downloads").innerHTML = dl.join(" · ");
   }
 
   async function show(job) {
     $("query").innerHTML = job.queries.map((q, i) => `<option value="${i}">${cmap.esc(q)}</option>`).join("");
-    const dl = [`<a id="dl-archive" href="${base}/result.tar.gz">CLUE result folder (.tar.gz)</a>`]
-      .concat(job.matrices.map(m => `<a href="${base}/gctx?matrix=${encodeURIComponent(m)}">${cmap.esc(m)}.gctx</a>`));
-    dl.push(`<a id="dl-tsv" href="#">this table (TSV)</a>`);
-    $("downloads").innerHTML = dl.join(" · ");
+    downloads(job);
     $("done").hidden = false;
     await render();
   }
@@ -88,6 +110,10 @@
   $("next").addEventListener("click", () => { state.offset += state.limit; detail(); });
   $("cancel").addEventListener("click", async () => {
     try { await cmap.api("DELETE", base); } catch (e) { $("error").textContent = e.message; }
+  });
+  $("retry").addEventListener("click", async () => {
+    try { await cmap.api("POST", base + "/retry"); $("retry").hidden = true; poll(); }
+    catch (e) { $("error").textContent = e.message; }
   });
   poll();
 })();
