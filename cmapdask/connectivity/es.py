@@ -12,6 +12,9 @@ from typing import Literal
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from cmapdask.errors import InputError
 from cmapdask.model.types import ConnectivityMetric
@@ -30,76 +33,16 @@ Metric = ConnectivityMetric  # the option type, defined once in cmapdask.model.t
 Tail = Literal["both", "up", "down"]
 
 
-_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
-_DEBRUIJN_TABLE = np.array(
-    [
-        0,
-        1,
-        48,
-        2,
-        57,
-        49,
-        28,
-        3,
-        61,
-        58,
-        50,
-        42,
-        38,
-        29,
-        17,
-        4,
-        62,
-        55,
-        59,
-        36,
-        53,
-        51,
-        43,
-        22,
-        45,
-        39,
-        33,
-        30,
-        24,
-        18,
-        12,
-        5,
-        63,
-        47,
-        56,
-        27,
-        60,
-        41,
-        37,
-        16,
-        54,
-        35,
-        52,
-        21,
-        44,
-        32,
-        23,
-        11,
-        46,
-        26,
-        40,
-        15,
-        34,
-        20,
-        31,
-        10,
-        25,
-        14,
-        19,
-        9,
-        13,
-        8,
-        7,
-        6,
-    ],
-    dtype=np.int64,
-)
+@intrinsic
+def _ctz(typingctx, x):  # pragma: no cover
+    """Trailing zero bits of a non-zero uint64: one ``tzcnt``."""
+    if x != types.uint64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return types.uint64(types.uint64), codegen
 
 
 _TILE = 16  # signatures per transposed tile of the gene-major kernel
@@ -148,8 +91,8 @@ def _es_rows(
     """ES of every set in rows ``ranks[i]``, written to column ``out0 + i``.
 
     Ranks are distinct integers in [1, N], so instead of a comparison sort each row marks
-    a set's hits in a bitset and reads them back word by word (lowest set bit by a de
-    Bruijn multiply): O(G + N/64) per signature and set. Rows are the outer loop, so a
+    a set's hits in a bitset and reads them back word by word (lowest set bit by one
+    ``tzcnt``): O(G + N/64) per signature and set. Rows are the outer loop, so a
     signature's ranks and scores are fetched from memory once for all sets of a batch.
     """
     n_sig = ranks.shape[0]
@@ -200,9 +143,8 @@ def _es_rows(
                     word += 1
                     x = bits[word]
                     bits[word] = np.uint64(0)
-                low = x & (~x + one)
-                r = (word << 6) + _DEBRUIJN_TABLE[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
-                x ^= low
+                r = (word << 6) + np.int64(_ctz(x))
+                x &= x - one
                 w = wbuf[r] if use_w else 1.0
                 cum += w
                 after = cum * inv_total - (r - j) * inv_miss
