@@ -34,7 +34,6 @@ from typing import Literal
 
 import dask
 import dask.array as da
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -43,7 +42,7 @@ import pyarrow.csv as pa_csv
 import xarray as xr
 
 from cmapdask.errors import GCTFormatError, InputError
-from cmapdask.io.atomic import publish_file
+from cmapdask.io.atomic import publish_file, url_to_fs
 from cmapdask.io.meta import TEXT_NA, encode_for_text, merge_coords, normalise_column
 from cmapdask.io.pending import deferrable
 
@@ -65,9 +64,8 @@ _WRITE_BLOCK_BYTES = 64 * 2**20
 def read_bytes(path, *, storage_options: dict | None, error: type[Exception]) -> bytes:
     """The whole file (local path or fsspec URL, ``.gz`` and friends decompressed)."""
     try:
-        with fsspec.open(
-            os.fspath(path), "rb", compression="infer", **(storage_options or {})
-        ) as f:
+        fs, p = url_to_fs(os.fspath(path), storage_options)  # cmapdask's bounded waits
+        with fs.open(p, "rb", compression="infer") as f:
             return f.read()
     except FileNotFoundError:
         raise error(f"{path}: no such file") from None
@@ -83,9 +81,8 @@ def is_gct(path, storage_options: dict | None = None) -> bool:
     Sniffs the first bytes (decompressing ``.gz`` and friends by name), so a GCT text file
     named ``.gctx`` is recognised; anything unreadable is "not GCT"."""
     try:
-        with fsspec.open(
-            os.fspath(path), "rb", compression="infer", **(storage_options or {})
-        ) as f:
+        fs, p = url_to_fs(os.fspath(path), storage_options)  # cmapdask's bounded waits
+        with fs.open(p, "rb", compression="infer") as f:
             head = f.read(16)
     except Exception:  # any failure to sniff means "not ours"
         return False

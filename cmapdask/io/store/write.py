@@ -167,7 +167,9 @@ def store_rows(url, storage_options, start: int, values: np.ndarray) -> None:
     """Write ``values`` as ``expr[start:start + len(values)]``: whole chunks (shards), the
     last possibly short; a block starting inside a shard (an append) rewrites that shard
     with its earlier signatures, read back."""
-    arr = zarr.open_array(url, path="expr", mode="r+", storage_options=storage_options)
+    arr = zarr.open_array(
+        url, path="expr", mode="r+", storage_options=zarr_options(url, storage_options)
+    )
     sharded = sharded_matrix(arr, url, storage_options)
     if sharded is None:
         # every chunk is written: no pass comparing each chunk with the fill value (a
