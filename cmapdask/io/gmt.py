@@ -27,6 +27,7 @@ from cmapdask.io.pending import deferrable
 __all__ = [
     "read_gmt",
     "write_gmt",
+    "read_gmx",
     "read_grp",
     "write_grp",
     "read_gene_sets",
@@ -102,6 +103,47 @@ def read_gmt(path, *, storage_options: dict | None = None) -> dict[str, list[str
                 f"{path}: line {lineno}: set {name!r} lists gene {dup!r} more than once"
             )
         sets[name], where[name] = genes, lineno
+    if not sets:
+        raise GeneSetFormatError(f"{path}: no gene sets in the file")
+    return sets
+
+
+def read_gmx(path, *, storage_options: dict | None = None) -> dict[str, list[str]]:
+    """Read a GMX file (GMT by columns: names on the first row, descriptions on the second,
+    then each column's genes) as ``{set name: [gene ids]}`` in column order.
+
+    Raises
+    ------
+    GeneSetFormatError
+        Fewer than three rows, an empty or repeated name, a set with no genes or a gene
+        listed twice in a set.
+    """
+    rows = [line.split("\t") for line in _lines(path, storage_options)]
+    while rows and not any(c.strip() for c in rows[-1]):
+        rows.pop()
+    if len(rows) < 3:
+        raise GeneSetFormatError(
+            f"{path}: a GMX file has a row of names, a row of descriptions and rows of "
+            f"genes; found {len(rows)} row(s)"
+        )
+    names = [n.strip() for n in rows[0]]
+    sets: dict[str, list[str]] = {}
+    for j, name in enumerate(names):
+        if not name:
+            if any(j < len(r) and r[j].strip() for r in rows[2:]):
+                raise GeneSetFormatError(f"{path}: column {j + 1}: genes under an empty name")
+            continue
+        if name in sets:
+            raise GeneSetFormatError(f"{path}: column {j + 1}: set name {name!r} used twice")
+        genes = [r[j].strip() for r in rows[2:] if j < len(r) and r[j].strip()]
+        if not genes:
+            raise GeneSetFormatError(f"{path}: column {j + 1}: set {name!r} has no genes")
+        dup = _first_duplicate(genes)
+        if dup is not None:
+            raise GeneSetFormatError(
+                f"{path}: column {j + 1}: set {name!r} lists gene {dup!r} more than once"
+            )
+        sets[name] = genes
     if not sets:
         raise GeneSetFormatError(f"{path}: no gene sets in the file")
     return sets
@@ -274,6 +316,8 @@ def _kind(path, storage_options: dict | None) -> str:
         return "gmt"
     if name.endswith(".grp"):
         return "grp"
+    if name.endswith(".gmx"):
+        return "gmx"
     # Unknown extension: a GMT line has at least two tabs, a GRP line none.
     for line in _lines(path, storage_options):
         if line.strip() and not line.lstrip().startswith("#"):
@@ -282,9 +326,10 @@ def _kind(path, storage_options: dict | None) -> str:
 
 
 def read_gene_sets(path, *, storage_options: dict | None = None) -> dict[str, list[str]]:
-    """Read a GMT or GRP file as ``{set name: [gene ids]}``.
+    """Read a GMT, GMX or GRP file as ``{set name: [gene ids]}``.
 
-    The format comes from the extension (``.gmt``/``.grp``, optionally compressed) or,
+    The format comes from the extension (``.gmt``/``.gmx``/``.grp``, optionally
+    compressed) or,
     failing that, from the first data line (two or more tabs means GMT). A GRP file is one
     set named after the file (``HDAC_UP.grp`` -> ``"HDAC_UP"``).
 
@@ -294,8 +339,11 @@ def read_gene_sets(path, *, storage_options: dict | None = None) -> dict[str, li
     >>> list(sets), len(sets["HDAC_UP"])
     (['HDAC_UP'], 14)
     """
-    if _kind(path, storage_options) == "gmt":
+    kind = _kind(path, storage_options)
+    if kind == "gmt":
         return read_gmt(path, storage_options=storage_options)
+    if kind == "gmx":
+        return read_gmx(path, storage_options=storage_options)
     name = os.path.basename(str(path).rstrip("/"))
     for ext in _COMPRESSED:
         name = name.removesuffix(ext)

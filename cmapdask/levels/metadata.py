@@ -15,6 +15,7 @@ import xarray as xr
 from cmapdask.errors import MetadataError
 from cmapdask.model.missing import is_missing
 from cmapdask.model.provenance import provenance_record
+from cmapdask.model.spaces import feature_genes
 
 __all__ = [
     "DEFAULT_GROUP_BY",
@@ -96,18 +97,14 @@ def landmark_index(ds: xr.Dataset, landmarks: Sequence[str] | None) -> np.ndarra
                 f"(first: {str(missing[0])!r}); the landmarks must be among expr's genes"
             )
         pos = np.unique(pos)
-    elif "pr_is_lmark" in ds.coords:
-        flag = pd.Series(ds["pr_is_lmark"].values).astype(str).str.lower()
-        pos = np.flatnonzero(flag.isin(["1", "1.0", "true", "y", "yes"]).to_numpy())
-    elif "feature_space" in ds.coords:
-        pos = np.flatnonzero(ds["feature_space"].values == "landmark")
-    elif len(genes) == 978:
-        pos = np.arange(978)
-    else:
-        raise MetadataError(
-            f"cannot tell the landmark genes among {len(genes)} genes: no 'pr_is_lmark' or "
-            "'feature_space' gene field; pass landmarks="
-        )
+    else:  # the data model's one landmark rule
+        try:
+            pos = feature_genes(ds, "landmark")
+        except MetadataError as e:
+            raise MetadataError(
+                f"cannot tell the landmark genes among {len(genes)} genes "
+                f"({str(e).split(': ', 1)[-1].split(';')[0]}); pass landmarks="
+            ) from None
     if len(pos) < 2:
         raise MetadataError(
             f"need at least 2 landmark genes for Spearman weights, found {len(pos)}"

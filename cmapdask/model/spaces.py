@@ -24,7 +24,9 @@ SPACE_CLASSES = {
     "landmark": frozenset({"landmark"}),
     "bing": frozenset({"landmark", "best inferred"}),
 }
-_FLAGS = {"landmark": "pr_is_lm", "bing": "pr_is_bing"}
+# the 0/1 flags of older gene tables (GSE92742's gene_info: pr_is_lm; some GCTx row
+# metadata: pr_is_lmark)
+_FLAGS = {"landmark": ("pr_is_lm", "pr_is_lmark"), "bing": ("pr_is_bing",)}
 _TRUE = frozenset({"1", "1.0", "true", "t", "y", "yes"})
 
 
@@ -64,9 +66,10 @@ def feature_genes(ds: xr.Dataset, space: Space) -> np.ndarray:
     Notes
     -----
     The rule, in order: the gene field ``feature_space`` (``landmark`` / ``best inferred``
-    / ``inferred``, any case); else the 0/1 flags ``pr_is_lm`` / ``pr_is_bing`` of older
-    gene tables (1, true, yes); else, for ``"landmark"`` only, the genes whose ids are
-    among the 978 landmark ids shipped with the package. ``"bing"`` without gene
+    / ``inferred``, any case); else the 0/1 flags ``pr_is_lm`` (or ``pr_is_lmark``) /
+    ``pr_is_bing`` of older gene tables (1, true, yes; field names in any case); else,
+    for ``"landmark"`` only, the genes whose ids are among the 978 landmark ids shipped
+    with the package, or every gene of a matrix of exactly 978 genes. ``"bing"`` without gene
     metadata is an error naming the table to join (geneinfo). A field may also carry the
     ``gene_`` prefix the data model gives a field present on both axes.
 
@@ -86,7 +89,7 @@ def feature_genes(ds: xr.Dataset, space: Space) -> np.ndarray:
         return np.arange(n, dtype=np.int64)
     name = dataset_name(ds)
     fs = _gene_field(ds, "feature_space")
-    flag = _gene_field(ds, _FLAGS[space])
+    flag = next((f for f in (_gene_field(ds, k) for k in _FLAGS[space]) if f is not None), None)
     if fs is not None:
         text = np.array([str(v).strip().lower() for v in fs.tolist()], dtype=object)
         sel = np.flatnonzero(np.isin(text, list(SPACE_CLASSES[space])))
@@ -96,6 +99,8 @@ def feature_genes(ds: xr.Dataset, space: Space) -> np.ndarray:
     elif space == "landmark":
         genes = np.array([str(g) for g in ds.indexes["gene"]], dtype=object)
         sel = np.flatnonzero(np.isin(genes, list(landmark_ids())))
+        if sel.size == 0 and n == 978:  # a landmark matrix (Level 3) under other ids
+            return np.arange(n, dtype=np.int64)
         if sel.size == 0:
             raise MetadataError(
                 f"{name}: no gene field 'feature_space' (or 'pr_is_lm') and none of the 978 "
@@ -106,7 +111,7 @@ def feature_genes(ds: xr.Dataset, space: Space) -> np.ndarray:
     else:
         raise MetadataError(
             f"{name}: the {space} space needs gene metadata: no gene field 'feature_space' "
-            f"(or {_FLAGS[space]!r}); join the gene table (geneinfo_beta.txt, "
+            f"(or {_FLAGS[space][0]!r}); join the gene table (geneinfo_beta.txt, "
             "convert --gene-info) or use space 'all'"
         )
     if sel.size == 0:

@@ -49,6 +49,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from cmapdask.errors import InputError
+from cmapdask.model.missing import labels
 from cmapdask.similarity.api import Space
 from cmapdask.similarity.engine import _add_layer, standardized_pair
 from cmapdask.similarity.kernels import Metric
@@ -118,11 +119,7 @@ def _clean(values, n: int, what: str) -> np.ndarray:
     arr = np.asarray(values, dtype=object)
     if arr.shape != (n,):
         raise InputError(f"moa_recall: {arr.size} {what} for {n} signatures")
-    out = []
-    for v in arr.tolist():
-        missing = v is None or (isinstance(v, float) and v != v) or str(v).strip() == ""
-        out.append(None if missing else str(v))
-    return np.array(out, dtype=object)
+    return labels(arr)  # the data model's missing values (-666 included), as the estimate
 
 
 def recall_labels(row_moa, col_moa=None, *, row_cells=None, col_cells=None, self_col=None):
