@@ -36,6 +36,8 @@ source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-n
 exclude_patterns = ["_build", "**/.ipynb_checkpoints", "README.md", "ALGORITHMS.md", "errors.md"]
 myst_enable_extensions = ["dollarmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
+# options are copied as typed: no en dash for "--", no curly quotes
+smartquotes = False
 
 # Tutorials run during the build, on small synthetic data; any error fails the build.
 nb_execution_mode = "force"

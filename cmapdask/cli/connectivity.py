@@ -91,7 +91,13 @@ def register(subparsers) -> None:
         default="wtcs",
         help="weighted (wtcs, default) or unweighted (cs) enrichment",
     )
-    p.add_argument("--tail", choices=["both", "up", "down"], default="both")
+    p.add_argument(
+        "--tail",
+        choices=["both", "up", "down"],
+        default="both",
+        help="both: two-tailed WTCS (default); up: ES of the up set alone; down: -ES of the "
+        "down set alone",
+    )
     p.add_argument(
         "--reference",
         default="all",
@@ -104,7 +110,13 @@ def register(subparsers) -> None:
         help="NCS groups: pert_type and cell line (CMap's, default), global (one group: "
         "for stores without pert_type/cell_id), or signature fields, comma separated",
     )
-    p.add_argument("--tau", choices=["binned", "exact", "none"], default="binned")
+    p.add_argument(
+        "--tau",
+        choices=["binned", "exact", "none"],
+        default="binned",
+        help="binned: CLUE's tau from the store's background (default; cmapdask background); "
+        "exact: the paper's formula against the stored reference NCS; none: no tau",
+    )
     p.add_argument("--fdr", choices=["auto", "null", "random", "none"], default="auto")
     p.add_argument(
         "--n-random", type=positive_int, default=100, help="random queries for --fdr random"

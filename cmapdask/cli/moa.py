@@ -172,7 +172,7 @@ def register(subparsers) -> None:
         "--member",
         action="append",
         default=None,
-        help="--approximate: neighbour member (repeatable; default every similarity/*)",
+        help="--approximate: neighbour member (repeatable; default: every similarity member)",
     )
     r.add_argument("--pert-field", default="pert_id")
     r.add_argument("--cell-field", default=None, help="default cell_id, else cell_iname")
