@@ -371,3 +371,26 @@ def test_the_docs_extra_holds_what_the_tutorials_import():
     # IPython comes with ipykernel, the notebook kernel the docs extra declares
     missing = sorted(m for m in mods if _distribution(m) not in have | {"ipython"})
     assert not missing, missing
+
+
+def test_a_missing_extra_is_one_line_naming_it(tiny_store, tmp_path):
+    """Without the ``ml`` extra's packages, graph clusters say which extra to install."""
+    import shutil
+
+    store = tmp_path / "store.zarr"
+    shutil.copytree(tiny_store["store"], store)
+    code = (
+        "import sys\n"
+        "for m in ('networkx', 'igraph', 'leidenalg'): sys.modules[m] = None\n"
+        "from cmapdask.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    args = ["cluster", str(store), "--method", "graph", "--neighbours"]
+    args += ["similarity/pearson_landmark", "--name", "g", "--scheduler", "none"]
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "pip install 'cmapdask[ml]'" in lines[0], r.stderr
+    assert not (store / "clusters").exists()
