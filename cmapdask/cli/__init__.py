@@ -97,7 +97,10 @@ def _check_io(args) -> contextlib.AbstractContextManager:
         inputs.pop("store")  # a member of STORE is the output: written inside it by design
     outputs = {_label(k): _value(args, k) for k in (*dirs, *files)}
     atomic.refuse_overlap(outputs, inputs)
-    paths = [str(v) for k in files if (v := _value(args, k))]
+    for key in dirs:  # before a cluster starts or anything is read
+        if (dest := _value(args, key)) is not None:
+            atomic.check_destination(dest, storage_options=so, overwrite=overwrite)
+    paths = [str(v) for k in files if (v := _value(args, k)) is not None]
     for path in paths:
         atomic.check_file_destination(path, storage_options=so, overwrite=overwrite)
     if len(set(paths)) < len(paths):

@@ -52,7 +52,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from cmapdask import config
-from cmapdask.errors import StoreError
+from cmapdask.errors import InputError, StoreError
 
 __all__ = [
     "url_to_fs",
@@ -63,6 +63,7 @@ __all__ = [
     "remove_leftovers",
     "check_destination",
     "check_file_destination",
+    "check_parent",
     "foreign_files",
     "refuse_overlap",
     "user_files",
@@ -77,10 +78,33 @@ WRITING = ".cmapdask-writing"  # object stores: a publish in progress (its owner
 
 def url_to_fs(url: str, storage_options: dict | None = None):
     """(filesystem, path inside it) for a local path or any fsspec URL, with cmapdask's
-    bounded waits (``cmapdask.storage``) for object storage."""
-    fs, path = fsspec.core.url_to_fs(
-        str(url), **(config.storage_options(url, storage_options) or {})
-    )
+    bounded waits (``cmapdask.storage``) for object storage.
+
+    An empty path, storage options that are not a mapping, or a URL scheme no filesystem
+    knows are :class:`~cmapdask.errors.InputError` (one line), not a traceback.
+    """
+    if url is None or not str(url).strip():
+        raise InputError(f"{str(url or '')!r}: an empty path or URL; name a file or folder")
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise InputError(
+            f"{url}: storage options must be a JSON object such as "
+            f'{{"anon": true}}, not {type(storage_options).__name__} {storage_options!r}'
+        )
+    try:
+        fs, path = fsspec.core.url_to_fs(
+            str(url), **(config.storage_options(url, storage_options) or {})
+        )
+    except ValueError as e:
+        if "Protocol not known" not in str(e):
+            raise
+        raise InputError(
+            f"{url}: unknown URL scheme {str(url).split('://', 1)[0]!r} (a local path, "
+            "file://, memory://, s3://, gs://, https://, ...)"
+        ) from None
+    except ImportError as e:
+        raise InputError(f"{url}: this kind of URL needs a package not installed: {e}") from None
+    except TypeError as e:
+        raise InputError(f"{url}: storage options not accepted: {e}") from None
     if getattr(fs, "protocol", None) and "s3" in fs.protocol:
         fs.retries = max(1, config.storage_defaults()["retries"])  # this filesystem only
     return fs, path
@@ -217,7 +241,9 @@ def check_destination(dest, *, storage_options: dict | None = None, overwrite: b
     """Refuse a destination folder we may not replace (:class:`StoreError`, one line);
     returns its state. See the module's ownership rules."""
     fs, path = url_to_fs(dest, storage_options)
-    if not is_local(fs):  # an unreachable store is one line naming it, before any listing
+    if is_local(fs):
+        _check_local_parent(dest, path.rstrip("/"))
+    else:  # an unreachable store is one line naming it, before any listing
         check_bucket(fs, dest, path.rstrip("/"))
     state = _state(fs, path.rstrip("/"))
     if state == "file":
@@ -407,8 +433,10 @@ def refuse_overlap(outputs: dict, inputs: dict) -> None:
     an input; ``outputs``/``inputs`` map an option's name to its URL (None: not given)."""
     ins = [(k, v, _split_url(v)) for k, v in inputs.items() if v not in (None, "")]
     for ok, ov in outputs.items():
-        if ov in (None, ""):
+        if ov is None:
             continue
+        if not str(ov).strip():
+            raise InputError(f"{ok}: an empty path or URL; name a file or folder")
         op, opath = _split_url(ov)
         for ik, iv, (ip, ipath) in ins:
             if op != ip:
@@ -492,14 +520,35 @@ def publish_file(
 
 
 def _check_local_parent(dest, path: str) -> None:
-    """Refuse at the door a local destination under a file or an unwritable folder."""
-    up = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(up) and os.path.dirname(up) != up:
+    """Refuse at the door a local destination under a file or an unwritable folder, a
+    dangling symbolic link, or a folder where nothing can be created (``/proc``)."""
+    full = os.path.abspath(path)
+    if os.path.islink(full) and not os.path.exists(full):
+        raise StoreError(
+            f"{dest}: is a symbolic link to {os.readlink(full)}, which does not exist; "
+            "refusing to write through it"
+        )
+    up = os.path.dirname(full)
+    while not os.path.lexists(up) and os.path.dirname(up) != up:
         up = os.path.dirname(up)
     if not os.path.isdir(up):
         raise StoreError(f"{dest}: cannot create it: {up} is a file, not a folder")
     if not os.access(up, os.W_OK | os.X_OK):
         raise StoreError(f"{dest}: cannot create it: no permission to write in {up}")
+    try:  # a probe: a folder the kernel fills (/proc, /sys) or a read-only mount says no
+        os.rmdir(tempfile.mkdtemp(prefix=".cmapdask-probe-", dir=up))
+    except OSError as e:
+        raise StoreError(f"{dest}: cannot create it in {up}: {e.strerror or e}") from None
+
+
+def check_parent(dest, *, storage_options: dict | None = None) -> None:
+    """Refuse a destination whose place cannot hold it (a local parent that is a file or
+    unwritable; a bucket missing, refused or unreachable), with one line."""
+    fs, path = url_to_fs(dest, storage_options)
+    if is_local(fs):
+        _check_local_parent(dest, path)
+    else:
+        check_bucket(fs, dest, path.rstrip("/"))
 
 
 _BUCKETED = {"s3", "s3a", "gs", "gcs", "abfs", "az"}
@@ -522,6 +571,11 @@ def check_bucket(fs, dest, path: str) -> None:
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from None
     except Exception as e:  # botocore's connection errors are not OSError
+        if "ParamValidation" in type(e).__name__ or "InvalidBucketName" in str(e):
+            raise StoreError(
+                f"{dest}: invalid bucket name {bucket!r} (lower-case letters, digits, "
+                "'.' and '-', 3 to 63 characters)"
+            ) from None
         if "Connect" not in type(e).__name__ and not isinstance(e, (OSError, TimeoutError)):
             raise
         raise StoreError(
