@@ -103,11 +103,10 @@ def _store_case(make_argv):
     return setup
 
 
-def _user_file(name, body="mine\n"):
-    def setup(world, tmp, argv_of):
-        p = tmp / name
-        p.write_text(body)
-        return argv_of(world, str(p), tmp)
+def _existing_tsv(argv):
+    def setup(world, tmp):
+        (tmp / "mine.tsv").write_text("mine\n")
+        return [a.format(store=world["store"], out=tmp / "mine.tsv") for a in argv]
 
     return setup
 
@@ -180,19 +179,7 @@ CASES = [
     ),
     # --- a user's file replaced without --overwrite (or not ours, with it)
     *[
-        (
-            f"{cmd}-out-existing-file",
-            (
-                lambda argv: (
-                    lambda w, t: (
-                        (t / "mine.tsv").write_text("mine\n"),
-                        [a.format(store=w["store"], out=t / "mine.tsv") for a in argv],
-                    )[-1]
-                )
-            )(argv),
-            2,
-            ["mine.tsv: already exists", "--overwrite"],
-        )
+        (f"{cmd}-out-existing-file", _existing_tsv(argv), 2, ["mine.tsv: already exists"])
         for cmd, argv in [
             ("sigs", ["sigs", "{store}", "--out", "{out}"]),
             ("moas", ["moas", "{store}", "--out", "{out}"]),

@@ -122,6 +122,10 @@ def append(
     partial one) and the signature metadata (O(n_sig) strings, held by the client). Time
     is proportional to the new signatures, plus one link/copy per existing chunk object.
     """
+    _check_source(new, src_storage_options)  # before the lock creates the collection
+    for table in (sig_info, gene_info):
+        if table is not None:
+            _check_source(table, None, what="table")
     with collection_lock(root, storage_options=storage_options, command="append"):
         return _append(
             root,
@@ -142,10 +146,6 @@ def _append(
     from cmapdask.io.store import convert
 
     t0 = time.perf_counter()
-    _check_source(new, src_storage_options)
-    for table in (sig_info, gene_info):
-        if table is not None:
-            _check_source(table, None, what="table")
     versions = list_versions(root, storage_options=storage_options)
     vid = next_version_id(root, storage_options=storage_options)
     dest = version_url(root, vid)
