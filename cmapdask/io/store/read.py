@@ -52,7 +52,8 @@ def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
             storage_options=zarr_options(url, storage_options),
             create_default_indexes=False,  # the ids are read (or cached) just below
         )
-    missing = [v for v in ("expr", "sig", "gene") if v not in ds.variables]
+    needed = ("sig", "gene") if meta.get("virtual") else ("expr", "sig", "gene")
+    missing = [v for v in needed if v not in ds.variables]
     if missing:
         raise StoreError(
             f"{url}: a damaged store: array {missing[0]!r} is missing "
