@@ -22,12 +22,13 @@ threads of a frozen server, no asyncio noise at interpreter shutdown).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 
 from cmapdask._version import __version__
-from cmapdask.errors import CmapdaskError, InfrastructureError
+from cmapdask.errors import CmapdaskError, InfrastructureError, InputError
 
 __all__ = ["main", "build_parser"]
 
@@ -45,6 +46,76 @@ COMMAND_MODULES = [
     "cmapdask.cli.demo",
     "cmapdask.cli.serve",
 ]
+
+
+def _recall_moa_out(args):
+    from cmapdask.cli.moa import _moa_out
+
+    return _moa_out(args)
+
+
+_DATA = (("store",), (), ("out",))
+# What each command reads and writes, by argument name (a callable derives one): the
+# destinations are checked here, once, before the command runs (io/atomic.py's rules):
+# no output is, contains or lies inside an input; a folder or file output that exists is
+# refused unless --overwrite, and then replaced only if cmapdask wrote it.
+IO: dict[str, tuple[tuple, tuple, tuple]] = {
+    "convert": (("src", "sig_info", "gene_info", "compound_info"), ("dest",), ()),
+    "level4": (("src",), ("dest",), ()),
+    "level5": (("src",), ("dest",), ()),
+    "query": (("store", "up", "down"), ("out",), ()),
+    "introspect": (("store",), ("out",), ()),
+    "similarity": (("store", "ref", "query_ids"), ("out",), ("gctx",)),
+    "cluster": (("store", "annotations"), (), ("table", "heatmap")),
+    "enrich": (("source", "annotations"), (), ("out", "pcl_gmt", "running_sum")),
+    "recall": (("store", "ref", "annotations"), (), ("out", _recall_moa_out, "roc")),
+    "targets": (("store",), (), ("out",)),
+    **{c: _DATA for c in ("sigs", "compounds", "genes", "cells", "genetic-perts", "moas", "sql")},
+}
+
+
+def _value(args, key):
+    return key(args) if callable(key) else getattr(args, key, None)
+
+
+def _label(key) -> str:
+    return "moa_out" if callable(key) else key
+
+
+def _check_io(args) -> contextlib.AbstractContextManager:
+    """Refuse outputs that overlap inputs or may not be replaced, before any work;
+    returns the context in which the command's writers apply the file rules."""
+    from cmapdask.io import atomic
+
+    ins, dirs, files = IO.get(args.command, ((), (), ()))
+    if not (dirs or files):
+        return contextlib.nullcontext()
+    so = getattr(args, "storage_options", None)
+    overwrite = bool(getattr(args, "overwrite", False))
+    inputs = {k: _value(args, k) for k in ins}
+    if args.command == "similarity" and not getattr(args, "out", None):
+        inputs.pop("store")  # a member of STORE is the output: written inside it by design
+    outputs = {_label(k): _value(args, k) for k in (*dirs, *files)}
+    atomic.refuse_overlap(outputs, inputs)
+    for key in dirs:  # before a cluster starts or anything is read
+        if (dest := _value(args, key)) is not None:
+            atomic.check_destination(dest, storage_options=so, overwrite=overwrite)
+    paths = [str(v) for k in files if (v := _value(args, k)) is not None]
+    for path in paths:
+        atomic.check_file_destination(path, storage_options=so, overwrite=overwrite)
+    if len(set(paths)) < len(paths):
+        raise InputError(f"{paths[0]}: the same file is given for two outputs")
+    return atomic.user_files(paths, overwrite=overwrite)
+
+
+def _add_overwrite(parser) -> None:
+    if not any("--overwrite" in a.option_strings for a in parser._actions):
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace output files cmapdask wrote (their .NAME.cmapdask record "
+            "matches them; never another file or a folder)",
+        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for command, (_, _, files) in IO.items():
+        if files and command in sub.choices:
+            _add_overwrite(sub.choices[command])
     return parser
 
 
@@ -81,7 +155,8 @@ def _run(args) -> int:
     from cmapdask.cli import runtime
 
     try:
-        return int(args.func(args) or 0)
+        with _check_io(args):
+            return int(args.func(args) or 0)
     except InfrastructureError as e:
         print(f"cmapdask: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_TRANSIENT

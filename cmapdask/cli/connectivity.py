@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from typing import get_args
 
-from cmapdask.cli.options import positive_int
+from cmapdask.cli.options import json_object, positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
 from cmapdask.model.types import ConnectivityMetric, Space
 
@@ -27,7 +26,7 @@ def _common(p, *, space_default="bing"):
     )
     p.add_argument(
         "--storage-options",
-        type=json.loads,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="fsspec options for the store URL",

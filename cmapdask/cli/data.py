@@ -6,11 +6,11 @@ Each prints a table on the terminal, or writes ``--out`` (``.tsv``, ``.parquet``
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import get_args
 
+from cmapdask.cli.options import json_object
 from cmapdask.errors import InputError
 from cmapdask.model.types import Space
 
@@ -79,7 +79,7 @@ def _store_opts(p) -> None:
     p.add_argument("store", metavar="STORE", help="signature store URL")
     p.add_argument(
         "--storage-options",
-        type=json.loads,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="fsspec options for the store URL",
@@ -144,7 +144,7 @@ def register(sub) -> None:
     p.add_argument("--base-url", default=None, help="a mirror of the release (https:// or s3://)")
     p.add_argument(
         "--source-options",
-        type=json.loads,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="fsspec options for the source",
@@ -157,7 +157,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--storage-options",
-        type=json.loads,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="fsspec options for --convert's store",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from cmapdask.cli.options import positive_int
+from cmapdask.cli.options import json_object, positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 
 __all__ = ["register", "run_level4", "run_level5"]
@@ -30,7 +30,7 @@ def _common(p) -> None:
     )
     p.add_argument(
         "--storage-options",
-        type=json.loads,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="fsspec options for SRC and DEST (JSON)",

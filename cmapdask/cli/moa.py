@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import get_args
 
-from cmapdask.cli.options import positive_int
+from cmapdask.cli.options import json_object, positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
 from cmapdask.errors import InputError
 from cmapdask.model.types import SimilarityMetric, Space
@@ -80,7 +80,7 @@ def register(subparsers) -> None:
     )
     c.add_argument("--seed", type=int, default=0)
     _annotation_args(c, required=False)
-    c.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
+    c.add_argument("--storage-options", type=json_object, default=None, metavar="JSON")
     add_cluster_args(c)
     c.set_defaults(func=run_cluster)
 
@@ -142,7 +142,7 @@ def register(subparsers) -> None:
         help="with --clusters on a pert matrix member (--member): write candidate PCLs",
     )
     _annotation_args(e)
-    e.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
+    e.add_argument("--storage-options", type=json_object, default=None, metavar="JSON")
     add_cluster_args(e)
     e.set_defaults(func=run_enrich)
 
@@ -185,7 +185,7 @@ def register(subparsers) -> None:
     )
     r.add_argument("--roc", default=None, metavar="PNG|SVG", help="ROC plot")
     _annotation_args(r)
-    r.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
+    r.add_argument("--storage-options", type=json_object, default=None, metavar="JSON")
     add_cluster_args(r)
     r.set_defaults(func=run_recall)
 

@@ -8,8 +8,9 @@ instead of a silent default or a traceback later.
 from __future__ import annotations
 
 import argparse
+import json
 
-__all__ = ["positive_int", "nonnegative_int"]
+__all__ = ["positive_int", "nonnegative_int", "json_object"]
 
 
 def _int(text: str, what: str) -> int:
@@ -33,3 +34,17 @@ def nonnegative_int(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, not {text!r}")
     return v
+
+
+def json_object(text: str) -> dict:
+    """A JSON object (``--storage-options '{"anon": true}'``): a list, a number or text
+    that is not JSON is refused at the door."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"must be a JSON object such as '{{\"anon\": true}}', not {text!r}"
+        )
+    return value

@@ -13,7 +13,7 @@ import json
 import time
 from typing import get_args
 
-from cmapdask.cli.options import positive_int
+from cmapdask.cli.options import json_object, positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.model.types import SimilarityMetric, Space
 
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--storage-options",
-        type=json.loads,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="fsspec options for STORE and NEW (e.g. an S3 endpoint)",
@@ -73,7 +73,7 @@ def register(subparsers) -> None:
     r.add_argument(
         "--block-size", type=positive_int, default=None, help="signatures per similarity block"
     )
-    r.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
+    r.add_argument("--storage-options", type=json_object, default=None, metavar="JSON")
     add_cluster_args(r)
     r.set_defaults(func=run_rebuild)
 

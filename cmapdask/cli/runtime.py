@@ -195,6 +195,29 @@ def _silence_distributed() -> None:
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
+def _check_scheduler_file(target: str) -> None:
+    """A scheduler file is JSON naming the scheduler's ``address`` (what
+    ``dask scheduler --scheduler-file`` writes); anything else is refused in one line."""
+    import json
+
+    try:
+        with open(target, "rb") as f:
+            info = json.loads(f.read().decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise InputError(f"--scheduler {target}: cannot read the scheduler file") from None
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(
+            f"--scheduler {target}: not a scheduler file (not JSON; expected what "
+            "`dask scheduler --scheduler-file` writes)"
+        ) from None
+    address = info.get("address") if isinstance(info, dict) else None
+    if not isinstance(address, str) or "://" not in address:
+        raise InputError(
+            f"--scheduler {target}: the scheduler file names no address "
+            '(expected {"address": "tcp://host:port", ...})'
+        )
+
+
 def _attach(args, kind: str, target: str):
     from distributed import Client
 
@@ -202,6 +225,8 @@ def _attach(args, kind: str, target: str):
     # its reconnection attempts are noise here (as a local cluster's logs are silenced)
     _silence_distributed()
     timeout = _seconds("connect_timeout", 20) or 20
+    if kind == "file":
+        _check_scheduler_file(target)
     kwargs = {"scheduler_file": target} if kind == "file" else {"address": target}
     try:
         client = Client(timeout=f"{timeout}s", **kwargs)

@@ -7,10 +7,10 @@ kept under ``--jobs-dir``, so they survive a restart.
 
 from __future__ import annotations
 
-import json
 import os
 import types
 
+from cmapdask.cli.options import json_object
 from cmapdask.cli.runtime import dask_client, say
 from cmapdask.errors import InputError
 
@@ -75,7 +75,7 @@ def register(subparsers) -> None:
         help="allow cross-origin requests from ORIGIN (repeatable; default: none)",
     )
     p.add_argument(
-        "--storage-options", type=json.loads, default=None, metavar="JSON", help="fsspec options"
+        "--storage-options", type=json_object, default=None, metavar="JSON", help="fsspec options"
     )
     p.add_argument("--quiet", action="store_true", help="no status lines or request log")
     p.set_defaults(func=run_serve)
@@ -98,6 +98,16 @@ def run_serve(args) -> int:
         raise InputError(
             "--max-queue, --job-workers, --max-per-client and --batch-queries must be at least 1"
         )
+    jobs = getattr(args, "jobs_dir", None)
+    if jobs and "://" not in str(jobs):
+        import os
+
+        if os.path.lexists(jobs) and not os.path.isdir(jobs):
+            raise InputError(f"--jobs-dir {jobs}: is a file, not a folder")
+        if not os.path.isdir(jobs):
+            from cmapdask.io.atomic import check_parent
+
+            check_parent(str(jobs))
     return serve(args)
 
 

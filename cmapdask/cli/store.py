@@ -7,7 +7,7 @@ import sys
 import time
 import warnings
 
-from cmapdask.cli.options import positive_int
+from cmapdask.cli.options import json_object, positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.errors import NonFiniteWarning, StoreError
 
@@ -49,7 +49,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--src-storage-options",
-        type=json.loads,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="fsspec options for SRC (default: those of --storage-options when SRC and DEST "
@@ -57,7 +57,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--storage-options",
-        type=json.loads,
+        type=json_object,
         default=None,
         metavar="JSON",
         help='fsspec options for DEST, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'',
@@ -70,7 +70,7 @@ def register(sub) -> None:
     )
     p.add_argument("target", help="GCTx/GCT file or store URL")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--storage-options", type=json.loads, default=None, metavar="JSON")
+    p.add_argument("--storage-options", type=json_object, default=None, metavar="JSON")
     p.set_defaults(func=run_info)
 
 

@@ -86,7 +86,7 @@ def register(subparsers) -> None:
 
 
 def run_synth(args) -> int:
-    from cmapdask.io.atomic import url_to_fs
+    from cmapdask.io.atomic import check_parent, url_to_fs
     from cmapdask.synthetic import synth_design, write_synthetic
 
     design = synth_design(
@@ -101,6 +101,7 @@ def run_synth(args) -> int:
         n_genetic_genes=args.n_genetic_genes,
         genetic_strength=args.genetic_strength,
     )
+    check_parent(args.outdir)
     fs, path = url_to_fs(args.outdir)
     if fs.exists(path) and not fs.isdir(path):
         raise InputError(f"{args.outdir}: exists and is not a folder")

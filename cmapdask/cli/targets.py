@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import get_args
 
+from cmapdask.cli.options import json_object
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.model.types import Space
 
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--storage-options",
-        type=json.loads,
+        type=json_object,
         default=None,
         metavar="JSON",
         help="fsspec options for the store URL",

@@ -79,6 +79,7 @@ def write_clusters(
             store,
             f"clusters/{name}",
             ds,
+            family="clusters",
             storage_options=storage_options,
             provenance=result.attrs.get("cmapdask", {}),
         )

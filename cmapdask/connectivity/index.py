@@ -136,6 +136,7 @@ def build_index(
         store_url,
         index_name(space),
         out,
+        family="index",
         storage_options=storage_options,
         provenance=prov,
         encoding=enc,

@@ -249,6 +249,7 @@ def build_background(
         store,
         background_name(space),
         out,
+        family="background",
         storage_options=storage_options,
         provenance=prov,
         progress=progress,

@@ -222,6 +222,17 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _check_dest_folder(dest) -> None:
+    """DEST is a local folder (created if missing): a plain file there, or a place where
+    no folder can be made, is refused in one line before anything is fetched."""
+    from cmapdask.io.atomic import check_parent
+
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        raise InputError(f"{dest}: is a file, not a folder; downloads go into a folder")
+    if not os.path.isdir(dest):
+        check_parent(str(dest))
+
+
 def download(
     release: str,
     dest,
@@ -270,6 +281,7 @@ def download(
     if root.startswith("s3://") and not opts:
         opts = {"anon": True}
     fs, _ = url_to_fs(root, opts)
+    _check_dest_folder(dest)
     os.makedirs(dest, exist_ok=True)
     out: dict[str, str] = {}
     for f in chosen:

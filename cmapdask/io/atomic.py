@@ -19,9 +19,19 @@ Ownership rules (one place for every command):
   folders; :func:`publish_dir` with ``mark=``), or an object-store tree holding
   ``.cmapdask-writing`` (a publish in progress, naming its owner).
 - **Destinations**: absent or an empty folder -- written. A plain file -- always refused.
-  A non-empty folder -- refused unless ``overwrite``, and then replaced only if it is ours.
-  Ours but unfinished (complete flag false, or a dead writer's ``.cmapdask-writing``) --
-  replaced without ``overwrite``: nobody can read it, and a rerun must not be blocked.
+  A non-empty folder -- refused unless ``overwrite``, and then replaced only if it is ours
+  *and holds nothing else*: a file cmapdask did not write inside it (a user's
+  ``NOTES.txt`` in a result folder or a store) makes even ``overwrite`` refuse, naming it
+  (:func:`foreign_files`). Ours but unfinished (complete flag false, or a dead writer's
+  ``.cmapdask-writing``) -- replaced without ``overwrite``: nobody can read it, and a
+  rerun must not be blocked.
+- **File destinations** (:func:`check_file_destination`, :func:`publish_file` with
+  ``overwrite=`` given): absent -- written, with a sidecar record ``.NAME.cmapdask``
+  beside it (its size and modification time). An existing file -- refused unless
+  ``overwrite``, and then replaced only if its sidecar record still matches it (cmapdask
+  wrote it and nobody changed it since). A folder -- always refused.
+- **Inputs are never outputs** (:func:`refuse_overlap`): a destination that is, contains
+  or lies inside an input is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from cmapdask import config
-from cmapdask.errors import StoreError
+from cmapdask.errors import InputError, StoreError
 
 __all__ = [
     "url_to_fs",
@@ -52,6 +62,11 @@ __all__ = [
     "join",
     "remove_leftovers",
     "check_destination",
+    "check_file_destination",
+    "check_parent",
+    "foreign_files",
+    "refuse_overlap",
+    "user_files",
     "owner_token",
     "owner_alive",
     "MARKER",
@@ -63,10 +78,33 @@ WRITING = ".cmapdask-writing"  # object stores: a publish in progress (its owner
 
 def url_to_fs(url: str, storage_options: dict | None = None):
     """(filesystem, path inside it) for a local path or any fsspec URL, with cmapdask's
-    bounded waits (``cmapdask.storage``) for object storage."""
-    fs, path = fsspec.core.url_to_fs(
-        str(url), **(config.storage_options(url, storage_options) or {})
-    )
+    bounded waits (``cmapdask.storage``) for object storage.
+
+    An empty path, storage options that are not a mapping, or a URL scheme no filesystem
+    knows are :class:`~cmapdask.errors.InputError` (one line), not a traceback.
+    """
+    if url is None or not str(url).strip():
+        raise InputError(f"{str(url or '')!r}: an empty path or URL; name a file or folder")
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise InputError(
+            f"{url}: storage options must be a JSON object such as "
+            f'{{"anon": true}}, not {type(storage_options).__name__} {storage_options!r}'
+        )
+    try:
+        fs, path = fsspec.core.url_to_fs(
+            str(url), **(config.storage_options(url, storage_options) or {})
+        )
+    except ValueError as e:
+        if "Protocol not known" not in str(e):
+            raise
+        raise InputError(
+            f"{url}: unknown URL scheme {str(url).split('://', 1)[0]!r} (a local path, "
+            "file://, memory://, s3://, gs://, https://, ...)"
+        ) from None
+    except ImportError as e:
+        raise InputError(f"{url}: this kind of URL needs a package not installed: {e}") from None
+    except TypeError as e:
+        raise InputError(f"{url}: storage options not accepted: {e}") from None
     if getattr(fs, "protocol", None) and "s3" in fs.protocol:
         fs.retries = max(1, config.storage_defaults()["retries"])  # this filesystem only
     return fs, path
@@ -203,7 +241,9 @@ def check_destination(dest, *, storage_options: dict | None = None, overwrite: b
     """Refuse a destination folder we may not replace (:class:`StoreError`, one line);
     returns its state. See the module's ownership rules."""
     fs, path = url_to_fs(dest, storage_options)
-    if not is_local(fs):  # an unreachable store is one line naming it, before any listing
+    if is_local(fs):
+        _check_local_parent(dest, path.rstrip("/"))
+    else:  # an unreachable store is one line naming it, before any listing
         check_bucket(fs, dest, path.rstrip("/"))
     state = _state(fs, path.rstrip("/"))
     if state == "file":
@@ -220,24 +260,235 @@ def check_destination(dest, *, storage_options: dict | None = None, overwrite: b
             f"{dest}: was not written by cmapdask (no store, member or result marker); "
             "refusing to replace it even with --overwrite"
         )
+    if state == "ours" and overwrite:
+        foreign = foreign_files(fs, path.rstrip("/"))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (
+                f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            )
+            raise StoreError(
+                f"{dest}: holds {len(foreign)} file(s) cmapdask did not write ({shown}); "
+                "refusing to replace it even with --overwrite (move them out first)"
+            )
     return state
+
+
+def _files(fs, path: str) -> list[str]:
+    """Every file below ``path``, relative to it (``/``-separated)."""
+    if is_local(fs):
+        out = []
+        for root, _, names in os.walk(path):
+            rel = os.path.relpath(root, path)
+            out += [n if rel == "." else f"{rel}/{n}".replace(os.sep, "/") for n in names]
+        return out
+    base = path.rstrip("/") + "/"
+    return [f[len(base) :] for f in fs.find(path) if f.startswith(base)]
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and ".tmp-" in name
+
+
+def foreign_files(fs, path: str) -> list[str]:
+    """The files inside the folder ``path`` (ours: a result folder or a Zarr group
+    cmapdask wrote) that cmapdask did not write, relative to it, sorted.
+
+    A result folder's marker lists the files published with it (a marker without a list,
+    from an older cmapdask, vouches for everything). In a Zarr tree cmapdask writes only
+    ``zarr.json`` files, the chunks of arrays (``c/...`` or ``c.*`` below an array), the
+    Parquet files a group's ``cmapdask`` attributes name in ``tables``, and temporaries.
+    """
+    files = _files(fs, path)
+    marker = _read_json(fs, join(path, MARKER)) if MARKER in files else None
+    if marker is not None and "zarr.json" not in files:
+        listed = marker.get("files")
+        if not isinstance(listed, list):
+            return []
+        allowed = {*map(str, listed), MARKER}
+        return sorted(
+            f for f in files if f not in allowed and not _is_temporary(f.rpartition("/")[2])
+        )
+    nodes: dict[str, dict] = {}
+    for f in files:
+        if f == "zarr.json" or f.endswith("/zarr.json"):
+            nodes[f[: -len("zarr.json")].rstrip("/")] = _read_json(fs, join(path, f)) or {}
+    foreign = []
+    for f in files:
+        head, _, name = f.rpartition("/")
+        if name in ("zarr.json", MARKER, WRITING) or _is_temporary(name):
+            continue
+        if any(_is_temporary(part) for part in head.split("/")):
+            continue
+        parts = f.split("/")
+        owner = None
+        for i in range(len(parts) - 1, -1, -1):
+            d = "/".join(parts[:i])
+            if d in nodes:
+                owner = d
+                break
+        if owner is None:
+            foreign.append(f)
+            continue
+        meta = nodes[owner]
+        rest = f[len(owner) + 1 :] if owner else f
+        if meta.get("node_type") == "array":
+            if rest.startswith("c/") or rest.startswith("c.") or rest == "c":
+                continue
+        elif "/" not in rest and rest.endswith(".parquet"):
+            tables = ((meta.get("attributes") or {}).get("cmapdask") or {}).get("tables")
+            if isinstance(tables, dict) and rest[: -len(".parquet")] in tables:
+                continue
+        foreign.append(f)
+    return sorted(foreign)
+
+
+def _sidecar(path: str) -> str:
+    head, _, tail = path.rstrip("/").rpartition("/")
+    return f"{head}/.{tail}{MARKER}" if head else f".{tail}{MARKER}"
+
+
+def _file_stamp(fs, path: str) -> dict:
+    if is_local(fs):
+        st = os.stat(path)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"size": int(fs.info(path).get("size") or 0)}
+
+
+def _file_is_ours(fs, path: str) -> bool:
+    rec = _read_json(fs, _sidecar(path))
+    if not isinstance(rec, dict) or rec.get("written_by") != "cmapdask":
+        return False
+    try:
+        stamp = _file_stamp(fs, path)
+    except OSError:
+        return False
+    return all(rec.get(k) == v for k, v in stamp.items())
+
+
+def check_file_destination(
+    dest, *, storage_options: dict | None = None, overwrite: bool = False
+) -> str:
+    """Refuse a destination file we may not replace (:class:`StoreError`, one line);
+    returns "absent" or "ours". See the module's ownership rules."""
+    fs, path = url_to_fs(dest, storage_options)
+    path = path.rstrip("/")
+    if is_local(fs):
+        _check_local_parent(dest, path)
+        if os.path.islink(path) and not os.path.exists(path):
+            raise StoreError(f"{dest}: is a dangling symbolic link; refusing to write through it")
+    else:
+        check_bucket(fs, dest, path)
+    if not fs.exists(path):
+        return "absent"
+    if fs.isdir(path):
+        raise StoreError(f"{dest}: is a folder, not a file; refusing to replace it")
+    if not overwrite:
+        raise StoreError(
+            f"{dest}: already exists (choose another name, or --overwrite to replace a "
+            "file cmapdask wrote)"
+        )
+    if not _file_is_ours(fs, path):
+        raise StoreError(
+            f"{dest}: was not written by cmapdask (or was changed since; no matching "
+            f"{_sidecar(path).rpartition('/')[2]} record beside it); refusing to replace "
+            "it even with --overwrite"
+        )
+    return "ours"
+
+
+_USER_FILES: dict[tuple[str, str], bool] = {}  # the running command's file outputs
+
+
+@contextlib.contextmanager
+def user_files(paths, *, overwrite: bool) -> Iterator[None]:
+    """While inside, :func:`publish_file` treats these destinations as the user's (the
+    file rules, with ``overwrite``), whichever writer publishes them (the CLI declares
+    its commands' outputs once, in ``cmapdask.cli.IO``)."""
+    keys = [_split_url(p) for p in paths]
+    for k in keys:
+        _USER_FILES[k] = overwrite
+    try:
+        yield
+    finally:
+        for k in keys:
+            _USER_FILES.pop(k, None)
+
+
+def _split_url(url) -> tuple[str, str]:
+    """(protocol, absolute normalised path) of a local path or URL, without touching it."""
+    text = str(url)
+    protocol, rest = fsspec.core.split_protocol(text)
+    if protocol in (None, "file", "local"):
+        return "file", os.path.realpath(os.path.abspath(os.path.expanduser(rest)))
+    return protocol, "/" + rest.strip("/")
+
+
+def _inside(a: str, b: str) -> bool:
+    """Whether path ``a`` is ``b`` or lies below it."""
+    return a == b or a.startswith(b.rstrip("/") + "/")
+
+
+def refuse_overlap(outputs: dict, inputs: dict) -> None:
+    """Refuse (:class:`StoreError`, one line) an output that is, contains or lies inside
+    an input; ``outputs``/``inputs`` map an option's name to its URL (None: not given)."""
+    ins = [(k, v, _split_url(v)) for k, v in inputs.items() if v not in (None, "")]
+    for ok, ov in outputs.items():
+        if ov is None:
+            continue
+        if not str(ov).strip():
+            raise InputError(f"{ok}: an empty path or URL; name a file or folder")
+        op, opath = _split_url(ov)
+        for ik, iv, (ip, ipath) in ins:
+            if op != ip:
+                continue
+            if _inside(opath, ipath) or _inside(ipath, opath):
+                how = (
+                    "is"
+                    if opath == ipath
+                    else ("lies inside" if _inside(opath, ipath) else "contains")
+                )
+                raise StoreError(
+                    f"{ov}: the output ({ok}) {how} the input {iv} ({ik}); "
+                    "refusing to write over an input (choose another destination)"
+                )
 
 
 def _mark(tmp_url: str, mark: str, storage_options) -> None:
     fs, p = url_to_fs(tmp_url, storage_options)
+    fs.makedirs(p, exist_ok=True)
     body = {
         "written_by": "cmapdask",
         "kind": mark,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "files": sorted(f for f in _files(fs, p.rstrip("/")) if f != MARKER),
     }
-    fs.makedirs(p, exist_ok=True)
     fs.pipe_file(join(p, MARKER), json.dumps(body).encode())
 
 
 @contextlib.contextmanager
-def publish_file(dest, *, storage_options: dict | None = None) -> Iterator[str]:
-    """Yield a local temporary path; on success it becomes ``dest`` in one step."""
+def publish_file(
+    dest,
+    *,
+    storage_options: dict | None = None,
+    overwrite: bool | None = None,
+    mark: str = "file",
+) -> Iterator[str]:
+    """Yield a local temporary path; on success it becomes ``dest`` in one step.
+
+    Parameters
+    ----------
+    overwrite
+        ``None`` (files cmapdask keeps for itself: a collection's ``CURRENT``, manifests)
+        replaces ``dest`` freely. ``False``/``True`` (a user's destination) follows the
+        file rules of the module (:func:`check_file_destination`, checked before and
+        again after writing) and records the sidecar ``.NAME.cmapdask`` (kind ``mark``).
+    """
     fs, path = url_to_fs(dest, storage_options)
+    if overwrite is None:
+        overwrite = _USER_FILES.get(_split_url(dest))
+    user = overwrite is not None
+    if user:
+        check_file_destination(dest, storage_options=storage_options, overwrite=overwrite)
     if is_local(fs):
         _check_local_parent(dest, path)
         parent = os.path.dirname(os.path.abspath(path)) or "."
@@ -246,30 +497,58 @@ def publish_file(dest, *, storage_options: dict | None = None) -> Iterator[str]:
         tmp = _tmp_name(os.path.abspath(path))
         try:
             yield tmp
+            if user:
+                check_file_destination(dest, overwrite=overwrite)
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
-        return
-    fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        yield tmp
-        fs.put_file(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    else:
+        fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
+        os.close(fd)
+        try:
+            yield tmp
+            if user:
+                check_file_destination(dest, storage_options=storage_options, overwrite=overwrite)
+            fs.put_file(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+    if user:
+        body = {"written_by": "cmapdask", "kind": mark, **_file_stamp(fs, path)}
+        fs.pipe_file(_sidecar(path), json.dumps(body).encode())
 
 
 def _check_local_parent(dest, path: str) -> None:
-    """Refuse at the door a local destination under a file or an unwritable folder."""
-    up = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(up) and os.path.dirname(up) != up:
+    """Refuse at the door a local destination under a file or an unwritable folder, a
+    dangling symbolic link, or a folder where nothing can be created (``/proc``)."""
+    full = os.path.abspath(path)
+    if os.path.islink(full) and not os.path.exists(full):
+        raise StoreError(
+            f"{dest}: is a symbolic link to {os.readlink(full)}, which does not exist; "
+            "refusing to write through it"
+        )
+    up = os.path.dirname(full)
+    while not os.path.lexists(up) and os.path.dirname(up) != up:
         up = os.path.dirname(up)
     if not os.path.isdir(up):
         raise StoreError(f"{dest}: cannot create it: {up} is a file, not a folder")
     if not os.access(up, os.W_OK | os.X_OK):
         raise StoreError(f"{dest}: cannot create it: no permission to write in {up}")
+    try:  # a probe: a folder the kernel fills (/proc, /sys) or a read-only mount says no
+        os.rmdir(tempfile.mkdtemp(prefix=".cmapdask-probe-", dir=up))
+    except OSError as e:
+        raise StoreError(f"{dest}: cannot create it in {up}: {e.strerror or e}") from None
+
+
+def check_parent(dest, *, storage_options: dict | None = None) -> None:
+    """Refuse a destination whose place cannot hold it (a local parent that is a file or
+    unwritable; a bucket missing, refused or unreachable), with one line."""
+    fs, path = url_to_fs(dest, storage_options)
+    if is_local(fs):
+        _check_local_parent(dest, path)
+    else:
+        check_bucket(fs, dest, path.rstrip("/"))
 
 
 _BUCKETED = {"s3", "s3a", "gs", "gcs", "abfs", "az"}
@@ -292,6 +571,11 @@ def check_bucket(fs, dest, path: str) -> None:
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from None
     except Exception as e:  # botocore's connection errors are not OSError
+        if "ParamValidation" in type(e).__name__ or "InvalidBucketName" in str(e):
+            raise StoreError(
+                f"{dest}: invalid bucket name {bucket!r} (lower-case letters, digits, "
+                "'.' and '-', 3 to 63 characters)"
+            ) from None
         if "Connect" not in type(e).__name__ and not isinstance(e, (OSError, TimeoutError)):
             raise
         raise StoreError(

@@ -58,7 +58,7 @@ def file_provenance(url, storage_options=None) -> dict:
     }
 
 
-def _check_source(new, storage_options) -> None:
+def _check_source(new, storage_options, *, what: str = "GCTx file") -> None:
     """A missing source or a folder is bad input (exit 2), not a traceback or a retry."""
     from cmapdask.io.atomic import url_to_fs
 
@@ -66,7 +66,7 @@ def _check_source(new, storage_options) -> None:
     if not fs.exists(p):
         raise InputError(f"{new}: no such file")
     if fs.isdir(p):
-        raise InputError(f"{new}: is a folder, not a GCTx file")
+        raise InputError(f"{new}: is a folder, not a {what}")
 
 
 @deferrable("new store version", "root")
@@ -122,6 +122,10 @@ def append(
     partial one) and the signature metadata (O(n_sig) strings, held by the client). Time
     is proportional to the new signatures, plus one link/copy per existing chunk object.
     """
+    _check_source(new, src_storage_options)  # before the lock creates the collection
+    for table in (sig_info, gene_info):
+        if table is not None:
+            _check_source(table, None, what="table")
     with collection_lock(root, storage_options=storage_options, command="append"):
         return _append(
             root,
@@ -142,7 +146,6 @@ def _append(
     from cmapdask.io.store import convert
 
     t0 = time.perf_counter()
-    _check_source(new, src_storage_options)
     versions = list_versions(root, storage_options=storage_options)
     vid = next_version_id(root, storage_options=storage_options)
     dest = version_url(root, vid)

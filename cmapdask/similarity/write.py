@@ -99,6 +99,7 @@ def write_similarity(
             store,
             name or default_member_name(result),
             ds,
+            family="similarity",
             storage_options=storage_options,
             provenance=prov,
             progress=progress,

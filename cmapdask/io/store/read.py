@@ -52,6 +52,13 @@ def open_store(url, *, storage_options: dict | None = None) -> xr.Dataset:
             storage_options=zarr_options(url, storage_options),
             create_default_indexes=False,  # the ids are read (or cached) just below
         )
+    needed = ("sig", "gene") if meta.get("virtual") else ("expr", "sig", "gene")
+    missing = [v for v in needed if v not in ds.variables]
+    if missing:
+        raise StoreError(
+            f"{url}: a damaged store: array {missing[0]!r} is missing "
+            f"(no {missing[0]}/zarr.json); convert the source again"
+        )
     key = (str(url), json.dumps(meta, sort_keys=True, default=str))
     ds = _coords_to_memory(ds, url, storage_options, key=key)
     if meta.get("virtual"):  # expr reads the source GCTx's chunks in place

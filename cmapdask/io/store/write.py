@@ -5,6 +5,7 @@ published atomically (:mod:`cmapdask.io.store.publish`).
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import dask
@@ -31,7 +32,52 @@ from cmapdask.io.store.publish import (
 )
 from cmapdask.io.store.shards import sharded_matrix, write_shard
 
-__all__ = ["write_member", "write_store"]
+__all__ = ["write_member", "write_store", "check_member_name", "MEMBER_FAMILIES"]
+
+# first components of the members each writer owns; ``tables`` is the release tables'
+MEMBER_FAMILIES = frozenset({"tables", "index", "background", "clusters", "similarity"})
+_MEMBER_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
+
+
+def check_member_name(
+    store_url, name, *, family: str | None = None, storage_options: dict | None = None
+) -> str:
+    """``name`` as a member name of ``store_url``, or :class:`StoreError` (one line).
+
+    A member name is a name, never a path: ``/``-separated parts of letters, digits and
+    ``_ . + = -`` (no leading ``.``, no ``..``, not absolute); it may not be one of the
+    store's arrays (``expr``, the coordinates) or lie in another writer's family
+    (:data:`MEMBER_FAMILIES`: ``tables`` always, the others unless ``family`` is theirs).
+    """
+    text = str(name)
+    parts = text.split("/")
+    if (
+        not text
+        or text.startswith("/")
+        or text.endswith("/")
+        or not all(_MEMBER_PART.match(p) for p in parts)
+    ):
+        raise StoreError(
+            f"{store_url}: invalid member name {text!r} (a name such as similarity/mine, "
+            "not a path)"
+        )
+    first = parts[0]
+    if first in MEMBER_FAMILIES and first != family and (family is not None or first == "tables"):
+        raise StoreError(
+            f"{store_url}: member name {text!r} lies in {first}/, which another writer "
+            f"owns; choose a name{f' below {family}/' if family else ''}"
+        )
+    from cmapdask.io.atomic import _read_json, url_to_fs
+
+    fs, root = url_to_fs(store_url, storage_options)
+    for i in range(1, len(parts) + 1):
+        meta = _read_json(fs, join(root, *parts[:i], "zarr.json")) or {}
+        if meta.get("node_type") == "array":
+            raise StoreError(
+                f"{store_url}: member name {text!r} names the store's array "
+                f"{'/'.join(parts[:i])!r}; refusing to replace it"
+            )
+    return text
 
 
 @deferrable("signature store", "dest")
@@ -213,6 +259,7 @@ def write_member(
     provenance: dict | None = None,
     encoding: dict | None = None,
     progress: bool = False,
+    family: str | None = None,
     compute: bool = True,
 ) -> str:
     """Add or replace the member group ``name`` (e.g. ``"index/bing"``) of a store.
@@ -222,6 +269,11 @@ def write_member(
 
     Parameters
     ----------
+    name
+        A member name, never a path (:func:`check_member_name`).
+    family
+        The writer's own first component (``"similarity"``, ``"index"``, ...): the members
+        of the other families (:data:`MEMBER_FAMILIES`) are refused.
     compute
         ``False``: read, write and compute nothing now; return a
         :class:`~cmapdask.io.pending.PendingWrite` whose ``.compute()`` does the write.
@@ -232,9 +284,7 @@ def write_member(
     task; nothing else is held in memory.
     """
     _check_complete(store_url, storage_options, "store")
-    name = name.strip("/")
-    if not name or any(p in ("", ".", "..") or p.startswith(".") for p in name.split("/")):
-        raise StoreError(f"{store_url}: invalid member name {name!r}")
+    name = check_member_name(store_url, name, family=family, storage_options=storage_options)
     ensure_parent_groups(store_url, name, storage_options)
     dest = join(store_url, name)
     out = _strings_to_str(ds)
