@@ -230,7 +230,13 @@ def test_upload_gmt_same_as_json(client, done_job, two_queries):
         ("post", "/api/v1/queries", {"json": {"queries": []}}, 422, "at least 1"),
         ("post", "/api/v1/queries", {"json": {"queries": [{"up": []}]}}, 400, "empty"),
         ("post", "/api/v1/queries", {"json": {"queries": [{"up": ["7849"]}], "x": 1}}, 422, "x"),
-        ("post", "/api/v1/queries", {"json": {"queries": [{"up": ["NOPE1", "NOPE2"]}]}}, 400, "empty"),
+        (
+            "post",
+            "/api/v1/queries",
+            {"json": {"queries": [{"up": ["NOPE1", "NOPE2"]}]}},
+            400,
+            "empty",
+        ),
         (
             "post",
             "/api/v1/queries",

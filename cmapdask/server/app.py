@@ -149,13 +149,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         route = request.scope.get("route")
         if route is None or not request.url.path.startswith("/api/"):
             return
-        allowed = allowed_params.get(route)
+        allowed = allowed_params.get(id(route))
         if allowed is None:
-            from fastapi.dependencies.utils import get_flat_dependant
-
-            flat = get_flat_dependant(route.dependant)
-            allowed = {f.alias for f in flat.query_params} | {"user_key"}
-            allowed_params[route] = allowed
+            allowed = _query_names(route.dependant) | {"user_key"}
+            allowed_params[id(route)] = allowed
         unknown = sorted(set(request.query_params.keys()) - allowed)
         if unknown:
             took = ", ".join(sorted(allowed - {"user_key"})) or "none"
@@ -837,6 +834,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
     # after the routes, so /static/vendor/plotly.min.js above is matched first
     app.mount("/static", StaticFiles(directory=str(HERE / "pages" / "static")), name="static")
     return app
+
+
+def _query_names(dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    out = {f.alias for f in dependant.query_params}
+    for d in dependant.dependencies:
+        out |= _query_names(d)
+    return out
 
 
 def _read_sets(data: bytes, side: str) -> dict[str, list[str]]:
