@@ -139,16 +139,16 @@ async def user(client, genes, rng, n_queries, times, errors, retries):
         }
         t0 = time.perf_counter()
         try:
-            r = await client.post("/api/queries", json=body)
+            r = await client.post("/api/v1/queries", json=body)
             while r.status_code == 429:  # the queue's bound: wait as told, then again
                 await asyncio.sleep(float(r.headers.get("retry-after", 1)))
-                r = await client.post("/api/queries", json=body)
+                r = await client.post("/api/v1/queries", json=body)
             if r.status_code != 202:
                 errors.append(f"submit {r.status_code}: {r.text[:200]}")
                 continue
             job = r.json()["id"]
             while True:
-                s = (await _get(client, f"/api/queries/{job}", retries)).json()
+                s = (await _get(client, f"/api/v1/queries/{job}", retries)).json()
                 if s["status"] not in ("queued", "running"):
                     break
                 await asyncio.sleep(0.1)
@@ -157,7 +157,7 @@ async def user(client, genes, rng, n_queries, times, errors, retries):
                 continue
             r = await _get(
                 client,
-                f"/api/queries/{job}/results",
+                f"/api/v1/queries/{job}/results",
                 retries,
                 params={"level": "pert_summary", "limit": 50},
             )
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
             if proc.poll() is not None:
                 raise SystemExit(f"server exited: see {log.name}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/api/info", timeout=2).status_code == 200:
+                if httpx.get(url + "/api/v1/info", timeout=2).status_code == 200:
                     break
             time.sleep(0.5)
         print(f"server up in {time.perf_counter() - t0:.1f} s at {url}", flush=True)

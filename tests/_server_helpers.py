@@ -85,7 +85,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.text()}")
             try:
-                if httpx.get(self.url + "/api/info", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/api/v1/info", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -115,7 +115,7 @@ def wait_job(client, job_id: str, timeout: float = 180.0, *, downloads: bool = T
     result folder and archive are written: ``download_status``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        s = client.get(f"/api/queries/{job_id}").json()
+        s = client.get(f"/api/v1/queries/{job_id}").json()
         if s["status"] not in ("queued", "running") and not (
             downloads and s["status"] == "done" and s["download_status"] in ("pending", "writing")
         ):

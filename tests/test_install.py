@@ -325,7 +325,7 @@ def test_serve_runs_in_the_installed_environment(tiny_store, tmp_path):
             if proc.poll() is not None:
                 break
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=2)
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/info", timeout=2)
                 if r.status_code == 200:
                     info = r.json()
                     break

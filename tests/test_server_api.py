@@ -54,7 +54,7 @@ def done_job(client, two_queries):
         "queries": [{"name": k, "up": u, "down": d} for k, (u, d) in two_queries.items()],
         "space": "landmark",
     }
-    r = client.post("/api/queries", json=body)
+    r = client.post("/api/v1/queries", json=body)
     assert r.status_code == 202, r.text
     status = wait_job(client, r.json()["id"])
     assert status["status"] == "done", status
@@ -86,7 +86,7 @@ def _all_rows(client, job_id, **params) -> list[dict]:
     rows, offset = [], 0
     while True:
         r = client.get(
-            f"/api/queries/{job_id}/results", params={**params, "limit": 1000, "offset": offset}
+            f"/api/v1/queries/{job_id}/results", params={**params, "limit": 1000, "offset": offset}
         )
         assert r.status_code == 200, r.text
         page = r.json()
@@ -112,7 +112,7 @@ def test_results_equal_cli_bit_for_bit(data, client, done_job, two_queries, tmp_
     job = done_job["id"]
 
     # the CLUE folder as .tar.gz: the same files, the same matrices and tables
-    r = client.get(f"/api/queries/{job}/result.tar.gz")
+    r = client.get(f"/api/v1/queries/{job}/result.tar.gz")
     assert r.status_code == 200 and r.headers["content-type"] == "application/gzip"
     with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
         tar.extractall(tmp_path / "srv", filter="data")
@@ -146,7 +146,7 @@ def test_results_equal_cli_bit_for_bit(data, client, done_job, two_queries, tmp_
     # one matrix as GCTx download
     name = "gutc/ps_pert_summary"
     assert name in done_job["matrices"]
-    r = client.get(f"/api/queries/{job}/gctx", params={"matrix": name})
+    r = client.get(f"/api/v1/queries/{job}/gctx", params={"matrix": name})
     assert r.status_code == 200
     (tmp_path / "m.gctx").write_bytes(r.content)
     a, b = _gctx(tmp_path / "m.gctx"), _gctx(out / "matrices" / "gutc" / "ps_pert_summary.gctx")
@@ -177,11 +177,11 @@ def test_results_equal_cli_bit_for_bit(data, client, done_job, two_queries, tmp_
 
 def test_planted_moa_on_top_and_heatmap(client, done_job, data):
     job = done_job["id"]
-    top = client.get(f"/api/queries/{job}/results", params={"level": "pert_summary"}).json()
+    top = client.get(f"/api/v1/queries/{job}/results", params={"level": "pert_summary"}).json()
     taus = [0.0 if x["tau"] is None else x["tau"] for x in top["items"]]  # NaN ranks as 0
     assert taus == sorted(taus, reverse=True)
     assert top["items"][0]["moa"] == "SYN000 inhibitor"
-    hm = client.get(f"/api/queries/{job}/heatmap", params={"n": 5}).json()
+    hm = client.get(f"/api/v1/queries/{job}/heatmap", params={"n": 5}).json()
     assert hm["perts"] == [x["id"] for x in top["items"][:5]]
     assert len(hm["tau"]) == 5 and all(len(r) == len(hm["cells"]) for r in hm["tau"])
     pc = _all_rows(client, job, level="pert_cell")
@@ -191,7 +191,7 @@ def test_planted_moa_on_top_and_heatmap(client, done_job, data):
             assert v == want.get((p, c)), (p, c)
     # sorting, filtering, TSV download
     asc = client.get(
-        f"/api/queries/{job}/results",
+        f"/api/v1/queries/{job}/results",
         params={"level": "pert_cell", "sort": "ncs", "descending": "false", "limit": 1000},
     ).json()["items"]
     ncs = [x["ncs"] for x in asc]
@@ -199,7 +199,7 @@ def test_planted_moa_on_top_and_heatmap(client, done_job, data):
     cell = asc[0]["cell_id"]
     only = _all_rows(client, job, level="pert_cell", cell=cell)
     assert only and {x["cell_id"] for x in only} == {cell}
-    tsv = client.get(f"/api/queries/{job}/results.tsv", params={"level": "pert_summary"})
+    tsv = client.get(f"/api/v1/queries/{job}/results.tsv", params={"level": "pert_summary"})
     assert tsv.status_code == 200
     df = pd.read_csv(io.StringIO(tsv.text), sep="\t")
     assert df["id"].tolist() == [x["id"] for x in _all_rows(client, job, level="pert_summary")]
@@ -211,7 +211,7 @@ def test_upload_gmt_same_as_json(client, done_job, two_queries):
         both[f"{k}_UP"], both[f"{k}_DN"] = u, d
     text = "".join("\t".join([k, "na", *v]) + "\n" for k, v in both.items())
     r = client.post(
-        "/api/queries/files",
+        "/api/v1/queries/files",
         files={"up": ("x.gmt", text.encode())},
         data={"space": "landmark"},
     )
@@ -227,53 +227,59 @@ def test_upload_gmt_same_as_json(client, done_job, two_queries):
 @pytest.mark.parametrize(
     ("method", "url", "kw", "code", "words"),
     [
-        ("post", "/api/queries", {"json": {"queries": []}}, 422, "at least 1"),
-        ("post", "/api/queries", {"json": {"queries": [{"up": []}]}}, 400, "empty"),
-        ("post", "/api/queries", {"json": {"queries": [{"up": ["7849"]}], "x": 1}}, 422, "x"),
-        ("post", "/api/queries", {"json": {"queries": [{"up": ["NOPE1", "NOPE2"]}]}}, 400, "empty"),
+        ("post", "/api/v1/queries", {"json": {"queries": []}}, 422, "at least 1"),
+        ("post", "/api/v1/queries", {"json": {"queries": [{"up": []}]}}, 400, "empty"),
+        ("post", "/api/v1/queries", {"json": {"queries": [{"up": ["7849"]}], "x": 1}}, 422, "x"),
         (
             "post",
-            "/api/queries",
+            "/api/v1/queries",
+            {"json": {"queries": [{"up": ["NOPE1", "NOPE2"]}]}},
+            400,
+            "empty",
+        ),
+        (
+            "post",
+            "/api/v1/queries",
             {"json": {"queries": [{"name": "../x", "up": ["1"]}]}},
             422,
             "name",
         ),
         (
             "post",
-            "/api/queries",
+            "/api/v1/queries",
             {"json": {"queries": [{"name": "a_UP", "up": ["1"]}]}},
             400,
             "_UP",
         ),
-        ("post", "/api/queries", {"json": {"queries": [{}]}}, 400, "up list"),
+        ("post", "/api/v1/queries", {"json": {"queries": [{}]}}, 400, "up list"),
         (
             "post",
-            "/api/queries",
+            "/api/v1/queries",
             {"content": b"{not json", "headers": {"content-type": "application/json"}},
             422,
             "json",
         ),
         (
             "post",
-            "/api/queries",
+            "/api/v1/queries",
             {"json": {"queries": [{"up": ["1"]}], "space": "bing"}},
             400,
             "bing",
         ),
-        ("post", "/api/queries/files", {"files": {"up": ("a.gmt", b"\xff\xfe")}}, 400, "UTF-8"),
+        ("post", "/api/v1/queries/files", {"files": {"up": ("a.gmt", b"\xff\xfe")}}, 400, "UTF-8"),
         (
             "post",
-            "/api/queries/files",
+            "/api/v1/queries/files",
             {"files": {"up": ("a.grp", b"# nothing\n")}},
             400,
             "no genes",
         ),
-        ("get", "/api/queries/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", {}, 404, "no job"),
-        ("get", "/api/queries/..%2F..%2Fetc%2Fpasswd", {}, 404, ""),
-        ("get", "/api/sigs/NOPE", {}, 404, "no signature"),
-        ("get", "/api/compounds/NOPE", {}, 404, "no compound"),
-        ("get", "/api/sigs?limit=0", {}, 422, "limit"),
-        ("get", "/api/search", {}, 422, "q"),
+        ("get", "/api/v1/queries/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", {}, 404, "no job"),
+        ("get", "/api/v1/queries/..%2F..%2Fetc%2Fpasswd", {}, 404, ""),
+        ("get", "/api/v1/sigs/NOPE", {}, 404, "no signature"),
+        ("get", "/api/v1/compounds/NOPE", {}, 404, "no compound"),
+        ("get", "/api/v1/sigs?limit=0", {}, 422, "limit"),
+        ("get", "/api/v1/search", {}, 422, "q"),
     ],
 )
 def test_bad_requests_are_one_line_4xx(client, method, url, kw, code, words):
@@ -286,15 +292,15 @@ def test_bad_requests_are_one_line_4xx(client, method, url, kw, code, words):
 
 def test_overlap_refused_and_sizes_warned(client, two_queries):
     up, dn = two_queries["planted0"]
-    r = client.post("/api/queries", json={"queries": [{"up": up, "down": dn[:-1] + [up[0]]}]})
+    r = client.post("/api/v1/queries", json={"queries": [{"up": up, "down": dn[:-1] + [up[0]]}]})
     assert r.status_code == 400 and "both the up and the down set" in r.json()["detail"]
-    r = client.post("/api/queries", json={"queries": [{"up": up[:5], "down": dn}]})
+    r = client.post("/api/v1/queries", json={"queries": [{"up": up[:5], "down": dn}]})
     assert r.status_code == 202
     assert any("5 up genes; CLUE queries use 10-150" in w for w in r.json()["warnings"])
-    r = client.post("/api/queries", json={"queries": [{"up": up}, {"name": "b", "down": dn}]})
+    r = client.post("/api/v1/queries", json={"queries": [{"up": up}, {"name": "b", "down": dn}]})
     assert r.status_code == 400 and "same lists" in r.json()["detail"]
     chk = client.post(
-        "/api/genes/check", json={"up": [*up[:3], "NOTAGENE"], "down": [up[0]]}
+        "/api/v1/genes/check", json={"up": [*up[:3], "NOTAGENE"], "down": [up[0]]}
     ).json()
     assert chk["up"]["unknown"] == ["NOTAGENE"] and chk["overlap"] == [up[0]]
     assert chk["ok"] is False and any("unknown" in x for x in chk["messages"])
@@ -304,40 +310,40 @@ def test_browse(client, data):
     from cmapdask import open_member, open_store
 
     ds = open_store(data["store"])
-    info = client.get("/api/info").json()
+    info = client.get("/api/v1/info").json()
     assert info["n_sig"] == ds.sizes["sig"] and info["spaces"] == ["landmark"]
     # pagination: pages concatenate to the whole list
-    whole = client.get("/api/sigs", params={"limit": 1000}).json()
+    whole = client.get("/api/v1/sigs", params={"limit": 1000}).json()
     assert whole["total"] == ds.sizes["sig"]
     parts = []
     for off in range(0, whole["total"], 250):
-        parts += client.get("/api/sigs", params={"limit": 250, "offset": off}).json()["items"]
+        parts += client.get("/api/v1/sigs", params={"limit": 250, "offset": off}).json()["items"]
     assert parts == whole["items"]
     assert [x["sig_id"] for x in parts] == list(ds["sig"].values)
     # filters
     cell = str(ds["cell_iname"].values[0])
-    sub = client.get("/api/sigs", params={"cell": cell, "limit": 1000}).json()
+    sub = client.get("/api/v1/sigs", params={"cell": cell, "limit": 1000}).json()
     assert sub["total"] == int((ds["cell_iname"].values == cell).sum())
-    comp = client.get("/api/compounds", params={"moa": "SYN000 inhibitor", "limit": 1000}).json()
+    comp = client.get("/api/v1/compounds", params={"moa": "SYN000 inhibitor", "limit": 1000}).json()
     perts = set(ds["pert_id"].values[ds["moa"].values == "SYN000 inhibitor"])
     assert {x["pert_id"] for x in comp["items"]} == perts
     one = sorted(perts)[0]
-    c = client.get(f"/api/compounds/{one}").json()
+    c = client.get(f"/api/v1/compounds/{one}").json()
     assert c["moas"] == ["SYN000 inhibitor"] and c["targets"]
     assert {s["sig_id"] for s in c["signatures"]} == set(ds["sig"].values[ds["pert_id"] == one])
     assert c["connections"] and all(x["pert_id"] != one for x in c["connections"])
-    genes = client.get("/api/genes", params={"q": str(ds["gene_symbol"].values[0])}).json()
+    genes = client.get("/api/v1/genes", params={"q": str(ds["gene_symbol"].values[0])}).json()
     assert str(ds["gene"].values[0]) in {g["gene_id"] for g in genes["items"]}
-    cells = client.get("/api/cells", params={"limit": 1000}).json()
+    cells = client.get("/api/v1/cells", params={"limit": 1000}).json()
     assert {x["cell"] for x in cells["items"]} == set(ds["cell_iname"].values)
-    moas = client.get("/api/moas").json()
+    moas = client.get("/api/v1/moas").json()
     assert "SYN000 inhibitor" in {x["moa"] for x in moas["items"]}
-    found = client.get("/api/search", params={"q": "inhibitor"}).json()
+    found = client.get("/api/v1/search", params={"q": "inhibitor"}).json()
     assert found["compounds"]["total"] >= len(perts) and found["moas"]["total"] >= 1
     # neighbours equal the similarity member, most similar first
     nb_member = open_member(data["store"], "similarity/pearson_landmark")
     sig = str(ds["sig"].values[7])
-    nb = client.get(f"/api/sigs/{sig}/neighbours", params={"k": 5}).json()
+    nb = client.get(f"/api/v1/sigs/{sig}/neighbours", params={"k": 5}).json()
     assert [x["sig_id"] for x in nb["top"]] == [str(v) for v in nb_member["top_id"].values[7][:5]]
     assert [x["score"] for x in nb["bottom"]] == [
         float(v) for v in nb_member["bottom_score"].values[7][:5]
@@ -355,7 +361,7 @@ def test_pages_and_assets_are_local(client, done_job):
         assert r.status_code == 200, url
         assert '<script src="http' not in r.text and 'stylesheet" href="http' not in r.text
     schema = client.get("/openapi.json").json()
-    for path in ("/api/queries", "/api/queries/{job_id}", "/api/sigs/{sig_id}/neighbours"):
+    for path in ("/api/v1/queries", "/api/v1/queries/{job_id}", "/api/v1/sigs/{sig_id}/neighbours"):
         assert path in schema["paths"]
 
 
@@ -365,20 +371,20 @@ def test_results_survive_restart_and_token(data, server, client, done_job, two_q
     again = Server(data["store"], server.jobs_dir, "--pcl", data["pcl"], "--token", "s3cret")
     try:
         with httpx.Client(base_url=again.url, timeout=60) as c:
-            s = c.get(f"/api/queries/{done_job['id']}").json()
+            s = c.get(f"/api/v1/queries/{done_job['id']}").json()
             assert s["status"] == "done"
             assert _all_rows(c, done_job["id"], level="pert_summary") == before
             up, dn = two_queries["planted1"]
             body = {"queries": [{"up": up, "down": dn}]}
-            r = c.post("/api/queries", json=body)
+            r = c.post("/api/v1/queries", json=body)
             assert r.status_code == 401 and "token" in r.json()["detail"]
-            r = c.post("/api/queries", json=body, headers={"Authorization": "Bearer wrong"})
+            r = c.post("/api/v1/queries", json=body, headers={"Authorization": "Bearer wrong"})
             assert r.status_code == 401
-            r = c.post("/api/queries", json=body, headers={"Authorization": "Bearer s3cret"})
+            r = c.post("/api/v1/queries", json=body, headers={"Authorization": "Bearer s3cret"})
             assert r.status_code == 202, r.text
             assert wait_job(c, r.json()["id"])["status"] == "done"
             assert "access-control-allow-origin" not in {
-                k.lower() for k in c.get("/api/info", headers={"Origin": "http://x"}).headers
+                k.lower() for k in c.get("/api/v1/info", headers={"Origin": "http://x"}).headers
             }
     finally:
         again.stop()

@@ -94,7 +94,7 @@ def test_query_page_to_heatmap(server, browser, data):
     shown = browser.find_element(By.ID, "top-pert").text.strip()
     with httpx.Client(base_url=server.url, timeout=60) as c:
         api = c.get(
-            f"/api/queries/{job_id}/results", params={"level": "pert_summary", "limit": 1}
+            f"/api/v1/queries/{job_id}/results", params={"level": "pert_summary", "limit": 1}
         ).json()
         assert browser.find_element(By.ID, "status").text == "done"
     assert shown == api["items"][0]["id"]

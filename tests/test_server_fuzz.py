@@ -26,7 +26,7 @@ def fuzz_server(tmp_path_factory):
     srv = Server(data["store"], jobs, "--pcl", data["pcl"], "--max-queue", "4")
     up, dn = planted_query(data["design"])
     with httpx.Client(base_url=srv.url, timeout=60) as c:
-        r = c.post("/api/queries", json={"queries": [{"up": up, "down": dn}]})
+        r = c.post("/api/v1/queries", json={"queries": [{"up": up, "down": dn}]})
         srv.job = wait_job(c, r.json()["id"])
     yield srv
     srv.stop()

@@ -300,21 +300,21 @@ def test_per_client_bound_and_retry_after(data, tmp_path):
     body = {"queries": [{"up": up, "down": dn}], "space": "landmark"}
     one = TestClient(app, client=("10.0.0.1", 5000))  # not entered: no job threads
     other = TestClient(app, client=("10.0.0.2", 5000))
-    assert one.post("/api/queries", json=body).status_code == 202
-    assert one.post("/api/queries", json=body).status_code == 202
-    r = one.post("/api/queries", json=body)
+    assert one.post("/api/v1/queries", json=body).status_code == 202
+    assert one.post("/api/v1/queries", json=body).status_code == 202
+    r = one.post("/api/v1/queries", json=body)
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
     assert "at most 2" in r.json()["detail"]
-    assert other.post("/api/queries", json=body).status_code == 202
-    r = other.post("/api/queries", json=body)  # now the whole queue is full
+    assert other.post("/api/v1/queries", json=body).status_code == 202
+    r = other.post("/api/v1/queries", json=body)  # now the whole queue is full
     assert r.status_code == 429 and "queue is full" in r.json()["detail"]
     assert int(r.headers["retry-after"]) >= 1
     # a cancelled job links its retry; the page has the button
     job = next(iter(app.state.jobs._jobs.values()))
-    s = one.delete(f"/api/queries/{job.id}").json()
+    s = one.delete(f"/api/v1/queries/{job.id}").json()
     assert s["status"] == "cancelled" and s["links"]["retry"].endswith("/retry")
     assert 'id="retry"' in one.get(f"/jobs/{job.id}").text
-    s = one.post(f"/api/queries/{job.id}/retry")
+    s = one.post(f"/api/v1/queries/{job.id}/retry")
     assert s.status_code == 202 and s.json()["status"] == "queued"
     # a job that is not done has no downloads yet
-    assert one.get(f"/api/queries/{job.id}/result.tar.gz").status_code == 409
+    assert one.get(f"/api/v1/queries/{job.id}/result.tar.gz").status_code == 409

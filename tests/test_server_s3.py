@@ -39,18 +39,18 @@ def test_s3_store_and_remote_scheduler(s3_server, real_cluster, tmp_path_factory
     try:
         up, dn = planted_query(data["design"])
         with httpx.Client(base_url=srv.url, timeout=60) as c:
-            info = c.get("/api/info").json()
+            info = c.get("/api/v1/info").json()
             assert info["store"] == url and info["similarity"]
-            r = c.post("/api/queries", json={"queries": [{"name": "q", "up": up, "down": dn}]})
+            r = c.post("/api/v1/queries", json={"queries": [{"name": "q", "up": up, "down": dn}]})
             assert r.status_code == 202, r.text
             status = wait_job(c, r.json()["id"], timeout=300)
             assert status["status"] == "done", (status, srv.text())
             rows = c.get(
-                f"/api/queries/{status['id']}/results",
+                f"/api/v1/queries/{status['id']}/results",
                 params={"level": "pert_summary", "limit": 1000},
             ).json()["items"]
-            sig = c.get("/api/sigs", params={"limit": 1}).json()["items"][0]["sig_id"]
-            nb = c.get(f"/api/sigs/{sig}/neighbours", params={"k": 3}).json()
+            sig = c.get("/api/v1/sigs", params={"limit": 1}).json()["items"][0]["sig_id"]
+            nb = c.get(f"/api/v1/sigs/{sig}/neighbours", params={"k": 3}).json()
             assert len(nb["top"]) == 3
         assert real_cluster.address in srv.text(full=True)  # it attached to the remote scheduler
     finally:

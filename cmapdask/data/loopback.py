@@ -8,9 +8,11 @@ unknown field, operator or key is an :class:`~cmapdask.errors.InputError` naming
 a silently unfiltered answer.
 
 The models are CLUE's: ``sigs`` (siginfo), ``perts`` (compounds and genetic
-perturbagens), ``cells``, ``genes`` and ``pcls`` (the server's PCL sets), with CLUE's field
-names (``pert_iname``, ``cell_id``); the 2020 release's names (``cmap_name``,
-``cell_iname``) are accepted as aliases wherever a field is named.
+perturbagens), ``cells``, ``genes``, ``pcls`` (the server's PCL sets) and ``profiles``
+(Level 3/4 profiles: the release's ``instinfo``, or a Level 3/4 store's own rows), with
+CLUE's field names (``pert_iname``, ``cell_id``, ``distil_id``); the 2020 release's names
+(``cmap_name``, ``cell_iname``, ``sample_id``) are accepted as aliases wherever a field is
+named.
 
 Operators (LoopBack's): equality (``{"f": v}`` or ``{"f": {"eq": v}}``), ``neq``, ``inq``,
 ``nin``, ``gt``, ``gte``, ``lt``, ``lte``, ``between``, ``like``/``nlike`` (a regular
@@ -34,11 +36,11 @@ from cmapdask.errors import InputError
 
 __all__ = ["MODELS", "Filter", "parse_filter", "parse_where", "select", "count", "model_table"]
 
-MODELS = ("sigs", "perts", "cells", "genes", "pcls")
+MODELS = ("sigs", "perts", "cells", "genes", "pcls", "profiles")
 # the 2020 release's names -> CLUE's (the API answers with CLUE's)
-RENAME = {"cmap_name": "pert_iname", "cell_iname": "cell_id", "pert_dose": "pert_dose"}
+RENAME = {"cmap_name": "pert_iname", "cell_iname": "cell_id", "sample_id": "distil_id"}
 ALIASES = {"cmap_name": "pert_iname", "cell_iname": "cell_id", "pr_gene_id": "gene_id"}
-ALIASES |= {"pr_gene_symbol": "gene_symbol"}
+ALIASES |= {"pr_gene_symbol": "gene_symbol", "sample_id": "distil_id"}
 LIST_FIELDS = frozenset({"moa", "target", "pert_ids"})
 OPERATORS = frozenset(
     {"eq", "neq", "inq", "nin", "gt", "gte", "lt", "lte", "between"}
@@ -362,13 +364,26 @@ def _split(col: pd.Series) -> pd.Series:
     )
 
 
-def model_table(tables: dict[str, pd.DataFrame], model: str, *, pcls=None) -> pd.DataFrame:
+def model_table(
+    tables: dict[str, pd.DataFrame], model: str, *, pcls=None, profiles: bool = False
+) -> pd.DataFrame:
     """The table behind CLUE's ``/api/<model>``, from the store's tables (pandas frames).
 
-    ``pcls``: ``{name: [pert_id, ...]}`` for the ``pcls`` model.
+    ``pcls``: ``{name: [pert_id, ...]}`` for the ``pcls`` model. ``profiles``: the store's
+    rows are Level 3/4 profiles (its ``siginfo`` is then the ``profiles`` model when it
+    has no ``instinfo``).
     """
     if model not in MODELS:
         raise InputError(f"unknown model {model!r} (models: {', '.join(MODELS)})")
+    if model == "profiles":
+        if "instinfo" in tables:
+            return _clue_names(tables["instinfo"])
+        if not profiles:
+            raise InputError(
+                "profiles: this store holds Level 5 signatures and no instinfo table; "
+                "profiles are answered for Level 3/4 stores"
+            )
+        return _clue_names(tables["siginfo"].rename(columns={"sig_id": "distil_id"}))
     if model == "sigs":
         return _clue_names(tables["siginfo"])
     if model == "cells":

@@ -2,8 +2,10 @@
 
 A thin layer over the functional API (STYLE.md, "Serving"): queries run as jobs through
 :mod:`cmapdask.server.jobs`; browsing reads the store's metadata through
-:mod:`cmapdask.server.browse`. Every page has a JSON twin under ``/api``; every error is a
-4xx with ``{"detail": "one line"}``.
+:mod:`cmapdask.server.browse`. Every page has a JSON twin under the native API,
+``/api/v1``; CLUE's API (api.clue.io's paths) is under ``/api``
+(:mod:`cmapdask.server.clue`, docs/reference/clue-api.md). Every error is a 4xx with
+``{"detail": "one line"}``; a query parameter a route does not take is a 400.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ HERE = Path(__file__).parent
 MAX_UPLOAD = 1 << 20  # bytes per uploaded gene-set file
 MIN_GENES, MAX_GENES = 10, 150  # CLUE's advice: outside it warns
 _SUFFIX = re.compile(r"_(UP|DN)$", re.IGNORECASE)
-JobId = Annotated[str, PathParam(max_length=64, description="job id from POST /api/queries")]
+NATIVE = "/api/v1"  # the native API; CLUE's paths are under /api (server/clue.py)
+JobId = Annotated[str, PathParam(max_length=64, description="job id from POST /api/v1/queries")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 Text = Annotated[str | None, Query(max_length=200)]
@@ -139,12 +142,31 @@ def create_app(settings: ServerSettings) -> FastAPI:
         finally:
             jobs.stop()
 
+    allowed_params: dict = {}
+
+    def known_params(request: Request) -> None:
+        """Refuse query parameters the route does not take (never silently ignored)."""
+        route = request.scope.get("route")
+        if route is None or not request.url.path.startswith("/api/"):
+            return
+        allowed = allowed_params.get(id(route))
+        if allowed is None:
+            allowed = _query_names(route.dependant) | {"user_key"}
+            allowed_params[id(route)] = allowed
+        unknown = sorted(set(request.query_params.keys()) - allowed)
+        if unknown:
+            took = ", ".join(sorted(allowed - {"user_key"})) or "none"
+            raise HTTPException(
+                400, f"unknown query parameter {unknown[0]!r} ({route.path} takes: {took})"
+            )
+
     app = FastAPI(
         title="cmapdask",
         version=__version__,
         description="Connectivity Map queries and browsing over one signature store "
         f"({settings.store}).",
         lifespan=lifespan,
+        dependencies=[Depends(known_params)],
         responses={c: {"model": m.ErrorOut} for c in (400, 401, 404, 409, 413, 422, 429)},
     )
     app.openapi = lambda: _openapi(app)
@@ -156,7 +178,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_headers=["Authorization", "Content-Type", "user_key"],
         )
     templates = Jinja2Templates(directory=str(HERE / "pages" / "templates"))
 
@@ -190,12 +212,30 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     def require_token(
         authorization: Annotated[str | None, Header(max_length=500)] = None,
+        user_key_header: Annotated[
+            str | None,
+            Header(
+                alias="user_key",
+                convert_underscores=False,
+                max_length=500,
+                description="CLUE's key: the server's token",
+            ),
+        ] = None,
+        user_key: Annotated[
+            str | None, Query(max_length=500, description="CLUE's key: the server's token")
+        ] = None,
     ) -> None:
         if settings.token is None:
             return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(given.encode(), settings.token.encode()):
-            raise HTTPException(401, "a valid token is needed: Authorization: Bearer TOKEN")
+        given = [(authorization or "").removeprefix("Bearer ").strip()]
+        given += [k.strip() for k in (user_key_header, user_key) if k]
+        want = settings.token.encode()
+        if not any(secrets.compare_digest(g.encode(), want) for g in given):
+            raise HTTPException(
+                401,
+                "a valid token is needed: Authorization: Bearer TOKEN, or CLUE's user_key "
+                "(header or query parameter)",
+            )
 
     def handle(space: str):
         if space not in spaces:
@@ -245,7 +285,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return request.client.host if request.client else ""
 
     def status(job) -> dict:
-        base = f"/api/queries/{job.id}"
+        base = f"/api/v1/queries/{job.id}"
         links = {"self": base, "page": f"/jobs/{job.id}"}
         if job.status == "done":
             links.update(results=f"{base}/results", heatmap=f"{base}/heatmap")
@@ -412,7 +452,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     # --------------------------------------------------------------------- API
 
-    @app.get("/api/info", tags=["store"])
+    @app.get("/api/v1/info", tags=["store"])
     def info() -> dict:
         """The store, its spaces and members, and the server's limits."""
         return {
@@ -437,13 +477,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
             "version": __version__,
         }
 
-    @app.post("/api/genes/check", response_model=m.GeneCheck, tags=["queries"])
+    @app.post("/api/v1/genes/check", response_model=m.GeneCheck, tags=["queries"])
     def genes_check(body: m.GeneCheckIn) -> dict:
         """Which genes are unknown, outside the space, duplicated or in both lists."""
         return check_genes(the_space(body.space), body.up, body.down)
 
     @app.post(
-        "/api/queries",
+        "/api/v1/queries",
         status_code=202,
         response_model=m.JobStatus,
         responses={
@@ -460,7 +500,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return submit(body, who(request))
 
     @app.post(
-        "/api/queries/files",
+        "/api/v1/queries/files",
         status_code=202,
         response_model=m.JobStatus,
         responses={400: {"model": m.ErrorOut}, 413: {"model": m.ErrorOut}},
@@ -511,13 +551,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise QueryError(_validation_line(e.errors())) from None
         return submit(req, who(request))
 
-    @app.get("/api/queries/{job_id}", response_model=m.JobStatus, tags=["queries"])
+    @app.get("/api/v1/queries/{job_id}", response_model=m.JobStatus, tags=["queries"])
     def get_query(job_id: JobId):
         """Status and progress of a job."""
         return status(get_job(job_id))
 
     @app.delete(
-        "/api/queries/{job_id}",
+        "/api/v1/queries/{job_id}",
         response_model=m.JobStatus,
         tags=["queries"],
         dependencies=[Depends(require_token)],
@@ -527,7 +567,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return status(jobs.cancel(get_job(job_id)))
 
     @app.post(
-        "/api/queries/{job_id}/retry",
+        "/api/v1/queries/{job_id}/retry",
         status_code=202,
         response_model=m.JobStatus,
         responses={400: {"model": m.ErrorOut}, 404: {"model": m.ErrorOut}},
@@ -538,7 +578,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         """Queue a failed or cancelled job again (same id and request)."""
         return JSONResponse(status(jobs.retry(get_job(job_id))), status_code=202)
 
-    @app.get("/api/queries/{job_id}/results", response_model=m.Page, tags=["results"])
+    @app.get("/api/v1/queries/{job_id}/results", response_model=m.Page, tags=["results"])
     def results(
         job_id: JobId,
         query: Annotated[int, Query(ge=0, le=1000)] = 0,
@@ -555,7 +595,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return page(result_table(job, query, level, q, cell, sort, descending), limit, offset)
 
     @app.get(
-        "/api/queries/{job_id}/results.tsv",
+        "/api/v1/queries/{job_id}/results.tsv",
         response_class=Response,
         responses={200: {"content": {"text/tab-separated-values": {}}}},
         tags=["results"],
@@ -578,7 +618,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="{level}_{query}.tsv"'},
         )
 
-    @app.get("/api/queries/{job_id}/heatmap", tags=["results"])
+    @app.get("/api/v1/queries/{job_id}/heatmap", tags=["results"])
     def heatmap(
         job_id: JobId,
         query: Annotated[int, Query(ge=0, le=1000)] = 0,
@@ -609,7 +649,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         }
 
     @app.get(
-        "/api/queries/{job_id}/gctx",
+        "/api/v1/queries/{job_id}/gctx",
         response_class=FileResponse,
         responses={200: {"content": {"application/x-hdf5": {}}}},
         tags=["results"],
@@ -628,7 +668,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         )
 
     @app.get(
-        "/api/queries/{job_id}/result.tar.gz",
+        "/api/v1/queries/{job_id}/result.tar.gz",
         response_class=FileResponse,
         responses={200: {"content": {"application/gzip": {}}}},
         tags=["results"],
@@ -642,7 +682,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     # -------------------------------------------------------------- browsing
 
-    @app.get("/api/sigs", response_model=m.Page, tags=["browse"])
+    @app.get("/api/v1/sigs", response_model=m.Page, tags=["browse"])
     def sigs(
         q: Text = None,
         pert_id: Text = None,
@@ -656,7 +696,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         df = cat.list_sigs(q=q, pert_id=pert_id, cell=cell, pert_type=pert_type, moa=moa)
         return page(df, limit, offset)
 
-    @app.get("/api/sigs/{sig_id}", tags=["browse"])
+    @app.get("/api/v1/sigs/{sig_id}", tags=["browse"])
     def sig(sig_id: Annotated[str, PathParam(max_length=200)]) -> dict:
         """One signature's metadata."""
         out = cat.sig(sig_id)
@@ -664,7 +704,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise HTTPException(404, "no signature with this id")
         return out
 
-    @app.get("/api/sigs/{sig_id}/neighbours", tags=["browse"])
+    @app.get("/api/v1/sigs/{sig_id}/neighbours", tags=["browse"])
     def neighbours(
         sig_id: Annotated[str, PathParam(max_length=200)],
         k: Annotated[int, Query(ge=1, le=500)] = 20,
@@ -675,7 +715,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise HTTPException(404, "no signature with this id")
         return out
 
-    @app.get("/api/compounds", response_model=m.Page, tags=["browse"])
+    @app.get("/api/v1/compounds", response_model=m.Page, tags=["browse"])
     def compounds(
         q: Text = None,
         moa: Text = None,
@@ -689,7 +729,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             cat.list_compounds(q=q, moa=moa, target=target, pert_type=pert_type), limit, offset
         )
 
-    @app.get("/api/compounds/{pert_id}", tags=["browse"])
+    @app.get("/api/v1/compounds/{pert_id}", tags=["browse"])
     def compound(pert_id: Annotated[str, PathParam(max_length=200)]) -> dict:
         """One perturbagen: signatures, MoA, targets and strongest connections."""
         out = cat.compound(pert_id)
@@ -697,7 +737,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise HTTPException(404, "no compound with this id")
         return out
 
-    @app.get("/api/genes", response_model=m.Page, tags=["browse"])
+    @app.get("/api/v1/genes", response_model=m.Page, tags=["browse"])
     def genes(
         q: Text = None,
         feature_space: Text = None,
@@ -707,25 +747,43 @@ def create_app(settings: ServerSettings) -> FastAPI:
         """Genes of the store (id, symbol, feature space)."""
         return page(cat.list_genes(q=q, feature_space=feature_space), limit, offset)
 
-    @app.get("/api/cells", response_model=m.Page, tags=["browse"])
+    @app.get("/api/v1/cells", response_model=m.Page, tags=["browse"])
     def cells(q: Text = None, limit: Limit = 50, offset: Offset = 0):
         """Cell lines with signature and perturbagen counts."""
         return page(cat.list_cells(q=q), limit, offset)
 
-    @app.get("/api/moas", response_model=m.Page, tags=["browse"])
+    @app.get("/api/v1/moas", response_model=m.Page, tags=["browse"])
     def moas(q: Text = None, limit: Limit = 50, offset: Offset = 0):
         """Mechanisms of action with their perturbagens."""
         return page(cat.list_moas(q=q), limit, offset)
 
-    @app.get("/api/targets", response_model=m.Page, tags=["browse"])
+    @app.get("/api/v1/targets", response_model=m.Page, tags=["browse"])
     def targets(q: Text = None, limit: Limit = 50, offset: Offset = 0):
         """Targets with their perturbagens."""
         return page(cat.list_targets(q=q), limit, offset)
 
-    @app.get("/api/search", tags=["browse"])
+    @app.get("/api/v1/search", tags=["browse"])
     def search(q: Annotated[str, Query(min_length=1, max_length=200)], limit: Limit = 20) -> dict:
         """Free text over compounds, MoAs, targets, cell lines and genes."""
         return cat.search(q, limit=limit)
+
+    # -------------------------------------------------------------- CLUE's API
+
+    from cmapdask.server.clue import Models, clue_router
+
+    app.include_router(
+        clue_router(
+            models=Models(
+                settings.store, storage_options=settings.storage_options, pcls=settings.pcls
+            ),
+            jobs=jobs,
+            require_token=require_token,
+            validate=validate,
+            who=who,
+            read_sets=_read_sets,
+            native=NATIVE,
+        )
+    )
 
     # ------------------------------------------------------------------ pages
 
@@ -776,6 +834,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
     # after the routes, so /static/vendor/plotly.min.js above is matched first
     app.mount("/static", StaticFiles(directory=str(HERE / "pages" / "static")), name="static")
     return app
+
+
+def _query_names(dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    out = {f.alias for f in dependant.query_params}
+    for d in dependant.dependencies:
+        out |= _query_names(d)
+    return out
 
 
 def _read_sets(data: bytes, side: str) -> dict[str, list[str]]:

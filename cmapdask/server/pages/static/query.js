@@ -9,7 +9,7 @@
     $("down-count").textContent = down.length ? `(${down.length})` : "";
     if (!up.length && !down.length) { $("check").innerHTML = ""; return; }
     try {
-      const r = await cmap.api("POST", "/api/genes/check", { up, down, space: $("space").value });
+      const r = await cmap.api("POST", "/api/v1/genes/check", { up, down, space: $("space").value });
       const lines = r.messages.map(m => `<div class="${r.ok ? "" : "bad"}">${cmap.esc(m)}</div>`);
       const unknown = r.up.unknown.concat(r.down.unknown), outside = r.up.outside.concat(r.down.outside);
       $("check").innerHTML = lines.join("") +
@@ -28,7 +28,7 @@
     if (up.length) q.up = up;
     if (down.length) q.down = down;
     try {
-      const job = await cmap.api("POST", "/api/queries", {
+      const job = await cmap.api("POST", "/api/v1/queries", {
         queries: [q], space: $("space").value, reference: $("reference").value, tau: $("tau").value,
       }, token());
       window.location.href = "/jobs/" + encodeURIComponent(job.id);
@@ -41,7 +41,7 @@
     if ($("down-file").files[0]) fd.append("down", $("down-file").files[0]);
     fd.append("space", $("space").value);
     try {
-      const job = await cmap.api("POST", "/api/queries/files", fd, token());
+      const job = await cmap.api("POST", "/api/v1/queries/files", fd, token());
       window.location.href = "/jobs/" + encodeURIComponent(job.id);
     } catch (e) { $("error").textContent = e.message; }
   });

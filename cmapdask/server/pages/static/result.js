@@ -1,7 +1,7 @@
 "use strict";
 (function () {
   const $ = id => document.getElementById(id);
-  const jobId = $("job").dataset.job, base = "/api/queries/" + encodeURIComponent(jobId);
+  const jobId = $("job").dataset.job, base = "/api/v1/queries/" + encodeURIComponent(jobId);
   // CLUE's tau colours: strongest bands at |tau| >= 90, 95 and 100
   const SCALE = [[0, "#08306b"], [0.025, "#08306b"], [0.025, "#2171b5"], [0.05, "#2171b5"],
     [0.05, "#9ecae1"], [0.5, "#ffffff"], [0.95, "#fcbba1"], [0.95, "#ef3b2c"],
