@@ -109,11 +109,13 @@ _LOCK = threading.Lock()
 
 
 def _key(store_url, meta) -> tuple:
+    # "source" is a record for a converted file, a plain name for a derived store
+    source = meta.get("source")
     return (
         str(store_url),
         meta.get("created"),
         meta.get("write_id"),
-        meta.get("source", {}).get("sha256"),
+        source.get("sha256") if isinstance(source, dict) else source,
     )
 
 

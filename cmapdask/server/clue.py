@@ -51,6 +51,7 @@ def _profile_rows(attrs: dict) -> bool:
     """Whether a store's rows are Level 3/4 profiles (its provenance's last level step)."""
     rec = attrs.get("cmapdask") if isinstance(attrs, dict) else None
     while isinstance(rec, dict):
+        rec = rec.get("levels", rec)  # a level step's record sits under "levels"
         step = rec.get("step")
         if step in ("qnorm", "level4"):
             return True
