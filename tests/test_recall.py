@@ -317,7 +317,8 @@ def test_cli_recall_on_converted_synthetic_release(tmp_path, capsys):
     assert main(["similarity", str(store), "--k", "20", *common]) == 0
     capsys.readouterr()
     rc = main(
-        ["recall", str(store), f"--annotations={ann}", "--approximate", f"--out={tsv}", *common]
+        ["recall", str(store), f"--annotations={ann}", "--approximate", f"--out={tsv}"]
+        + ["--overwrite", *common]
     )
     assert rc == 0
     printed = capsys.readouterr().out

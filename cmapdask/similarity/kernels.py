@@ -105,7 +105,11 @@ def pair_keys(
     """
     ia, ib = np.flatnonzero(va), np.flatnonzero(vb)
     # the usual case, every signature valid, needs no gathered copies
-    c = (za if ia.size == len(va) else za[ia]) @ (zb if ib.size == len(vb) else zb[ib]).T
+    a = za if ia.size == len(va) else za[ia]
+    # a block with itself: one operand, so numpy's symmetric product (syrk) makes
+    # c[p, q] == c[q, p] bit for bit (a general product's rounding depends on the side)
+    b = a if diagonal else (zb if ib.size == len(vb) else zb[ib])
+    c = a @ b.T
     rsel, csel = block_topk_keys(c, ib + b_offset, ia + a_offset, k, diagonal=diagonal, both=both)
     del c
     row = tuple(_expand(s, ia, len(va)) for s in rsel)
