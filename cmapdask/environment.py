@@ -57,17 +57,18 @@ def check_workers(client) -> dict:
 
     Returns ``{worker address: versions}``. Raises :class:`~cmapdask.errors.InputError`
     naming the first worker and package whose release differs (or that lacks it); warns
-    for patch-level differences. Waits at most ``cmapdask.runtime.connect_timeout``
+    for patch-level differences. Waits at most ``cmapdask.runtime.check_timeout``
     seconds (then :class:`~cmapdask.errors.InfrastructureError`).
     """
     here = local_versions()
-    wait = float(config.get("runtime.connect_timeout", 20) or 20)
+    # not connect_timeout: answering imports the stack on each worker, slow when loaded
+    wait = float(config.get("runtime.check_timeout", 60) or 60)
     try:
         theirs = client.run(_by_value(_versions), on_error="return", callback_timeout=wait)
     except (OSError, TimeoutError) as e:
         raise InfrastructureError(
             f"the workers did not report their versions within {wait:g} s "
-            f"(cmapdask.runtime.connect_timeout): {e}"
+            f"(cmapdask.runtime.check_timeout): {e}"
         ) from None
     patch = []
     for addr, got in sorted(theirs.items()):
