@@ -43,8 +43,14 @@ def server(data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    # the token guards every route: CLUE's clients send their user_key with each request
+    with httpx.Client(base_url=server.url, timeout=60, headers={"user_key": KEY}) as c:
         yield c
+
+
+def test_token_on_the_command_line_is_deprecated(server, client):
+    assert "--token is deprecated: it shows in `ps`" in server.text(full=True)
+    assert client.get("/api/perts", headers={"user_key": ""}).status_code == 401
 
 
 @pytest.fixture(scope="module")
