@@ -65,10 +65,17 @@ def free_port() -> int:
 class Server:
     """``cmapdask serve`` in a subprocess on a loopback port; stop() ends it."""
 
-    def __init__(self, store: str, jobs_dir: Path, *extra: str, log: Path | None = None):
+    def __init__(
+        self,
+        store: str,
+        jobs_dir: Path,
+        *extra: str,
+        log: Path | None = None,
+        env: dict | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         self.log = open(log or (jobs_dir.parent / f"server-{self.port}.log"), "w")  # noqa: SIM115
@@ -85,7 +92,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.text()}")
             try:
-                if httpx.get(self.url + "/api/v1/info", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

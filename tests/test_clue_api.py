@@ -43,8 +43,14 @@ def server(data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    # the token guards every route: CLUE's clients send their user_key with each request
+    with httpx.Client(base_url=server.url, timeout=60, headers={"user_key": KEY}) as c:
         yield c
+
+
+def test_token_on_the_command_line_is_deprecated(server, client):
+    assert "--token is deprecated: it shows in `ps`" in server.text(full=True)
+    assert client.get("/api/perts", headers={"user_key": ""}).status_code == 401
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +99,8 @@ def test_clue_client_sequence_equals_cmapdask_query(data, server, client, tmp_pa
         }
 
     # the server's token is CLUE's user_key
-    assert client.post("/api/jobs", data=form, files=files()).status_code == 401
+    nokey = {"user_key": ""}
+    assert client.post("/api/jobs", data=form, files=files(), headers=nokey).status_code == 401
     bad = client.post("/api/jobs", data=form, files=files(), headers={"user_key": "nope"})
     assert bad.status_code == 401 and "user_key" in bad.json()["detail"]
     r = client.post("/api/jobs", data=form, files=files(), headers={"user_key": KEY})
@@ -115,7 +122,7 @@ def test_clue_client_sequence_equals_cmapdask_query(data, server, client, tmp_pa
     assert s["params"]["tool_id"] == "sig_gutc_tool" and s["job_id"] == job_id
     assert s["download_url"].startswith(f"//127.0.0.1:{server.port}/")
 
-    tgz = httpx.get("http:" + s["download_url"], timeout=60)
+    tgz = httpx.get("http:" + s["download_url"], timeout=60, headers={"user_key": KEY})
     assert tgz.status_code == 200
     out = tmp_path / "untar"
     with tarfile.open(fileobj=io.BytesIO(tgz.content), mode="r:gz") as tar:

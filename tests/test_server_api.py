@@ -294,9 +294,16 @@ def test_overlap_refused_and_sizes_warned(client, two_queries):
     up, dn = two_queries["planted0"]
     r = client.post("/api/v1/queries", json={"queries": [{"up": up, "down": dn[:-1] + [up[0]]}]})
     assert r.status_code == 400 and "both the up and the down set" in r.json()["detail"]
-    r = client.post("/api/v1/queries", json={"queries": [{"up": up[:5], "down": dn}]})
+    small = {"queries": [{"up": up[:5], "down": dn}]}
+    r = client.post("/api/v1/queries", json=small)
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"] == (
+        "query 'query': 5 up genes in the landmark space; CLUE's queries use 10-150 "
+        "(allow_any_size runs it anyway)"
+    )
+    r = client.post("/api/v1/queries", json={**small, "allow_any_size": True})
     assert r.status_code == 202
-    assert any("5 up genes; CLUE queries use 10-150" in w for w in r.json()["warnings"])
+    assert any("5 up genes in the landmark space" in w for w in r.json()["warnings"])
     r = client.post("/api/v1/queries", json={"queries": [{"up": up}, {"name": "b", "down": dn}]})
     assert r.status_code == 400 and "same lists" in r.json()["detail"]
     chk = client.post(
@@ -368,19 +375,22 @@ def test_pages_and_assets_are_local(client, done_job):
 def test_results_survive_restart_and_token(data, server, client, done_job, two_queries):
     before = _all_rows(client, done_job["id"], level="pert_summary")
     server.stop()
-    again = Server(data["store"], server.jobs_dir, "--pcl", data["pcl"], "--token", "s3cret")
+    env = {"CMAPDASK_TOKEN": "s3cret"}  # the token from the environment
+    again = Server(data["store"], server.jobs_dir, "--pcl", data["pcl"], env=env)
     try:
         with httpx.Client(base_url=again.url, timeout=60) as c:
+            assert c.get(f"/api/v1/queries/{done_job['id']}").status_code == 401
+            c.headers["Authorization"] = "Bearer s3cret"
             s = c.get(f"/api/v1/queries/{done_job['id']}").json()
             assert s["status"] == "done"
             assert _all_rows(c, done_job["id"], level="pert_summary") == before
             up, dn = two_queries["planted1"]
             body = {"queries": [{"up": up, "down": dn}]}
-            r = c.post("/api/v1/queries", json=body)
+            r = c.post("/api/v1/queries", json=body, headers={"Authorization": ""})
             assert r.status_code == 401 and "token" in r.json()["detail"]
             r = c.post("/api/v1/queries", json=body, headers={"Authorization": "Bearer wrong"})
             assert r.status_code == 401
-            r = c.post("/api/v1/queries", json=body, headers={"Authorization": "Bearer s3cret"})
+            r = c.post("/api/v1/queries", json=body)
             assert r.status_code == 202, r.text
             assert wait_job(c, r.json()["id"])["status"] == "done"
             assert "access-control-allow-origin" not in {

@@ -54,10 +54,19 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         opts.add_argument(arg)
     opts.add_argument("--window-size=1400,1800")
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP violations show here
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.set_page_load_timeout(120)
     yield driver
     driver.quit()
+
+
+def _no_csp_violation(driver) -> None:
+    """Nothing the pages load or run was blocked by the Content-Security-Policy."""
+    blocked = [
+        e["message"] for e in driver.get_log("browser") if "Content Security" in e["message"]
+    ]
+    assert not blocked, blocked
 
 
 def _shot(driver, name: str) -> None:
@@ -120,6 +129,7 @@ def test_query_page_to_heatmap(server, browser, data):
     assert ncs == sorted(ncs)
     assert browser.find_elements(By.CSS_SELECTOR, "#pcl td")
     _shot(browser, "result_page")
+    _no_csp_violation(browser)  # the whole query ran under the server's CSP
 
 
 def test_search_compound_and_open_its_page(server, browser):
@@ -142,3 +152,82 @@ def test_search_compound_and_open_its_page(server, browser):
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#top td")))
     assert browser.find_elements(By.CSS_SELECTOR, "#bottom td")
     _shot(browser, "signature_page")
+
+
+def test_every_gene_accounted_for(server, browser, data):
+    from cmapdask import open_store
+
+    ds = open_store(data["store"])
+    up, dn = planted_query(data["design"], n=12)
+    symbols = dict(zip(ds["gene"].values, ds["gene_symbol"].values, strict=True))
+    lower = str(symbols[up[1]]).lower()  # a symbol in the wrong case still matches
+    assert lower != str(symbols[up[1]])
+    browser.get(server.url + "/")
+    _fill(browser, "up", "\n".join([up[0], lower, *up[2:], "NOTAGENE1", up[0]]))
+    _fill(browser, "down", " ".join(dn[:5]))
+    wait = WebDriverWait(browser, 60)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#gene-table tbody tr")))
+    rows = [
+        (
+            r.get_attribute("data-side"),
+            r.get_attribute("data-given"),
+            r.get_attribute("data-status"),
+        )
+        for r in browser.find_elements(By.CSS_SELECTOR, "#gene-table tbody tr")
+    ]
+    want = [("up", up[0], "in_space"), ("up", lower, "in_space")]
+    want += [("up", g, "in_space") for g in up[2:]]
+    want += [("up", "NOTAGENE1", "unknown"), ("up", up[0], "duplicate")]
+    want += [("down", g, "in_space") for g in dn[:5]]
+    assert rows == want
+    cells = browser.find_elements(By.CSS_SELECTOR, "#gene-table tbody tr")[1].text
+    assert up[1] in cells and "in landmark" in cells  # matched as the gene's id
+    # counts are of the genes that will be scored; 5 down genes are refused by default
+    assert browser.find_element(By.ID, "up-count").text == f"(12 of {len(up) + 2})"
+    assert "5 genes; CLUE's queries use 10-150" in browser.find_element(By.ID, "check").text
+    browser.find_element(By.ID, "name").clear()
+    browser.find_element(By.ID, "name").send_keys("my query 1")
+    browser.find_element(By.ID, "submit").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "error"), "CLUE's queries use 10-150"))
+    assert "allow_any_size" in browser.find_element(By.ID, "error").text
+    _shot(browser, "gene_table")
+    browser.find_element(By.ID, "any-size").click()  # the explicit override
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 30).until(ec.url_contains("/jobs/"))
+    job_id = browser.current_url.rsplit("/", 1)[1]
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        job = c.get(f"/api/v1/queries/{job_id}").json()
+    assert job["queries"] == ["my query 1"]  # a name with spaces
+    assert job["genes"][0]["n_up"] == 12 and job["genes"][0]["n_down"] == 5
+
+
+@pytest.fixture(scope="module")
+def guarded(data, tmp_path_factory):
+    jobs = tmp_path_factory.mktemp("guardedjobs") / "jobs"
+    srv = Server(data["store"], jobs, env={"CMAPDASK_TOKEN": "browser-t0ken"})
+    yield srv
+    srv.stop()
+
+
+def test_login_page_and_offline_docs(guarded, browser):
+    browser.get(guarded.url + "/search?q=SYN")
+    wait = WebDriverWait(browser, 60)
+    wait.until(ec.url_contains("/login"))
+    browser.find_element(By.ID, "token").send_keys("wrong")
+    browser.find_element(By.ID, "login").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "error"), "not the server"))
+    browser.find_element(By.ID, "token").send_keys("browser-t0ken")
+    browser.find_element(By.ID, "login").click()
+    wait.until(ec.url_to_be(guarded.url + "/search?q=SYN"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#compounds a.compound")
+    # Swagger UI from the package, under the CSP, reading the schema with the cookie
+    browser.get(guarded.url + "/docs")
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".swagger-ui .opblock")))
+    assert "cmapdask" in browser.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
+    _shot(browser, "docs")
+    # an unknown address is a page with a way back
+    browser.get(guarded.url + "/no/such/page")
+    assert "no page at this address" in browser.find_element(By.ID, "detail").text
+    browser.find_element(By.ID, "home").click()
+    wait.until(ec.presence_of_element_located((By.ID, "up")))
+    _no_csp_violation(browser)

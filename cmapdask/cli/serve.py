@@ -8,9 +8,10 @@ kept under ``--jobs-dir``, so they survive a restart.
 from __future__ import annotations
 
 import os
+import sys
 import types
 
-from cmapdask.cli.options import json_object
+from cmapdask.cli.options import json_object, positive_int
 from cmapdask.cli.runtime import dask_client, say
 from cmapdask.errors import InputError
 
@@ -39,9 +40,25 @@ def register(subparsers) -> None:
         "--workers", type=int, default=None, help="local cluster: number of worker processes"
     )
     p.add_argument(
+        "--token-file",
+        default=None,
+        metavar="FILE",
+        help="file whose first line is the token every page and route needs but /health and "
+        "/static (default: env CMAPDASK_TOKEN; neither: open to anyone who can connect)",
+    )
+    p.add_argument(
         "--token",
-        default=os.environ.get("CMAPDASK_TOKEN"),
-        help="token needed to submit or cancel jobs (default: env CMAPDASK_TOKEN; none: open)",
+        default=None,
+        help="deprecated: a token on the command line shows in `ps`; use env CMAPDASK_TOKEN "
+        "or --token-file",
+    )
+    p.add_argument(
+        "--max-body",
+        type=positive_int,
+        default=None,
+        metavar="BYTES",
+        help="largest request body accepted, uploads included (default 8388608: 8 MiB); "
+        "a larger one is a 413 before it is read",
     )
     p.add_argument(
         "--jobs-dir",
@@ -98,6 +115,7 @@ def run_serve(args) -> int:
         raise InputError(
             "--max-queue, --job-workers, --max-per-client and --batch-queries must be at least 1"
         )
+    args.token = server_token(args)
     jobs = getattr(args, "jobs_dir", None)
     if jobs and "://" not in str(jobs):
         import os
@@ -109,6 +127,31 @@ def run_serve(args) -> int:
 
             check_parent(str(jobs))
     return serve(args)
+
+
+def server_token(args) -> str | None:
+    """--token-file, else the deprecated --token, else env CMAPDASK_TOKEN; None: open."""
+    if args.token_file and args.token:
+        raise InputError("--token and --token-file: give one")
+    if args.token:
+        print(
+            "cmapdask: warning: --token is deprecated: it shows in `ps` to every user of "
+            "this machine; use env CMAPDASK_TOKEN or --token-file",
+            file=sys.stderr,
+        )
+        return args.token.strip() or None
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as fh:
+                token = fh.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(
+                f"--token-file {args.token_file}: cannot be read ({e.__class__.__name__})"
+            ) from None
+        if not token:
+            raise InputError(f"--token-file {args.token_file}: its first line is empty")
+        return token
+    return os.environ.get("CMAPDASK_TOKEN", "").strip() or None
 
 
 def serve(args) -> int:
@@ -134,6 +177,7 @@ def serve(args) -> int:
                 space=args.space,
                 max_per_client=args.max_per_client,
                 batch_queries=args.batch_queries,
+                **({"max_body": args.max_body} if args.max_body else {}),
             )
         )
         host = f"[{args.host}]" if ":" in args.host else args.host

@@ -14,7 +14,7 @@ import numpy as np
 
 from cmapdask.errors import QueryError
 
-__all__ = ["QuerySet", "prepare_queries", "MIN_GENES", "MAX_GENES"]
+__all__ = ["QuerySet", "GeneTable", "prepare_queries", "MIN_GENES", "MAX_GENES"]
 
 MIN_GENES, MAX_GENES = 10, 150
 
@@ -35,14 +35,74 @@ class QuerySet:
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
-def _resolve(genes, pos, symbols) -> tuple[list[int], list[str], list[str]]:
+class GeneTable:
+    """Genes by id or symbol: an exact id, else an exact symbol, else a symbol in any case.
+
+    The one matching rule of queries (``cmapdask query``, the server's gene check, CLUE's
+    API): ``g51026`` is ``G51026`` when that is a symbol; a case-folded symbol shared by
+    two genes matches neither (no guess).
+    """
+
+    def __init__(self, gene_ids, gene_symbols=None):
+        self.ids = [str(g) for g in gene_ids]
+        self.pos = {g: i for i, g in enumerate(self.ids)}
+        self.symbols = [None] * len(self.ids) if gene_symbols is None else list(gene_symbols)
+        self.exact: dict[str, int] = {}
+        folded: dict[str, int | None] = {}
+        for i, s in enumerate(self.symbols):
+            if s is None or (isinstance(s, float) and s != s):
+                continue
+            s = str(s)
+            if s not in self.pos:
+                self.exact.setdefault(s, i)
+            k = s.casefold()
+            folded[k] = i if folded.get(k, i) == i else None  # None: ambiguous
+        self.folded = {k: i for k, i in folded.items() if i is not None}
+
+    def lookup(self, gene) -> int | None:
+        """The position of ``gene`` (an id or a symbol), or None."""
+        g = str(gene).strip()
+        p = self.pos.get(g)
+        if p is None:
+            p = self.exact.get(g)
+        if p is None:
+            p = self.folded.get(g.casefold())
+        return p
+
+    def account(self, genes, space_ids, space: str = "") -> list[dict]:
+        """Every given gene accounted for, in input order (CLUE's per-gene table).
+
+        ``status``: ``unknown`` (neither an id nor a symbol here), ``in_space`` (scored),
+        ``outside`` (measured but outside ``space_ids``, dropped) or ``duplicate`` (the
+        same gene given before in the list).
+        """
+        inside = {str(g) for g in space_ids}
+        rows, seen = [], set()
+        for given in genes:
+            p = self.lookup(given)
+            row = {"given": str(given).strip(), "gene_id": None, "symbol": None}
+            if p is None:
+                row["status"] = "unknown"
+            else:
+                s = self.symbols[p]
+                row["gene_id"] = self.ids[p]
+                row["symbol"] = None if s is None or s != s else str(s)
+                if self.ids[p] in seen:
+                    row["status"] = "duplicate"
+                else:
+                    seen.add(self.ids[p])
+                    row["status"] = "in_space" if self.ids[p] in inside else "outside"
+            row["space"] = space
+            rows.append(row)
+        return rows
+
+
+def _resolve(genes, table: GeneTable) -> tuple[list[int], list[str], list[str]]:
     keep, dropped, dups = [], [], []
     seen = set()
     for g in genes:
         g = str(g).strip()
-        p = pos.get(g)
-        if p is None and symbols is not None:
-            p = symbols.get(g)
+        p = table.lookup(g)
         if p is None:
             dropped.append(g)
         elif p in seen:
@@ -69,7 +129,8 @@ def prepare_queries(
     gene_ids : sequence of str
         The space's gene ids, in index order.
     gene_symbols : sequence of str, optional
-        Symbols of the same genes: a query gene that is not an id is looked up here.
+        Symbols of the same genes: a query gene that is not an id is looked up here,
+        exactly and then in any case (:class:`GeneTable`).
     space : str
         Name of the space, for messages.
 
@@ -86,13 +147,7 @@ def prepare_queries(
     """
     if not queries:
         raise QueryError("no queries given")
-    pos = {str(g): i for i, g in enumerate(gene_ids)}
-    symbols = None
-    if gene_symbols is not None:
-        symbols = {}
-        for i, s in enumerate(gene_symbols):
-            if s is not None and str(s) not in pos:
-                symbols.setdefault(str(s), i)
+    table = GeneTable(gene_ids, gene_symbols)
     names, ups, downs, report = [], [], [], []
     where = f" in space {space!r}" if space else ""
     for name, (up, down) in queries.items():
@@ -105,7 +160,7 @@ def prepare_queries(
                 sides.append(None)
                 row.update({f"n_{label}": 0, f"n_{label}_dropped": 0, f"{label}_dropped": ""})
                 continue
-            keep, dropped, dups = _resolve(genes, pos, symbols)
+            keep, dropped, dups = _resolve(genes, table)
             if not keep:
                 raise QueryError(
                     f"query {name!r}: the {label} set is empty after dropping "

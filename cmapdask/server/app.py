@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import tempfile
 import warnings
 from pathlib import Path
@@ -21,27 +20,30 @@ from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from cmapdask import __version__
+from cmapdask.connectivity.validation import MAX_GENES, MIN_GENES
 from cmapdask.errors import CmapdaskError, QueryError, StoreError
 from cmapdask.server import models as m
 from cmapdask.server.browse import Catalogue, page
+from cmapdask.server.errorpages import error_response, one_line
 from cmapdask.server.jobs import JobManager, QueueFull
+from cmapdask.server.security import DEFAULT_MAX_BODY, TOKEN_COOKIE, Guard, cookie_value, valid
 
 __all__ = ["create_app", "ServerSettings"]
 
 HERE = Path(__file__).parent
 MAX_UPLOAD = 1 << 20  # bytes per uploaded gene-set file
-MIN_GENES, MAX_GENES = 10, 150  # CLUE's advice: outside it warns
 _SUFFIX = re.compile(r"_(UP|DN)$", re.IGNORECASE)
+_STATUSES = ("unknown", "in_space", "outside", "duplicate")  # validation.GeneTable.account
 NATIVE = "/api/v1"  # the native API; CLUE's paths are under /api (server/clue.py)
 JobId = Annotated[str, PathParam(max_length=64, description="job id from POST /api/v1/queries")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -66,6 +68,7 @@ class ServerSettings:
         space: str | None = None,
         max_per_client: int = 8,
         batch_queries: int = 100,
+        max_body: int = DEFAULT_MAX_BODY,
     ):
         self.store = str(store)
         self.jobs_dir = jobs_dir
@@ -78,10 +81,7 @@ class ServerSettings:
         self.space = space
         self.max_per_client = max_per_client
         self.batch_queries = batch_queries
-
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())[:500] or "bad request"
+        self.max_body = max_body
 
 
 def _validation_line(errors) -> str:
@@ -89,8 +89,8 @@ def _validation_line(errors) -> str:
         return "invalid request"
     e = errors[0]
     where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body",))
-    msg = e.get("msg", "invalid value")
-    return _one_line(f"{where}: {msg}" if where else msg)
+    msg = e.get("msg", "invalid value").removeprefix("Value error, ")
+    return one_line(f"{where}: {msg}" if where else msg)
 
 
 def plotly_js() -> Path:
@@ -167,11 +167,19 @@ def create_app(settings: ServerSettings) -> FastAPI:
         f"({settings.store}).",
         lifespan=lifespan,
         dependencies=[Depends(known_params)],
-        responses={c: {"model": m.ErrorOut} for c in (400, 401, 404, 409, 413, 422, 429)},
+        docs_url=None,  # self-hosted below: Swagger UI from the package, no CDN
+        redoc_url=None,
+        responses={c: {"model": m.ErrorOut} for c in (400, 401, 403, 404, 409, 413, 422, 429)},
     )
     app.openapi = lambda: _openapi(app)
     app.state.catalogue, app.state.jobs, app.state.settings = cat, jobs, settings
-    if settings.cors_origins:
+    app.add_middleware(
+        Guard,
+        token=settings.token,
+        max_body=settings.max_body,
+        cors_origins=settings.cors_origins,
+    )
+    if settings.cors_origins:  # outside the guard: it answers preflights itself
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(
@@ -186,56 +194,26 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(QueueFull)
     async def _full(request, exc):
-        return JSONResponse(
-            {"detail": _one_line(exc)},
-            status_code=429,
-            headers={"Retry-After": str(exc.retry_after)},
-        )
+        return error_response(request.scope, 429, exc, {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(CmapdaskError)
     async def _bad(request, exc):
-        return JSONResponse({"detail": _one_line(exc)}, status_code=400)
+        return error_response(request.scope, 400, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc):
-        return JSONResponse({"detail": _validation_line(exc.errors())}, status_code=422)
+        return error_response(request.scope, 422, _validation_line(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def _http(request, exc):
-        return JSONResponse(
-            {"detail": _one_line(exc.detail)},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+        detail = (
+            "no page at this address"
+            if exc.status_code == 404 and exc.detail == ("Not Found")
+            else exc.detail
         )
+        return error_response(request.scope, exc.status_code, detail, exc.headers)
 
     # ------------------------------------------------------------------ helpers
-
-    def require_token(
-        authorization: Annotated[str | None, Header(max_length=500)] = None,
-        user_key_header: Annotated[
-            str | None,
-            Header(
-                alias="user_key",
-                convert_underscores=False,
-                max_length=500,
-                description="CLUE's key: the server's token",
-            ),
-        ] = None,
-        user_key: Annotated[
-            str | None, Query(max_length=500, description="CLUE's key: the server's token")
-        ] = None,
-    ) -> None:
-        if settings.token is None:
-            return
-        given = [(authorization or "").removeprefix("Bearer ").strip()]
-        given += [k.strip() for k in (user_key_header, user_key) if k]
-        want = settings.token.encode()
-        if not any(secrets.compare_digest(g.encode(), want) for g in given):
-            raise HTTPException(
-                401,
-                "a valid token is needed: Authorization: Bearer TOKEN, or CLUE's user_key "
-                "(header or query parameter)",
-            )
 
     def handle(space: str):
         if space not in spaces:
@@ -310,34 +288,32 @@ def create_app(settings: ServerSettings) -> FastAPI:
             "links": links,
         }
 
-    def check_genes(space: str, up: list[str], down: list[str]) -> dict:
-        h = handle(space)
-        pos = {str(g): i for i, g in enumerate(h.genes)}
-        sym = {}
-        if h.symbols is not None:
-            for i, s in enumerate(h.symbols):
-                if s is not None and str(s) not in pos:
-                    sym.setdefault(str(s), i)
-        store_genes = set(cat.genes.index)
-        if "gene_symbol" in cat.genes:
-            store_genes |= {str(s) for s in cat.genes["gene_symbol"] if s is not None}
+    store_genes: list = []  # the store's gene table, matched as queries match (built once)
+
+    def check_genes(space: str, up: list[str], down: list[str], any_size: bool = False) -> dict:
+        """Every gene of both lists accounted for (CLUE's per-gene status) and whether
+        the lists can be submitted as they are."""
+        from cmapdask.connectivity.validation import GeneTable
+
+        if not store_genes:
+            sym = cat.genes["gene_symbol"] if "gene_symbol" in cat.genes else None
+            store_genes.append(GeneTable(cat.genes.index, None if sym is None else list(sym)))
+        table, h = store_genes[0], handle(space)
         out, ids = {}, {}
         for side, genes in (("up", up), ("down", down)):
-            used, unknown, outside, dups, seen = [], [], [], [], set()
-            for g in genes:
-                g = str(g).strip()
-                p = pos.get(g, sym.get(g))
-                if p is None:
-                    (outside if g in store_genes else unknown).append(g)
-                elif p in seen:
-                    dups.append(g)
-                else:
-                    seen.add(p)
-                    used.append(str(h.genes[p]))
-            out[side] = {"used": used, "unknown": unknown, "outside": outside, "duplicates": dups}
+            rows = table.account(genes, h.genes, space)
+            pick = {k: [r["given"] for r in rows if r["status"] == k] for k in _STATUSES}
+            used = [r["gene_id"] for r in rows if r["status"] == "in_space"]
+            out[side] = {
+                "used": used,
+                "unknown": pick["unknown"],
+                "outside": pick["outside"],
+                "duplicates": pick["duplicate"],
+                "genes": rows,
+            }
             ids[side] = set(used)
         overlap = sorted(ids["up"] & ids["down"])
-        msgs = []
+        msgs, ok = [], not overlap and bool(ids["up"] or ids["down"])
         for side, genes in (("up", up), ("down", down)):
             n, s = len(out[side]["used"]), out[side]
             if s["unknown"]:
@@ -346,20 +322,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 )
             if s["outside"]:
                 msgs.append(
-                    f"{side}: {len(s['outside'])} gene(s) outside the {space} space: "
-                    f"{' '.join(s['outside'][:10])}"
+                    f"{side}: {len(s['outside'])} gene(s) measured but outside the {space} "
+                    f"space: {' '.join(s['outside'][:10])}"
                 )
             if genes and not n:
                 msgs.append(f"{side}: no gene of the list is in the {space} space")
+                ok = False
             elif n and not MIN_GENES <= n <= MAX_GENES:
-                msgs.append(f"{side}: {n} genes; CLUE queries use {MIN_GENES}-{MAX_GENES}")
+                msgs.append(f"{side}: {n} genes; CLUE's queries use {MIN_GENES}-{MAX_GENES}")
+                ok = ok and any_size
         if overlap:
             msgs.append(f"{len(overlap)} gene(s) in both lists (first: {overlap[0]})")
-        ok = (
-            not overlap
-            and bool(out["up"]["used"] or out["down"]["used"])
-            and not any(g and not out[s]["used"] for s, g in (("up", up), ("down", down)))
-        )
         return {"space": space, **out, "overlap": overlap, "messages": msgs, "ok": ok}
 
     def validate(req: m.QueryRequest) -> tuple[dict, list[str], list[dict], list[str]]:
@@ -399,13 +372,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     )
                 has = getattr(next(q for q in req.queries if q.name == row["query"]), side)
                 if has and not MIN_GENES <= n <= MAX_GENES:
-                    notes.append(
-                        f"query {row['query']}: {n} {side} genes; CLUE queries use "
-                        f"{MIN_GENES}-{MAX_GENES}"
+                    line = (
+                        f"query {row['query']!r}: {n} {side} genes in the {space} space; "
+                        f"CLUE's queries use {MIN_GENES}-{MAX_GENES}"
                     )
+                    if not req.allow_any_size:
+                        raise QueryError(f"{line} (allow_any_size runs it anyway)")
+                    notes.append(line)
         if req.tau != "none" and f"background/{space}" not in cat.members:
             notes.append(f"the store has no τ background for space {space}; τ will be empty")
-        request = req.model_dump()
+        request = req.model_dump(exclude={"allow_any_size"})  # a check, not a job parameter
         request["space"] = space
         return request, names, qs.report, notes
 
@@ -480,7 +456,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.post("/api/v1/genes/check", response_model=m.GeneCheck, tags=["queries"])
     def genes_check(body: m.GeneCheckIn) -> dict:
         """Which genes are unknown, outside the space, duplicated or in both lists."""
-        return check_genes(the_space(body.space), body.up, body.down)
+        return check_genes(the_space(body.space), body.up, body.down, body.allow_any_size)
 
     @app.post(
         "/api/v1/queries",
@@ -492,7 +468,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
             429: {"model": m.ErrorOut},
         },
         tags=["queries"],
-        dependencies=[Depends(require_token)],
     )
     def post_query(body: m.QueryRequest, request: Request):
         """Submit one or more queries as a job; returns its id and status (an identical
@@ -505,7 +480,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
         response_model=m.JobStatus,
         responses={400: {"model": m.ErrorOut}, 413: {"model": m.ErrorOut}},
         tags=["queries"],
-        dependencies=[Depends(require_token)],
     )
     async def post_query_files(
         request: Request,
@@ -517,6 +491,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         metric: Annotated[Literal["wtcs", "cs"], Form()] = "wtcs",
         tail: Annotated[Literal["both", "up", "down"], Form()] = "both",
         fdr: Annotated[Literal["auto", "null", "none"], Form()] = "auto",
+        allow_any_size: Annotated[bool, Form()] = False,
     ):
         """Submit queries as GMT/GRP uploads (as ``cmapdask query --up --down``)."""
         from cmapdask.io.gmt import pair_up_down
@@ -546,6 +521,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 metric=metric,
                 tail=tail,
                 fdr=fdr,
+                allow_any_size=allow_any_size,
             )
         except ValidationError as e:
             raise QueryError(_validation_line(e.errors())) from None
@@ -560,7 +536,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
         "/api/v1/queries/{job_id}",
         response_model=m.JobStatus,
         tags=["queries"],
-        dependencies=[Depends(require_token)],
     )
     def cancel_query(job_id: JobId):
         """Cancel a queued or running job."""
@@ -572,7 +547,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
         response_model=m.JobStatus,
         responses={400: {"model": m.ErrorOut}, 404: {"model": m.ErrorOut}},
         tags=["queries"],
-        dependencies=[Depends(require_token)],
     )
     def retry_query(job_id: JobId):
         """Queue a failed or cancelled job again (same id and request)."""
@@ -777,7 +751,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 settings.store, storage_options=settings.storage_options, pcls=settings.pcls
             ),
             jobs=jobs,
-            require_token=require_token,
             validate=validate,
             who=who,
             read_sets=_read_sets,
@@ -795,6 +768,43 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
     def plotly_file():
         return FileResponse(plotly_js(), media_type="application/javascript")
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs_page(request: Request):
+        return render(request, "docs.html")
+
+    def local(target: str | None) -> str:
+        # only a path of this server: never an open redirect
+        ok = target and target.startswith("/") and not target.startswith(("//", "/\\"))
+        return target if ok else "/"
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_page(request: Request, next: Text = None):  # noqa: A002 (the form's name)
+        return render(request, "login.html", next=local(next), failed=False)
+
+    @app.post("/login", include_in_schema=False)
+    def login(
+        request: Request,
+        token: Annotated[str, Form(max_length=500)],
+        next: Annotated[str, Form(max_length=2000)] = "/",  # noqa: A002
+    ):
+        if settings.token is None:
+            return RedirectResponse(local(next), status_code=303)
+        if not valid(settings.token, [token.strip()]):
+            return render(request, "login.html", status_code=401, next=local(next), failed=True)
+        out = RedirectResponse(local(next), status_code=303)
+        out.set_cookie(
+            TOKEN_COOKIE,
+            cookie_value(settings.token),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return out
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def query_page(request: Request):
@@ -860,9 +870,11 @@ def _read_sets(data: bytes, side: str) -> dict[str, list[str]]:
         path = os.path.join(tmp, "sets.gmt" if gmt else "sets.grp")
         with open(path, "wb") as fh:
             fh.write(data)
-        if gmt:
-            return read_gmt(path)
-        return {"query": read_grp(path)}
+        try:
+            return read_gmt(path) if gmt else {"query": read_grp(path)}
+        except CmapdaskError as e:
+            # the readers name the file: here a temporary one, never shown
+            raise QueryError(str(e).replace(path, f"the {side} file").replace(tmp, "")) from None
 
 
 def _openapi(app: FastAPI) -> dict:

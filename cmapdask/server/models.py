@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cmapdask.connectivity.validation import MAX_GENES, MIN_GENES
 
 __all__ = [
     "MAX_GENES_PER_LIST",
@@ -19,8 +22,12 @@ __all__ = [
 ]
 
 MAX_QUERIES = 25  # queries per job
-MAX_GENES_PER_LIST = 1000  # hard limit; CLUE's 10-150 only warns
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_GENES_PER_LIST = 1000  # hard limit; CLUE's 10-150 unless allow_any_size
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_ .-]{0,62}[A-Za-z0-9_.-])?")
+NAME_RULE = (
+    "a query name is 1-64 letters, digits, spaces and _ . -, starting with a letter or "
+    "digit and not ending in a space"
+)
 _GENE = r"^[^\s,;\t]{1,64}$"
 
 Space = Literal["landmark", "bing", "all"]
@@ -34,7 +41,7 @@ class _Strict(BaseModel):
 class QueryIn(_Strict):
     """One query: up and/or down genes as Entrez ids or gene symbols."""
 
-    name: str = Field("query", pattern=_NAME, description="query id (letters, digits, _.-)")
+    name: str = Field("query", description=NAME_RULE)
     up: list[str] | None = Field(
         None, max_length=MAX_GENES_PER_LIST, description="up-regulated genes"
     )
@@ -42,13 +49,18 @@ class QueryIn(_Strict):
         None, max_length=MAX_GENES_PER_LIST, description="down-regulated genes"
     )
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not _NAME.fullmatch(v):
+            raise ValueError(f"{v[:40]!r}: {NAME_RULE}")
+        return v
+
     @field_validator("up", "down")
     @classmethod
     def _genes(cls, v):
         if v is None:
             return v
-        import re
-
         bad = [g for g in v if not re.match(_GENE, g)]
         if bad:
             raise ValueError(f"gene {bad[0][:40]!r} is not an id or symbol")
@@ -65,6 +77,10 @@ class QueryRequest(_Strict):
     metric: Literal["wtcs", "cs"] = "wtcs"
     tail: Literal["both", "up", "down"] = "both"
     fdr: Literal["auto", "null", "none"] = "auto"
+    allow_any_size: bool = Field(
+        False,
+        description=f"run lists outside CLUE's {MIN_GENES}-{MAX_GENES} genes (refused by default)",
+    )
 
 
 class GeneCheckIn(_Strict):
@@ -73,6 +89,17 @@ class GeneCheckIn(_Strict):
     up: list[str] = Field(default_factory=list, max_length=MAX_GENES_PER_LIST)
     down: list[str] = Field(default_factory=list, max_length=MAX_GENES_PER_LIST)
     space: Space | None = None
+    allow_any_size: bool = False
+
+
+class GeneRow(BaseModel):
+    given: str
+    gene_id: str | None = Field(description="the store's gene id it matched, if any")
+    symbol: str | None
+    status: Literal["unknown", "in_space", "outside", "duplicate"] = Field(
+        description="unknown; in the space (scored); measured but outside the space; given before"
+    )
+    space: str
 
 
 class SideCheck(BaseModel):
@@ -80,6 +107,7 @@ class SideCheck(BaseModel):
     unknown: list[str] = Field(description="neither an id nor a symbol of the store")
     outside: list[str] = Field(description="genes of the store outside the space")
     duplicates: list[str]
+    genes: list[GeneRow] = Field(description="every given gene, in input order")
 
 
 class GeneCheck(BaseModel):

@@ -43,3 +43,5 @@ const cmap = {
     if (onSort) el.querySelectorAll("th").forEach(th => th.addEventListener("click", () => onSort(th.dataset.col)));
   },
 };
+// forms driven by script never navigate (Enter in a field included; no inline handlers: CSP)
+document.querySelectorAll("form[data-no-submit]").forEach(f => f.addEventListener("submit", e => e.preventDefault()));
