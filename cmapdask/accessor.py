@@ -8,6 +8,7 @@ with :func:`cmapdask.open_store` (which records ``attrs["store_url"]``).
 
 from __future__ import annotations
 
+import pandas as pd
 import xarray as xr
 
 from cmapdask.errors import InputError
@@ -47,6 +48,9 @@ class CmapAccessor:
 
         The result is restricted to this dataset's signatures when it is a subset of the
         store (a lazy selection: the query itself still reads only its genes' rows).
+        ``scored=`` (all, touchstone or a filter) chooses the signatures scored, as for
+        :func:`cmapdask.query`: NCS then normalises within that set, as CLUE's within
+        Touchstone.
         """
         from cmapdask.connectivity import query
 
@@ -54,7 +58,8 @@ class CmapAccessor:
         if result.sizes["sig"] != self._ds.sizes["sig"] or not result.indexes["sig"].equals(
             self._ds.indexes["sig"]
         ):
-            result = result.sel(sig=self._ds["sig"].values)
+            mine = self._ds["sig"].values
+            result = result.sel(sig=mine[pd.Index(mine).isin(result.indexes["sig"])])
         return result
 
     # -- data access (the store's tables; cmapdask.data) --------------------------------

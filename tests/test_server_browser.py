@@ -231,3 +231,32 @@ def test_login_page_and_offline_docs(guarded, browser):
     browser.find_element(By.ID, "home").click()
     wait.until(ec.presence_of_element_located((By.ID, "up")))
     _no_csp_violation(browser)
+
+
+def test_query_page_scored_set(server, browser, data):
+    """The Query page's Scored box: the job scores only that set; a bad filter is one
+    line under the form and no job."""
+    from cmapdask import open_store
+
+    n_ts = int((open_store(data["store"])["is_touchstone"].values == 1).sum())
+    up, dn = planted_query(data["design"], moa=2)
+    browser.get(server.url + "/")
+    _fill(browser, "up", "\n".join(up))
+    _fill(browser, "down", "\n".join(dn))
+    _fill(browser, "scored", "tas >")
+    browser.find_element(By.ID, "submit").click()
+    wait = WebDriverWait(browser, 60)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "error"), "scored"))
+    assert "/jobs/" not in browser.current_url
+    assert len(browser.find_element(By.ID, "error").text.splitlines()) == 1
+    _fill(browser, "scored", "is_touchstone == 1")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 30).until(ec.url_contains("/jobs/"))
+    job_id = browser.current_url.rsplit("/", 1)[1]
+    WebDriverWait(browser, 240).until(lambda d: d.find_element(By.ID, "status").text == "done")
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        page = c.get(
+            f"/api/v1/queries/{job_id}/results", params={"level": "sig", "limit": 500}
+        ).json()
+    assert page["total"] == n_ts and all(r["is_touchstone"] == 1 for r in page["items"])
+    _shot(browser, "query_scored")

@@ -100,7 +100,15 @@ def register(subparsers) -> None:
     p.add_argument(
         "--reference",
         default="all",
-        help="NCS reference: all, touchstone, or " + FILTER_HELP,
+        help="NCS reference: all, touchstone, or " + FILTER_HELP + "; only signatures "
+        "of the scored set count",
+    )
+    p.add_argument(
+        "--scored",
+        default="all",
+        help="signatures scored: all (default), touchstone (as CLUE), or "
+        + FILTER_HELP
+        + "; the result is what a store of only these would give",
     )
     p.add_argument(
         "--grouping",
@@ -225,6 +233,7 @@ def run_query(args) -> int:
             metric=args.metric,
             tail=args.tail,
             reference=args.reference,
+            scored=args.scored,
             grouping=_grouping(args.grouping),
             tau=args.tau,
             fdr=args.fdr,

@@ -84,7 +84,13 @@ def _score_range(handle: IndexHandle, qs, tails, metric, start, stop, sig_pos=No
         # as stored, gene-major: the kernel transposes a cache-sized tile at a time
         r, s = handle.read_gene_major(genes, start, stop, scores=metric == "wtcs")
         return score_block(r, s, qs, tails, handle.n_genes, metric, layout="gene")
-    r, s = handle.read_sigs(sig_pos[start:stop])
+    pos = sig_pos[start:stop]
+    if 2 * genes.size < handle.n_genes:
+        # a few genes (a query, a scored subset): only their rows, the chosen signatures'
+        r, s = handle.read_gene_major_at(genes, pos, scores=metric == "wtcs")
+        return score_block(r, s, qs, tails, handle.n_genes, metric, layout="gene")
+    # most genes (introspect's batches of top/bottom sets): whole signatures
+    r, s = handle.read_sigs(pos)
     r, s = r[:, genes], (s[:, genes] if metric == "wtcs" else None)
     return score_block(r, s, qs, tails, handle.n_genes, metric)
 
@@ -111,7 +117,9 @@ def score_index(
     chunk_rows : int, optional
         Signatures per task (rounded to the index's blocks).
     sig_pos : array of int, optional
-        Score only these signatures (positions in the index), e.g. for introspect.
+        Score only these signatures (ascending positions in the index): a scored subset
+        or introspect's set. Few genes are read as their rows of the chosen signatures
+        only (:meth:`IndexHandle.read_gene_major_at`), many as whole signatures.
 
     Notes
     -----
@@ -126,8 +134,11 @@ def score_index(
         chunks = handle.sig_chunks(chunk_rows)
     else:
         sig_pos = np.asarray(sig_pos, dtype=np.int64)
-        rows = chunk_rows or 4096
-        chunks = tuple(min(rows, sig_pos.size - i) for i in range(0, sig_pos.size, rows))
+        if chunk_rows is None:  # as the index of a store of only these would be split
+            chunks = handle.sig_chunks(None, n=sig_pos.size)
+        else:
+            rows = chunk_rows
+            chunks = tuple(min(rows, sig_pos.size - i) for i in range(0, sig_pos.size, rows))
     nq = len(qs.names)
     h, q = dask.delayed(handle, pure=True), dask.delayed(qs, pure=True)
     p = dask.delayed(sig_pos, pure=True) if sig_pos is not None else None

@@ -194,12 +194,13 @@ class IndexHandle:
             or meta["rank"].encoding.get("preferred_chunks", {}).get("sig", self.n_sig)
         )
 
-    def sig_chunks(self, target_rows: int | None = None) -> tuple[int, ...]:
-        """Signature blocks aligned with the index's own blocks."""
+    def sig_chunks(self, target_rows: int | None = None, n: int | None = None) -> tuple[int, ...]:
+        """Signature blocks aligned with the index's own blocks (of ``n`` signatures, all
+        by default: a scored subset gets the blocks a store of only it would have)."""
         rows = self.chunk_rows
         if target_rows and target_rows > rows:
             rows = max(rows, target_rows // rows * rows)
-        full, rest = divmod(self.n_sig, rows)
+        full, rest = divmod(self.n_sig if n is None else n, rows)
         return (rows,) * full + ((rest,) if rest else ())
 
     def _arrays(self):
@@ -238,6 +239,30 @@ class IndexHandle:
         r = _read_rows(rank, genes, start, stop)
         s = _read_rows(score, genes, start, stop) if scores else None
         return r, s
+
+    def read_gene_major_at(
+        self, genes: np.ndarray, sig_pos: np.ndarray, *, scores: bool = True, gap: int = 1024
+    ):
+        """``(rank, score)`` of ``genes`` for the chosen signatures only (ascending
+        positions), ``(len(genes), len(sig_pos))``.
+
+        Chosen signatures at most ``gap`` apart are read as one range of each gene row
+        (one read instead of many tiny ones), then the chosen columns are kept: a sparse
+        subset never reads other genes' rows nor the index blocks between its runs.
+        """
+        pos = np.asarray(sig_pos, dtype=np.int64)
+        cut = np.flatnonzero(np.diff(pos) > gap) + 1
+        ranks, values = [], []
+        for run in np.split(pos, cut) if pos.size else []:
+            lo = int(run[0])
+            r, s = self.read_gene_major(genes, lo, int(run[-1]) + 1, scores=scores)
+            ranks.append(r[:, run - lo])
+            values.append(s[:, run - lo] if s is not None else None)
+        if not ranks:
+            rank, score = self._arrays()
+            empty = np.empty((np.size(genes), 0), dtype=rank.dtype)
+            return empty, (np.empty((np.size(genes), 0), dtype=score.dtype) if scores else None)
+        return np.concatenate(ranks, axis=1), (np.concatenate(values, axis=1) if scores else None)
 
     def read_sigs(self, sig_pos: np.ndarray):
         """All genes' ``(rank, score)`` of chosen signatures, ``(len(sig_pos), N)``."""

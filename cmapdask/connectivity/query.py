@@ -26,9 +26,17 @@ from cmapdask.connectivity.validation import prepare_queries
 from cmapdask.errors import InputError, MetadataError, StoreError
 from cmapdask.io.store import has_member, open_member, open_store
 from cmapdask.model.provenance import provenance_record
-from cmapdask.where import parse, selection_text
+from cmapdask.where import SELECTION_WORDS, parse, selection_text
 
-__all__ = ["query", "select_signatures", "sig_groups", "normalize", "background_name"]
+__all__ = [
+    "query",
+    "select_signatures",
+    "scored_positions",
+    "scored_set",
+    "sig_groups",
+    "normalize",
+    "background_name",
+]
 
 TauMethod = Literal["binned", "exact", "none"]
 FDRMethod = Literal["auto", "null", "random", "none"]
@@ -222,7 +230,42 @@ def _pair(up, down) -> dict:
     raise InputError("a query needs an up set, a down set, or both")
 
 
-def _tau_blockwise(ncs, ds, space, store_url, method, storage_options):
+def _filter(sel, what: str):
+    """A selection word, mask or Expr as given; text parsed now, so that a bad filter is
+    one line naming the option."""
+    if not isinstance(sel, str) or sel in SELECTION_WORDS:
+        return sel
+    try:
+        return parse(sel)
+    except InputError as e:
+        raise InputError(f"{what}: {e}") from None
+
+
+def scored_positions(ds: xr.Dataset, scored, store) -> np.ndarray | None:
+    """Ascending positions of the scored signatures, or None when all are scored.
+
+    Raises ``InputError`` (one line) when the selection is empty.
+    """
+    if scored is None or (isinstance(scored, str) and scored == "all"):
+        return None
+    keep = select_signatures(ds, scored)
+    if not keep.any():
+        raise InputError(f"scored set {selection_text(scored)!r} selects no signature of {store}")
+    return None if keep.all() else np.flatnonzero(keep)
+
+
+def scored_set(store, scored="all", *, storage_options: dict | None = None) -> int:
+    """How many signatures ``scored`` selects in ``store`` (metadata only; cached).
+
+    Raises ``InputError`` (one line) for a bad filter or an empty selection: what a
+    query with ``scored=`` would refuse, checked before a job is queued.
+    """
+    ds = open_store_cached(store, storage_options=storage_options)
+    pos = scored_positions(ds, _filter(scored, "scored"), store)
+    return ds.sizes["sig"] if pos is None else int(pos.size)
+
+
+def _tau_blockwise(ncs, ds, pos, space, store_url, method, storage_options):
     name = background_name(space)
     if method == "none":
         return None, "not computed"
@@ -234,16 +277,23 @@ def _tau_blockwise(ncs, ds, space, store_url, method, storage_options):
         )
         return da.full(ncs.shape, np.nan, chunks=ncs.chunks), "no background"
     bg = open_member(store_url, name, storage_options=storage_options)
-    pos = pd.Index(ds["sig"].values).get_indexer(bg["sig_bg"].values)
-    if (pos < 0).any():
+    at = pd.Index(ds["sig"].values).get_indexer(bg["sig_bg"].values)
+    if (at < 0).any():
         raise StoreError(f"{store_url}: the τ background names signatures not in the store")
-    sub = ncs[:, pos]
-    if method == "binned":
-        tau_sub = tau_binned(sub, bg["tables_sig"].data)
-    else:
-        tau_sub = tau_exact(sub, bg["ncs_ref"].data)
+    if pos is not None:  # the background's columns among the scored signatures
+        col = np.full(ds.sizes["sig"], -1, dtype=np.int64)
+        col[pos] = np.arange(pos.size)
+        at = col[at]
+    have = np.flatnonzero(at >= 0)
     out = da.full(ncs.shape, np.nan, chunks=ncs.chunks)
-    out[:, pos] = tau_sub
+    if not have.size:
+        return out, f"{method} background from {name}"
+    sub = ncs[:, at[have]]
+    if method == "binned":
+        tau_sub = tau_binned(sub, bg["tables_sig"].data[have])
+    else:
+        tau_sub = tau_exact(sub, bg["ncs_ref"].data[:, have])
+    out[:, at[have]] = tau_sub
     return out, f"{method} background from {name}"
 
 
@@ -260,6 +310,7 @@ def query(
     metric: Metric = "wtcs",
     tail: Tail = "both",
     reference="all",
+    scored="all",
     grouping: Grouping | Sequence[str] = "pert_type_cell",
     tau: TauMethod = "binned",
     fdr: FDRMethod = "auto",
@@ -285,8 +336,15 @@ def query(
     tail : {"both", "up", "down"}
         Two-tailed WTCS, or the up (ES_up) or the down (−ES_down) set alone.
     reference : {"all", "touchstone"} or str
-        NCS reference signatures: all, Touchstone (``is_touchstone == 1``), or a pandas
-        expression over signature metadata.
+        NCS reference signatures: all, Touchstone (``is_touchstone == 1``), or a filter
+        of :mod:`cmapdask.where` over signature metadata; only those in the scored set
+        count.
+    scored : {"all", "touchstone"} or str
+        The signatures scored (CLUE scores Touchstone): all, Touchstone, or a filter as
+        for ``reference``. The result holds only them, exactly as a query of a store
+        holding only them: NCS groups are the scored set's (``pert_type:cell_id``), FDR's
+        null signatures those among it; τ is read from the store's background (built
+        over the reference compendium, as CLUE's), for the scored signatures in it.
     grouping : {"pert_type_cell", "global"} or list of str
         NCS groups: CMap's ``pert_type:cell_id``, one global group, or other fields.
     tau : {"binned", "exact", "none"}
@@ -313,7 +371,8 @@ def query(
     Notes
     -----
     Reads the store's metadata and, per query batch, only the index rows of the batch's
-    genes (``6 * n_union_genes * n_sig`` bytes). Holds per task one block of those rows
+    genes (``6 * n_union_genes * n_sig`` bytes; with ``scored``, of the scored
+    signatures only). Holds per task one block of those rows
     and its ``query x block`` results; NCS needs one reduction over all signatures before
     normalising, and FDR one pass per query over all of its scores (``8 * n_sig`` bytes
     per query).
@@ -326,23 +385,33 @@ def query(
     ):
         if value not in allowed:
             raise InputError(f"{name} must be one of {allowed}, not {value!r}")
-    if isinstance(reference, str) and reference not in ("all", "touchstone"):
-        reference = parse(reference)  # a bad filter fails before anything is read
-    ds = open_store_cached(store, storage_options=storage_options)
+    # a bad filter fails before anything is read
+    reference, scored = _filter(reference, "reference"), _filter(scored, "scored")
+    full = open_store_cached(store, storage_options=storage_options)
     handle = open_index(store, space=space, storage_options=storage_options)
-    _check_index(handle, ds)
+    _check_index(handle, full)
+    pos = scored_positions(full, scored, store)
+    ds = full if pos is None else full.isel(sig=pos)
     pairs = _pair(_as_sets(up, "up"), _as_sets(down, "down"))
     qs = prepare_queries(pairs, handle.genes, gene_symbols=handle.symbols, space=space)
-    raw = score_index(handle, qs, metric=metric, tail=tail, chunk_rows=chunk_rows)
-    groups, codes = _groups_cached(ds, grouping)
-    is_ref = select_signatures(ds, reference)
-    if not is_ref.any():
-        raise InputError(f"reference {selection_text(reference)!r} selects no signature")
-    ncs, _ = normalize(raw[0], codes, is_ref, groups)
-    ps, tau_note = _tau_blockwise(ncs, ds, space, store, tau, storage_options)
-    fdr_used, fdr_q = _fdr(
-        fdr, ncs, ds, handle, qs, metric, tail, codes, is_ref, groups, n_random, seed, chunk_rows
+    score = partial(
+        score_index, handle, metric=metric, tail=tail, chunk_rows=chunk_rows, sig_pos=pos
     )
+    raw = score(qs)
+    groups, codes = _groups_cached(full, grouping)
+    if pos is not None:  # the scored set's own groups, as a store of only them has
+        groups, codes = np.unique(groups[codes[pos]].astype(str), return_inverse=True)
+        groups = groups.astype(object)
+    is_ref = select_signatures(full, reference)
+    is_ref = is_ref if pos is None else is_ref[pos]
+    if not is_ref.any():
+        raise InputError(
+            f"reference {selection_text(reference)!r} selects no signature"
+            + ("" if pos is None else f" of the scored set {selection_text(scored)!r}")
+        )
+    ncs, _ = normalize(raw[0], codes, is_ref, groups)
+    ps, tau_note = _tau_blockwise(ncs, full, pos, space, store, tau, storage_options)
+    fdr_used, fdr_q = _fdr(fdr, ncs, ds, handle, qs, score, codes, is_ref, groups, n_random, seed)
     dims = ("query", "sig")
     data = {f: (dims, raw[i]) for i, f in enumerate(FIELDS)}
     data["ncs"] = (dims, ncs.astype(np.float32))
@@ -362,6 +431,8 @@ def query(
         tail=tail,
         reference=selection_text(reference),
         n_reference=int(is_ref.sum()),
+        scored=selection_text(scored),
+        n_scored=int(ds.sizes["sig"]),
         grouping=grouping if isinstance(grouping, str) else list(grouping),
         ncs_fallback="median of groups with the same pert_type, else cell_id, else all",
         tau=tau_note,
@@ -392,9 +463,7 @@ def _check_index(handle: IndexHandle, ds: xr.Dataset) -> None:
         )
 
 
-def _fdr(
-    method, ncs, ds, handle, qs, metric, tail, codes, is_ref, groups, n_random, seed, chunk_rows
-):
+def _fdr(method, ncs, ds, handle, qs, score, codes, is_ref, groups, n_random, seed):
     null = select_signatures(ds, "is_null_sig == 1") if "is_null_sig" in ds.coords else None
     has_null = null is not None and null.any()
     if method == "auto":
@@ -421,7 +490,7 @@ def _fdr(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rqs = prepare_queries(rand, handle.genes)
-    rraw = score_index(handle, rqs, metric=metric, tail=tail, chunk_rows=chunk_rows)
+    rraw = score(rqs)
     rncs, _ = normalize(rraw[0], codes, is_ref, groups)
     which = [sizes.index((u.size, d.size)) for u, d in zip(qs.up, qs.down, strict=False)]
     q = da.blockwise(

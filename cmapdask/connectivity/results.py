@@ -289,6 +289,8 @@ def _config(meta: Mapping, summaries) -> dict:
         "score_dir": meta.get("store"),
         "reference": meta.get("reference"),
         "n_reference": meta.get("n_reference"),
+        "scored": meta.get("scored"),
+        "n_scored": meta.get("n_scored"),
         "grouping": meta.get("grouping"),
         "tau": meta.get("tau"),
         "tau_background": sm.get("tau_background") if summaries is not None else None,

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from cmapdask import __version__
+from cmapdask.connectivity.query import scored_set
 from cmapdask.connectivity.validation import MAX_GENES, MIN_GENES
 from cmapdask.errors import CmapdaskError, QueryError, StoreError
 from cmapdask.server import models as m
@@ -358,6 +359,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 "or all down only); submit the others as another job"
             )
         h = handle(space)
+        scored_set(settings.store, req.scored, storage_options=settings.storage_options)
         pairs = {q.name: (q.up, q.down) for q in req.queries}
         # its size warning is filtered above (catch_warnings is not thread-safe)
         qs = prepare_queries(pairs, h.genes, gene_symbols=h.symbols, space=space)
@@ -487,6 +489,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         down: Annotated[UploadFile | None, File(description="GMT or GRP: down sets")] = None,
         space: Annotated[Literal["landmark", "bing", "all"] | None, Form()] = None,
         reference: Annotated[Literal["all", "touchstone"], Form()] = "all",
+        scored: Annotated[str, Form(max_length=2000)] = "all",
         tau: Annotated[Literal["binned", "exact", "none"], Form()] = "binned",
         metric: Annotated[Literal["wtcs", "cs"], Form()] = "wtcs",
         tail: Annotated[Literal["both", "up", "down"], Form()] = "both",
@@ -517,6 +520,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 queries=[m.QueryIn(name=k, up=u, down=d) for k, (u, d) in pairs.items()],
                 space=space,
                 reference=reference,
+                scored=scored,
                 tau=tau,
                 metric=metric,
                 tail=tail,

@@ -58,7 +58,7 @@ __all__ = ["Job", "JobManager", "QueueFull", "LEVELS", "summary_tables"]
 LEVELS = ["sig", "pert_cell", "pert_summary", "pcl_cell", "pcl_summary"]
 _ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _FINAL = ("done", "failed", "cancelled")
-_OPTIONS = ("space", "metric", "tail", "reference", "tau", "fdr")
+_OPTIONS = ("space", "metric", "tail", "reference", "scored", "tau", "fdr")
 
 
 class QueueFull(CmapdaskError):
@@ -455,6 +455,7 @@ class JobManager:
             metric=req["metric"],
             tail=req["tail"],
             reference=req["reference"],
+            scored=req.get("scored", "all"),  # jobs of servers before --scored: all
             tau=req["tau"],
             fdr=req["fdr"],
         )

@@ -73,6 +73,13 @@ class QueryRequest(_Strict):
     queries: list[QueryIn] = Field(min_length=1, max_length=MAX_QUERIES)
     space: Space | None = Field(None, description="feature space (default: the server's)")
     reference: Literal["all", "touchstone"] = "all"
+    scored: str = Field(
+        "all",
+        min_length=1,
+        max_length=2000,
+        description="signatures scored: all, touchstone (as CLUE) or a signature filter "
+        "such as \"cell_id in ('MCF7', 'PC3')\" (as `cmapdask query --scored`)",
+    )
     tau: Literal["binned", "exact", "none"] = "binned"
     metric: Literal["wtcs", "cs"] = "wtcs"
     tail: Literal["both", "up", "down"] = "both"

@@ -52,7 +52,8 @@
     if (down.length) q.down = down;
     try {
       const job = await cmap.api("POST", "/api/v1/queries", {
-        queries: [q], space: $("space").value, reference: $("reference").value, tau: $("tau").value,
+        queries: [q], space: $("space").value, reference: $("reference").value,
+        scored: $("scored").value.trim() || "all", tau: $("tau").value,
         allow_any_size: $("any-size").checked,
       });
       window.location.href = "/jobs/" + encodeURIComponent(job.id);
