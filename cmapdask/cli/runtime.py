@@ -41,6 +41,7 @@ from collections.abc import Iterator
 import dask
 
 from cmapdask import config as _config  # noqa: F401  (registers defaults)
+from cmapdask.cli.options import positive_int, scheduler_text
 from cmapdask.errors import InfrastructureError, InputError
 
 __all__ = ["add_cluster_args", "dask_client", "progress", "say", "scheduler_target"]
@@ -71,6 +72,7 @@ def add_cluster_args(parser) -> None:
     parser.add_argument(
         "--scheduler",
         dest="scheduler",
+        type=scheduler_text,
         default=None,
         metavar="local|none|ADDRESS|FILE",
         help="Dask scheduler to run on: local (a local cluster), none (threads in this "
@@ -85,7 +87,10 @@ def add_cluster_args(parser) -> None:
         help=argparse.SUPPRESS,
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="local cluster: number of worker processes"
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="local cluster: number of worker processes",
     )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars or dashboard address"
