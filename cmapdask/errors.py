@@ -21,6 +21,7 @@ __all__ = [
     "InputError",
     "InfrastructureError",
     "NonFiniteWarning",
+    "TextWarning",
     "TransferError",
 ]
 
@@ -77,6 +78,10 @@ class TransferError(InfrastructureError, ConnectionError):
 
 class NonFiniteWarning(UserWarning):
     """A matrix holds NaN or infinite values (stored as they are; ``index`` refuses them)."""
+
+
+class TextWarning(UserWarning):
+    """Ids or metadata that are not UTF-8, decoded as latin-1 (io.meta.decode_bytes)."""
 
 
 def require(module: str, extra: str, what: str):

@@ -204,7 +204,7 @@ def test_cli_and_errors(http_server, tmp_path, capsys):
         ]
     )
     err = capsys.readouterr().err
-    assert code == 75 and err.count("\n") == 1 and "not on the server" in err
+    assert code == 2 and err.count("\n") == 1 and "not on the server" in err
     assert main(["download", "LINCS2020", str(tmp_path), "--files", "nope*"]) == 2
 
 

@@ -182,8 +182,9 @@ def test_append_refuses_bad_input(data, tmp_path):
         with pytest.raises(InputError, match="gene metadata is fixed"):
             append(root, d / "new.gctx", gene_info=d / "info.txt")
         assert len(list_versions(root)) == 1  # refused appends leave no version
-        with pytest.raises(StoreError, match="no versions"):
+        with pytest.raises(StoreError, match="no such collection"):
             rebuild(str(tmp_path / "nothing"))
+        assert not (tmp_path / "nothing").exists()  # the lock created no folder
 
 
 def test_reconcile_fields():

@@ -55,8 +55,11 @@ def _snapshot(root) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("outputs"))
+
+
+def make_world(d) -> dict:
     """A GCTx, an indexed store with tables, and a query's gene ids."""
-    d = tmp_path_factory.mktemp("outputs")
     ds = synth_dataset(synth_design(24, seed=4), metadata="tables").compute()
     write_gctx(ds, d / "ok.gctx")
     url = str(d / "S.zarr")
@@ -397,12 +400,18 @@ NO_CLUSTER_ARGS = {"sql", "sigs", "moas", "download", "serve"}
 
 @pytest.mark.parametrize("setup,code,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_case_is_one_line_and_touches_nothing(world, tmp_path, setup, code, words):
+    run_case(world, tmp_path, setup, code, words)
+
+
+def run_case(world, tmp_path, setup, code, words, *, no_cluster=NO_CLUSTER_ARGS) -> None:
+    """Run one case's command line; assert one error line, its exit code and words, and
+    that nothing changed in its folder, the world's folder or the current folder."""
     work = tmp_path / "work"
     work.mkdir()
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     argv = [str(a) for a in setup(world, work)]
-    if argv[0] not in NO_CLUSTER_ARGS:
+    if argv[0] not in no_cluster:
         argv += [] if "--scheduler" in argv else ["--scheduler", "none"]
         argv += ["--quiet"]
     before, before_store = _snapshot(work), _snapshot(world["dir"])

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import get_args
 
-from cmapdask.cli.options import json_object
+from cmapdask.cli.options import choice_list, json_object, quantity_list, zero_one_list
 from cmapdask.errors import InputError
 from cmapdask.model.types import Space
 
@@ -75,6 +75,15 @@ _FILTERS = {
 }
 
 
+# filter values checked as they are parsed (one line, exit 2): a typo matches nothing
+_TYPES = {
+    "is_touchstone": zero_one_list,
+    "pert_idose": quantity_list,
+    "pert_itime": quantity_list,
+    "feature_space": choice_list("landmark", "best inferred", "inferred", "bing", "all"),
+}
+
+
 def _store_opts(p) -> None:
     p.add_argument("store", metavar="STORE", help="signature store URL")
     p.add_argument(
@@ -92,7 +101,8 @@ def register(sub) -> None:
         p = sub.add_parser(command, help=help_text, description=help_text)
         _store_opts(p)
         for flag, key, h in options:
-            p.add_argument(flag, dest=key, default=None, metavar="V[,V...]", help=h)
+            kind = _TYPES.get(key, str)
+            p.add_argument(flag, dest=key, type=kind, default=None, metavar="V[,V...]", help=h)
         p.add_argument("--where", default=None, help='field expression, e.g. "tas > 0.3"')
         p.add_argument("--all-fields", action="store_true", help="every field, not the main ones")
         p.add_argument("--limit", type=_positive, default=None, help="at most N rows")

@@ -63,7 +63,7 @@ def register(sub) -> None:
     p.add_argument("--mad-floor", type=float, default=0.1, help="floor on the MAD (default 0.1)")
     p.add_argument(
         "--min-reference",
-        type=int,
+        type=positive_int,
         default=2,
         help="fewest reference wells a plate may have (default 2)",
     )

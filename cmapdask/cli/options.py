@@ -10,7 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 
-__all__ = ["positive_int", "nonnegative_int", "json_object"]
+__all__ = [
+    "positive_int",
+    "nonnegative_int",
+    "json_object",
+    "scheduler_text",
+    "choice_list",
+    "zero_one_list",
+    "quantity_list",
+]
 
 
 def _int(text: str, what: str) -> int:
@@ -48,3 +56,49 @@ def json_object(text: str) -> dict:
             f"must be a JSON object such as '{{\"anon\": true}}', not {text!r}"
         )
     return value
+
+
+def scheduler_text(text: str) -> str:
+    """``--scheduler``: an empty value is a mistake, never "use the default"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value; give local, none, an address or a file")
+    return text
+
+
+def _items(text: str) -> list[str]:
+    items = [s.strip() for s in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"an empty value in {text!r}")
+    return items
+
+
+def choice_list(*choices: str):
+    """Comma-separated values, each one of ``choices`` (any case)."""
+
+    def parse(text: str) -> str:
+        bad = [x for x in _items(text) if x.lower() not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"{bad[0]!r} is not one of {', '.join(map(repr, choices))}"
+            )
+        return text
+
+    return parse
+
+
+def zero_one_list(text: str) -> str:
+    """Comma-separated flags: 1 (yes) or 0 (no)."""
+    bad = [x for x in _items(text) if x not in ("0", "1")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"must be 1 or 0, not {bad[0]!r}")
+    return text
+
+
+def quantity_list(text: str) -> str:
+    """Comma-separated quantities such as ``10 uM`` or ``24 h`` (a number, then a unit)."""
+    from cmapdask.data.filters import _QTY  # the one spelling rule of doses and times
+
+    bad = [x for x in _items(text) if not _QTY.match(x)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"not a quantity such as '10 uM' or '24 h': {bad[0]!r}")
+    return text

@@ -10,6 +10,7 @@ after retries: resubmit as is -- a rerun resumes from completed blocks); 1 a bug
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import get_args
 
@@ -95,7 +96,12 @@ def _guard(args, fn) -> int:
 
         if isinstance(e, CmapdaskError) or not _transient(e):
             raise
-        say(args, f"cmapdask: transient failure, rerun to resume: {type(e).__name__}: {e}")
+        # an error line, shown even with --quiet (the exit code alone says too little)
+        print(
+            f"cmapdask: error: transient failure, rerun to resume: {type(e).__name__}: "
+            + " ".join(str(e).split()),
+            file=sys.stderr,
+        )
         return EXIT_TRANSIENT
 
 

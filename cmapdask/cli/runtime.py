@@ -41,6 +41,7 @@ from collections.abc import Iterator
 import dask
 
 from cmapdask import config as _config  # noqa: F401  (registers defaults)
+from cmapdask.cli.options import positive_int, scheduler_text
 from cmapdask.errors import InfrastructureError, InputError
 
 __all__ = ["add_cluster_args", "dask_client", "progress", "say", "scheduler_target"]
@@ -71,6 +72,7 @@ def add_cluster_args(parser) -> None:
     parser.add_argument(
         "--scheduler",
         dest="scheduler",
+        type=scheduler_text,
         default=None,
         metavar="local|none|ADDRESS|FILE",
         help="Dask scheduler to run on: local (a local cluster), none (threads in this "
@@ -85,7 +87,10 @@ def add_cluster_args(parser) -> None:
         help=argparse.SUPPRESS,
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="local cluster: number of worker processes"
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="local cluster: number of worker processes",
     )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars or dashboard address"
@@ -126,20 +131,6 @@ def scheduler_target(args) -> tuple[str, str]:
     return "file", target
 
 
-@contextlib.contextmanager
-def _sigint_ignored_in_children() -> Iterator[None]:
-    """Start worker processes with SIGINT ignored, so Ctrl-C reaches only this process
-    (which stops the cluster itself) and no worker prints a traceback."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
 class _ErrorCounter(logging.Handler):
     """Counts failed state transitions logged by an in-process (local) scheduler, whose
     logs are otherwise silenced."""
@@ -163,25 +154,37 @@ def _start_local(args):
     n = n or max(1, min(os.cpu_count() or 1, 4))
     threads = dask.config.get("cmapdask.cluster.local.threads_per_worker")
     memory = dask.config.get("cmapdask.cluster.local.memory_limit")
-    with _sigint_ignored_in_children():
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=threads,
-            memory_limit=memory,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=50,
-        )
-    _silence_distributed()
-    log = logging.getLogger("distributed.scheduler")
-    log.setLevel(logging.ERROR)
-    log.propagate = False  # counted, not printed
-    if _LOCAL_ERRORS not in log.handlers:
-        log.addHandler(_LOCAL_ERRORS)
+    from cmapdask.interrupts import deferred_interrupt
+    from cmapdask.rebuild.faults import checkpoint
+
+    # Ctrl-C while the cluster starts is held until it is up, then closes it (exit 130):
+    # never ignored, never a half-started cluster left behind. The workers ignore SIGINT
+    # (their preload): only this process stops the cluster, and no worker prints.
+    cluster = client = None
     try:
-        client = Client(cluster)
+        with deferred_interrupt():
+            checkpoint("cluster")
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=threads,
+                memory_limit=memory,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=50,
+                preload=["cmapdask.cli.worker_setup"],
+            )
+            _silence_distributed()
+            log = logging.getLogger("distributed.scheduler")
+            log.setLevel(logging.ERROR)
+            log.propagate = False  # counted, not printed
+            if _LOCAL_ERRORS not in log.handlers:
+                log.addHandler(_LOCAL_ERRORS)
+            client = Client(cluster)
     except BaseException:
-        cluster.close()
+        for c in (client, cluster):
+            if c is not None:
+                with contextlib.suppress(Exception):
+                    c.close()
         raise
     say(args, f"cmapdask: local Dask cluster, {n} workers, dashboard {client.dashboard_link}")
     return cluster, client
@@ -267,6 +270,9 @@ def dask_client(args) -> Iterator[object | None]:
         with dask.config.set(scheduler="threads"), progress(args, None):
             yield None
         return
+    # a failed or interrupted command's one line is its last word, not asyncio's "Task
+    # exception was never retrieved" for the gathers an interrupt abandons
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
     cluster = None
     if kind == "local":
         cluster, client = _start_local(args)

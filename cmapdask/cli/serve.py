@@ -11,7 +11,7 @@ import os
 import sys
 import types
 
-from cmapdask.cli.options import json_object, positive_int
+from cmapdask.cli.options import json_object, positive_int, scheduler_text
 from cmapdask.cli.runtime import dask_client, say
 from cmapdask.errors import InputError
 
@@ -31,13 +31,17 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument(
         "--scheduler",
+        type=scheduler_text,
         default=None,
         metavar="local|none|ADDRESS|FILE",
         help="Dask cluster the jobs run on (default: dask config cmapdask.cluster.address, "
         "else a local cluster; none: threads in the server process)",
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="local cluster: number of worker processes"
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="local cluster: number of worker processes",
     )
     p.add_argument(
         "--token-file",
@@ -116,6 +120,7 @@ def run_serve(args) -> int:
             "--max-queue, --job-workers, --max-per-client and --batch-queries must be at least 1"
         )
     args.token = server_token(args)
+    _check_listen(args.host, args.port)
     jobs = getattr(args, "jobs_dir", None)
     if jobs and "://" not in str(jobs):
         import os
@@ -152,6 +157,26 @@ def server_token(args) -> str | None:
             raise InputError(f"--token-file {args.token_file}: its first line is empty")
         return token
     return os.environ.get("CMAPDASK_TOKEN", "").strip() or None
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Bind HOST:PORT once before anything starts or is created (the jobs folder, a
+    cluster): an unknown host or a busy port is one line, exit 2."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:
+        raise InputError(f"--host {host}: not an address to listen on ({e})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            raise InputError(
+                f"--host {host} --port {port}: cannot listen there ({e.strerror or e})"
+            ) from None
 
 
 def serve(args) -> int:

@@ -9,7 +9,7 @@ import warnings
 
 from cmapdask.cli.options import json_object, positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
-from cmapdask.errors import NonFiniteWarning, StoreError
+from cmapdask.errors import NonFiniteWarning, StoreError, TextWarning
 
 __all__ = ["register"]
 
@@ -80,6 +80,7 @@ def run_convert(args) -> int:
     t0 = time.perf_counter()
     with dask_client(args), warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always", NonFiniteWarning)
+        warnings.simplefilter("always", TextWarning)
         convert(
             args.src,
             args.dest,
@@ -96,7 +97,7 @@ def run_convert(args) -> int:
             progress=not args.quiet,
         )
     for w in seen:  # ours as one line; anything else as Python would show it
-        if issubclass(w.category, NonFiniteWarning):
+        if issubclass(w.category, (NonFiniteWarning, TextWarning)):
             print(f"cmapdask: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)

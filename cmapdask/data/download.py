@@ -159,8 +159,48 @@ def _say(quiet: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _fetch(fs, url: str, dest: str, *, expected: int | None, retries: int, quiet: bool) -> None:
-    """Copy ``url`` to ``dest`` through ``dest.part``, resuming after a cut connection."""
+def _size(fs, url: str) -> int:
+    try:
+        return int(fs.size(url))
+    except FileNotFoundError:  # the release or mirror named: rerunning will not help
+        raise InputError(f"{url}: not on the server (check --base-url and --files)") from None
+    except Exception as e:
+        raise TransferError(f"{url}: cannot reach the server: {e}") from None
+
+
+_MAGIC = {".gctx": b"\x89HDF\r\n\x1a\n", ".gz": b"\x1f\x8b"}
+
+
+def _check_content(path: str, f: ReleaseFile, url: str) -> None:
+    """What arrived can be what the catalog says: a matrix starts as HDF5 (or gzip), a
+    table has a header of several tab-separated columns and at least one row. A size
+    that matches the server's says nothing about a truncated or wrong file there."""
+    name = f.path.lower()
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    magic = next((m for ext, m in _MAGIC.items() if name.endswith(ext)), None)
+    if magic is not None:
+        ok = head.startswith(magic)
+        what = "an HDF5 (GCTx) file" if magic == _MAGIC[".gctx"] else "a gzip file"
+    elif f.role in _TABLE_ROLES:
+        with open(path, "rb") as fh:
+            lines = fh.read(1 << 16).splitlines()
+        ok = len(lines) >= 2 and lines[0].count(b"\t") >= 1
+        what = "a table (a tab-separated header and at least one row)"
+    else:
+        return
+    if not ok:
+        raise InputError(
+            f"{url}: not {what} ({os.path.getsize(path)} bytes); refusing it as the "
+            f"release's {f.role} file"
+        )
+
+
+def _fetch(
+    fs, url: str, dest: str, *, expected: int | None, retries: int, quiet: bool, file=None
+) -> None:
+    """Copy ``url`` to ``dest`` through ``dest.part``, resuming after a cut connection;
+    a ``file`` whose content cannot be its role is removed and refused."""
     part = dest + ".part"
     # what a cut connection can lose: the block in flight (the rest is on disk)
     block = max(4096, int(float(dask.config.get("cmapdask.download.block_mb", 8)) * 2**20))
@@ -211,6 +251,12 @@ def _fetch(fs, url: str, dest: str, *, expected: int | None, retries: int, quiet
     finally:
         if bar is not None:
             bar.close()
+    if file is not None:
+        try:
+            _check_content(part, file, url)
+        except InputError:
+            os.remove(part)  # ours, and wrong: nothing half-written is left
+            raise
     os.replace(part, dest)
 
 
@@ -282,22 +328,31 @@ def download(
         opts = {"anon": True}
     fs, _ = url_to_fs(root, opts)
     _check_dest_folder(dest)
+    sizes = {f.path: _size(fs, f"{root}/{f.path}") for f in chosen}  # before DEST is made
+    made = not os.path.isdir(dest)
     os.makedirs(dest, exist_ok=True)
+    try:
+        return _download_all(
+            rel, chosen, root, fs, dest, sizes, retries, quiet, convert_to, convert_storage_options
+        )
+    except BaseException:
+        if made and not os.listdir(dest):  # the folder this run made, left empty
+            os.rmdir(dest)
+        raise
+
+
+def _download_all(rel, chosen, root, fs, dest, sizes, retries, quiet, convert_to, convert_opts):
     out: dict[str, str] = {}
     for f in chosen:
         url = f"{root}/{f.path}"
         local = os.path.join(dest, os.path.basename(f.path))
-        try:
-            expected = int(fs.size(url))
-        except FileNotFoundError:
-            raise TransferError(f"{url}: not on the server") from None
-        except Exception as e:
-            raise TransferError(f"{url}: cannot reach the server: {e}") from None
+        expected = sizes[f.path]
         if os.path.exists(local) and os.path.getsize(local) == expected:
             _say(quiet, f"cmapdask: {os.path.basename(local)}: already complete")
+            _check_content(local, f, url)
         else:
             _say(quiet, f"cmapdask: fetching {url} ({expected / 1e6:.1f} MB)")
-            _fetch(fs, url, local, expected=expected, retries=retries, quiet=quiet)
+            _fetch(fs, url, local, expected=expected, retries=retries, quiet=quiet, file=f)
         if f.sha256 and _sha256(local) != f.sha256:
             os.replace(local, local + ".bad")
             raise TransferError(f"{local}: SHA-256 differs from the release's; moved aside")
@@ -312,7 +367,7 @@ def download(
             local = unpacked
         out[f.path] = local
     if convert_to is not None:
-        _convert(rel, chosen, out, convert_to, convert_storage_options, quiet)
+        _convert(rel, chosen, out, convert_to, convert_opts, quiet)
     return out
 
 

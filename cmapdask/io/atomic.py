@@ -636,14 +636,19 @@ def publish_dir(
         # checked again: another process may have published meanwhile
         check_destination(dest, storage_options=storage_options, overwrite=overwrite)
         if local:
-            if os.path.exists(path):
-                trash = _tmp_name(path) + ".old"
-                os.replace(path, trash)
-                os.replace(tmp, path)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                os.replace(tmp, path)
+            from cmapdask.interrupts import deferred_interrupt
+            from cmapdask.rebuild.faults import checkpoint
+
+            with deferred_interrupt():  # never the old tree gone and the new not in place
+                checkpoint("publish")
+                if os.path.exists(path):
+                    trash = _tmp_name(path) + ".old"
+                    os.replace(path, trash)
+                    os.replace(tmp, path)
+                    shutil.rmtree(trash, ignore_errors=True)
+                else:
+                    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                    os.replace(tmp, path)
         else:
             _copy_remote(fs, tmp, path)
     finally:

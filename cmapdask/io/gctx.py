@@ -109,16 +109,91 @@ def _dask_chunks(shape, file_chunks, target_bytes) -> tuple[int, int]:
     return (min(n_sig, want), n_gene)
 
 
+# The most a filter pipeline can shrink data: deflate's limit is 1032:1; other codecs
+# (LZF, Blosc, ...) get a generous bound. No compressing filter: the bytes must be there.
+_DEFLATE, _NOT_COMPRESSING = 1, {2, 3}  # shuffle and fletcher32 do not compress
+_MAX_RATIO = {_DEFLATE: 1100.0}
+_OTHER_RATIO = 1e5
+
+
+def _check_declared(dset: h5py.Dataset, path: str) -> None:
+    """Refuse a dataset whose declared shape its stored bytes cannot hold (with the
+    compression it declares) before anything is read or allocated: a forged header
+    must not make a 14 KB file allocate terabytes."""
+    declared = int(np.prod(dset.shape, dtype=np.float64)) * dset.dtype.itemsize
+    if declared == 0 or dset.id.get_storage_size() >= declared:
+        return
+    plist = dset.id.get_create_plist()
+    codes = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())} - _NOT_COMPRESSING
+    ratio = max((_MAX_RATIO.get(c, _OTHER_RATIO) for c in codes), default=1.0)
+    stored = dset.id.get_storage_size()
+    if declared > stored * ratio:
+        shape = " x ".join(str(n) for n in dset.shape)
+        raise GCTxFormatError(
+            f"{path}: {dset.name} declares {shape} values ({_human(declared)}) but holds "
+            f"{_human(stored)}, which {'its compression' if codes else 'uncompressed data'} "
+            "cannot expand to that; a damaged or forged file"
+        )
+
+
+def _human(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _worker_memory() -> int:
+    """A worker's memory: ``cmapdask.cluster.local.memory_limit``, else the machine's."""
+    from dask.utils import parse_bytes
+
+    limit = dask.config.get("cmapdask.cluster.local.memory_limit", "auto")
+    if limit in (None, "auto", 0, "0"):
+        try:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):  # no sysconf (Windows): no bound
+            return 2**62
+    return int(parse_bytes(limit)) if isinstance(limit, str) else int(limit)
+
+
+def _check_plan(shape, file_chunks, dtype, path: str) -> None:
+    """The smallest block a task reads (one file chunk of signatures, every gene, as
+    float32 with its file dtype copy) must fit a worker's memory."""
+    rows = file_chunks[0] if file_chunks else 1
+    need = rows * shape[1] * (4 + dtype.itemsize)
+    have = _worker_memory()
+    if need > have:
+        raise GCTxFormatError(
+            f"{path}: one block of {rows} signature(s) x {shape[1]} genes needs "
+            f"{_human(need)}, more than a worker's memory ({_human(have)}, "
+            "cmapdask.cluster.local.memory_limit)"
+        )
+
+
 def _read_meta(f: h5py.File, group: str, n: int, path: str, axis: str) -> tuple[np.ndarray, dict]:
     if group not in f or "id" not in f[group]:
         raise GCTxFormatError(f"{path}: missing {group}/id (the {axis} ids)")
     g = f[group]
+    if g["id"].ndim == 1 and g["id"].shape[0] != n:  # before reading a single id
+        raise GCTxFormatError(
+            f"{path}: {g['id'].shape[0]} {axis} ids in {group}/id for {n} {axis}s in the matrix"
+        )
+    for node in g.values():
+        if isinstance(node, h5py.Dataset):
+            _check_declared(node, path)
     ids_raw = g["id"][()]
     if ids_raw.ndim != 1 or len(ids_raw) != n:
         raise GCTxFormatError(
             f"{path}: {len(ids_raw)} {axis} ids in {group}/id for {n} {axis}s in the matrix"
         )
-    ids = _ids_to_str(ids_raw)
+    ids = _ids_to_str(ids_raw, what=f"{path}: {group}/id")
+    empty = np.flatnonzero(ids.astype(str) == "")
+    if len(empty):
+        raise GCTxFormatError(
+            f"{path}: {len(empty)} empty {axis} id(s) in {group}/id, the first at "
+            f"position {empty[0]}; every {axis} needs an id"
+        )
     _check_unique(ids, path, axis)
     fields = {}
     for name in g:
@@ -132,15 +207,15 @@ def _read_meta(f: h5py.File, group: str, n: int, path: str, axis: str) -> tuple[
             raise GCTxFormatError(
                 f"{path}: metadata field {group}/{name} has {values.shape} values for {n} {axis}s"
             )
-        fields[name] = normalise_column(values)
+        fields[name] = normalise_column(values, what=f"{path}: {group}/{name}")
     return ids, fields
 
 
-def _ids_to_str(raw: np.ndarray) -> np.ndarray:
+def _ids_to_str(raw: np.ndarray, *, what: str | None = None) -> np.ndarray:
     if raw.dtype.kind in "SO":
         from cmapdask.io.meta import decode_bytes
 
-        return decode_bytes(raw)
+        return decode_bytes(raw, what=what)
     if raw.dtype.kind == "f" and np.all(raw == np.round(raw)):
         raw = raw.astype(np.int64)
     return np.array([str(v) for v in raw.tolist()], dtype=object)
@@ -224,6 +299,8 @@ def read_gctx(
         shape, dtype, file_chunks = m.shape, m.dtype, m.chunks
         if dtype.kind not in "fiu":
             raise GCTxFormatError(f"{path}: matrix dtype {dtype} is not numeric")
+        _check_declared(m, path)
+        _check_plan(shape, file_chunks, dtype, path)
         sig_ids, sig_fields = _read_meta(f, COL_META, shape[0], path, "column (signature)")
         gene_ids, gene_fields = _read_meta(f, ROW_META, shape[1], path, "row (gene)")
         version = _version(f)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 
 from cmapdask import config
-from cmapdask.errors import LockedError
+from cmapdask.errors import LockedError, StoreError
 from cmapdask.io.atomic import (
     _HOST,
     _tmp_name,
@@ -136,6 +136,8 @@ class _Lock:
         return age > stale_seconds
 
     def acquire(self, stale_seconds: float, wait_seconds: float) -> None:
+        if self.fs.isdir(self.path):  # not ours to remove, and no lock can be made there
+            raise StoreError(f"{self.root}/{LOCK_NAME}: is a folder, not a lock file")
         deadline = time.monotonic() + wait_seconds
         while True:
             if self.create():

@@ -59,11 +59,12 @@ TEXT_NA = frozenset(
 )
 
 
-def decode_bytes(values: np.ndarray) -> np.ndarray:
+def decode_bytes(values: np.ndarray, *, what: str | None = None) -> np.ndarray:
     """Fixed-width bytes -> object array of stripped ``str``.
 
-    UTF-8 first; any value that is not valid UTF-8 falls back to latin-1 (real files carry
-    bytes such as µ written by older tools).
+    The one rule for text: UTF-8 first; any value that is not valid UTF-8 falls back to
+    latin-1 (real files carry bytes such as µ written by older tools), with a
+    :class:`~cmapdask.errors.TextWarning` naming ``what`` (the file and field).
     """
     values = np.asarray(values)
     if values.dtype.kind == "S":
@@ -73,27 +74,41 @@ def decode_bytes(values: np.ndarray) -> np.ndarray:
         except UnicodeDecodeError:
             pass
     out = np.empty(len(values), dtype=object)
+    latin = []
     for i, v in enumerate(values.tolist()):
         if isinstance(v, bytes):
             try:
                 v = v.decode("utf-8")
             except UnicodeDecodeError:
+                latin.append(v)
                 v = v.decode("latin-1")
         out[i] = str(v).strip(" \x00")
+    if latin and what is not None:
+        import warnings
+
+        from cmapdask.errors import TextWarning
+
+        warnings.warn(
+            f"{what}: {len(latin)} value(s) are not UTF-8, e.g. {latin[0].rstrip(b' ')!r}; "
+            "decoded as latin-1",
+            TextWarning,
+            stacklevel=2,
+        )
     return out
 
 
-def normalise_column(values, *, missing=frozenset()) -> np.ndarray:
+def normalise_column(values, *, missing=frozenset(), what: str | None = None) -> np.ndarray:
     """One metadata field -> int64, float64 or object (str / None), with -666 as missing.
 
     ``missing``: further text meaning "no value" (GCT text passes :data:`TEXT_NA`).
     Text columns that are entirely numeric (missing aside) become numbers, as cmapPy and
     the release tables do (whole numbers become int64 when nothing is missing); typed
-    numeric columns keep their kind. Ids are never passed through here.
+    numeric columns keep their kind. Ids are never passed through here. ``what`` names
+    the field in decode_bytes' warning.
     """
     arr = np.asarray(values)
     if arr.dtype.kind in "SV":
-        arr = decode_bytes(arr)
+        arr = decode_bytes(arr, what=what)
     if arr.dtype.kind in "iu":
         missing = arr == MISSING
         if missing.any():

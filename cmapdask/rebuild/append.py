@@ -33,6 +33,7 @@ from cmapdask.io.store import consolidate, quiet_zarr, zarr_options
 from cmapdask.model.missing import is_missing
 from cmapdask.rebuild.faults import checkpoint
 from cmapdask.rebuild.versions import (
+    check_collection,
     list_versions,
     next_version_id,
     open_version,
@@ -126,17 +127,23 @@ def append(
     for table in (sig_info, gene_info):
         if table is not None:
             _check_source(table, None, what="table")
+    existed = check_collection(root, storage_options=storage_options, create=True)
     with collection_lock(root, storage_options=storage_options, command="append"):
-        return _append(
-            root,
-            new,
-            sig_info=sig_info,
-            gene_info=gene_info,
-            storage_options=storage_options,
-            src_storage_options=src_storage_options,
-            chunk_rows=chunk_rows,
-            progress=progress,
-        )
+        try:
+            return _append(
+                root,
+                new,
+                sig_info=sig_info,
+                gene_info=gene_info,
+                storage_options=storage_options,
+                src_storage_options=src_storage_options,
+                chunk_rows=chunk_rows,
+                progress=progress,
+            )
+        except BaseException:
+            if not existed:  # the collection this append began: nothing else is in it
+                _remove_tree(root, storage_options)
+            raise
 
 
 def _append(

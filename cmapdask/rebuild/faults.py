@@ -6,7 +6,10 @@ completed pipeline stage; ``"append:1"`` in an append after the previous version
 files are shared, ``"append:2"`` after the new rows are written; ``"write:N"`` after
 the N-th ``expr`` chunk a store write (convert) wrote. With ``CMAPDASK_FAULT_ONCE=PATH``
 only the first process to get there dies (the file records that it happened), so a
-restarted worker carries on. Unset
+restarted worker carries on. With ``CMAPDASK_FAULT_SIGNAL=INT`` the checkpoint sends
+SIGINT (Ctrl-C) instead, to the process that first imported this module (the CLI; its
+workers inherit ``CMAPDASK_FAULT_PID``), at ``"cluster"`` (a local cluster starting),
+``"write:N"`` (mid-compute) or ``"publish"`` (a folder being swapped into place). Unset
 (the default), :func:`checkpoint` does nothing.
 """
 
@@ -19,6 +22,8 @@ from collections import Counter
 __all__ = ["checkpoint"]
 
 _seen: Counter = Counter()
+if os.environ.get("CMAPDASK_FAULT_SIGNAL"):
+    os.environ.setdefault("CMAPDASK_FAULT_PID", str(os.getpid()))
 
 
 def checkpoint(event: str) -> None:
@@ -36,4 +41,7 @@ def checkpoint(event: str) -> None:
         except FileExistsError:
             return
         os.close(fd)
+    if os.environ.get("CMAPDASK_FAULT_SIGNAL") == "INT":
+        os.kill(int(os.environ["CMAPDASK_FAULT_PID"]), signal.SIGINT)
+        return
     os.kill(os.getpid(), signal.SIGKILL)

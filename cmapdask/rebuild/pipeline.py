@@ -37,6 +37,7 @@ from cmapdask.rebuild.faults import checkpoint
 from cmapdask.rebuild.incremental import topk_full, topk_incremental, write_topk_member
 from cmapdask.rebuild.products import refresh_products
 from cmapdask.rebuild.versions import (
+    check_collection,
     current_version,
     list_versions,
     read_manifest,
@@ -154,6 +155,7 @@ def rebuild(
         raise InputError(f"k must be a positive integer, got {k!r}")
     if block_size is not None and (isinstance(block_size, bool) or int(block_size) < 1):
         raise InputError(f"block_size must be a positive integer, got {block_size!r}")
+    check_collection(root, storage_options=storage_options, create=False)
     with collection_lock(root, storage_options=storage_options, command="rebuild"):
         return _rebuild(
             root,

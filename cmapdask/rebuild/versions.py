@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 
@@ -39,6 +40,7 @@ __all__ = [
     "next_version_id",
     "work_url",
     "retry",
+    "check_collection",
 ]
 
 POINTER = "CURRENT"
@@ -144,9 +146,50 @@ def next_version_id(root, *, storage_options: dict | None = None) -> str:
 
 
 def current_version(root, *, storage_options: dict | None = None) -> str | None:
-    """The published version ``CURRENT`` points to, or None before the first publish."""
-    p = _read_json(join(str(root), POINTER), storage_options)
-    return None if p is None else str(p["version"])
+    """The published version ``CURRENT`` points to, or None before the first publish.
+
+    A pointer that is not JSON, names no version, or names one without a manifest is a
+    damaged collection (:class:`StoreError`), never "nothing published"."""
+    url = join(str(root), POINTER)
+    try:
+        p = _read_json(url, storage_options)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StoreError(f"{url}: not a collection pointer (not JSON: {e})") from None
+    if p is None:
+        return None
+    vid = p.get("version") if isinstance(p, dict) else None
+    if not isinstance(vid, str) or not _VERSION.fullmatch(vid):
+        raise StoreError(f"{url}: not a collection pointer (no version such as 'v000001')")
+    if _read_json(_manifest_url(root, vid), storage_options) is None:
+        raise StoreError(f"{url}: names version {vid!r}, which {root} does not hold")
+    return vid
+
+
+_VERSION = re.compile(r"v\d{6}")
+# what a collection's folder holds (and owner-named temporaries, .NAME.tmp-<owner>)
+_COLLECTION_NAMES = {POINTER, "versions", "manifests", "work", "LOCK"}
+
+
+def check_collection(root, *, storage_options: dict | None = None, create: bool) -> bool:
+    """Refuse a ``root`` that is not a collection (a file, a plain store, a user's folder)
+    before anything is written; ``create``: a missing folder becomes one (else refused).
+    Returns whether ``root`` existed."""
+    fs, path = url_to_fs(str(root), storage_options)
+    if not fs.exists(path):
+        if not create:
+            raise StoreError(f"{root}: no such collection")
+        return False
+    if not fs.isdir(path):
+        raise StoreError(f"{root}: is a file, not a collection folder")
+    names = sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+    foreign = [n for n in names if n not in _COLLECTION_NAMES and ".tmp-" not in n]
+    if foreign:
+        what = "a signature store" if "zarr.json" in foreign else "a folder"
+        raise StoreError(
+            f"{root}: is {what}, not a cmapdask collection (holds {', '.join(foreign[:3])}); "
+            "append into a new folder or an existing collection"
+        )
+    return True
 
 
 def switch_current(root, vid: str, *, storage_options: dict | None = None) -> None:

@@ -5,12 +5,21 @@ parent groups of a member.
 
 from __future__ import annotations
 
+import os
+
 import zarr
 
 from cmapdask.errors import StoreError
+from cmapdask.io.atomic import join, url_to_fs
 from cmapdask.io.store.access import _is_local_url, _open_group, quiet_zarr, zarr_options
 
-__all__ = ["consolidate", "ensure_parent_groups", "mark_complete_remote", "set_provenance"]
+__all__ = [
+    "consolidate",
+    "ensure_parent_groups",
+    "mark_complete_remote",
+    "remove_empty_groups",
+    "set_provenance",
+]
 
 
 def set_provenance(url, meta: dict, *, storage_options: dict | None = None) -> None:
@@ -81,8 +90,10 @@ def _check_complete(url, storage_options, what: str) -> dict:
     return meta
 
 
-def ensure_parent_groups(store_url, name, storage_options) -> None:
-    """Create the groups above member ``name`` (``index`` of ``index/bing``), if missing."""
+def ensure_parent_groups(store_url, name, storage_options) -> list[str]:
+    """Create the groups above member ``name`` (``index`` of ``index/bing``), if missing;
+    returns those it created, outermost first (see remove_empty_groups)."""
+    created = []
     with quiet_zarr():
         g = zarr.open_group(
             store_url,
@@ -90,5 +101,22 @@ def ensure_parent_groups(store_url, name, storage_options) -> None:
             storage_options=zarr_options(store_url, storage_options),
             use_consolidated=False,
         )
-        for p in name.split("/")[:-1]:
+        parts = name.split("/")[:-1]
+        for i, p in enumerate(parts):
+            if p not in g:
+                created.append("/".join(parts[: i + 1]))
             g = g.require_group(p)
+    return created
+
+
+def remove_empty_groups(store_url, groups: list[str], storage_options) -> None:
+    """Remove the groups a failed write created (innermost first), if they still hold
+    nothing but their own ``zarr.json``: a failure leaves no empty ``index/`` behind."""
+    for name in reversed(groups):
+        fs, path = url_to_fs(join(str(store_url), name), storage_options)
+        try:
+            names = [os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
+        except FileNotFoundError:
+            continue
+        if set(names) <= {"zarr.json"}:
+            fs.rm(path, recursive=True)

@@ -29,6 +29,7 @@ from cmapdask.io.store.publish import (
     _set_complete,
     ensure_parent_groups,
     mark_complete_remote,
+    remove_empty_groups,
 )
 from cmapdask.io.store.shards import sharded_matrix, write_shard
 
@@ -285,25 +286,32 @@ def write_member(
     """
     _check_complete(store_url, storage_options, "store")
     name = check_member_name(store_url, name, family=family, storage_options=storage_options)
-    ensure_parent_groups(store_url, name, storage_options)
+    created = ensure_parent_groups(store_url, name, storage_options)
     dest = join(store_url, name)
     out = _strings_to_str(ds)
     out.attrs = {
         **{k: v for k, v in ds.attrs.items() if k != "cmapdask"},
         "cmapdask": _provenance(member=name, **(provenance or {}), complete=False),
     }
-    with publish_dir(dest, storage_options=storage_options, overwrite=True) as tmp, quiet_zarr():
-        job = out.to_zarr(
-            tmp,
-            mode="w",
-            zarr_format=3,
-            consolidated=False,
-            encoding=encoding or {},
-            compute=False,
-            storage_options=zarr_options(tmp, storage_options),
-        )
-        _compute(job, progress=progress, label=f"write {name}")
-        if _is_local_url(dest, storage_options):
-            _set_complete(tmp, storage_options, True)
+    try:
+        with (
+            publish_dir(dest, storage_options=storage_options, overwrite=True) as tmp,
+            quiet_zarr(),
+        ):
+            job = out.to_zarr(
+                tmp,
+                mode="w",
+                zarr_format=3,
+                consolidated=False,
+                encoding=encoding or {},
+                compute=False,
+                storage_options=zarr_options(tmp, storage_options),
+            )
+            _compute(job, progress=progress, label=f"write {name}")
+            if _is_local_url(dest, storage_options):
+                _set_complete(tmp, storage_options, True)
+    except BaseException:
+        remove_empty_groups(store_url, created, storage_options)
+        raise
     mark_complete_remote(dest, storage_options)
     return dest
