@@ -110,3 +110,46 @@ def test_each_tutorial_produced_its_key_output(built, page, outputs):
     assert "Traceback" not in html, page
     for text in outputs:
         assert text in html, (page, text)
+
+
+def _methods_cells() -> list[str]:
+    import re
+
+    text = (ROOT / "docs" / "methods.md").read_text()
+    cells = re.findall(r"```\{code-cell\} python\n(.*?)```", text, re.S)
+    return ["\n".join(ln for ln in c.splitlines() if not ln.startswith(":")) for c in cells]
+
+
+def test_methods_rows_are_computed_not_typed():
+    """Every measured figure of the methods table is an f-string of a code cell's value.
+
+    Rows are the 4-tuples (score, reference, measured, TOL key) the cells add to ``rows``;
+    the tolerance is looked up in the one ``TOL`` dict, never typed per row.
+    """
+    import ast
+
+    trees = [ast.parse(c) for c in _methods_cells()]
+    tol = None
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "TOL":
+                tol = ast.literal_eval(node.value)
+    assert tol, "methods.md defines the TOL dict"
+    rows = [
+        n
+        for tree in trees
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Tuple) and len(n.elts) == 4 and isinstance(n.elts[3], ast.Constant)
+    ]
+    assert len(rows) >= 12  # loops add several rows from one tuple
+    for row in rows:
+        measured, key = row.elts[2], row.elts[3].value
+        assert key in tol, f"row {ast.unparse(row)}: tolerance key {key!r} not in TOL"
+        if isinstance(measured, ast.Constant):  # only rows without a Broad file
+            assert key == "none" and not any(ch.isdigit() for ch in measured.value), (
+                f"a typed figure: {ast.unparse(row)}"
+            )
+        else:
+            assert isinstance(measured, ast.JoinedStr) and any(
+                isinstance(v, ast.FormattedValue) for v in measured.values
+            ), f"not computed: {ast.unparse(row)}"

@@ -135,7 +135,8 @@ def register(subparsers) -> None:
         "introspect",
         help="all-by-all connectivity within a set of signatures",
         description="Top/bottom-50 gene sets of every selected signature against the same "
-        "set; writes symmetric cs, ncs and ps matrices as GCTx.",
+        "set, as the Broad's sig_introspect_tool computes it; writes the symmetric cs, ncs "
+        "and ps matrices and ps_bkg (tau before symmetrising) as GCTx.",
     )
     _common(p)
     p.add_argument("--out", required=True, metavar="DIR")
@@ -272,7 +273,7 @@ def run_introspect(args) -> int:
     )
     with dask_client(args) as client, progress(args, client):
         with publish_dir(args.out, overwrite=args.overwrite, mark="introspect result") as tmp:
-            for v in ("cs", "ncs", "ps"):
+            for v in ("cs", "ncs", "ps", "ps_bkg"):
                 m = res[v].rename(sig="query").rename(sig_ref="sig")
                 write_gctx(_as_gctx(m, "sig"), os.path.join(tmp, f"{v}.gctx"))
     say(args, f"cmapdask: wrote {args.out}")

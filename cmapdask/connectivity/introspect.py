@@ -1,15 +1,16 @@
 """Introspect (all-by-all connectivity within a set of signatures) and τ backgrounds.
 
 ALGORITHMS.md §8 and §5: each signature's top-50 / bottom-50 genes are a query scored
-against every signature of the set; NCS uses the set as reference; matrices are made
-symmetric as (M + Mᵀ)/2. The backgrounds CLUE's τ needs are built from it.
+against every signature of the set; NCS uses the set as reference; τ is computed in the
+order of the Broad's ``runIntrospect`` (each query's table from its own unsymmetrised NCS,
+then symmetrised); matrices are made symmetric as (M + Mᵀ)/2. The backgrounds CLUE's τ
+needs are built from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -26,7 +27,7 @@ from cmapdask.connectivity.query import (
     sig_groups,
 )
 from cmapdask.connectivity.summaries import LEVELS, SummaryPlan
-from cmapdask.connectivity.tau import GRID, background_tables, tau_binned
+from cmapdask.connectivity.tau import GRID, background_tables, tau_rows
 from cmapdask.connectivity.validation import QuerySet
 from cmapdask.errors import InputError
 from cmapdask.io.pending import deferrable
@@ -40,10 +41,6 @@ __all__ = ["introspect", "build_background"]
 def _cells(ds, pos):
     c = _field(ds, "cell_id", "cell_iname")
     return c[pos] if c is not None else np.full(pos.size, "", dtype=object)
-
-
-def _tables_block(m, qcell, rcell):
-    return background_tables(m, query_cell=qcell[0], ref_cell=rcell[0])
 
 
 def introspect(
@@ -77,8 +74,12 @@ def introspect(
     Returns
     -------
     xarray.Dataset
-        Dims ``("sig", "sig_ref")`` (both the selected signatures): ``cs``, ``ncs`` and
-        ``ps`` (τ against backgrounds built from this same matrix), each symmetric.
+        Dims ``("sig", "sig_ref")`` (query, then signature; both the selected
+        signatures): ``cs``, ``ncs`` and ``ps`` symmetric, and ``ps_bkg``, the τ before
+        symmetrising, as the Broad's ``sig_introspect_tool`` writes them: each query's
+        τ table is built from its unsymmetrised NCS against all the signatures (10,000
+        grid points, no cell-line mask, :func:`~cmapdask.connectivity.tau.tau_rows`),
+        looked up at those NCS, and ``ps = (ps_bkg + ps_bkgᵀ)/2``.
 
     Notes
     -----
@@ -109,32 +110,17 @@ def introspect(
     sub = ds.isel(sig=pos)
     groups, codes = sig_groups(sub, grouping)
     ncs, _ = normalize(raw[0], codes, np.ones(pos.size, bool), groups)
+    ps_bkg = tau_rows(ncs)  # before symmetrising NCS: runIntrospect's order
     cs = (raw[0] + raw[0].T) / 2
     ncs = (ncs + ncs.T) / 2
-    cells = _cells(ds, pos)
-    c = np.asarray(cells, dtype=object)[None, :]
-    ncs = ncs.rechunk((-1, ncs.chunks[1]))
-    tables = da.blockwise(
-        _tables_block,
-        "sk",
-        ncs,
-        "qs",
-        da.from_array(c, chunks=(1, -1)),
-        "oq",
-        da.from_array(c, chunks=(1, ncs.chunks[1])),
-        "os",
-        new_axes={"k": GRID.size},
-        concatenate=True,
-        dtype=np.float32,
-    )
-    ps = tau_binned(ncs, tables)
-    ps = (ps + ps.T) / 2
+    ps = (ps_bkg + ps_bkg.T) / 2
     sig_coords = {k: v.values for k, v in sub.coords.items() if v.dims == ("sig",) and k != "sig"}
     out = xr.Dataset(
         {
             "cs": (("sig", "sig_ref"), cs.astype(np.float32)),
             "ncs": (("sig", "sig_ref"), ncs.astype(np.float32)),
             "ps": (("sig", "sig_ref"), ps.astype(np.float32)),
+            "ps_bkg": (("sig", "sig_ref"), ps_bkg.astype(np.float32)),
         },
         coords={"sig": ids, "sig_ref": ids, **{k: ("sig", v) for k, v in sig_coords.items()}},
     )
@@ -147,6 +133,7 @@ def introspect(
         where=selection_text(where),
         n_top=n_top,
         n_sig=int(pos.size),
+        tau="runIntrospect: tables per query from the unsymmetrised NCS, linspace(-4, 4, 10000)",
     )
     return out
 

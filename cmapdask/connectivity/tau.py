@@ -12,25 +12,36 @@ import numpy as np
 
 from cmapdask.errors import InputError
 
-__all__ = ["GRID", "background_table", "background_tables", "tau_binned", "tau_exact"]
+__all__ = [
+    "GRID",
+    "INTROSPECT_GRID",
+    "background_table",
+    "background_tables",
+    "tau_binned",
+    "tau_exact",
+    "tau_rows",
+]
 
 GRID = np.linspace(-4.0, 4.0, 10001)
-_STEP = GRID[1] - GRID[0]
+# the Broad's runIntrospect tables: 10,000 points (ALGORITHMS.md §8)
+INTROSPECT_GRID = np.linspace(-4.0, 4.0, 10000)
 
 
-def background_table(values) -> np.ndarray:
-    """The lookup table T(v) on :data:`GRID` for one reference column.
+def background_table(values, *, grid=GRID) -> np.ndarray:
+    """The lookup table T(v) on ``grid`` (default :data:`GRID`) for one reference column.
 
     Parameters
     ----------
     values : array-like
         The reference queries' NCS against this column (NaN = left out, e.g. another cell
         line). Only absolute values matter.
+    grid : numpy.ndarray
+        Increasing NCS values, symmetric about 0.
 
     Returns
     -------
     numpy.ndarray
-        ``len(GRID)`` values in [-100, 100]; all NaN if no value is left.
+        ``len(grid)`` values in [-100, 100]; all NaN if no value is left.
 
     Notes
     -----
@@ -40,22 +51,22 @@ def background_table(values) -> np.ndarray:
     x = np.abs(np.asarray(values, dtype=float).ravel())
     x = np.sort(x[~np.isnan(x)])
     if x.size == 0:
-        return np.full(GRID.shape, np.nan)
+        return np.full(grid.shape, np.nan)
     u = np.unique(x)
     frac_below = np.searchsorted(x, u, side="left") / x.size
-    a = np.abs(GRID)
+    a = np.abs(grid)
     hi = np.clip(np.searchsorted(u, a, side="left"), 0, u.size - 1)
     lo = np.clip(hi - 1, 0, u.size - 1)
     # nearest unique value; an exact midpoint goes to the larger one
     idx = np.where(np.abs(a - u[lo]) < np.abs(u[hi] - a), lo, hi)
-    table = np.sign(GRID) * 100.0 * frac_below[idx]
-    table = np.where(a > u[-1], np.sign(GRID) * 100.0, table)
+    table = np.sign(grid) * 100.0 * frac_below[idx]
+    table = np.where(a > u[-1], np.sign(grid) * 100.0, table)
     if u.size >= 2:
-        k = int(np.searchsorted(GRID, u[1], side="left")) - 1
-        vstar = GRID[k]
+        k = int(np.searchsorted(grid, u[1], side="left")) - 1
+        vstar = grid[k]
         if vstar > 0:
             near = a < vstar
-            table[near] = GRID[near] * table[k] / vstar
+            table[near] = grid[near] * table[k] / vstar
     return table
 
 
@@ -89,10 +100,10 @@ def background_tables(ncs_ref, *, query_cell=None, ref_cell=None) -> np.ndarray:
     return out
 
 
-def _interp_block(ncs, tables):
-    c = np.clip(np.asarray(ncs, dtype=float), GRID[0], GRID[-1])
-    pos = (c - GRID[0]) / _STEP
-    i = np.clip(np.floor(pos).astype(np.int64), 0, GRID.size - 2)
+def _interp_block(ncs, tables, grid=GRID):
+    c = np.clip(np.asarray(ncs, dtype=float), grid[0], grid[-1])
+    pos = (c - grid[0]) / (grid[1] - grid[0])
+    i = np.clip(np.floor(pos).astype(np.int64), 0, grid.size - 2)
     f = pos - i
     cols = np.broadcast_to(np.arange(c.shape[1]), c.shape)
     t = tables.astype(float)
@@ -120,6 +131,31 @@ def tau_binned(ncs, tables):
             _interp_block, "qs", ncs.rechunk({0: -1}), "qs", t, "sk", concatenate=True, dtype=float
         )
     return _interp_block(ncs, np.asarray(tables))
+
+
+def _rows_block(ncs, grid):
+    m = np.asarray(ncs, dtype=float)
+    tables = np.stack([background_table(r, grid=grid) for r in m])
+    return _interp_block(m.T, tables, grid).T
+
+
+def tau_rows(ncs, *, grid=INTROSPECT_GRID):
+    """τ of each row against a table built from that same row (the Broad's introspect).
+
+    Parameters
+    ----------
+    ncs : numpy or dask array ``(query, sig)``
+        Each query's NCS against every signature; the query's table
+        (:func:`background_table` on ``grid``, all values, no cell-line mask) is
+        interpolated at the query's own scores.
+
+    Notes
+    -----
+    Blockwise over query chunks; a task holds whole rows.
+    """
+    if isinstance(ncs, da.Array):
+        return ncs.rechunk({1: -1}).map_blocks(_rows_block, grid, dtype=float)
+    return _rows_block(ncs, grid)
 
 
 def _exact_block(ncs, ref):
