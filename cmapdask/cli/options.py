@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 
-__all__ = ["positive_int", "nonnegative_int", "json_object"]
+__all__ = ["positive_int", "nonnegative_int", "json_object", "SO_HELP"]
+
+SO_HELP = "fsspec options for the store URL"
 
 
 def _int(text: str, what: str) -> int:
