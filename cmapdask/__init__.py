@@ -39,6 +39,7 @@ _LAZY = {
         "write_result",
     ),
     "cmapdask.connectivity.classes": ("filter_class", "pert_class", "split_by_class"),
+    "cmapdask.connectivity.desets": ("de_gene_sets",),
     "cmapdask.connectivity.targets": ("target_recall", "targets"),
     "cmapdask.data": ("sql",),
     "cmapdask.enrich": (
@@ -174,6 +175,7 @@ __all__ = [
     "list_members",
     # connectivity
     "query",
+    "de_gene_sets",
     "build_index",
     "introspect",
     "build_background",

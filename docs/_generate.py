@@ -1,7 +1,9 @@
 """Reference pages made from the code at build time, so they never drift from it.
 
 - ``reference/api.md``: every name in ``cmapdask.__all__``, grouped by the module that
-  defines it, documented from its docstring; plus the ``ds.cmap`` accessor.
+  defines it, documented from its docstring; every function and class of the
+  subpackages' own APIs (``SUBMODULES``: ``cmapdask.data``, its downloads); plus the
+  ``ds.cmap`` accessor.
 - ``reference/config.md``: every configuration key with its default, from the package's
   own ``cmapdask.yaml``.
 """
@@ -17,6 +19,8 @@ import yaml
 
 HERE = Path(__file__).parent
 PACKAGE = HERE.parent / "cmapdask"
+# public APIs used as ``cmapdask.data.sigs(...)``, not from the top level
+SUBMODULES = ("cmapdask.data", "cmapdask.data.download")
 
 
 def _write(path: Path, text: str) -> None:
@@ -25,7 +29,23 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text)
 
 
+def _directive(obj) -> str:
+    if inspect.isclass(obj):
+        return "autoexception" if issubclass(obj, BaseException) else "autoclass"
+    return "autofunction"
+
+
+def submodule_names(module: str) -> list[str]:
+    """The functions and classes of ``module.__all__`` (constants are not documented)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    return [n for n in mod.__all__ if callable(getattr(mod, n))]
+
+
 def api_page() -> str:
+    import importlib
+
     import cmapdask
 
     groups: dict[str, list[str]] = defaultdict(list)
@@ -44,14 +64,15 @@ def api_page() -> str:
     for module in sorted(groups):
         out += [f"## `{module}`", ""]
         for name in groups[module]:
-            obj = getattr(cmapdask, name)
-            kind = (
-                "autoexception"
-                if inspect.isclass(obj) and issubclass(obj, BaseException)
-                else ("autoclass" if inspect.isclass(obj) else "autofunction")
-            )
+            kind = _directive(getattr(cmapdask, name))
             # eval-rst: autodoc emits reStructuredText, which MyST would render as text
             out += ["```{eval-rst}", f".. {kind}:: cmapdask.{name}", "```", ""]
+    for module in SUBMODULES:
+        doc = (importlib.import_module(module).__doc__ or "").strip().split("\n\n")[0]
+        out += [f"## `{module}`", "", " ".join(doc.split()), ""]
+        for name in submodule_names(module):
+            kind = _directive(getattr(importlib.import_module(module), name))
+            out += ["```{eval-rst}", f".. {kind}:: {module}.{name}", "```", ""]
     out += [
         "## The `ds.cmap` accessor",
         "",

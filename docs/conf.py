@@ -28,6 +28,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax 3 copied into the site and loaded from it: formulas render offline
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "sphinxarg.ext",
 ]
@@ -60,4 +62,5 @@ html_theme_options = {
     "show_toc_level": 2,
     "secondary_sidebar_items": ["page-toc"],
 }
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["cmapdask.css"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +58,13 @@ def test_reference_lists_every_public_function_and_command(built):
     api = (built / "reference" / "api.html").read_text()
     missing = [n for n in cmapdask.__all__ if not n.startswith("__") and f"cmapdask.{n}" not in api]
     assert not missing, missing
+    sys.path.insert(0, str(ROOT / "docs"))
+    import _generate
+
+    for module in _generate.SUBMODULES:  # cmapdask.data.*, downloads included
+        names = _generate.submodule_names(module)
+        assert names and not [n for n in names if f"{module}.{n}" not in api], module
+    assert "cmapdask.data.download.download" in api and "cmapdask.data.sigs" in api
     cli = (built / "reference" / "cli.html").read_text()
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert sub.choices, "no commands"
@@ -87,6 +97,82 @@ def test_glossary_covers_the_terms(built):
         assert term in text, term
 
 
+def test_glossary_and_faq_answer_what_clue_users_ask():
+    concepts = (ROOT / "docs" / "concepts.md").read_text()
+    faq = (ROOT / "docs" / "faq.md").read_text()
+    for cell in ("A375", "A549", "HA1E", "HCC515", "HEPG2", "HT29", "MCF7", "PC3", "VCAP"):
+        assert cell in concepts and cell in faq, cell
+    for text in ("Data levels 1 and 2", "Exemplar signature", "10 to 150 genes", "|τ| ≥ 90"):
+        assert text in concepts, text
+    for text in ("τ of −95", "τ is not a p-value", "10 to 150", "Level 1", "TAS", "exemplar"):
+        assert text in faq, text
+
+
+def test_release_notes_are_days_of_the_history():
+    notes = (ROOT / "docs" / "release-notes.md").read_text()
+    days = re.findall(r"^## (\d{4}-\d{2}-\d{2})$", notes, flags=re.M)
+    log = subprocess.run(
+        ["git", "log", "--format=%ad", "--date=short"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if log.returncode != 0:
+        pytest.skip("not a git checkout")
+    history = set(log.stdout.split())
+    assert days and days == sorted(days, reverse=True) and set(days) <= history, days
+    assert min(history) in days  # from the first day on
+
+
+def test_citation_is_cff_1_2_citing_the_broads_paper():
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    for key in ("message", "title", "authors"):
+        assert cff[key], key
+    for person in cff["authors"] + [a for r in cff["references"] for a in r["authors"]]:
+        assert person.get("name") or person.get("family-names"), person
+    (paper,) = cff["references"]
+    assert paper["type"] == "article" and paper["authors"][0]["family-names"] == "Subramanian"
+    assert paper["doi"] == "10.1016/j.cell.2017.10.049" and paper["year"] == 2017
+    assert re.fullmatch(r"10\.\d{4,9}/\S+", paper["doi"])
+
+
+def test_every_option_of_every_command_has_help():
+    from cmapdask.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [
+        (command, action.option_strings or action.dest)
+        for command, parser in sub.choices.items()
+        for action in parser._actions
+        if not isinstance(action, argparse._HelpAction)
+        and (not action.help or action.help == argparse.SUPPRESS)
+    ]
+    assert not missing, missing
+
+
+def test_site_works_offline(built):
+    """No page loads a script or style sheet from the network: MathJax is in the site."""
+    remote = re.compile(
+        r"<(?:script[^>]*\ssrc|link[^>]*\shref)=[\"'](?:https?:)?//[^\"']+", re.IGNORECASE
+    )
+    pages = list(built.rglob("*.html"))
+    found = {p.name: m for p in pages if (m := remote.findall(p.read_text()))}
+    assert pages and not found, found
+    methods = (built / "methods.html").read_text()
+    assert 'src="_static/mathjax/tex-chtml.js"' in methods
+    assert (built / "_static" / "mathjax" / "tex-chtml.js").stat().st_size > 100_000
+    fonts = built / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2"
+    assert any(fonts.glob("*.woff")), "MathJax's fonts are not in the site"
+
+
+def test_code_blocks_wrap_instead_of_being_cut(built):
+    assert "_static/cmapdask.css" in (built / "getting-started.html").read_text()
+    css = (built / "_static" / "cmapdask.css").read_text()
+    assert "white-space: pre-wrap" in css and "overflow-x: auto" in css
+
+
 def test_tutorials_ran(built):
     html = (built / "tutorials" / "disease-query.html").read_text()
     assert "of the 20 most negative" in html and "Traceback" not in html
@@ -98,6 +184,15 @@ def test_tutorials_ran(built):
         ("similarity-recall", ["dashboard: http", "neighbours share the MoA", "overall AUROC 0."]),
         ("clustering", ["communities: 8", "MoAs are the significant top hit of a cluster"]),
         ("nightly-rebuild", ["published v000002 incremental 100 new of 500", "current: v000003"]),
+        (
+            "first-real-query",
+            [
+                "35.5 GB  level5/level5_beta_trt_cp_n720216x12328.gctx",
+                "treated_vs_ctl_UP: 100 genes, treated_vs_ctl_DN: 100 genes",
+                "20 of the 20 most negative WTCS are signatures of the reversed MoA",
+                "MoA sets (not CLUE's PCLs)",
+            ],
+        ),
         ("data-access", ["wrote agonists.gctx", "identical values: True", "level5_beta_trt_cp"]),
         (
             "remote-cluster",

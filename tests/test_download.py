@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -223,3 +224,25 @@ def test_download_from_s3(mirror, s3_server, tmp_path):
         files=["level5_beta_trt_cp*", "siginfo"],
     )
     assert Path(got[L5]).read_bytes() == Path(mirror["gctx"]).read_bytes()
+
+
+def test_list_is_grouped_sized_and_totalled(capsys):
+    from cmapdask.data.download import release_listing
+
+    text = release_listing("LINCS2020")
+    lines = text.splitlines()
+    heads = [line.split(" (")[0] for line in lines if not line.startswith((" ", "total"))]
+    assert heads[1:] == ["level5", "level4", "level3", "tables"], heads
+    # float32 signatures x genes: 720,216 x 12,328 x 4 bytes, the Level 5 default marked
+    assert "  *   35.5 GB  level5/level5_beta_trt_cp_n720216x12328.gctx" in lines
+    assert "  *   59.3 GB  level5/level5_beta_all_n1201944x12328.gctx" == lines[2]  # largest
+    assert "  *         -  siginfo_beta.txt" in lines
+    sizes = [
+        int(n) * int(g) * 4 for n, g in re.findall(r"_n(\d+)x(\d+)\.gctx", text)
+    ]  # every matrix listed once
+    assert len(sizes) == 18 and lines[-1].startswith(f"total {sum(sizes) / 1e9:.1f} GB of matrices")
+    assert main(["download", "GSE92742", "--list", "--files", "level5", "siginfo"]) == 0
+    out = capsys.readouterr().out
+    assert "23.4 GB  GSE92742_Broad_LINCS_Level5" in out and "unpacked" in out
+    assert main(["download", "LINCS2020"]) == 2
+    assert "DEST" in capsys.readouterr().err

@@ -64,6 +64,7 @@ IO: dict[str, tuple[tuple, tuple, tuple]] = {
     "level4": (("src",), ("dest",), ()),
     "level5": (("src",), ("dest",), ()),
     "query": (("store", "up", "down"), ("out",), ()),
+    "de-sets": (("table", "store"), (), ("out_up", "out_down")),
     "introspect": (("store",), ("out",), ()),
     "similarity": (("store", "ref", "query_ids"), ("out",), ("gctx",)),
     "cluster": (("store", "annotations"), (), ("table", "heatmap")),

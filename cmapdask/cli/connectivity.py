@@ -50,6 +50,7 @@ def register(subparsers) -> None:
         help="signatures per index block (default: about 256 MiB per block)",
     )
     p.set_defaults(func=run_index)
+    _register_de_sets(subparsers)
 
     p = subparsers.add_parser(
         "query",
@@ -124,7 +125,13 @@ def register(subparsers) -> None:
         help="binned: CLUE's tau from the store's background (default; cmapdask background); "
         "exact: the paper's formula against the stored reference NCS; none: no tau",
     )
-    p.add_argument("--fdr", choices=["auto", "null", "random", "none"], default="auto")
+    p.add_argument(
+        "--fdr",
+        choices=["auto", "null", "random", "none"],
+        default="auto",
+        help="null: against the null signatures (is_null_sig); random: --n-random "
+        "size-matched random queries; auto: null where there are null signatures, else none",
+    )
     p.add_argument(
         "--n-random", type=positive_int, default=100, help="random queries for --fdr random"
     )
@@ -139,7 +146,7 @@ def register(subparsers) -> None:
         "and ps matrices and ps_bkg (tau before symmetrising) as GCTx.",
     )
     _common(p)
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="result folder (cs, ncs, ps GCTx)")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -166,8 +173,87 @@ def register(subparsers) -> None:
         help="touchstone (default), all, or " + FILTER_HELP,
     )
     p.add_argument("--pcl", default=None, metavar="GMT", help="PCL definitions")
-    p.add_argument("--n-top", type=positive_int, default=50)
+    p.add_argument(
+        "--n-top", type=positive_int, default=50, help="genes per introspect set (default 50)"
+    )
     p.set_defaults(func=run_background)
+
+
+def _register_de_sets(subparsers) -> None:
+    p = subparsers.add_parser(
+        "de-sets",
+        help="up/down query gene sets (GMT) from a differential-expression table",
+        description="Map a ranked table's genes (symbols in any case, or Entrez ids) to "
+        "STORE's gene ids, keep those of the feature space, and write the N highest and N "
+        "lowest scores as NAME_UP and NAME_DN (CLUE's 10-150 genes per set).",
+    )
+    p.add_argument("table", metavar="TABLE", help="TSV or CSV (.csv), one row per gene")
+    p.add_argument("store", metavar="STORE", help="the store to query (its genes and symbols)")
+    p.add_argument(
+        "--space", choices=_SPACES, default="bing", help="keep genes of this space (default bing)"
+    )
+    p.add_argument(
+        "--storage-options",
+        type=json_object,
+        default=None,
+        metavar="JSON",
+        help="fsspec options for the store URL",
+    )
+    p.add_argument("--out-up", required=True, metavar="GMT", help="the up set's GMT file")
+    p.add_argument("--out-down", required=True, metavar="GMT", help="the down set's GMT file")
+    p.add_argument("--name", default=None, help="set name prefix (default the table's stem)")
+    p.add_argument(
+        "--gene-column", default=None, help="gene symbols or Entrez ids (default: first column)"
+    )
+    p.add_argument(
+        "--score-column",
+        default="log2FoldChange",
+        help="ranking score, e.g. DESeq2's log2FoldChange (default) or stat",
+    )
+    p.add_argument(
+        "--n", type=positive_int, default=150, help="genes per set, 10-150 (default 150)"
+    )
+    p.add_argument(
+        "--n-down", type=positive_int, default=None, help="genes in the down set (default --n)"
+    )
+    p.add_argument(
+        "--up-threshold", type=float, default=0.0, help="up genes score above this (default 0)"
+    )
+    p.add_argument(
+        "--down-threshold",
+        type=float,
+        default=0.0,
+        help="down genes score below minus this (default 0)",
+    )
+    p.set_defaults(func=run_de_sets)
+
+
+def run_de_sets(args) -> int:
+    from cmapdask.connectivity.desets import de_gene_sets
+    from cmapdask.io.gmt import write_gmt
+
+    sets = de_gene_sets(
+        args.table,
+        args.store,
+        name=args.name,
+        gene_column=args.gene_column,
+        score_column=args.score_column,
+        n=args.n,
+        n_down=args.n_down,
+        up_threshold=args.up_threshold,
+        down_threshold=args.down_threshold,
+        space=args.space,
+        storage_options=args.storage_options,
+    )
+    (up, up_genes), (dn, dn_genes) = sets.items()
+    write_gmt({up: up_genes}, args.out_up)
+    write_gmt({dn: dn_genes}, args.out_down)
+    say(
+        args,
+        f"cmapdask: wrote {args.out_up} ({len(up_genes)} genes), "
+        f"{args.out_down} ({len(dn_genes)} genes)",
+    )
+    return 0
 
 
 def run_index(args) -> int:

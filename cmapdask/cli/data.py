@@ -117,7 +117,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("moas", help="MoAs (or targets) with their number of compounds")
     _store_opts(p)
-    p.add_argument("--by", choices=["moa", "target"], default="moa")
+    p.add_argument(
+        "--by", choices=["moa", "target"], default="moa", help="count by moa (default) or target"
+    )
     p.set_defaults(func=_run_counts)
 
     p = sub.add_parser(
@@ -128,7 +130,7 @@ def register(sub) -> None:
         '"SELECT cmap_name, count(*) FROM siginfo GROUP BY 1".',
     )
     _store_opts(p)
-    p.add_argument("query", metavar="SQL")
+    p.add_argument("query", metavar="SQL", help="one SELECT statement")
     p.set_defaults(func=_run_sql)
 
     from cmapdask.data.download import RELEASES
@@ -142,7 +144,9 @@ def register(sub) -> None:
     p.add_argument(
         "release", metavar="RELEASE", choices=list(RELEASES), help=f"one of {', '.join(RELEASES)}"
     )
-    p.add_argument("dest", metavar="DEST", help="local folder for the files")
+    p.add_argument(
+        "dest", metavar="DEST", nargs="?", default=None, help="local folder for the files"
+    )
     p.add_argument(
         "--files",
         nargs="+",
@@ -172,7 +176,11 @@ def register(sub) -> None:
         metavar="JSON",
         help="fsspec options for --convert's store",
     )
-    p.add_argument("--list", action="store_true", help="list the catalog's files and exit")
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list the catalog's files (or --files' choice) by level with sizes, and exit",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress")
     p.set_defaults(func=_run_download)
 
@@ -262,12 +270,13 @@ def _emit(df, out) -> int:
 
 
 def _run_download(args) -> int:
-    from cmapdask.data.download import download, release_files
+    from cmapdask.data.download import download, release_listing
 
     if args.list:
-        for f in release_files(args.release, args.files or ["*"]):
-            print(f"{f.role:<13} {f.path}")
+        print(release_listing(args.release, args.files))
         return 0
+    if args.dest is None:
+        raise InputError("download: DEST (a local folder) is needed, unless --list")
     paths = download(
         args.release,
         args.dest,

@@ -37,8 +37,13 @@ def register(sub) -> None:
     p.add_argument(
         "--n-sigs", type=positive_int, default=20_000, help="synthetic signatures (default 20000)"
     )
-    p.add_argument("--genes", choices=get_args(Space), default="landmark")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--genes",
+        choices=get_args(Space),
+        default="landmark",
+        help="genes of the synthetic release (default landmark)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.add_argument(
         "--serve",

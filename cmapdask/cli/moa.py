@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import get_args
 
-from cmapdask.cli.options import json_object, positive_int
+from cmapdask.cli.options import SO_HELP, json_object, positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, progress, say
 from cmapdask.errors import InputError
 from cmapdask.model.types import SimilarityMetric, Space
@@ -21,7 +21,10 @@ def _annotation_args(p, required=True) -> None:
         help="compoundinfo table, Repurposing-Hub TSV or GMT of MoAs/PCLs",
     )
     p.add_argument(
-        "--format", choices=["auto", "compoundinfo", "repurposing", "gmt"], default="auto"
+        "--format",
+        choices=["auto", "compoundinfo", "repurposing", "gmt"],
+        default="auto",
+        help="of --annotations (auto: .gmt is GMT, anything else a table)",
     )
     p.add_argument(
         "--field",
@@ -40,7 +43,7 @@ def register(subparsers) -> None:
         "kNN graph of a neighbour member (--method graph|leiden|louvain, --neighbours). Labels "
         "become the member clusters/<NAME> (and --table).",
     )
-    c.add_argument("store", metavar="STORE")
+    c.add_argument("store", metavar="STORE", help="signature store URL")
     c.add_argument(
         "--method",
         choices=["kmeans", "hierarchical", "graph", "leiden", "louvain"],
@@ -51,8 +54,18 @@ def register(subparsers) -> None:
     c.add_argument(
         "--components", type=positive_int, default=50, help="kmeans: principal components"
     )
-    c.add_argument("--space", choices=get_args(Space), default="landmark")
-    c.add_argument("--init", choices=["k-means||", "sample-k-means++"], default="k-means||")
+    c.add_argument(
+        "--space",
+        choices=get_args(Space),
+        default="landmark",
+        help="feature space (default landmark)",
+    )
+    c.add_argument(
+        "--init",
+        choices=["k-means||", "sample-k-means++"],
+        default="k-means||",
+        help="kmeans: initialisation (k-means|| over every signature, or k-means++ on a sample)",
+    )
     c.add_argument(
         "--solver",
         choices=["auto", "covariance", "randomized", "full"],
@@ -67,20 +80,27 @@ def register(subparsers) -> None:
     )
     c.add_argument("--variable", default="pert_summary", help="hierarchical: variable of --matrix")
     c.add_argument(
-        "--linkage", choices=["average", "complete", "single", "ward"], default="average"
+        "--linkage",
+        choices=["average", "complete", "single", "ward"],
+        default="average",
+        help="hierarchical: linkage (default average)",
     )
     c.add_argument(
         "--neighbours", default=None, metavar="MEMBER", help="graph: top-k neighbour member"
     )
-    c.add_argument("--resolution", type=float, default=1.0)
+    c.add_argument(
+        "--resolution", type=float, default=1.0, help="graph: modularity resolution (default 1)"
+    )
     c.add_argument("--name", required=True, help="member name below clusters/")
     c.add_argument("--table", default=None, metavar="PATH", help="also write labels (TSV/.parquet)")
     c.add_argument(
         "--heatmap", default=None, metavar="PNG|SVG", help="hierarchical: clustered heatmap"
     )
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _annotation_args(c, required=False)
-    c.add_argument("--storage-options", type=json_object, default=None, metavar="JSON")
+    c.add_argument(
+        "--storage-options", type=json_object, default=None, metavar="JSON", help=SO_HELP
+    )
     add_cluster_args(c)
     c.set_defaults(func=run_cluster)
 
@@ -109,10 +129,24 @@ def register(subparsers) -> None:
         "--clusters", default=None, metavar="MEMBER", help="cluster member (clusters/NAME)"
     )
     e.add_argument("--item-field", default=None, help="coordinate matched to set members (pert_id)")
-    e.add_argument("--n-top", type=positive_int, default=100)
-    e.add_argument("--permutations", type=positive_int, default=1000)
-    e.add_argument("--pvalue", choices=["permutation", "analytic"], default="permutation")
-    e.add_argument("--weight", choices=["unweighted", "weighted"], default="unweighted")
+    e.add_argument(
+        "--n-top", type=positive_int, default=100, help="items in the Fisher test's top and bottom"
+    )
+    e.add_argument(
+        "--permutations", type=positive_int, default=1000, help="random sets per set size"
+    )
+    e.add_argument(
+        "--pvalue",
+        choices=["permutation", "analytic"],
+        default="permutation",
+        help="permutation (default) or the asymptotic KS tail (unweighted only)",
+    )
+    e.add_argument(
+        "--weight",
+        choices=["unweighted", "weighted"],
+        default="unweighted",
+        help="unweighted: classic KS; weighted: each hit weighs its absolute score (as in WTCS)",
+    )
     e.add_argument(
         "--exclude",
         choices=["self", "none"],
@@ -142,7 +176,9 @@ def register(subparsers) -> None:
         help="with --clusters on a pert matrix member (--member): write candidate PCLs",
     )
     _annotation_args(e)
-    e.add_argument("--storage-options", type=json_object, default=None, metavar="JSON")
+    e.add_argument(
+        "--storage-options", type=json_object, default=None, metavar="JSON", help=SO_HELP
+    )
     add_cluster_args(e)
     e.set_defaults(func=run_enrich)
 
@@ -156,10 +192,20 @@ def register(subparsers) -> None:
         "with a proven binning bound (auroc_bound). --approximate instead estimates the "
         "AUROC from stored top-k neighbour members and prints the interval it is known in.",
     )
-    r.add_argument("store", metavar="STORE")
+    r.add_argument("store", metavar="STORE", help="signature store URL")
     r.add_argument("--ref", default=None, metavar="STORE", help="reference store (two stores)")
-    r.add_argument("--metric", choices=get_args(SimilarityMetric), default="pearson")
-    r.add_argument("--space", choices=get_args(Space), default="landmark")
+    r.add_argument(
+        "--metric",
+        choices=get_args(SimilarityMetric),
+        default="pearson",
+        help="similarity (default pearson)",
+    )
+    r.add_argument(
+        "--space",
+        choices=get_args(Space),
+        default="landmark",
+        help="feature space (default landmark)",
+    )
     r.add_argument("--block-size", type=int, default=None, help="signatures per block")
     r.add_argument("--bins", type=int, default=1 << 16, help="AUROC score bins (bound shrinks)")
     r.add_argument("--moa-bins", type=int, default=4096, help="per-MoA AUROC score bins")
@@ -174,7 +220,9 @@ def register(subparsers) -> None:
         default=None,
         help="--approximate: neighbour member (repeatable; default: every similarity member)",
     )
-    r.add_argument("--pert-field", default="pert_id")
+    r.add_argument(
+        "--pert-field", default="pert_id", help="signature field matched to the annotations"
+    )
     r.add_argument("--cell-field", default=None, help="default cell_id, else cell_iname")
     r.add_argument("--out", default=None, metavar="TSV", help="AUROC per group (default: stdout)")
     r.add_argument(
@@ -185,7 +233,9 @@ def register(subparsers) -> None:
     )
     r.add_argument("--roc", default=None, metavar="PNG|SVG", help="ROC plot")
     _annotation_args(r)
-    r.add_argument("--storage-options", type=json_object, default=None, metavar="JSON")
+    r.add_argument(
+        "--storage-options", type=json_object, default=None, metavar="JSON", help=SO_HELP
+    )
     add_cluster_args(r)
     r.set_defaults(func=run_recall)
 

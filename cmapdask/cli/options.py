@@ -18,7 +18,10 @@ __all__ = [
     "choice_list",
     "zero_one_list",
     "quantity_list",
+    "SO_HELP",
 ]
+
+SO_HELP = "fsspec options for the store URL"
 
 
 def _int(text: str, what: str) -> int:

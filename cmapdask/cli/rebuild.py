@@ -14,7 +14,7 @@ import sys
 import time
 from typing import get_args
 
-from cmapdask.cli.options import json_object, positive_int
+from cmapdask.cli.options import SO_HELP, json_object, positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.model.types import SimilarityMetric, Space
 
@@ -68,13 +68,25 @@ def register(subparsers) -> None:
     )
     r.add_argument("store", metavar="STORE", help="collection URL")
     r.add_argument("--full", action="store_true", help="recompute everything from scratch")
-    r.add_argument("--metric", choices=get_args(SimilarityMetric), default="pearson")
+    r.add_argument(
+        "--metric",
+        choices=get_args(SimilarityMetric),
+        default="pearson",
+        help="similarity of the neighbour lists (default pearson)",
+    )
     r.add_argument("--k", type=positive_int, default=100, help="neighbours per tail (default 100)")
-    r.add_argument("--space", choices=get_args(Space), default="landmark")
+    r.add_argument(
+        "--space",
+        choices=get_args(Space),
+        default="landmark",
+        help="feature space (default landmark)",
+    )
     r.add_argument(
         "--block-size", type=positive_int, default=None, help="signatures per similarity block"
     )
-    r.add_argument("--storage-options", type=json_object, default=None, metavar="JSON")
+    r.add_argument(
+        "--storage-options", type=json_object, default=None, metavar="JSON", help=SO_HELP
+    )
     add_cluster_args(r)
     r.set_defaults(func=run_rebuild)
 

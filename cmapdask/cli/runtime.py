@@ -84,7 +84,7 @@ def add_cluster_args(parser) -> None:
         dest="scheduler",
         action=_DeprecatedCluster,
         default=argparse.SUPPRESS,
-        help=argparse.SUPPRESS,
+        help="deprecated alias of --scheduler",
     )
     parser.add_argument(
         "--workers",

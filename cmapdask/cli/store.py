@@ -7,7 +7,7 @@ import sys
 import time
 import warnings
 
-from cmapdask.cli.options import json_object, positive_int
+from cmapdask.cli.options import SO_HELP, json_object, positive_int
 from cmapdask.cli.runtime import add_cluster_args, dask_client, say
 from cmapdask.errors import NonFiniteWarning, StoreError, TextWarning
 
@@ -70,7 +70,9 @@ def register(sub) -> None:
     )
     p.add_argument("target", help="GCTx/GCT file or store URL")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--storage-options", type=json_object, default=None, metavar="JSON")
+    p.add_argument(
+        "--storage-options", type=json_object, default=None, metavar="JSON", help=SO_HELP
+    )
     p.set_defaults(func=run_info)
 
 

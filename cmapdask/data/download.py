@@ -13,6 +13,7 @@ import fnmatch
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -23,7 +24,9 @@ import dask
 from cmapdask.errors import InputError, TransferError
 from cmapdask.io.atomic import url_to_fs
 
-__all__ = ["RELEASES", "ReleaseFile", "release_files", "download"]
+__all__ = ["RELEASES", "ReleaseFile", "release_files", "release_listing", "download"]
+
+_SHAPE = re.compile(r"_n(\d+)x(\d+)")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,14 @@ class ReleaseFile:
     path: str  # relative to the release's base URL
     role: str  # level3|level4|level5|siginfo|geneinfo|compoundinfo|cellinfo|instinfo|other
     sha256: str | None = None
+
+    @property
+    def size(self) -> int | None:
+        """A matrix's size on disk once unpacked, from the shape in its name: float32
+        values, signatures x genes x 4 bytes (HDF5's own overhead is a few MB); None
+        for a table (the catalog does not record its size)."""
+        m = _SHAPE.search(self.path)
+        return int(m[1]) * int(m[2]) * 4 if m and self.role.startswith("level") else None
 
 
 _L2020 = "LINCS2020"
@@ -147,6 +158,46 @@ def release_files(release: str, patterns: list[str] | None = None) -> list[Relea
     if not out:
         raise InputError(f"{rel['name']}: no file matches {' '.join(patterns)}")
     return out
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+def release_listing(release: str, patterns: list[str] | None = None) -> str:
+    """The catalog as text: files grouped by role (Level 5, 4, 3, then the tables),
+    largest first, each matrix's size (:attr:`ReleaseFile.size`), a subtotal per group
+    and the total; ``*`` marks what :func:`download` fetches by default."""
+    rel = _release(release)
+    chosen = release_files(rel["name"], patterns or ["*"])
+    default = set(release_files(rel["name"]))
+    order = ("level5", "level4", "level3")
+    groups: dict[str, list[ReleaseFile]] = {}
+    for f in chosen:
+        groups.setdefault(f.role if f.role in order else "tables", []).append(f)
+    lines = [f"{rel['name']} ({rel['base_url']}); * = downloaded by default"]
+    total = 0
+    for role in (*order, "tables"):
+        files = sorted(groups.get(role, []), key=lambda f: (-(f.size or 0), f.path))
+        if not files:
+            continue
+        sub = sum(f.size or 0 for f in files)
+        total += sub
+        lines.append(f"{role} ({len(files)} files{', ' + _human(sub) if sub else ''}):")
+        for f in files:
+            size = _human(f.size) if f.size else "-"
+            lines.append(f"  {'*' if f in default else ' '} {size:>9}  {f.path}")
+    gz = any(f.path.endswith(".gz") for f in chosen if f.size)
+    lines.append(
+        f"total {_human(total)} of matrices"
+        + (" (unpacked; the .gz files are smaller)" if gz else "")
+        + "; tables (-) are text, small next to the matrices"
+    )
+    return "\n".join(lines)
 
 
 def _base_url(release: dict, base_url: str | None) -> str:
