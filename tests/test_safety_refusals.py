@@ -68,13 +68,13 @@ def _latin1_field(f):
     f[f"{COL_META}/cell_iname"] = values
 
 
-def _forged(tmp):
-    """A small file declaring a 2e9 x 978 matrix (chunked, gzip, no chunk written)."""
+def _forged(tmp, chunked=True):
+    """A small file declaring a 2e9 x 978 matrix: chunked with gzip and no chunk written
+    (fill values are legal: its 2 ids refuse it), or contiguous with no bytes."""
     path = tmp / "forged.gctx"
     with h5py.File(path, "w") as f:
-        f.create_dataset(
-            MATRIX_PATH, shape=(2_000_000_000, 978), dtype="f4", chunks=(1000, 978), compression=9
-        )
+        opts = {"chunks": (1000, 978), "compression": 9} if chunked else {}
+        f.create_dataset(MATRIX_PATH, shape=(2_000_000_000, 978), dtype="f4", **opts)
         f[f"{COL_META}/id"] = np.array([b"a", b"b"])
         f[f"{ROW_META}/id"] = np.array([b"g"])
     return path
@@ -183,6 +183,12 @@ CASES = [
     (
         "convert-forged-shape",
         lambda w, t: ["convert", _forged(t), t / "x.zarr"],
+        2,
+        ["2 column (signature) ids", "2000000000"],
+    ),
+    (
+        "convert-forged-contiguous",
+        lambda w, t: ["convert", _forged(t, chunked=False), t / "x.zarr"],
         2,
         ["declares 2000000000 x 978 values", "forged"],
     ),

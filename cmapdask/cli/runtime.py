@@ -161,6 +161,14 @@ def _start_local(args):
     # never ignored, never a half-started cluster left behind. The workers ignore SIGINT
     # (their preload): only this process stops the cluster, and no worker prints.
     cluster = client = None
+    # multiprocessing's resource tracker (started with the cluster, inheriting this
+    # environment) unlinks the semaphores of workers stopped by Ctrl-C and warns on
+    # stderr after our last line; the cleanup stays, the warning goes
+    quiet = "ignore:resource_tracker:UserWarning"
+    if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(
+            w for w in (os.environ.get("PYTHONWARNINGS"), quiet) if w
+        )
     try:
         with deferred_interrupt():
             checkpoint("cluster")

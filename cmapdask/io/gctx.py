@@ -123,6 +123,13 @@ def _check_declared(dset: h5py.Dataset, path: str) -> None:
     declared = int(np.prod(dset.shape, dtype=np.float64)) * dset.dtype.itemsize
     if declared == 0 or dset.id.get_storage_size() >= declared:
         return
+    if dset.chunks is not None:
+        # a chunk never written reads as the fill value (HDF5's sparse files): only the
+        # written chunks must fit in the stored bytes
+        per_chunk = int(np.prod(dset.chunks, dtype=np.float64)) * dset.dtype.itemsize
+        declared = min(declared, dset.id.get_num_chunks() * per_chunk)
+        if declared == 0:
+            return
     plist = dset.id.get_create_plist()
     codes = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())} - _NOT_COMPRESSING
     ratio = max((_MAX_RATIO.get(c, _OTHER_RATIO) for c in codes), default=1.0)
