@@ -39,6 +39,7 @@ def built(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the whole site built and executed: minutes (CI: -m slow)
 def test_every_page_built(built):
     pages = {p.relative_to(built).as_posix() for p in built.rglob("*.html")}
     for src in (ROOT / "docs").rglob("*.md"):
@@ -51,6 +52,7 @@ def test_every_page_built(built):
         assert rel.with_suffix(".html").as_posix() in pages, rel
 
 
+@pytest.mark.slow  # the whole site built and executed: minutes (CI: -m slow)
 def test_reference_lists_every_public_function_and_command(built):
     import cmapdask
     from cmapdask.cli import build_parser
@@ -71,6 +73,7 @@ def test_reference_lists_every_public_function_and_command(built):
     assert not [c for c in sub.choices if f">{c}<" not in cli and f"cmapdask {c}" not in cli]
 
 
+@pytest.mark.slow  # the whole site built and executed: minutes (CI: -m slow)
 def test_glossary_covers_the_terms(built):
     text = (ROOT / "docs" / "concepts.md").read_text()
     for term in (
@@ -152,6 +155,7 @@ def test_every_option_of_every_command_has_help():
     assert not missing, missing
 
 
+@pytest.mark.slow  # the whole site built and executed: minutes (CI: -m slow)
 def test_site_works_offline(built):
     """No page loads a script or style sheet from the network: MathJax is in the site."""
     remote = re.compile(
@@ -167,17 +171,20 @@ def test_site_works_offline(built):
     assert any(fonts.glob("*.woff")), "MathJax's fonts are not in the site"
 
 
+@pytest.mark.slow  # the whole site built and executed: minutes (CI: -m slow)
 def test_code_blocks_wrap_instead_of_being_cut(built):
     assert "_static/cmapdask.css" in (built / "getting-started.html").read_text()
     css = (built / "_static" / "cmapdask.css").read_text()
     assert "white-space: pre-wrap" in css and "overflow-x: auto" in css
 
 
+@pytest.mark.slow  # the whole site built and executed: minutes (CI: -m slow)
 def test_tutorials_ran(built):
     html = (built / "tutorials" / "disease-query.html").read_text()
     assert "of the 20 most negative" in html and "Traceback" not in html
 
 
+@pytest.mark.slow  # the whole site built and executed: minutes (CI: -m slow)
 @pytest.mark.parametrize(
     "page,outputs",
     [

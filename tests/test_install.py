@@ -93,6 +93,7 @@ def test_every_import_of_the_package_is_declared():
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow  # ~30 s; the package import test runs in CI
 def test_every_import_of_the_scripts_is_declared():
     """workflows/, benchmarks/, docs/ and the tests import only declared packages."""
     anywhere = set().union(*(_declared(r) for r in _requirements().values()))

@@ -44,6 +44,7 @@ def test_engine_opens_a_member_as_open_member_does(data):
     xr.testing.assert_identical(got.compute(), open_member(store, name).compute())
 
 
+@pytest.mark.slow  # a store converted and queried on moto: ~2 min; local engine tests run in CI
 @pytest.mark.s3
 def test_engine_on_object_storage(data, s3_server, tmp_path):
     import dask

@@ -251,6 +251,7 @@ def test_retry_of_transient_errors():
         )
 
 
+@pytest.mark.slow  # every product of a rebuild, ~70 s; kill/resume and S3 end-to-end run in CI
 def test_products_extended_shared_rebuilt_recomputed(data, tmp_path):
     """Index extended (= ranking every signature afresh), τ background shared while the
     reference set is unchanged and rebuilt when it changes, clusters recomputed."""

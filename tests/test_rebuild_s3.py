@@ -22,6 +22,7 @@ pytestmark = pytest.mark.s3
 N_OLD, N_NEW, K = 50, 12, 5
 
 
+@pytest.mark.slow  # ~40 s; the S3 end-to-end rebuild runs in CI
 def test_index_extended_on_s3(s3_server, tmp_path):
     ds = make_store(tmp_path / "all.zarr", seed=3, n_sig=N_OLD + N_NEW)
     old, new = tmp_path / "old.gctx", tmp_path / "new.gctx"

@@ -125,6 +125,7 @@ def _broad_files(fixtures):
     return sorted(str(p.relative_to(fixtures)) for p in fixtures.rglob("*.gctx"))
 
 
+@pytest.mark.slow  # every Broad file twice: ~30 s; the layout cases run in CI
 def test_broad_files_contiguous_chunked_and_gzip(tmp_path, fixtures):
     seen = set()
     for i, name in enumerate(_broad_files(fixtures)):
